@@ -1,0 +1,319 @@
+//! The command line: clap definitions, the dispatch to each subcommand, and the error rendering.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+use crate::exit_code;
+use crate::reporter::Mode;
+use crate::run_record::{RunStatus, StageStatus, list_runs};
+use crate::runner::{Paths, RunRequest, SelectionArgs};
+use crate::time::{human, now_ms};
+
+/// Reproducible market-data research pipelines: YAML DAGs of stages, cached and resumable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "asterflow",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Change to DIR before doing anything (the project root).
+    #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
+    directory: Option<PathBuf>,
+    /// Run records and the stage cache.
+    #[arg(
+        long,
+        global = true,
+        env = "ASTERFLOW_RUN_ROOT",
+        default_value = "runs",
+        value_name = "DIR"
+    )]
+    run_root: PathBuf,
+    /// The market-data lake.
+    #[arg(
+        long,
+        global = true,
+        env = "ASTERFLOW_DATA_DIR",
+        default_value = "data",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print more: each stage's fingerprint key.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline (or, with --validate-only, check it and print the plan).
+    Run(RunArgs),
+    /// Show each stage of a pipeline: cached or not, age of its latest output, last run.
+    Status {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// List recent runs, newest first.
+    Runs {
+        /// How many runs to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Print the run records as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cache entries that no recent run needs.
+    Gc {
+        /// Keep the entries used by this many most recent runs (and every stage's latest output).
+        #[arg(long, default_value_t = 10)]
+        keep: usize,
+        /// Say what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The pipeline file, e.g. pipelines/aster.yaml.
+    pipeline: PathBuf,
+    /// Run this stage (even if cached) and whatever downstream of it is out of date.
+    #[arg(long, value_name = "STAGE")]
+    start_from: Option<String>,
+    /// Run only this stage and what it needs.
+    #[arg(long, value_name = "STAGE")]
+    stop_at: Option<String>,
+    /// Run just this stage, reading its inputs' latest outputs (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    only: Vec<String>,
+    /// Ignore the cache for every selected stage.
+    #[arg(long)]
+    force: bool,
+    /// Check everything and print the plan; execute nothing, write nothing.
+    #[arg(long, alias = "dry-run")]
+    validate_only: bool,
+    /// With --validate-only: exit 10 when any stage would run.
+    #[arg(long, requires = "validate_only")]
+    exit_code: bool,
+    /// How many stages may run at once [default: number of CPUs].
+    #[arg(short, long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Wait for another run on the same run root instead of exiting with 75.
+    #[arg(long)]
+    wait: bool,
+    /// Print one JSON object on stdout at the end (the plan, with --validate-only).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the command line `args`; returns the process exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                exit_code::INVALID
+            } else {
+                exit_code::OK
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return exit_code::STAGE_FAILED;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", crate::executor::error_chain(&error));
+            exit_code::for_error(&error)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, Error> {
+    if let Some(directory) = &cli.directory {
+        std::env::set_current_dir(directory).map_err(|source| {
+            Error::Usage(format!(
+                "cannot change to directory {}: {source}",
+                directory.display()
+            ))
+        })?;
+    }
+    let project_root = std::env::current_dir()?;
+    let paths = Paths {
+        run_root: project_root.join(&cli.run_root),
+        data_dir: project_root.join(&cli.data_dir),
+        project_root,
+    };
+    match cli.command {
+        Command::Run(args) => {
+            let jobs = args
+                .jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+                .max(1);
+            let mode = if args.json && cli.quiet {
+                Mode::Quiet
+            } else {
+                Mode::detect(cli.quiet)
+            };
+            crate::runner::run(RunRequest {
+                pipeline_file: args.pipeline,
+                paths,
+                selection: SelectionArgs {
+                    start_from: args.start_from,
+                    stop_at: args.stop_at,
+                    only: args.only,
+                    force: args.force,
+                },
+                validate_only: args.validate_only,
+                exit_code_when_stale: args.exit_code,
+                jobs,
+                wait: args.wait,
+                json: args.json,
+                mode,
+                verbose: cli.verbose,
+            })
+            .await
+        }
+        Command::Status { pipeline } => status(&pipeline, &paths).await,
+        Command::Runs { limit, json } => runs(&paths, limit, json),
+        Command::Gc { keep, dry_run } => gc(&paths, keep, dry_run, cli.quiet).await,
+    }
+}
+
+async fn status(pipeline_file: &std::path::Path, paths: &Paths) -> Result<i32, Error> {
+    let pipeline = crate::runner::load(pipeline_file, paths)?;
+    let (plan, cache, _) =
+        crate::runner::make_plan(&pipeline, &crate::dag::Selection::default(), paths).await?;
+    let width = pipeline
+        .stages
+        .iter()
+        .map(|stage| stage.id.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<width$}  {:<8}  {:<6}  {:>9}  {:<22}  reason",
+        "stage", "kind", "state", "age", "last run"
+    );
+    let now = now_ms();
+    for &index in &plan.order {
+        let stage = &pipeline.stages[index];
+        let latest = cache.latest(&stage.id).await?;
+        let (age, last_run) = match &latest {
+            Some(manifest) => (
+                human(std::time::Duration::from_millis(
+                    now.saturating_sub(manifest.created_at_ms),
+                )),
+                manifest.run_id.clone(),
+            ),
+            None => ("-".to_owned(), "never".to_owned()),
+        };
+        let stage_plan = &plan.stages[index];
+        let state = match stage_plan.decision.word() {
+            "run" => "stale",
+            other => other,
+        };
+        println!(
+            "{:<width$}  {:<8}  {:<6}  {:>9}  {:<22}  {}",
+            stage.id,
+            stage.kind.name(),
+            state,
+            age,
+            last_run,
+            stage_plan.reason
+        );
+    }
+    Ok(exit_code::OK)
+}
+
+fn runs(paths: &Paths, limit: usize, json: bool) -> Result<i32, Error> {
+    let records: Vec<_> = list_runs(&paths.run_root).into_iter().take(limit).collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&records).map_err(std::io::Error::other)?
+        );
+        return Ok(exit_code::OK);
+    }
+    if records.is_empty() {
+        println!("no runs yet in {}", paths.run_root.display());
+        return Ok(exit_code::OK);
+    }
+    let lock_free = !crate::lock::is_held(&paths.run_root);
+    println!(
+        "{:<22}  {:<11}  {:<16}  {:>8}  stages",
+        "run", "status", "pipeline", "duration"
+    );
+    for record in records {
+        let count = |status: StageStatus| {
+            record
+                .stages
+                .iter()
+                .filter(|stage| stage.status == status)
+                .count()
+        };
+        let status = match record.status {
+            RunStatus::Running if lock_free => "abandoned",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        };
+        let duration = record
+            .duration_ms
+            .map(|ms| human(std::time::Duration::from_millis(ms)))
+            .unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{:<22}  {:<11}  {:<16}  {:>8}  {} ran, {} cached, {} reused, {} failed",
+            record.run_id,
+            status,
+            record.pipeline,
+            duration,
+            count(StageStatus::Ran),
+            count(StageStatus::Cached),
+            count(StageStatus::Reused),
+            count(StageStatus::Failed),
+        );
+    }
+    Ok(exit_code::OK)
+}
+
+async fn gc(paths: &Paths, keep: usize, dry_run: bool, quiet: bool) -> Result<i32, Error> {
+    if !paths.run_root.is_dir() {
+        println!(
+            "nothing to collect: {} does not exist",
+            paths.run_root.display()
+        );
+        return Ok(exit_code::OK);
+    }
+    let _lock = crate::lock::acquire(&paths.run_root, false, |_| {})?;
+    let cache = crate::cache::Cache::new(crate::store::Store::open(&paths.run_root)?);
+    let report = crate::gc::collect(&cache, &paths.run_root, keep, dry_run).await?;
+    if !quiet {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        println!(
+            "{verb} {} cache entries and leftovers ({:.1} MiB); kept {} entries",
+            report.entries_removed,
+            report.bytes_freed as f64 / (1024.0 * 1024.0),
+            report.entries_kept
+        );
+    }
+    Ok(exit_code::OK)
+}

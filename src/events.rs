@@ -1,0 +1,78 @@
+//! Progress events: stages and the executor send them; one reporter draws them.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::run_record::StageStatus;
+
+/// Something that happened during a run.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    StageStarted {
+        stage: usize,
+    },
+    StageProgress {
+        stage: usize,
+        message: Option<String>,
+        done: Option<u64>,
+        total: Option<u64>,
+    },
+    StageFinished {
+        stage: usize,
+        status: StageStatus,
+        reason: String,
+        duration: Duration,
+    },
+}
+
+/// A stage's handle for reporting progress.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    stage: usize,
+    sender: Option<UnboundedSender<RunEvent>>,
+}
+
+impl Progress {
+    pub fn new(stage: usize, sender: UnboundedSender<RunEvent>) -> Self {
+        Self {
+            stage,
+            sender: Some(sender),
+        }
+    }
+
+    /// A handle that reports nowhere (for tests and benchmarks of a single stage).
+    pub fn silent() -> Self {
+        Self {
+            stage: 0,
+            sender: None,
+        }
+    }
+
+    fn send(&self, event: RunEvent) {
+        if let Some(sender) = &self.sender {
+            // A closed channel means the reporter is gone; progress is best effort.
+            let _ = sender.send(event);
+        }
+    }
+
+    /// A status line, such as `BTCUSDT 1h: 4,380 rows`.
+    pub fn message(&self, text: impl Into<String>) {
+        self.send(RunEvent::StageProgress {
+            stage: self.stage,
+            message: Some(text.into()),
+            done: None,
+            total: None,
+        });
+    }
+
+    /// Work done out of a known total.
+    pub fn advance(&self, done: u64, total: u64) {
+        self.send(RunEvent::StageProgress {
+            stage: self.stage,
+            message: None,
+            done: Some(done),
+            total: Some(total),
+        });
+    }
+}

@@ -1,0 +1,398 @@
+//! Carries out a plan with tokio: independent stages run concurrently up to `--jobs`; after a
+//! failure no new stage starts and running ones finish; on cancellation running stages are
+//! told to stop. Outputs are committed to the cache by the executor, never by the stage.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, Manifest};
+use crate::events::{Progress, RunEvent};
+use crate::pipeline::Pipeline;
+use crate::plan::{Decision, Plan, StagePlan, decide};
+use crate::run_record::StageStatus;
+use crate::stage::{StageContext, StageError, StageInput};
+use crate::time::now_ms;
+
+/// Settings of one execution.
+#[derive(Debug, Clone)]
+pub struct ExecuteOptions {
+    pub run_id: String,
+    pub jobs: usize,
+    pub data_dir: PathBuf,
+    pub logs_dir: PathBuf,
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    pub status: StageStatus,
+    pub reason: String,
+    pub duration: Duration,
+    pub manifest: Option<Manifest>,
+    pub error: Option<String>,
+    pub log: Option<PathBuf>,
+}
+
+impl StageOutcome {
+    fn without_work(status: StageStatus, reason: String, manifest: Option<Manifest>) -> Self {
+        Self {
+            status,
+            reason,
+            duration: Duration::ZERO,
+            manifest,
+            error: None,
+            log: None,
+        }
+    }
+}
+
+/// What happened to every stage, by stage index.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub stages: Vec<StageOutcome>,
+    pub interrupted: bool,
+}
+
+impl RunOutcome {
+    pub fn failed(&self) -> bool {
+        self.stages
+            .iter()
+            .any(|stage| stage.status == StageStatus::Failed)
+    }
+}
+
+enum State {
+    Waiting,
+    Running,
+    Finished,
+}
+
+/// Executes `plan`, sending progress to `events`, until done, failed or `cancel`led.
+pub async fn execute(
+    pipeline: Arc<Pipeline>,
+    plan: Plan,
+    cache: Cache,
+    options: ExecuteOptions,
+    events: UnboundedSender<RunEvent>,
+    cancel: CancellationToken,
+) -> RunOutcome {
+    let count = pipeline.stages.len();
+    let mut states: Vec<State> = Vec::with_capacity(count);
+    let mut outcomes: Vec<Option<StageOutcome>> = vec![None; count];
+    for (index, stage_plan) in plan.stages.iter().enumerate() {
+        let status = match stage_plan.decision {
+            Decision::Run => {
+                states.push(State::Waiting);
+                continue;
+            }
+            Decision::Cached => StageStatus::Cached,
+            Decision::Reuse => StageStatus::Reused,
+            Decision::Skip => StageStatus::Skipped,
+        };
+        states.push(State::Finished);
+        if let (StageStatus::Cached, Some(manifest)) = (status, &stage_plan.manifest)
+            && let Err(error) = cache.set_latest(manifest).await
+        {
+            // Only the `latest` pointer is affected; the cached output itself is sound.
+            let _ = events.send(RunEvent::StageProgress {
+                stage: index,
+                message: Some(format!("could not record the latest output: {error}")),
+                done: None,
+                total: None,
+            });
+        }
+        let _ = events.send(RunEvent::StageFinished {
+            stage: index,
+            status,
+            reason: stage_plan.reason.clone(),
+            duration: Duration::ZERO,
+        });
+        outcomes[index] = Some(StageOutcome::without_work(
+            status,
+            stage_plan.reason.clone(),
+            stage_plan.manifest.clone(),
+        ));
+    }
+
+    let mut running: JoinSet<(usize, StageOutcome)> = JoinSet::new();
+    let mut stop_reason: Option<String> = None;
+    let mut interrupted = false;
+    loop {
+        if stop_reason.is_none() {
+            for &index in &plan.order {
+                if running.len() >= options.jobs.max(1) {
+                    break;
+                }
+                if !matches!(states[index], State::Waiting) {
+                    continue;
+                }
+                let inputs: Option<Vec<Manifest>> = pipeline.stages[index]
+                    .needs
+                    .iter()
+                    .map(|&input| {
+                        outcomes[input]
+                            .as_ref()
+                            .and_then(|outcome| outcome.manifest.clone())
+                    })
+                    .collect();
+                let Some(inputs) = inputs else { continue };
+                states[index] = State::Running;
+                let _ = events.send(RunEvent::StageStarted { stage: index });
+                let task = StageTask {
+                    pipeline: Arc::clone(&pipeline),
+                    index,
+                    plan: plan.stages[index].clone(),
+                    inputs,
+                    cache: cache.clone(),
+                    options: options.clone(),
+                    progress: Progress::new(index, events.clone()),
+                    cancel: cancel.child_token(),
+                };
+                running.spawn(async move { (index, task.run().await) });
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            joined = running.join_next() => {
+                let Some(joined) = joined else { break };
+                let (index, outcome) = joined.unwrap_or_else(|error| {
+                    (usize::MAX, StageOutcome::without_work(StageStatus::Failed, format!("stage task panicked: {error}"), None))
+                });
+                if index == usize::MAX {
+                    stop_reason.get_or_insert_with(|| "a stage task panicked".to_owned());
+                    continue;
+                }
+                if outcome.status == StageStatus::Failed && stop_reason.is_none() {
+                    stop_reason = Some(format!("stage `{}` failed", pipeline.stages[index].id));
+                }
+                let _ = events.send(RunEvent::StageFinished {
+                    stage: index,
+                    status: outcome.status,
+                    reason: outcome.error.clone().unwrap_or_else(|| outcome.reason.clone()),
+                    duration: outcome.duration,
+                });
+                states[index] = State::Finished;
+                outcomes[index] = Some(outcome);
+            }
+            () = cancel.cancelled(), if !interrupted => {
+                interrupted = true;
+                stop_reason.get_or_insert_with(|| "the run was interrupted".to_owned());
+            }
+        }
+    }
+
+    let stop_reason = stop_reason.unwrap_or_else(|| "an input did not finish".to_owned());
+    let stages = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(index, outcome)| {
+            outcome.unwrap_or_else(|| {
+                let reason = format!("not started: {stop_reason}");
+                let _ = events.send(RunEvent::StageFinished {
+                    stage: index,
+                    status: StageStatus::Skipped,
+                    reason: reason.clone(),
+                    duration: Duration::ZERO,
+                });
+                StageOutcome::without_work(StageStatus::Skipped, reason, None)
+            })
+        })
+        .collect();
+    RunOutcome {
+        stages,
+        interrupted,
+    }
+}
+
+struct StageTask {
+    pipeline: Arc<Pipeline>,
+    index: usize,
+    plan: StagePlan,
+    inputs: Vec<Manifest>,
+    cache: Cache,
+    options: ExecuteOptions,
+    progress: Progress,
+    cancel: CancellationToken,
+}
+
+impl StageTask {
+    async fn run(self) -> StageOutcome {
+        let started = Instant::now();
+        let stage = &self.pipeline.stages[self.index];
+        let log_path = self.options.logs_dir.join(format!("{}.log", stage.id));
+        let failed = |reason: String, error: String| StageOutcome {
+            status: StageStatus::Failed,
+            reason,
+            duration: started.elapsed(),
+            manifest: None,
+            error: Some(error),
+            log: Some(log_path.clone()),
+        };
+        // A stage planned while an input still had to run is decided now that it has.
+        let (key, reason) = match self.plan.key.clone() {
+            Some(key) => (key, self.plan.reason.clone()),
+            None => {
+                let inputs: BTreeMap<String, String> = self
+                    .inputs
+                    .iter()
+                    .map(|manifest| (manifest.stage.clone(), manifest.digest.clone()))
+                    .collect();
+                let decided = match decide(
+                    &self.cache,
+                    stage,
+                    self.plan.files.clone(),
+                    inputs,
+                    self.plan.forced,
+                    now_ms(),
+                )
+                .await
+                {
+                    Ok(decided) => decided,
+                    Err(error) => return failed("cache lookup failed".into(), error.to_string()),
+                };
+                match decided.decision {
+                    Decision::Cached | Decision::Reuse => {
+                        let status = if decided.decision == Decision::Cached {
+                            StageStatus::Cached
+                        } else {
+                            StageStatus::Reused
+                        };
+                        if let Some(manifest) = &decided.manifest
+                            && decided.decision == Decision::Cached
+                        {
+                            let _ = self.cache.set_latest(manifest).await;
+                        }
+                        return StageOutcome {
+                            status,
+                            reason: format!("inputs re-ran; {}", decided.reason),
+                            duration: started.elapsed(),
+                            manifest: decided.manifest,
+                            error: None,
+                            log: None,
+                        };
+                    }
+                    _ => match decided.key {
+                        Some(key) => (key, decided.reason),
+                        None => return failed("no fingerprint".into(), "internal: no key".into()),
+                    },
+                }
+            }
+        };
+
+        let output_dir = self.cache.staging_dir(&self.options.run_id, &stage.id);
+        if let Err(error) = prepare_dirs(
+            &output_dir,
+            &log_path,
+            &stage.id,
+            stage.kind.name(),
+            &reason,
+        ) {
+            return failed(reason, error.to_string());
+        }
+        let context = StageContext {
+            stage_id: stage.id.clone(),
+            run_id: self.options.run_id.clone(),
+            project_root: self.pipeline.project_root.clone(),
+            data_dir: self.options.data_dir.clone(),
+            output_dir,
+            log_path: log_path.clone(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|manifest| StageInput {
+                    id: manifest.stage.clone(),
+                    dir: self.cache.entry_dir(manifest),
+                    digest: manifest.digest.clone(),
+                })
+                .collect(),
+            progress: self.progress.clone(),
+            cancel: self.cancel.clone(),
+        };
+        if let Err(error) = stage.prepared.run(&context).await {
+            let message = match &error {
+                StageError::Cancelled => "interrupted".to_owned(),
+                other => error_chain(other),
+            };
+            append_log(&log_path, &format!("# failed: {message}"));
+            return failed(reason, message);
+        }
+        match self
+            .cache
+            .commit(&stage.id, key, &self.options.run_id, now_ms())
+            .await
+        {
+            Ok(manifest) => {
+                append_log(
+                    &log_path,
+                    &format!("# committed {} file(s)", manifest.files.len()),
+                );
+                StageOutcome {
+                    status: StageStatus::Ran,
+                    reason,
+                    duration: started.elapsed(),
+                    manifest: Some(manifest),
+                    error: None,
+                    log: Some(log_path),
+                }
+            }
+            Err(error) => failed(
+                reason,
+                format!("failed to commit the output: {}", error_chain(&error)),
+            ),
+        }
+    }
+}
+
+/// Every message in an error's source chain, joined with `: `.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn prepare_dirs(
+    output_dir: &std::path::Path,
+    log_path: &std::path::Path,
+    stage: &str,
+    kind: &str,
+    reason: &str,
+) -> std::io::Result<()> {
+    if output_dir.exists() {
+        fs_err::remove_dir_all(output_dir)?;
+    }
+    fs_err::create_dir_all(output_dir)?;
+    if let Some(parent) = log_path.parent() {
+        fs_err::create_dir_all(parent)?;
+    }
+    fs_err::write(
+        log_path,
+        format!(
+            "# stage {stage} ({kind}) started {}: {reason}\n",
+            crate::time::rfc3339(now_ms())
+        ),
+    )
+}
+
+fn append_log(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{line}");
+    }
+}

@@ -1,0 +1,260 @@
+//! The contract between the engine and a stage kind, and the registry of built-in kinds.
+//!
+//! A kind validates its params without side effects (`prepare`, which is all `--validate-only`
+//! calls), names the files its fingerprint must cover, and runs against a [`StageContext`] that
+//! gives it its inputs' outputs, a directory to write into (committed by the engine, never by
+//! the stage), a progress handle and a cancellation token. Adding a kind is one module in
+//! `stages/` and one line in [`KINDS`].
+
+use std::future::Future;
+use std::path::{Component, Path, PathBuf};
+use std::pin::Pin;
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::Progress;
+use crate::location::{Anchor, Segment, YamlPath};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Every built-in stage kind. One line per kind.
+pub static KINDS: &[&dyn StageKind] = &[&crate::stages::command::Command];
+
+/// The kind registered under `name`.
+pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
+    KINDS.iter().copied().find(|kind| kind.name() == name)
+}
+
+/// What a kind may look at while validating its params.
+pub struct PrepareContext<'a> {
+    pub stage_id: &'a str,
+    pub project_root: &'a Path,
+    pub sources: &'a IndexMap<String, yaml_serde::Value>,
+}
+
+/// A stage kind: validates params and builds a runnable stage.
+pub trait StageKind: Sync {
+    fn name(&self) -> &'static str;
+    /// Bump when the kind's implementation changes what it writes: part of every fingerprint.
+    fn code_version(&self) -> u32;
+    /// Checks `params` (the stage's `with`, defaults merged) without side effects.
+    fn prepare(
+        &self,
+        params: &yaml_serde::Value,
+        context: &PrepareContext<'_>,
+    ) -> Result<Box<dyn PreparedStage>, ParamError>;
+}
+
+/// A project file a stage reads, named by the param that references it.
+#[derive(Debug, Clone)]
+pub struct FileRef {
+    /// Where the reference is, relative to the stage's `with`.
+    pub param: YamlPath,
+    /// Project-relative path.
+    pub path: PathBuf,
+}
+
+/// A stage whose params have been checked.
+pub trait PreparedStage: Send + Sync + std::fmt::Debug {
+    /// The canonical params that go into the fingerprint (defaults filled in).
+    fn params(&self) -> serde_json::Value;
+    /// Project files whose content the fingerprint covers.
+    fn files(&self) -> Vec<FileRef> {
+        Vec::new()
+    }
+    /// Does the work, writing into `context.output_dir`.
+    fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>>;
+}
+
+/// One input of a running stage: another stage's committed output.
+#[derive(Debug, Clone)]
+pub struct StageInput {
+    pub id: String,
+    pub dir: PathBuf,
+    pub digest: String,
+}
+
+/// Everything a running stage gets from the engine.
+#[derive(Debug)]
+pub struct StageContext {
+    pub stage_id: String,
+    pub run_id: String,
+    pub project_root: PathBuf,
+    /// The market-data lake.
+    pub data_dir: PathBuf,
+    /// Where the stage writes its output; the engine commits it to the cache afterwards.
+    pub output_dir: PathBuf,
+    /// The stage's log file in the run record.
+    pub log_path: PathBuf,
+    pub inputs: Vec<StageInput>,
+    pub progress: Progress,
+    pub cancel: CancellationToken,
+}
+
+/// Why a stage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("interrupted")]
+    Cancelled,
+    #[error("failed to {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A param a kind rejects, located relative to the stage's `with`.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    pub path: YamlPath,
+    pub anchor: Anchor,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl ParamError {
+    pub fn new(path: YamlPath, message: impl Into<String>) -> Self {
+        Self {
+            path,
+            anchor: Anchor::Value,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// Deserialises a kind's params, keeping the path of whatever is wrong.
+pub fn parse_params<T: DeserializeOwned>(params: &yaml_serde::Value) -> Result<T, ParamError> {
+    serde_path_to_error::deserialize(params.clone()).map_err(|error| {
+        let mut path = YamlPath(
+            error
+                .path()
+                .iter()
+                .filter_map(|segment| match segment {
+                    serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+                    serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                    _ => None,
+                })
+                .collect(),
+        );
+        let message = error.inner().to_string();
+        let message = strip_yaml_location(&message).to_owned();
+        // Point at the offending key itself when serde names one.
+        let mut anchor = Anchor::Value;
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some(end) = rest.find('`')
+        {
+            let field = &rest[..end];
+            if path.0.last() != Some(&Segment::Key(field.to_owned())) {
+                path = path.key(field);
+            }
+            anchor = Anchor::Key;
+        }
+        ParamError {
+            path,
+            anchor,
+            message,
+            help: None,
+        }
+    })
+}
+
+/// yaml_serde appends ` at line L column C`; diagnostics carry the location themselves.
+pub fn strip_yaml_location(message: &str) -> &str {
+    match message.rfind(" at line ") {
+        Some(position) => &message[..position],
+        None => message,
+    }
+}
+
+/// A relative path that stays inside its root: no absolute paths, no `..` climbing out.
+pub fn contained_relative_path(text: &str) -> Result<PathBuf, String> {
+    if text.trim().is_empty() {
+        return Err("path is empty".to_owned());
+    }
+    let path = Path::new(text);
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => normal.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !normal.pop() {
+                    return Err(format!("path `{text}` escapes the project"));
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "path `{text}` is absolute; paths are relative to the project"
+                ));
+            }
+        }
+    }
+    if normal.as_os_str().is_empty() {
+        return Err(format!(
+            "path `{text}` names the directory itself, not a file in it"
+        ));
+    }
+    Ok(normal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_must_stay_inside() {
+        assert_eq!(
+            contained_relative_path("a/./b.txt").unwrap(),
+            PathBuf::from("a/b.txt")
+        );
+        assert_eq!(
+            contained_relative_path("a/../b.txt").unwrap(),
+            PathBuf::from("b.txt")
+        );
+        assert!(
+            contained_relative_path("../x")
+                .unwrap_err()
+                .contains("escapes")
+        );
+        assert!(
+            contained_relative_path("a/../../x")
+                .unwrap_err()
+                .contains("escapes")
+        );
+        assert!(
+            contained_relative_path("/etc/passwd")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(contained_relative_path(".").is_err());
+    }
+
+    #[test]
+    fn param_errors_keep_their_path() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Params {
+            outputs: Vec<u32>,
+        }
+        let value: yaml_serde::Value = yaml_serde::from_str("outputs: [1, x]").unwrap();
+        let error = parse_params::<Params>(&value).unwrap_err();
+        assert_eq!(error.path.to_string(), "outputs[1]");
+        let value: yaml_serde::Value = yaml_serde::from_str("outputs: []\nextra: 1").unwrap();
+        let error = parse_params::<Params>(&value).unwrap_err();
+        assert_eq!(error.path.to_string(), "extra");
+        assert_eq!(error.anchor, Anchor::Key);
+    }
+}

@@ -1,0 +1,277 @@
+//! `command`: runs a shell command in a fresh output directory and caches what it writes.
+//!
+//! ```yaml
+//! stages:
+//!   prices:
+//!     kind: command
+//!     needs: [download]
+//!     with:
+//!       run: python3 "$ASTERFLOW_PROJECT_ROOT/scripts/clean.py" "$ASTERFLOW_INPUT_DOWNLOAD" > prices.csv
+//!       outputs: [prices.csv]          # must exist afterwards, relative to the output directory
+//!       files: [scripts/clean.py]      # project files whose content the fingerprint covers
+//!       env: {MODE: strict}
+//! ```
+//!
+//! The command runs with `sh -c` in the stage's output directory, in its own process group (so
+//! cancelling kills everything it started), with stdout and stderr appended to the stage log.
+//! Environment: `ASTERFLOW_PROJECT_ROOT`, `ASTERFLOW_DATA_DIR`, `ASTERFLOW_OUTPUT_DIR`,
+//! `ASTERFLOW_RUN_ID`, `ASTERFLOW_STAGE_ID`, and `ASTERFLOW_INPUT_<ID>` (the input stage id in
+//! upper case, non-alphanumerics as `_`) for each input's output directory.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::location::YamlPath;
+use crate::stage::{
+    BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
+    StageKind, contained_relative_path, parse_params,
+};
+
+/// The `command` kind.
+pub struct Command;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    run: String,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct Prepared {
+    params: Params,
+    outputs: Vec<PathBuf>,
+    files: Vec<FileRef>,
+}
+
+impl StageKind for Command {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+
+    fn code_version(&self) -> u32 {
+        1
+    }
+
+    fn prepare(
+        &self,
+        params: &yaml_serde::Value,
+        _context: &PrepareContext<'_>,
+    ) -> Result<Box<dyn PreparedStage>, ParamError> {
+        let params: Params = parse_params(params)?;
+        if params.run.trim().is_empty() {
+            return Err(
+                ParamError::new(YamlPath::root().key("run"), "`run` is empty")
+                    .with_help("give the shell command to run"),
+            );
+        }
+        let mut outputs = Vec::new();
+        for (index, output) in params.outputs.iter().enumerate() {
+            let path = contained_relative_path(output).map_err(|message| {
+                ParamError::new(YamlPath::root().key("outputs").index(index), message)
+                    .with_help("outputs are relative to the stage's output directory")
+            })?;
+            outputs.push(path);
+        }
+        let mut files = Vec::new();
+        for (index, file) in params.files.iter().enumerate() {
+            let param = YamlPath::root().key("files").index(index);
+            let path = contained_relative_path(file)
+                .map_err(|message| ParamError::new(param.clone(), message))?;
+            files.push(FileRef { param, path });
+        }
+        for name in params.env.keys() {
+            if name.is_empty() || name.contains('=') || name.starts_with("ASTERFLOW_") {
+                return Err(ParamError::new(
+                    YamlPath::root().key("env").key(name.clone()),
+                    format!("environment variable name `{name}` is not allowed"),
+                )
+                .with_help("names may not be empty, contain `=`, or start with ASTERFLOW_"));
+            }
+        }
+        Ok(Box::new(Prepared {
+            params,
+            outputs,
+            files,
+        }))
+    }
+}
+
+/// `features-v2` -> `ASTERFLOW_INPUT_FEATURES_V2`.
+pub fn input_variable(stage_id: &str) -> String {
+    let name: String = stage_id
+        .chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() {
+                character.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ASTERFLOW_INPUT_{name}")
+}
+
+impl PreparedStage for Prepared {
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).unwrap_or_default()
+    }
+
+    fn files(&self) -> Vec<FileRef> {
+        self.files.clone()
+    }
+
+    fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(self.run_command(context))
+    }
+}
+
+impl Prepared {
+    async fn run_command(&self, context: &StageContext) -> Result<(), StageError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&context.log_path)
+            .map_err(|source| StageError::Io {
+                action: "open log",
+                path: context.log_path.clone(),
+                source,
+            })?;
+        let log_for_stderr = log.try_clone().map_err(|source| StageError::Io {
+            action: "open log",
+            path: context.log_path.clone(),
+            source,
+        })?;
+        let mut command = tokio::process::Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.params.run)
+            .current_dir(&context.output_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_for_stderr))
+            .env("ASTERFLOW_PROJECT_ROOT", &context.project_root)
+            .env("ASTERFLOW_DATA_DIR", &context.data_dir)
+            .env("ASTERFLOW_OUTPUT_DIR", &context.output_dir)
+            .env("ASTERFLOW_RUN_ID", &context.run_id)
+            .env("ASTERFLOW_STAGE_ID", &context.stage_id)
+            .envs(&self.params.env)
+            .process_group(0)
+            .kill_on_drop(true);
+        for input in &context.inputs {
+            command.env(input_variable(&input.id), &input.dir);
+        }
+        let mut child = command.spawn().map_err(|source| StageError::Io {
+            action: "start `sh` for",
+            path: context.output_dir.clone(),
+            source,
+        })?;
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|source| StageError::Io {
+                action: "wait for the command in",
+                path: context.output_dir.clone(),
+                source,
+            })?,
+            () = context.cancel.cancelled() => {
+                terminate_group(&mut child).await;
+                return Err(StageError::Cancelled);
+            }
+        };
+        if !status.success() {
+            let code = status
+                .code()
+                .map_or_else(|| "a signal".to_owned(), |code| code.to_string());
+            let tail = log_tail(&context.log_path, 5);
+            let shown = if tail.is_empty() {
+                String::new()
+            } else {
+                format!(": {tail}")
+            };
+            return Err(StageError::Failed(format!(
+                "command exited with {code}{shown}"
+            )));
+        }
+        for (output, declared) in self.outputs.iter().zip(&self.params.outputs) {
+            if !context.output_dir.join(output).exists() {
+                return Err(StageError::Failed(format!(
+                    "declared output `{declared}` was not written by the command"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM to the command's process group, then SIGKILL if it lingers.
+async fn terminate_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a negative pid signals the process group we created for the child.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(3), child.wait())
+            .await
+            .is_err()
+        {
+            // SAFETY: as above.
+            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+        }
+    }
+    let _ = child.wait().await;
+}
+
+/// The last `lines` non-empty lines of a log, joined with ` | `.
+fn log_tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut tail: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with("# "))
+        .collect();
+    let start = tail.len().saturating_sub(lines);
+    tail.drain(..start);
+    tail.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_variables_are_shell_safe() {
+        assert_eq!(input_variable("features-v2"), "ASTERFLOW_INPUT_FEATURES_V2");
+    }
+
+    fn prepare(yaml: &str) -> Result<Box<dyn PreparedStage>, ParamError> {
+        let value: yaml_serde::Value = yaml_serde::from_str(yaml).unwrap();
+        let sources = indexmap::IndexMap::new();
+        let context = PrepareContext {
+            stage_id: "s",
+            project_root: std::path::Path::new("."),
+            sources: &sources,
+        };
+        Command.prepare(&value, &context)
+    }
+
+    #[test]
+    fn rejects_escaping_outputs_and_reserved_env() {
+        let error = prepare("run: x\noutputs: [ok.txt, ../../etc/x]").unwrap_err();
+        assert_eq!(error.path.to_string(), "outputs[1]");
+        assert!(error.message.contains("escapes the project"));
+        let error = prepare("run: x\nenv: {ASTERFLOW_RUN_ID: y}").unwrap_err();
+        assert_eq!(error.path.to_string(), "env.ASTERFLOW_RUN_ID");
+        assert!(prepare("run: ''").is_err());
+        assert!(
+            prepare("run: x\nouputs: []")
+                .unwrap_err()
+                .message
+                .contains("unknown field")
+        );
+    }
+}
