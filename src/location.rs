@@ -117,13 +117,21 @@ enum Frame {
 }
 
 impl LocationIndex {
-    /// Indexes `text`. A document the parser rejects yields a partial index; the syntax error
-    /// itself is reported by the serde pass, which has its own location.
-    pub fn build(text: &str) -> Self {
+    /// Indexes `text`, or returns the first syntax error with its position.
+    pub fn build(text: &str) -> Result<Self, (Position, String)> {
         let mut nodes = HashMap::new();
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
-            let Ok((event, span)) = item else { break };
+            let (event, span) = item.map_err(|error| {
+                let marker = error.marker();
+                (
+                    Position {
+                        line: marker.line(),
+                        column: marker.col() + 1,
+                    },
+                    error.info().to_owned(),
+                )
+            })?;
             let start = Position {
                 line: span.start.line(),
                 column: span.start.col() + 1,
@@ -161,7 +169,7 @@ impl LocationIndex {
                 _ => {}
             }
         }
-        Self { nodes }
+        Ok(Self { nodes })
     }
 
     /// Records a value node under the current container and returns its path.
@@ -216,7 +224,7 @@ mod tests {
 
     #[test]
     fn locates_keys_values_and_sequence_items() {
-        let index = LocationIndex::build(DOC);
+        let index = LocationIndex::build(DOC).unwrap();
         let at = |path: &[&str], anchor| index.locate(&YamlPath::of(path), anchor).unwrap().0;
         assert_eq!(
             at(&["name"], Anchor::Value),
@@ -248,11 +256,18 @@ mod tests {
 
     #[test]
     fn falls_back_to_the_nearest_ancestor() {
-        let index = LocationIndex::build(DOC);
+        let index = LocationIndex::build(DOC).unwrap();
         let (position, _) = index
             .locate(&YamlPath::of(&["stages", "a", "with", "x"]), Anchor::Value)
             .unwrap();
         assert_eq!(position, Position { line: 4, column: 5 });
+    }
+
+    #[test]
+    fn reports_syntax_errors_with_position() {
+        let (position, message) = LocationIndex::build("a: [1, 2\n").unwrap_err();
+        assert_eq!(position.line, 2);
+        assert!(message.contains("flow sequence"), "{message}");
     }
 
     #[test]

@@ -93,6 +93,16 @@ impl Pipeline {
 
     /// Validates pipeline `text`, reporting errors against `file`.
     pub fn parse(file: &Path, text: &str, project_root: &Path) -> Result<Self, PipelineError> {
+        // Syntax first, so a broken file is reported as such rather than as a type mismatch.
+        let index = LocationIndex::build(text).map_err(|(position, message)| {
+            PipelineError::Invalid(vec![Diagnostic::at(
+                file,
+                text,
+                Some(position),
+                1,
+                format!("invalid YAML: {message}"),
+            )])
+        })?;
         let spec: PipelineSpec = yaml_serde::from_str(text).map_err(|error| {
             let position = error.location().map(|location| Position {
                 line: location.line(),
@@ -110,7 +120,7 @@ impl Pipeline {
         Checker {
             file,
             text,
-            index: LocationIndex::build(text),
+            index,
             project_root,
             diagnostics: Vec::new(),
         }
