@@ -90,6 +90,25 @@ fn describe_holder(file: &mut File) -> String {
     }
 }
 
+/// Whether some process holds the lock on `run_root` right now (checked without taking it
+/// for longer than the check).
+pub fn is_held(run_root: &Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(lock_path(run_root))
+    else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,24 +126,5 @@ mod tests {
         assert!(message.contains("--wait"));
         drop(first);
         assert!(acquire(dir.path(), false, |_| {}).is_ok());
-    }
-}
-
-/// Whether some process holds the lock on `run_root` right now (checked without taking it
-/// for longer than the check).
-pub fn is_held(run_root: &Path) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(lock_path(run_root))
-    else {
-        return false;
-    };
-    match file.try_lock() {
-        Ok(()) => {
-            let _ = file.unlock();
-            false
-        }
-        Err(_) => true,
     }
 }

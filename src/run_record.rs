@@ -133,13 +133,50 @@ pub fn list_runs(run_root: &Path) -> Vec<RunRecord> {
         .filter_map(|entry| std::fs::read(entry.path().join("run.json")).ok())
         .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
         .collect();
-    records.sort_by(|a: &RunRecord, b| b.run_id.cmp(&a.run_id));
+    // Run ids sort by second only; the start time in milliseconds orders runs within a second.
+    records.sort_by(|a: &RunRecord, b| {
+        (b.started_at_ms, &b.run_id).cmp(&(a.started_at_ms, &a.run_id))
+    });
     records
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(run_id: &str, started_at_ms: u64) -> RunRecord {
+        RunRecord {
+            format: RECORD_FORMAT,
+            run_id: run_id.to_owned(),
+            pipeline: "p".into(),
+            pipeline_file: "p.yaml".into(),
+            status: RunStatus::Succeeded,
+            started_at: crate::time::rfc3339(started_at_ms),
+            started_at_ms,
+            finished_at: None,
+            duration_ms: None,
+            pid: 1,
+            argv: Vec::new(),
+            stages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn runs_within_one_second_list_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // Same second, suffixes in the opposite order of start times.
+        record("20261120T225003Z-ffff", 1_000)
+            .write(dir.path())
+            .unwrap();
+        record("20261120T225003Z-0000", 1_400)
+            .write(dir.path())
+            .unwrap();
+        let ids: Vec<String> = list_runs(dir.path())
+            .into_iter()
+            .map(|run| run.run_id)
+            .collect();
+        assert_eq!(ids, ["20261120T225003Z-0000", "20261120T225003Z-ffff"]);
+    }
 
     #[test]
     fn run_ids_sort_by_time() {
