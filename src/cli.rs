@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::error::Error;
 use crate::exit_code;
 use crate::reporter::Mode;
-use crate::run_record::{RunStatus, StageStatus, list_runs};
+use crate::run_record::{RunStatus, list_runs};
 use crate::runner::{Paths, RunRequest, SelectionArgs};
 use crate::time::{human, now_ms};
 
@@ -262,13 +262,6 @@ fn runs(paths: &Paths, limit: usize, json: bool) -> Result<i32, Error> {
         "run", "status", "pipeline", "duration"
     );
     for record in records {
-        let count = |status: StageStatus| {
-            record
-                .stages
-                .iter()
-                .filter(|stage| stage.status == status)
-                .count()
-        };
         let status = match record.status {
             RunStatus::Running if lock_free => "abandoned",
             RunStatus::Running => "running",
@@ -281,15 +274,12 @@ fn runs(paths: &Paths, limit: usize, json: bool) -> Result<i32, Error> {
             .map(|ms| human(std::time::Duration::from_millis(ms)))
             .unwrap_or_else(|| "-".to_owned());
         println!(
-            "{:<22}  {:<11}  {:<16}  {:>8}  {} ran, {} cached, {} reused, {} failed",
+            "{:<22}  {:<11}  {:<16}  {:>8}  {}",
             record.run_id,
             status,
             record.pipeline,
             duration,
-            count(StageStatus::Ran),
-            count(StageStatus::Cached),
-            count(StageStatus::Reused),
-            count(StageStatus::Failed),
+            record.counts(),
         );
     }
     Ok(exit_code::OK)

@@ -54,6 +54,14 @@ pub fn finish_line(
     Some(format!("{word:>7} {id}  {detail}"))
 }
 
+/// `[3/10] ` for counted progress, empty otherwise.
+fn count_text(done: Option<u64>, total: Option<u64>) -> String {
+    match (done, total) {
+        (Some(done), Some(total)) => format!("[{done}/{total}] "),
+        _ => String::new(),
+    }
+}
+
 /// Draws events until the sender side is dropped.
 pub async fn report(
     mut events: UnboundedReceiver<RunEvent>,
@@ -87,12 +95,9 @@ async fn report_lines(mut events: UnboundedReceiver<RunEvent>, names: Vec<String
                     continue;
                 }
                 last_progress[stage] = Some(Instant::now());
-                let count = match (done, total) {
-                    (Some(done), Some(total)) => format!(" [{done}/{total}]"),
-                    _ => String::new(),
-                };
+                let count = count_text(done, total);
                 eprintln!(
-                    "        {}{count} {}",
+                    "        {} {count}{}",
                     names[stage],
                     message.unwrap_or_default()
                 );
@@ -137,10 +142,7 @@ async fn report_bars(mut events: UnboundedReceiver<RunEvent>, names: Vec<String>
                 total,
             } => {
                 if let Some(bar) = &bars[stage] {
-                    let count = match (done, total) {
-                        (Some(done), Some(total)) => format!("[{done}/{total}] "),
-                        _ => String::new(),
-                    };
+                    let count = count_text(done, total);
                     bar.set_message(format!("{count}{}", message.unwrap_or_default()));
                 }
             }

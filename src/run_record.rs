@@ -108,6 +108,27 @@ impl RunRecord {
         crate::store::write_atomic(&run_dir(run_root, &self.run_id).join("run.json"), &bytes)
     }
 
+    /// How many stages ended with `status`.
+    pub fn count(&self, status: StageStatus) -> usize {
+        self.stages
+            .iter()
+            .filter(|stage| stage.status == status)
+            .count()
+    }
+
+    /// `2 ran, 3 cached, 0 reused, 0 failed, 1 skipped`.
+    pub fn counts(&self) -> String {
+        [
+            StageStatus::Ran,
+            StageStatus::Cached,
+            StageStatus::Reused,
+            StageStatus::Failed,
+            StageStatus::Skipped,
+        ]
+        .map(|status| format!("{} {}", self.count(status), status.word()))
+        .join(", ")
+    }
+
     /// Marks the record finished now.
     pub fn finish(&mut self, status: RunStatus) {
         let now = now_ms();

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
@@ -187,10 +188,12 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
         argv: std::env::args().collect(),
         stages: Vec::new(),
     };
+    // From here on a Ctrl-C is recorded as an interruption rather than killing the process.
+    let signals = Signals::install();
     record.write(&request.paths.run_root)?;
 
     let cancel = CancellationToken::new();
-    let signals = tokio::spawn(watch_signals(cancel.clone()));
+    let signals = tokio::spawn(signals.watch(cancel.clone()));
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     let names: Vec<String> = pipeline
         .stages
@@ -237,6 +240,9 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     crate::store::remove_empty_dirs(&request.paths.run_root.join("tmp").join(&run_id));
 
     print_outcome(&record, &request);
+    if status == RunStatus::Succeeded && request.mode != Mode::Quiet && !request.json {
+        print_final_outputs(&pipeline, &outcome, &cache, &request.paths.project_root);
+    }
     Ok(match status {
         RunStatus::Succeeded | RunStatus::Running => exit_code::OK,
         RunStatus::Failed => exit_code::STAGE_FAILED,
@@ -244,26 +250,44 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     })
 }
 
-/// Cancels on the first Ctrl-C or SIGTERM; a second one exits at once.
-async fn watch_signals(cancel: CancellationToken) {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match terminate.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
+/// SIGINT and SIGTERM listeners. Created before anything runs: a signal stream is registered
+/// when it is created, so a Ctrl-C during the first milliseconds is caught, not fatal.
+struct Signals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminated => {}
     }
-    eprintln!("interrupted: stopping running stages (press Ctrl-C again to exit at once)");
-    cancel.cancel();
-    let _ = tokio::signal::ctrl_c().await;
-    std::process::exit(exit_code::INTERRUPTED);
+
+    /// Cancels on the first Ctrl-C or SIGTERM; a second one exits at once.
+    async fn watch(mut self, cancel: CancellationToken) {
+        tokio::select! {
+            () = next(&mut self.interrupt) => {}
+            () = next(&mut self.terminate) => {}
+        }
+        eprintln!("interrupted: stopping running stages (press Ctrl-C again to exit at once)");
+        cancel.cancel();
+        tokio::select! {
+            () = next(&mut self.interrupt) => {}
+            () = next(&mut self.terminate) => {}
+        }
+        std::process::exit(exit_code::INTERRUPTED);
+    }
+}
+
+async fn next(stream: &mut Option<Signal>) {
+    match stream {
+        Some(stream) => {
+            stream.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 fn stage_records(
@@ -307,6 +331,26 @@ fn stage_records(
             }
         })
         .collect()
+}
+
+/// Where the outputs of the pipeline's final stages (those nothing reads) are.
+fn print_final_outputs(
+    pipeline: &Pipeline,
+    outcome: &RunOutcome,
+    cache: &Cache,
+    project_root: &Path,
+) {
+    for (index, stage) in pipeline.stages.iter().enumerate() {
+        let consumed = pipeline
+            .stages
+            .iter()
+            .any(|other| other.needs.contains(&index));
+        if let (false, Some(manifest)) = (consumed, &outcome.stages[index].manifest) {
+            let dir = cache.entry_dir(manifest);
+            let dir = dir.strip_prefix(project_root).unwrap_or(&dir);
+            println!("  {} -> {}/", stage.id, dir.display());
+        }
+    }
 }
 
 fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
@@ -374,13 +418,6 @@ fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
 }
 
 fn print_outcome(record: &RunRecord, request: &RunRequest) {
-    let count = |status: StageStatus| {
-        record
-            .stages
-            .iter()
-            .filter(|stage| stage.status == status)
-            .count()
-    };
     if request.json {
         let summary = JsonSummary {
             run_id: Some(record.run_id.clone()),
@@ -410,14 +447,10 @@ fn print_outcome(record: &RunRecord, request: &RunRequest) {
         record.duration_ms.unwrap_or(0),
     ));
     let record_path = run_dir(&request.paths.run_root, &record.run_id).join("run.json");
-    let counts = format!(
-        "{} ran, {} cached, {} reused, {} failed, {} skipped",
-        count(StageStatus::Ran),
-        count(StageStatus::Cached),
-        count(StageStatus::Reused),
-        count(StageStatus::Failed),
-        count(StageStatus::Skipped),
-    );
+    let record_path = record_path
+        .strip_prefix(&request.paths.project_root)
+        .unwrap_or(&record_path);
+    let counts = record.counts();
     match record.status {
         RunStatus::Succeeded | RunStatus::Running => {
             if request.mode != Mode::Quiet && !request.json {

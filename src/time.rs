@@ -28,9 +28,18 @@ pub fn human(duration: Duration) -> String {
         0 => format!("{ms}ms"),
         1..=59 if ms < 10_000 => format!("{:.1}s", ms as f64 / 1000.0),
         1..=59 => format!("{seconds}s"),
-        60..=3599 => format!("{}m {}s", seconds / 60, seconds % 60),
-        3600..=86_399 => format!("{}h {}m", seconds / 3600, seconds % 3600 / 60),
-        _ => format!("{}d {}h", seconds / 86_400, seconds % 86_400 / 3600),
+        60..=3599 => pair(seconds / 60, "m", seconds % 60, "s"),
+        3600..=86_399 => pair(seconds / 3600, "h", seconds % 3600 / 60, "m"),
+        _ => pair(seconds / 86_400, "d", seconds % 86_400 / 3600, "h"),
+    }
+}
+
+/// `2h 5m`, or `2h` when the smaller unit is zero.
+fn pair(large: u64, large_unit: &str, small: u64, small_unit: &str) -> String {
+    if small == 0 {
+        format!("{large}{large_unit}")
+    } else {
+        format!("{large}{large_unit} {small}{small_unit}")
     }
 }
 
@@ -52,6 +61,8 @@ mod tests {
         assert_eq!(human(Duration::from_millis(850)), "850ms");
         assert_eq!(human(Duration::from_millis(1250)), "1.2s");
         assert_eq!(human(Duration::from_secs(7500)), "2h 5m");
+        assert_eq!(human(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(human(Duration::from_secs(120)), "2m");
         assert_eq!(
             parse_duration("7d").unwrap(),
             Duration::from_secs(7 * 86_400)

@@ -521,3 +521,75 @@ fn status_and_runs_describe_the_run_root() {
     assert!(runs.stdout.contains("succeeded"), "{}", runs.stdout);
     assert!(runs.stdout.contains("2 ran, 0 cached"), "{}", runs.stdout);
 }
+
+#[test]
+fn reuse_for_keeps_the_last_output_despite_changed_inputs() {
+    let project = Project::new();
+    let write = |features: &str| {
+        project.write(
+            "pipelines/p.yaml",
+            &format!(
+                "name: t\nstages:\n{}  train:\n    kind: command\n    needs: [features]\n    cache: {{reuse_for: 7d}}\n    with:\n      run: echo train >> \"$ASTERFLOW_PROJECT_ROOT/executed.log\"; cp \"$ASTERFLOW_INPUT_FEATURES/out.txt\" model.txt\n",
+                stage("features", &[], &format!("echo {features} > out.txt"))
+            ),
+        )
+    };
+    write("v1");
+    assert_eq!(run_with(&project, &[]).code, 0);
+    write("v2");
+    project.clear_executed();
+    let plan = project.run(&["run", "pipelines/p.yaml", "--validate-only", "--json"]);
+    assert_eq!(plan.status_of("train"), "run", "its input has to run first");
+    let run = run_with(&project, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.status_of("features"), "ran");
+    assert_eq!(run.status_of("train"), "reused");
+    assert!(
+        run.reason_of("train")
+            .contains("reuse_for 7d: keeping the output from"),
+        "{}",
+        run.reason_of("train")
+    );
+    assert!(
+        run.reason_of("train")
+            .contains("although input features changed"),
+        "{}",
+        run.reason_of("train")
+    );
+    assert_eq!(project.executed(), ["features"]);
+    let plan = project.run(&["run", "pipelines/p.yaml", "--validate-only", "--json"]);
+    assert_eq!(plan.status_of("train"), "reuse");
+    // --force overrides the reuse window.
+    project.clear_executed();
+    assert_eq!(
+        run_with(&project, &["--only", "train", "--force"]).status_of("train"),
+        "ran"
+    );
+}
+
+/// Two stages that each wait for the other to have started: they finish only when run together.
+#[test]
+fn independent_stages_run_concurrently_up_to_jobs() {
+    let project = Project::new();
+    let waits_for = |me: &str, other: &str| {
+        format!(
+            "touch \"$ASTERFLOW_PROJECT_ROOT/{me}.started\"; i=0; while [ ! -f \"$ASTERFLOW_PROJECT_ROOT/{other}.started\" ] && [ $i -lt 40 ]; do sleep 0.05; i=$((i+1)); done; test -f \"$ASTERFLOW_PROJECT_ROOT/{other}.started\" && echo ok > out.txt"
+        )
+    };
+    project.write(
+        "pipelines/p.yaml",
+        &pipeline(&[
+            stage("x", &[], &waits_for("x", "y")),
+            stage("y", &[], &waits_for("y", "x")),
+        ]),
+    );
+    let serial = run_with(&project, &["--jobs", "1"]);
+    assert_eq!(serial.code, 1, "with one job the first stage waits in vain");
+    for marker in ["x.started", "y.started"] {
+        let _ = std::fs::remove_file(project.path().join(marker));
+    }
+    let parallel = run_with(&project, &["--jobs", "2"]);
+    assert_eq!(parallel.code, 0, "{}", parallel.stderr);
+    assert_eq!(parallel.status_of("x"), "ran");
+    assert_eq!(parallel.status_of("y"), "ran");
+}
