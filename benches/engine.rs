@@ -56,7 +56,7 @@ fn asterflow(dir: &Path, extra: &[&str]) -> Duration {
     elapsed
 }
 
-/// The commands alone: the same shell lines, in sequence, each in its own directory.
+/// The commands alone: the same shell lines under the same shell, in sequence.
 fn commands_alone(dir: &Path) -> Duration {
     let start = Instant::now();
     for index in 0..STAGES {

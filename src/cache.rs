@@ -1,4 +1,5 @@
-//! The stage-output cache: content-addressed entries under `cache/<stage>/<fingerprint>/`, each
+//! The stage-output cache: content-addressed entries under
+//! `cache/<pipeline>/<stage>/<fingerprint>/`, each
 //! committed by moving its files into an attempt directory and writing `manifest.json` last.
 //!
 //! A manifest is the only thing a later run trusts. It is written atomically after every file
@@ -28,6 +29,7 @@ pub struct OutputFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,
+    pub pipeline: String,
     pub stage: String,
     pub fingerprint: Fingerprint,
     pub key: FingerprintKey,
@@ -65,19 +67,28 @@ pub enum CacheError {
     NotUtf8 { path: PathBuf },
 }
 
-/// The cache inside a run root.
+/// One pipeline's cache inside a run root. Pipelines are kept apart, so two pipelines with a
+/// stage of the same name never read each other's latest output.
 #[derive(Debug, Clone)]
 pub struct Cache {
     store: Store,
-}
-
-fn entry_prefix(stage: &str, fingerprint: &Fingerprint) -> String {
-    format!("cache/{stage}/{fingerprint}")
+    pipeline: String,
 }
 
 impl Cache {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, pipeline: &str) -> Self {
+        Self {
+            store,
+            pipeline: pipeline.to_owned(),
+        }
+    }
+
+    fn entry_prefix(&self, stage: &str, fingerprint: &Fingerprint) -> String {
+        format!("cache/{}/{stage}/{fingerprint}", self.pipeline)
+    }
+
+    fn latest_path(&self, stage: &str) -> String {
+        format!("cache/{}/{stage}/latest.json", self.pipeline)
     }
 
     pub fn store(&self) -> &Store {
@@ -90,21 +101,31 @@ impl Cache {
         stage: &str,
         fingerprint: &Fingerprint,
     ) -> Result<Option<Manifest>, CacheError> {
-        let path = format!("{}/manifest.json", entry_prefix(stage, fingerprint));
+        let path = format!("{}/manifest.json", self.entry_prefix(stage, fingerprint));
         Ok(self
-            .store
-            .get_json::<Manifest>(&path)
+            .read_record::<Manifest>(&path)
             .await?
-            .filter(|manifest| manifest.format == MANIFEST_FORMAT))
+            .filter(|manifest| {
+                manifest.format == MANIFEST_FORMAT && manifest.fingerprint == *fingerprint
+            }))
+    }
+
+    /// A small JSON record; one that does not parse (a future format, a damaged file) is
+    /// treated as absent, so the stage re-runs instead of every run failing.
+    async fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<T>, CacheError> {
+        match self.store.get_json::<T>(path).await {
+            Ok(record) => Ok(record),
+            Err(StoreError::Json { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The last output `stage` produced or reused, whatever its fingerprint.
     pub async fn latest(&self, stage: &str) -> Result<Option<Manifest>, CacheError> {
-        let Some(latest) = self
-            .store
-            .get_json::<Latest>(&format!("cache/{stage}/latest.json"))
-            .await?
-        else {
+        let Some(latest) = self.read_record::<Latest>(&self.latest_path(stage)).await? else {
             return Ok(None);
         };
         self.lookup(stage, &latest.fingerprint).await
@@ -112,8 +133,8 @@ impl Cache {
 
     /// Records `manifest` as the stage's latest successful output.
     pub async fn set_latest(&self, manifest: &Manifest) -> Result<(), CacheError> {
-        let path = format!("cache/{}/latest.json", manifest.stage);
-        if let Some(current) = self.store.get_json::<Latest>(&path).await?
+        let path = self.latest_path(&manifest.stage);
+        if let Some(current) = self.read_record::<Latest>(&path).await?
             && current.fingerprint == manifest.fingerprint
         {
             return Ok(());
@@ -129,7 +150,7 @@ impl Cache {
     pub fn entry_dir(&self, manifest: &Manifest) -> PathBuf {
         self.store.local_path(&format!(
             "{}/{}",
-            entry_prefix(&manifest.stage, &manifest.fingerprint),
+            self.entry_prefix(&manifest.stage, &manifest.fingerprint),
             manifest.dir
         ))
     }
@@ -170,7 +191,7 @@ impl Cache {
                 path: staging.clone(),
                 source: std::io::Error::other(error),
             })??;
-        let prefix = entry_prefix(stage, &fingerprint);
+        let prefix = self.entry_prefix(stage, &fingerprint);
         for file in &files {
             self.store
                 .rename(
@@ -181,6 +202,7 @@ impl Cache {
         }
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
+            pipeline: self.pipeline.clone(),
             stage: stage.to_owned(),
             fingerprint,
             key,
@@ -197,6 +219,16 @@ impl Cache {
         crate::store::remove_empty_dirs(&self.staging_dir(run_id, stage));
         Ok(manifest)
     }
+}
+
+/// Makes a file about to be committed durable (so a manifest written after it never outlives
+/// its data in a crash) and read-only (so a consumer cannot edit a cached input in place).
+fn seal(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::File::open(path)?.sync_all()?;
+    let mut permissions = metadata.permissions();
+    permissions.set_mode(permissions.mode() & !0o222);
+    std::fs::set_permissions(path, permissions)
 }
 
 /// The digest of an output's content: blake3 over the canonical file list.
@@ -234,8 +266,10 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<OutputFile>) -> Result<(), Cach
                 .to_str()
                 .ok_or_else(|| CacheError::NotUtf8 { path: path.clone() })?
                 .to_owned();
-            let size = entry.metadata().map_err(io_error(&path))?.len();
+            let metadata = entry.metadata().map_err(io_error(&path))?;
             let blake3 = hash_file(&path).map_err(io_error(&path))?;
+            seal(&path, &metadata).map_err(io_error(&path))?;
+            let size = metadata.len();
             files.push(OutputFile {
                 path: relative,
                 size,
@@ -269,7 +303,7 @@ mod tests {
     #[tokio::test]
     async fn commit_then_lookup_and_latest() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap());
+        let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap(), "p");
         let staging = cache.staging_dir("r1", "a");
         fs_err::create_dir_all(staging.join("sub")).unwrap();
         fs_err::write(staging.join("out.txt"), "hello").unwrap();
@@ -310,11 +344,11 @@ mod tests {
     #[tokio::test]
     async fn files_without_a_manifest_are_not_an_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap());
+        let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap(), "p");
         let fingerprint = key("x").fingerprint();
         let orphan = dir
             .path()
-            .join(format!("runs/cache/a/{fingerprint}/r9/out.txt"));
+            .join(format!("runs/cache/p/a/{fingerprint}/r9/out.txt"));
         fs_err::create_dir_all(orphan.parent().unwrap()).unwrap();
         fs_err::write(&orphan, "half").unwrap();
         assert!(cache.lookup("a", &fingerprint).await.unwrap().is_none());

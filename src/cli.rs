@@ -294,8 +294,8 @@ async fn gc(paths: &Paths, keep: usize, dry_run: bool, quiet: bool) -> Result<i3
         return Ok(exit_code::OK);
     }
     let _lock = crate::lock::acquire(&paths.run_root, false, |_| {})?;
-    let cache = crate::cache::Cache::new(crate::store::Store::open(&paths.run_root)?);
-    let report = crate::gc::collect(&cache, &paths.run_root, keep, dry_run).await?;
+    let store = crate::store::Store::open(&paths.run_root)?;
+    let report = crate::gc::collect(&store, &paths.run_root, keep, dry_run).await?;
     if !quiet {
         let verb = if dry_run { "would remove" } else { "removed" };
         println!(

@@ -120,7 +120,9 @@ pub async fn execute(
         ));
     }
 
-    let mut running: JoinSet<(usize, StageOutcome)> = JoinSet::new();
+    let mut running: JoinSet<StageOutcome> = JoinSet::new();
+    let mut task_stage: std::collections::HashMap<tokio::task::Id, usize> =
+        std::collections::HashMap::new();
     let mut stop_reason: Option<String> = None;
     let mut interrupted = false;
     loop {
@@ -154,22 +156,33 @@ pub async fn execute(
                     progress: Progress::new(index, events.clone()),
                     cancel: cancel.child_token(),
                 };
-                running.spawn(async move { (index, task.run().await) });
+                let handle = running.spawn(task.run());
+                task_stage.insert(handle.id(), index);
             }
         }
         if running.is_empty() {
             break;
         }
         tokio::select! {
-            joined = running.join_next() => {
+            // Cancellation first: a stage stopped by it must count as interrupted, not failed.
+            biased;
+            () = cancel.cancelled(), if !interrupted => {
+                interrupted = true;
+                stop_reason.get_or_insert_with(|| "the run was interrupted".to_owned());
+            }
+            joined = running.join_next_with_id() => {
                 let Some(joined) = joined else { break };
-                let (index, outcome) = joined.unwrap_or_else(|error| {
-                    (usize::MAX, StageOutcome::without_work(StageStatus::Failed, format!("stage task panicked: {error}"), None))
-                });
-                if index == usize::MAX {
-                    stop_reason.get_or_insert_with(|| "a stage task panicked".to_owned());
-                    continue;
-                }
+                let (index, outcome) = match joined {
+                    Ok((id, outcome)) => (task_stage[&id], outcome),
+                    // A panicking stage fails like any other: the run must not report success.
+                    Err(error) => (
+                        task_stage[&error.id()],
+                        StageOutcome {
+                            error: Some(format!("stage task panicked: {error}")),
+                            ..StageOutcome::without_work(StageStatus::Failed, "panicked".to_owned(), None)
+                        },
+                    ),
+                };
                 if outcome.status == StageStatus::Failed && stop_reason.is_none() {
                     stop_reason = Some(format!("stage `{}` failed", pipeline.stages[index].id));
                 }
@@ -182,13 +195,14 @@ pub async fn execute(
                 states[index] = State::Finished;
                 outcomes[index] = Some(outcome);
             }
-            () = cancel.cancelled(), if !interrupted => {
-                interrupted = true;
-                stop_reason.get_or_insert_with(|| "the run was interrupted".to_owned());
-            }
         }
     }
 
+    // The last stage may have been stopped and joined in the same turn the token fired.
+    if cancel.is_cancelled() && !interrupted {
+        interrupted = true;
+        stop_reason = Some("the run was interrupted".to_owned());
+    }
     let stop_reason = stop_reason.unwrap_or_else(|| "an input did not finish".to_owned());
     let stages = outcomes
         .into_iter()

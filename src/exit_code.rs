@@ -23,7 +23,7 @@ pub fn for_error(error: &Error) -> i32 {
     match error {
         Error::Pipeline(PipelineError::Invalid(_) | PipelineError::Read { .. })
         | Error::Usage(_)
-        | Error::Plan(PlanError::MissingInput { .. }) => INVALID,
+        | Error::Plan(PlanError::MissingInput { .. } | PlanError::DamagedInput { .. }) => INVALID,
         Error::Lock(LockError::Held { .. }) => LOCKED,
         Error::Interrupted => INTERRUPTED,
         _ => STAGE_FAILED,

@@ -37,7 +37,7 @@ pub struct Fingerprint(pub String);
 impl Fingerprint {
     /// The first 12 hex digits, for people.
     pub fn short(&self) -> &str {
-        &self.0[..self.0.len().min(12)]
+        self.0.get(..12).unwrap_or(&self.0)
     }
 }
 
@@ -173,11 +173,13 @@ pub fn hash_file(path: &Path) -> io::Result<String> {
 struct MemoEntry {
     size: u64,
     mtime_ns: i128,
+    /// Unlike mtime, ctime cannot be set by `touch -r` or `cp -p`.
+    ctime_ns: i128,
     inode: u64,
     digest: String,
 }
 
-/// Remembers `(path, size, mtime, inode) -> digest` across runs, so unchanged large files are
+/// Remembers `(path, size, mtime, ctime, inode) -> digest` across runs, so unchanged large files are
 /// not hashed again. Stored as JSON in the run root; a damaged memo is ignored, never trusted.
 #[derive(Debug, Default)]
 pub struct FileDigests {
@@ -192,7 +194,7 @@ struct MemoFile {
     entries: HashMap<PathBuf, MemoEntry>,
 }
 
-const MEMO_FORMAT: u32 = 1;
+const MEMO_FORMAT: u32 = 2;
 
 impl FileDigests {
     /// Loads the memo at `file` if present and readable.
@@ -214,9 +216,11 @@ impl FileDigests {
     pub fn digest(&mut self, path: &Path) -> io::Result<String> {
         let metadata = fs_err::metadata(path)?;
         let mtime_ns = metadata.mtime() as i128 * 1_000_000_000 + metadata.mtime_nsec() as i128;
+        let ctime_ns = metadata.ctime() as i128 * 1_000_000_000 + metadata.ctime_nsec() as i128;
         if let Some(entry) = self.entries.get(path)
             && entry.size == metadata.len()
             && entry.mtime_ns == mtime_ns
+            && entry.ctime_ns == ctime_ns
             && entry.inode == metadata.ino()
         {
             return Ok(entry.digest.clone());
@@ -227,6 +231,7 @@ impl FileDigests {
             MemoEntry {
                 size: metadata.len(),
                 mtime_ns,
+                ctime_ns,
                 inode: metadata.ino(),
                 digest: digest.clone(),
             },

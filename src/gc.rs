@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError};
+use crate::fingerprint::Fingerprint;
 use crate::run_record::list_runs;
-use crate::store::StoreError;
+use crate::store::Store;
 
 /// What a collection removed (or would remove, when dry).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -18,49 +19,48 @@ pub struct GcReport {
 
 /// Keeps the entries referenced by the newest `keep_runs` runs and every stage's latest output.
 pub async fn collect(
-    cache: &Cache,
+    store: &Store,
     run_root: &Path,
     keep_runs: usize,
     dry_run: bool,
-) -> Result<GcReport, StoreError> {
-    let store = cache.store();
-    let mut keep: BTreeSet<(String, String)> = BTreeSet::new();
+) -> Result<GcReport, CacheError> {
+    type EntryId = (String, String, String);
+    let mut keep: BTreeSet<EntryId> = BTreeSet::new();
     for record in list_runs(run_root).into_iter().take(keep_runs) {
         for stage in record.stages {
             if let Some(fingerprint) = stage.fingerprint {
-                keep.insert((stage.id, fingerprint));
+                keep.insert((record.pipeline.clone(), stage.id, fingerprint));
             }
         }
     }
-    // cache/<stage>/<fingerprint>/<attempt or manifest.json>/...
-    let mut entries: BTreeMap<(String, String), Vec<(String, u64)>> = BTreeMap::new();
+    // cache/<pipeline>/<stage>/<fingerprint>/<attempt or manifest.json>/...
+    let mut entries: BTreeMap<EntryId, Vec<(String, u64)>> = BTreeMap::new();
     for (path, size) in store.list("cache").await? {
         let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() == 3 && parts[2] == "latest.json" {
-            if let Some(latest) = cache.latest(parts[1]).await.ok().flatten() {
-                keep.insert((latest.stage, latest.fingerprint.0));
+        if parts.len() == 4 && parts[3] == "latest.json" {
+            let cache = Cache::new(store.clone(), parts[1]);
+            if let Some(latest) = cache.latest(parts[2]).await? {
+                keep.insert((parts[1].to_owned(), latest.stage, latest.fingerprint.0));
             }
             continue;
         }
-        if parts.len() >= 4 {
-            entries
-                .entry((parts[1].to_owned(), parts[2].to_owned()))
-                .or_default()
-                .push((path, size));
+        if parts.len() >= 5 {
+            let id = (
+                parts[1].to_owned(),
+                parts[2].to_owned(),
+                parts[3].to_owned(),
+            );
+            entries.entry(id).or_default().push((path, size));
         }
     }
     let mut report = GcReport::default();
-    for ((stage, fingerprint), objects) in entries {
-        let prefix = format!("cache/{stage}/{fingerprint}");
+    for ((pipeline, stage, fingerprint), objects) in entries {
+        let prefix = format!("cache/{pipeline}/{stage}/{fingerprint}");
+        let cache = Cache::new(store.clone(), &pipeline);
         let manifest = cache
-            .lookup(
-                &stage,
-                &crate::fingerprint::Fingerprint(fingerprint.clone()),
-            )
-            .await
-            .ok()
-            .flatten();
-        let wanted = manifest.is_some() && keep.contains(&(stage.clone(), fingerprint.clone()));
+            .lookup(&stage, &Fingerprint(fingerprint.clone()))
+            .await?;
+        let wanted = manifest.is_some() && keep.contains(&(pipeline, stage, fingerprint));
         if !wanted {
             report.entries_removed += 1;
             report.bytes_freed += objects.iter().map(|(_, size)| size).sum::<u64>();

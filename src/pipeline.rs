@@ -170,6 +170,10 @@ impl Checker<'_> {
             .map(|id| id.as_str())
             .collect::<Vec<_>>()
             .join(", ");
+        if !valid_stage_id(&spec.name) {
+            self.error(YamlPath::of(&["name"]), Anchor::Value, format!("invalid pipeline name `{}`", spec.name))
+                .help = Some("it names the pipeline's cache directory: use letters, digits, `_` and `-` (at most 64)".to_owned());
+        }
         if spec.stages.is_empty() {
             self.error(
                 YamlPath::of(&["stages"]),
@@ -185,6 +189,23 @@ impl Checker<'_> {
                     format!("unknown stage kind `{kind}` in defaults"),
                 )
                 .help = Some(known_kinds());
+            }
+        }
+        // Stage ids name environment variables; two ids must not map to the same one.
+        let mut variables: std::collections::HashMap<String, &str> =
+            std::collections::HashMap::new();
+        for id in spec.stages.keys() {
+            if let Some(first) = variables.insert(stage::input_variable(id), id) {
+                self.error(
+                    YamlPath::of(&["stages"]).key(id.clone()),
+                    Anchor::Key,
+                    format!(
+                        "stage ids `{first}` and `{id}` both name {}",
+                        stage::input_variable(id)
+                    ),
+                )
+                .help =
+                    Some("rename one: ids differing only in case, `-` or `_` collide".to_owned());
             }
         }
         let default_cache = spec.defaults.cache.clone().unwrap_or_default();

@@ -87,6 +87,10 @@ pub enum PlanError {
         "stage `{stage}` is needed by `{consumer}` but is outside the selection and has no successful output yet; run it first (for example without --start-from/--only)"
     )]
     MissingInput { stage: String, consumer: String },
+    #[error(
+        "stage `{stage}` is outside the selection and its latest output is damaged ({damage}); run it again (for example with --start-from {stage})"
+    )]
+    DamagedInput { stage: String, damage: String },
     #[error("failed to hash {path}, which stage `{stage}` references")]
     Hash {
         stage: String,
@@ -142,6 +146,12 @@ pub async fn plan(
                     consumer,
                 });
             };
+            if let Some(damage) = cache.damage(&manifest) {
+                return Err(PlanError::DamagedInput {
+                    stage: stage.id.clone(),
+                    damage,
+                });
+            }
             let age = age(&manifest, now_ms);
             StagePlan {
                 decision: Decision::Reuse,
@@ -293,9 +303,14 @@ pub async fn decide(
         Some(latest) => key.describe_change(&latest.key),
         None => "never ran".to_owned(),
     };
+    // reuse_for tolerates changed inputs only: a params, file, version or code change re-runs.
     if let (Some(reuse_for), Some(latest)) = (stage.reuse_for, latest) {
         let age = age(&latest, now_ms);
-        if age <= reuse_for && cache.damage(&latest).is_none() {
+        let only_inputs_changed = FingerprintKey {
+            inputs: latest.key.inputs.clone(),
+            ..key.clone()
+        } == latest.key;
+        if age <= reuse_for && only_inputs_changed && cache.damage(&latest).is_none() {
             return Ok(StagePlan {
                 decision: Decision::Reuse,
                 reason: format!(

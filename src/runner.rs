@@ -126,7 +126,7 @@ pub async fn make_plan(
     selection: &Selection,
     paths: &Paths,
 ) -> Result<(Plan, Cache, FileDigests), Error> {
-    let cache = Cache::new(Store::open(&paths.run_root)?);
+    let cache = Cache::new(Store::open(&paths.run_root)?, &pipeline.name);
     let mut digests = FileDigests::load(paths.digest_memo());
     let plan = plan(pipeline, selection, &cache, &mut digests, now_ms()).await?;
     Ok((plan, cache, digests))

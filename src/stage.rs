@@ -178,6 +178,22 @@ pub fn strip_yaml_location(message: &str) -> &str {
     }
 }
 
+/// The environment variable that names input `stage_id`'s output directory:
+/// `features-v2` -> `ASTERFLOW_INPUT_FEATURES_V2`.
+pub fn input_variable(stage_id: &str) -> String {
+    let name: String = stage_id
+        .chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() {
+                character.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("ASTERFLOW_INPUT_{name}")
+}
+
 /// A relative path that stays inside its root: no absolute paths, no `..` climbing out.
 pub fn contained_relative_path(text: &str) -> Result<PathBuf, String> {
     if text.trim().is_empty() {
@@ -212,6 +228,11 @@ pub fn contained_relative_path(text: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_variables_are_shell_safe() {
+        assert_eq!(input_variable("features-v2"), "ASTERFLOW_INPUT_FEATURES_V2");
+    }
 
     #[test]
     fn relative_paths_must_stay_inside() {

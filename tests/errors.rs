@@ -183,3 +183,11 @@ fn unknown_stage_in_a_selection_flag() {
         run.stderr
     );
 }
+
+#[test]
+fn stage_ids_that_name_the_same_input_variable() {
+    assert_error(
+        "name: t\nstages:\n  feat-v2:\n    kind: command\n    with: {run: 'true'}\n  feat_v2:\n    kind: command\n    with: {run: 'true'}\n",
+        "pipelines/p.yaml:6:3: stage ids `feat-v2` and `feat_v2` both name ASTERFLOW_INPUT_FEAT_V2",
+    );
+}

@@ -475,7 +475,7 @@ fn gc_keeps_what_recent_runs_need() {
     );
     assert_eq!(run_with(&project, &[]).code, 0);
     let entries = || {
-        std::fs::read_dir(project.path().join("runs/cache/a"))
+        std::fs::read_dir(project.path().join("runs/cache/t/a"))
             .unwrap()
             .flatten()
             .filter(|entry| entry.path().is_dir())
@@ -592,4 +592,41 @@ fn independent_stages_run_concurrently_up_to_jobs() {
     assert_eq!(parallel.code, 0, "{}", parallel.stderr);
     assert_eq!(parallel.status_of("x"), "ran");
     assert_eq!(parallel.status_of("y"), "ran");
+}
+
+#[test]
+fn pipelines_sharing_a_stage_name_keep_their_own_latest_outputs() {
+    let project = Project::new();
+    let write = |name: &str, word: &str| {
+        project.write(
+            &format!("pipelines/{name}.yaml"),
+            &format!(
+                "name: {name}\nstages:\n{}{}",
+                stage("a", &[], &format!("echo {word} > out.txt")),
+                stage("b", &["a"], "cp \"$ASTERFLOW_INPUT_A/out.txt\" \"$ASTERFLOW_PROJECT_ROOT/seen.txt\"; cp \"$ASTERFLOW_INPUT_A/out.txt\" out.txt")
+            ),
+        )
+    };
+    write("one", "one");
+    write("two", "two");
+    assert_eq!(project.run(&["run", "pipelines/two.yaml"]).code, 0);
+    assert_eq!(project.run(&["run", "pipelines/one.yaml"]).code, 0);
+    let run = project.run(&["run", "pipelines/two.yaml", "--only", "b", "--force"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(project.path().join("seen.txt")).unwrap(),
+        "two\n"
+    );
+}
+
+#[test]
+fn a_failing_command_inside_a_pipe_fails_the_stage() {
+    let project = Project::new();
+    project.write(
+        "pipelines/p.yaml",
+        "name: t\nstages:\n  a:\n    kind: command\n    with:\n      run: (echo partial; exit 4) | cat > out.txt\n      outputs: [out.txt]\n",
+    );
+    let run = run_with(&project, &[]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(run.reason_of("a"), "command exited with 4");
 }

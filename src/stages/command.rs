@@ -12,7 +12,7 @@
 //!       env: {MODE: strict}
 //! ```
 //!
-//! The command runs with `sh -c` in the stage's output directory, in its own process group (so
+//! The command runs with `bash -e -o pipefail -c` in the stage's output directory, in its own process group (so
 //! cancelling kills everything it started), with stdout and stderr appended to the stage log.
 //! Environment: `ASTERFLOW_PROJECT_ROOT`, `ASTERFLOW_DATA_DIR`, `ASTERFLOW_OUTPUT_DIR`,
 //! `ASTERFLOW_RUN_ID`, `ASTERFLOW_STAGE_ID`, and `ASTERFLOW_INPUT_<ID>` (the input stage id in
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::location::YamlPath;
 use crate::stage::{
     BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
-    StageKind, contained_relative_path, parse_params,
+    StageKind, contained_relative_path, input_variable, parse_params,
 };
 
 /// The `command` kind.
@@ -106,21 +106,6 @@ impl StageKind for Command {
     }
 }
 
-/// `features-v2` -> `ASTERFLOW_INPUT_FEATURES_V2`.
-pub fn input_variable(stage_id: &str) -> String {
-    let name: String = stage_id
-        .chars()
-        .map(|character| {
-            if character.is_ascii_alphanumeric() {
-                character.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("ASTERFLOW_INPUT_{name}")
-}
-
 impl PreparedStage for Prepared {
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
@@ -151,9 +136,11 @@ impl Prepared {
             path: context.log_path.clone(),
             source,
         })?;
-        let mut command = tokio::process::Command::new("sh");
+        // -e and pipefail: `gen | gzip > out.gz` fails when `gen` fails, instead of caching a
+        // truncated file that the redirect already created.
+        let mut command = tokio::process::Command::new("bash");
         command
-            .arg("-c")
+            .args(["-e", "-o", "pipefail", "-c"])
             .arg(&self.params.run)
             .current_dir(&context.output_dir)
             .stdin(Stdio::null())
@@ -171,18 +158,25 @@ impl Prepared {
             command.env(input_variable(&input.id), &input.dir);
         }
         let mut child = command.spawn().map_err(|source| StageError::Io {
-            action: "start `sh` for",
+            action: "start `bash` for",
             path: context.output_dir.clone(),
             source,
         })?;
+        // The pid, taken now: tokio forgets it once the child is reaped.
+        let leader = child.id();
         let status = tokio::select! {
-            status = child.wait() => status.map_err(|source| StageError::Io {
-                action: "wait for the command in",
-                path: context.output_dir.clone(),
-                source,
-            })?,
+            status = child.wait() => {
+                // Background jobs the command left behind would keep writing into an output
+                // that is about to be committed: end the whole group.
+                kill_group(leader, libc::SIGKILL);
+                status.map_err(|source| StageError::Io {
+                    action: "wait for the command in",
+                    path: context.output_dir.clone(),
+                    source,
+                })?
+            }
             () = context.cancel.cancelled() => {
-                terminate_group(&mut child).await;
+                terminate_group(&mut child, leader).await;
                 return Err(StageError::Cancelled);
             }
         };
@@ -211,19 +205,20 @@ impl Prepared {
     }
 }
 
-/// SIGTERM to the command's process group, then SIGKILL if it lingers.
-async fn terminate_group(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) with a negative pid signals the process group we created for the child.
-        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
-        if tokio::time::timeout(Duration::from_secs(3), child.wait())
-            .await
-            .is_err()
-        {
-            // SAFETY: as above.
-            unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
-        }
+/// Sends `signal` to the process group led by `leader` (the command's pid, its pgid).
+fn kill_group(leader: Option<u32>, signal: libc::c_int) {
+    if let Some(pid) = leader {
+        // SAFETY: kill(2) with a negative pid signals the process group created for the child;
+        // a group that no longer exists yields ESRCH, which is fine.
+        unsafe { libc::kill(-(pid as libc::pid_t), signal) };
     }
+}
+
+/// SIGTERM to the command's process group, a grace period, then SIGKILL to whatever is left.
+async fn terminate_group(child: &mut tokio::process::Child, leader: Option<u32>) {
+    kill_group(leader, libc::SIGTERM);
+    let _ = tokio::time::timeout(Duration::from_secs(3), child.wait()).await;
+    kill_group(leader, libc::SIGKILL);
     let _ = child.wait().await;
 }
 
@@ -242,11 +237,6 @@ fn log_tail(path: &std::path::Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn input_variables_are_shell_safe() {
-        assert_eq!(input_variable("features-v2"), "ASTERFLOW_INPUT_FEATURES_V2");
-    }
 
     fn prepare(yaml: &str) -> Result<Box<dyn PreparedStage>, ParamError> {
         let value: yaml_serde::Value = yaml_serde::from_str(yaml).unwrap();
