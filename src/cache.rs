@@ -91,10 +91,6 @@ impl Cache {
         format!("cache/{}/{stage}/latest.json", self.pipeline)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// The manifest for `stage` at `fingerprint`, if one was committed.
     pub async fn lookup(
         &self,

@@ -30,30 +30,17 @@ pub enum RunEvent {
 #[derive(Debug, Clone)]
 pub struct Progress {
     stage: usize,
-    sender: Option<UnboundedSender<RunEvent>>,
+    sender: UnboundedSender<RunEvent>,
 }
 
 impl Progress {
     pub fn new(stage: usize, sender: UnboundedSender<RunEvent>) -> Self {
-        Self {
-            stage,
-            sender: Some(sender),
-        }
-    }
-
-    /// A handle that reports nowhere (for tests and benchmarks of a single stage).
-    pub fn silent() -> Self {
-        Self {
-            stage: 0,
-            sender: None,
-        }
+        Self { stage, sender }
     }
 
     fn send(&self, event: RunEvent) {
-        if let Some(sender) = &self.sender {
-            // A closed channel means the reporter is gone; progress is best effort.
-            let _ = sender.send(event);
-        }
+        // A closed channel means the reporter is gone; progress is best effort.
+        let _ = self.sender.send(event);
     }
 
     /// A status line, such as `BTCUSDT 1h: 4,380 rows`.

@@ -100,12 +100,8 @@ pub async fn execute(
             && let Err(error) = cache.set_latest(manifest).await
         {
             // Only the `latest` pointer is affected; the cached output itself is sound.
-            let _ = events.send(RunEvent::StageProgress {
-                stage: index,
-                message: Some(format!("could not record the latest output: {error}")),
-                done: None,
-                total: None,
-            });
+            Progress::new(index, events.clone())
+                .message(format!("could not record the latest output: {error}"));
         }
         let _ = events.send(RunEvent::StageFinished {
             stage: index,

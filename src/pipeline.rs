@@ -27,12 +27,6 @@ pub struct Stage {
     pub files: Vec<FileRef>,
 }
 
-impl std::fmt::Debug for dyn StageKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// A pipeline that passed every check.
 #[derive(Debug)]
 pub struct Pipeline {

@@ -47,6 +47,12 @@ pub trait StageKind: Sync {
     ) -> Result<Box<dyn PreparedStage>, ParamError>;
 }
 
+impl std::fmt::Debug for dyn StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A project file a stage reads, named by the param that references it.
 #[derive(Debug, Clone)]
 pub struct FileRef {

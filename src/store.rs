@@ -67,7 +67,9 @@ impl Store {
         })
     }
 
-    /// Creates the root directory (if needed) and opens the store over it.
+    /// Creates the root directory (if needed) and opens the store over it. A run gets its root
+    /// from the lock, which creates it; this is for tests.
+    #[cfg(test)]
     pub fn create(root: &Path) -> Result<Self, StoreError> {
         fs_err::create_dir_all(root).map_err(|error| StoreError::Open {
             path: root.to_owned(),
@@ -77,11 +79,6 @@ impl Store {
             },
         })?;
         Self::open(root)
-    }
-
-    /// The local directory behind the store.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// The local filesystem path of an object.
