@@ -70,6 +70,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a replay exchange on 127.0.0.1 (the Binance-compatible futures endpoints) until Ctrl-C.
+    ReplayExchange {
+        /// The scenario file, e.g. data/scenarios/demo.yaml.
+        #[arg(long, value_name = "FILE")]
+        scenario: PathBuf,
+        /// The port to listen on (0: any free port; the URL is printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Remove cache entries that no recent run needs.
     Gc {
         /// Keep the entries used by this many most recent runs (and every stage's latest output).
@@ -194,7 +203,40 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Status { pipeline } => status(&pipeline, &paths).await,
         Command::Runs { limit, json } => runs(&paths, limit, json),
         Command::Gc { keep, dry_run } => gc(&paths, keep, dry_run, cli.quiet).await,
+        Command::ReplayExchange { scenario, port } => replay_exchange(&scenario, port).await,
     }
+}
+
+async fn replay_exchange(file: &std::path::Path, port: u16) -> Result<i32, Error> {
+    let text = fs_err::read_to_string(file)?;
+    let scenario = crate::replay::Scenario::parse(file, &text)
+        .map_err(|diagnostic| Error::Usage(diagnostic.to_string()))?;
+    let prefixes = scenario.path_prefixes.join(", ");
+    let exchange = crate::replay::ReplayExchange::start(
+        std::sync::Arc::new(scenario),
+        ([127, 0, 0, 1], port).into(),
+    )
+    .await
+    .map_err(Error::Usage)?;
+    let limit = exchange.declared_limit();
+    println!(
+        "replay exchange at {} (paths {prefixes}): {} symbols, {} data, weight limit {} per {} {}",
+        exchange.url,
+        exchange.market().symbols().len(),
+        exchange.provenance(),
+        limit.limit,
+        limit.interval_num,
+        limit.interval.to_lowercase()
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = tokio::signal::ctrl_c().await;
+    let stats = exchange.stats();
+    eprintln!(
+        "served {} requests ({} weight), {} x 429, {} x 418",
+        stats.requests, stats.weight, stats.rate_limited, stats.banned
+    );
+    Ok(exit_code::OK)
 }
 
 async fn status(pipeline_file: &std::path::Path, paths: &Paths) -> Result<i32, Error> {

@@ -19,6 +19,43 @@ pub struct Diagnostic {
     pub line_text: Option<String>,
 }
 
+/// Parses a whole YAML document into `T` (unknown keys refused where `T` says so), turning the
+/// first problem into a located diagnostic: syntax errors first, then type and key errors.
+pub fn parse_yaml_file<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, Box<Diagnostic>> {
+    let index = LocationIndex::build(text).map_err(|(position, message)| {
+        Diagnostic::at(
+            file,
+            text,
+            Some(position),
+            1,
+            format!("invalid YAML: {message}"),
+        )
+    })?;
+    let value: yaml_serde::Value = yaml_serde::from_str(text).map_err(|error| {
+        let position = error.location().map(|location| Position {
+            line: location.line(),
+            column: location.column(),
+        });
+        let message = error.to_string();
+        Box::new(Diagnostic::at(
+            file,
+            text,
+            position,
+            1,
+            crate::stage::strip_yaml_location(&message),
+        ))
+    })?;
+    crate::stage::parse_params(&value).map_err(|error| {
+        let mut diagnostic =
+            Diagnostic::at_path(file, text, &index, &error.path, error.anchor, error.message);
+        diagnostic.help = error.help;
+        Box::new(diagnostic)
+    })
+}
+
 impl Diagnostic {
     /// A diagnostic at a known position in `text`.
     pub fn at(

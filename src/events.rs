@@ -18,6 +18,11 @@ pub enum RunEvent {
         done: Option<u64>,
         total: Option<u64>,
     },
+    /// Something the user should see even when it does not stop the stage.
+    StageWarning {
+        stage: usize,
+        message: String,
+    },
     StageFinished {
         stage: usize,
         status: StageStatus,
@@ -50,6 +55,24 @@ impl Progress {
             message: Some(text.into()),
             done: None,
             total: None,
+        });
+    }
+
+    /// A warning the reporter prints on its own line (and the stage logs).
+    pub fn warn(&self, text: impl Into<String>) {
+        self.send(RunEvent::StageWarning {
+            stage: self.stage,
+            message: text.into(),
+        });
+    }
+
+    /// Work done out of a known total, with what is happening now.
+    pub fn update(&self, done: u64, total: u64, text: impl Into<String>) {
+        self.send(RunEvent::StageProgress {
+            stage: self.stage,
+            message: Some(text.into()),
+            done: Some(done),
+            total: Some(total),
         });
     }
 

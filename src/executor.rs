@@ -121,6 +121,8 @@ pub async fn execute(
         std::collections::HashMap::new();
     let mut stop_reason: Option<String> = None;
     let mut interrupted = false;
+    // Exchange clients (and in-process replay exchanges) live as long as the run.
+    let exchanges = Arc::new(crate::exchange::connections::Connections::default());
     loop {
         if stop_reason.is_none() {
             for &index in &plan.order {
@@ -151,6 +153,7 @@ pub async fn execute(
                     options: options.clone(),
                     progress: Progress::new(index, events.clone()),
                     cancel: cancel.child_token(),
+                    exchanges: Arc::clone(&exchanges),
                 };
                 let handle = running.spawn(task.run());
                 task_stage.insert(handle.id(), index);
@@ -230,6 +233,7 @@ struct StageTask {
     cache: Cache,
     options: ExecuteOptions,
     progress: Progress,
+    exchanges: Arc<crate::exchange::connections::Connections>,
     cancel: CancellationToken,
 }
 
@@ -325,6 +329,7 @@ impl StageTask {
                 .collect(),
             progress: self.progress.clone(),
             cancel: self.cancel.clone(),
+            exchanges: std::sync::Arc::clone(&self.exchanges),
         };
         if let Err(error) = stage.prepared.run(&context).await {
             let message = match &error {

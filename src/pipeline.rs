@@ -3,14 +3,16 @@
 //! [`Diagnostic`] with the file, line and column; all of them are reported at once.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 
 use crate::dag::Dag;
 use crate::diagnostic::Diagnostic;
+use crate::exchange::source::{Source, check_source};
 use crate::location::{Anchor, LocationIndex, Position, YamlPath};
-use crate::spec::{CacheSpec, PipelineSpec, StageSpec};
+use crate::spec::{PipelineSpec, StageSpec};
 use crate::stage::{self, FileRef, PrepareContext, PreparedStage, StageKind, strip_yaml_location};
 
 /// A checked stage, ready to plan and run.
@@ -37,7 +39,7 @@ pub struct Pipeline {
     pub project_root: PathBuf,
     pub stages: Vec<Stage>,
     pub dag: Dag,
-    pub sources: IndexMap<String, yaml_serde::Value>,
+    pub sources: IndexMap<String, Arc<Source>>,
 }
 
 /// Why a pipeline could not be loaded.
@@ -202,7 +204,7 @@ impl Checker<'_> {
                     Some("rename one: ids differing only in case, `-` or `_` collide".to_owned());
             }
         }
-        let default_cache = spec.defaults.cache.clone().unwrap_or_default();
+        let sources = self.check_sources(&spec);
         let mut stages = Vec::new();
         let mut edges = Vec::new();
         for (position, (id, stage_spec)) in spec.stages.iter().enumerate() {
@@ -240,9 +242,7 @@ impl Checker<'_> {
                     }
                 }
             }
-            if let Some(stage) =
-                self.check_stage(id, stage_spec, &base, &default_cache, &spec, needs)
-            {
+            if let Some(stage) = self.check_stage(id, stage_spec, &base, &spec, &sources, needs) {
                 stages.push(stage);
             }
         }
@@ -280,7 +280,7 @@ impl Checker<'_> {
                     project_root: self.project_root.to_owned(),
                     stages,
                     dag,
-                    sources: spec.sources,
+                    sources,
                 })
             }
             _ => Err(PipelineError::Invalid(self.diagnostics)),
@@ -292,14 +292,15 @@ impl Checker<'_> {
         id: &str,
         stage_spec: &StageSpec,
         base: &YamlPath,
-        default_cache: &CacheSpec,
         spec: &PipelineSpec,
+        sources: &IndexMap<String, Arc<Source>>,
         needs: Vec<usize>,
     ) -> Option<Stage> {
         let cache = stage_spec
             .cache
             .clone()
-            .unwrap_or_else(|| default_cache.clone());
+            .or_else(|| spec.defaults.cache.clone())
+            .unwrap_or_default();
         let cache_path = if stage_spec.cache.is_some() {
             base.clone().key("cache")
         } else {
@@ -334,7 +335,7 @@ impl Checker<'_> {
         let context = PrepareContext {
             stage_id: id,
             project_root: self.project_root,
-            sources: &spec.sources,
+            sources,
         };
         let prepared = match kind.prepare(&params, &context) {
             Ok(prepared) => prepared,
@@ -371,6 +372,28 @@ impl Checker<'_> {
             version: stage_spec.version.unwrap_or(0),
             files,
         })
+    }
+
+    /// Types every `sources:` entry; a broken one is reported and left out.
+    fn check_sources(&mut self, spec: &PipelineSpec) -> IndexMap<String, Arc<Source>> {
+        let mut sources = IndexMap::new();
+        for (name, value) in &spec.sources {
+            match check_source(name, value, self.project_root) {
+                Ok(source) => {
+                    sources.insert(name.clone(), Arc::new(source));
+                }
+                Err(error) => {
+                    let path = YamlPath::of(&["sources"])
+                        .key(name.clone())
+                        .join(&error.path);
+                    self.error(path, error.anchor, error.message).help = error.help;
+                    if let Some(nested) = error.nested {
+                        self.diagnostics.push(*nested);
+                    }
+                }
+            }
+        }
+        sources
     }
 
     fn duration(&mut self, text: Option<&str>, path: YamlPath) -> Result<Option<Duration>, ()> {

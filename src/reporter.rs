@@ -102,6 +102,9 @@ async fn report_lines(mut events: UnboundedReceiver<RunEvent>, names: Vec<String
                     message.unwrap_or_default()
                 );
             }
+            RunEvent::StageWarning { stage, message } => {
+                eprintln!("warning: {}: {message}", names[stage]);
+            }
             RunEvent::StageFinished {
                 stage,
                 status,
@@ -145,6 +148,9 @@ async fn report_bars(mut events: UnboundedReceiver<RunEvent>, names: Vec<String>
                     let count = count_text(done, total);
                     bar.set_message(format!("{count}{}", message.unwrap_or_default()));
                 }
+            }
+            RunEvent::StageWarning { stage, message } => {
+                let _ = multi.println(format!("warning: {}: {message}", names[stage]));
             }
             RunEvent::StageFinished {
                 stage,

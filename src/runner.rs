@@ -76,6 +76,9 @@ pub struct JsonStage {
     pub reason: String,
     pub duration_ms: u64,
     pub fingerprint: Option<String>,
+    /// The committed output directory, once there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
 }
 
 /// Loads a pipeline, with project-relative paths resolved against `paths.project_root`.
@@ -232,7 +235,13 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     } else {
         RunStatus::Succeeded
     };
-    record.stages = stage_records(&pipeline, &plan, &outcome, &request.paths.project_root);
+    record.stages = stage_records(
+        &pipeline,
+        &plan,
+        &outcome,
+        &cache,
+        &request.paths.project_root,
+    );
     record.finish(status);
     record.write(&request.paths.run_root)?;
     // The memo only speeds up later runs; failing to save it loses nothing.
@@ -294,6 +303,7 @@ fn stage_records(
     pipeline: &Pipeline,
     plan: &Plan,
     outcome: &RunOutcome,
+    cache: &Cache,
     project_root: &Path,
 ) -> Vec<StageRecord> {
     plan.order
@@ -322,6 +332,13 @@ fn stage_records(
                     .as_ref()
                     .map(|manifest| manifest.digest.clone()),
                 error: result.error.clone(),
+                output: result.manifest.as_ref().map(|manifest| {
+                    let dir = cache.entry_dir(manifest);
+                    dir.strip_prefix(project_root)
+                        .unwrap_or(&dir)
+                        .display()
+                        .to_string()
+                }),
                 log: result.log.as_ref().map(|log| {
                     log.strip_prefix(project_root)
                         .unwrap_or(log)
@@ -369,6 +386,7 @@ fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
                         reason: stage_plan.reason.clone(),
                         duration_ms: 0,
                         fingerprint: stage_plan.fingerprint().map(|fingerprint| fingerprint.0),
+                        output: None,
                     }
                 })
                 .collect(),
@@ -435,6 +453,7 @@ fn print_outcome(record: &RunRecord, request: &RunRequest) {
                     reason: stage.error.clone().unwrap_or_else(|| stage.reason.clone()),
                     duration_ms: stage.duration_ms,
                     fingerprint: stage.fingerprint.clone(),
+                    output: stage.output.clone(),
                 })
                 .collect(),
         };

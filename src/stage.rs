@@ -20,7 +20,12 @@ use crate::location::{Anchor, Segment, YamlPath};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Every built-in stage kind. One line per kind.
-pub static KINDS: &[&dyn StageKind] = &[&crate::stages::command::Command];
+pub static KINDS: &[&dyn StageKind] = &[
+    &crate::stages::command::Command,
+    &crate::stages::discover::Discover,
+    &crate::stages::rate_limits::RateLimits,
+    &crate::stages::collect::Collect,
+];
 
 /// The kind registered under `name`.
 pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
@@ -31,7 +36,7 @@ pub fn kind(name: &str) -> Option<&'static dyn StageKind> {
 pub struct PrepareContext<'a> {
     pub stage_id: &'a str,
     pub project_root: &'a Path,
-    pub sources: &'a IndexMap<String, yaml_serde::Value>,
+    pub sources: &'a IndexMap<String, std::sync::Arc<crate::exchange::source::Source>>,
 }
 
 /// A stage kind: validates params and builds a runnable stage.
@@ -97,6 +102,35 @@ pub struct StageContext {
     pub inputs: Vec<StageInput>,
     pub progress: Progress,
     pub cancel: CancellationToken,
+    /// The run's exchange connections, shared by every stage naming the same source.
+    pub exchanges: std::sync::Arc<crate::exchange::connections::Connections>,
+}
+
+impl StageContext {
+    /// Appends a line to the stage's log (best effort: the log is for people).
+    pub fn log(&self, line: &str) {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+        {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+
+    /// A warning: in the log, and shown to the user.
+    pub fn warn(&self, line: &str) {
+        self.log(&format!("warning: {line}"));
+        self.progress.warn(line);
+    }
+
+    /// The input whose output directory holds `file`, if any.
+    pub fn input_with(&self, file: &str) -> Option<&StageInput> {
+        self.inputs
+            .iter()
+            .find(|input| input.dir.join(file).is_file())
+    }
 }
 
 /// Why a stage failed.

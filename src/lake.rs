@@ -1,0 +1,421 @@
+//! The market-data lake under the data directory: append-only Parquet part files, partitioned
+//! Hive-style by source, interval and symbol, each row carrying its provenance.
+//!
+//! ```text
+//! data/lake/klines/source=aster/interval=1h/symbol=BTCUSDT/part-<first open ms>-<last open ms>.parquet
+//! ```
+//!
+//! A collection writes new parts holding only candles after the last stored one (or before the
+//! first, when the history window grows) and never rewrites a part, so a stage output that lists
+//! parts and their digests stays valid. Parts are written to a temporary name, fsynced, renamed
+//! and made read-only: a part either exists whole or not at all.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::exchange::model::{Interval, Kline};
+
+/// The klines table, relative to the data directory.
+pub const KLINES: &str = "lake/klines";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("failed to {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{}: {message}", path.display())]
+    Schema { path: PathBuf, message: String },
+    #[error("refusing `{0:?}` as a lake path component: only letters, digits, `_` and `-`")]
+    Unsafe(String),
+}
+
+/// A name that may become one directory level: letters, digits, `_`, `-`; no dots, no slashes.
+pub fn is_safe_component(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+}
+
+fn component(name: &str) -> Result<&str, LakeError> {
+    if is_safe_component(name) {
+        Ok(name)
+    } else {
+        Err(LakeError::Unsafe(name.to_owned()))
+    }
+}
+
+/// Where one source's candles of one symbol and interval live.
+pub fn partition_dir(
+    data_dir: &Path,
+    source: &str,
+    interval: Interval,
+    symbol: &str,
+) -> Result<PathBuf, LakeError> {
+    Ok(data_dir
+        .join(KLINES)
+        .join(format!("source={}", component(source)?))
+        .join(format!("interval={}", interval.name()))
+        .join(format!("symbol={}", component(symbol)?)))
+}
+
+/// Where the data came from; stored in every row and in the file's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The pipeline's source name.
+    pub source: String,
+    pub base_url: String,
+    pub fetched_at_ms: i64,
+    /// `exchange` (live), `recorded` (real data replayed), `binance-dump`, or `simulated`.
+    pub kind: String,
+}
+
+/// A stored part file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub path: PathBuf,
+    pub first_open_ms: i64,
+    pub last_open_ms: i64,
+}
+
+fn part_name(first: i64, last: i64) -> String {
+    format!("part-{first:013}-{last:013}.parquet")
+}
+
+fn parse_part_name(name: &str) -> Option<(i64, i64)> {
+    let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+    let (first, last) = stem.split_once('-')?;
+    Some((first.parse().ok()?, last.parse().ok()?))
+}
+
+/// The parts in a partition, oldest first. Temporary files are ignored.
+pub fn parts(dir: &Path) -> Result<Vec<Part>, LakeError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LakeError::Io {
+                action: "list",
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut parts = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| LakeError::Io {
+            action: "list",
+            path: dir.to_owned(),
+            source,
+        })?;
+        if let Some((first, last)) = entry.file_name().to_str().and_then(parse_part_name) {
+            parts.push(Part {
+                path: entry.path(),
+                first_open_ms: first,
+                last_open_ms: last,
+            });
+        }
+    }
+    parts.sort_by_key(|part| part.first_open_ms);
+    Ok(parts)
+}
+
+pub fn klines_schema() -> SchemaRef {
+    let float = |name: &str| Field::new(name, DataType::Float64, false);
+    let int = |name: &str| Field::new(name, DataType::Int64, false);
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        text("symbol"),
+        text("interval"),
+        int("open_time"),
+        float("open"),
+        float("high"),
+        float("low"),
+        float("close"),
+        float("volume"),
+        int("close_time"),
+        float("quote_volume"),
+        int("trades"),
+        float("taker_buy_base"),
+        float("taker_buy_quote"),
+        text("source"),
+        text("base_url"),
+        int("fetched_at"),
+        text("provenance"),
+    ]))
+}
+
+/// Writes `rows` (sorted, non-empty) as a new part; atomic and read-only once there.
+pub fn write_part(
+    dir: &Path,
+    symbol: &str,
+    interval: Interval,
+    rows: &[Kline],
+    provenance: &Provenance,
+) -> Result<Part, LakeError> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err(LakeError::Schema {
+            path: dir.to_owned(),
+            message: "refusing to write an empty part".into(),
+        });
+    };
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| LakeError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let name = part_name(first.open_time, last.open_time);
+    let path = dir.join(&name);
+    let temp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let batch = klines_batch(symbol, interval, rows, provenance);
+    let file = File::create(&temp).map_err(io("create", &temp))?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "asterflow.provenance".to_owned(),
+            serde_json::to_string(provenance).unwrap_or_default(),
+        )]))
+        .build();
+    let parquet_error = |source| LakeError::Parquet {
+        path: temp.clone(),
+        source,
+    };
+    let mut writer =
+        ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(parquet_error)?;
+    writer.write(&batch).map_err(parquet_error)?;
+    let mut file = writer.into_inner().map_err(parquet_error)?;
+    file.flush().map_err(io("write", &temp))?;
+    file.sync_all().map_err(io("sync", &temp))?;
+    drop(file);
+    let mut permissions = std::fs::metadata(&temp)
+        .map_err(io("stat", &temp))?
+        .permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&temp, permissions).map_err(io("protect", &temp))?;
+    std::fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+    Ok(Part {
+        path,
+        first_open_ms: first.open_time,
+        last_open_ms: last.open_time,
+    })
+}
+
+fn klines_batch(
+    symbol: &str,
+    interval: Interval,
+    rows: &[Kline],
+    provenance: &Provenance,
+) -> RecordBatch {
+    let n = rows.len();
+    let repeat = |value: &str| Arc::new(StringArray::from(vec![value; n])) as ArrayRef;
+    let floats = |f: fn(&Kline) -> f64| {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as ArrayRef
+    };
+    let ints = |f: fn(&Kline) -> i64| {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) as ArrayRef
+    };
+    let columns = vec![
+        repeat(symbol),
+        repeat(interval.name()),
+        ints(|k| k.open_time),
+        floats(|k| k.open),
+        floats(|k| k.high),
+        floats(|k| k.low),
+        floats(|k| k.close),
+        floats(|k| k.volume),
+        ints(|k| k.close_time),
+        floats(|k| k.quote_volume),
+        ints(|k| k.trades),
+        floats(|k| k.taker_buy_base),
+        floats(|k| k.taker_buy_quote),
+        repeat(&provenance.source),
+        repeat(&provenance.base_url),
+        Arc::new(Int64Array::from(vec![provenance.fetched_at_ms; n])) as ArrayRef,
+        repeat(&provenance.kind),
+    ];
+    RecordBatch::try_new(klines_schema(), columns).expect("columns match the schema")
+}
+
+/// Reads the candles of a lake part (or any Parquet file with the lake's kline columns).
+pub fn read_part(path: &Path) -> Result<Vec<Kline>, LakeError> {
+    let file = File::open(path).map_err(|source| LakeError::Io {
+        action: "open",
+        path: path.to_owned(),
+        source,
+    })?;
+    let parquet_error = |source| LakeError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_error)?
+        .build()
+        .map_err(parquet_error)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|error| LakeError::Schema {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| LakeError::Schema {
+                path: path.to_owned(),
+                message: format!("no column `{name}`"),
+            })
+        };
+        let int = |name: &str| -> Result<Int64Array, LakeError> {
+            column(name)?
+                .as_primitive_opt::<Int64Type>()
+                .cloned()
+                .ok_or_else(|| LakeError::Schema {
+                    path: path.to_owned(),
+                    message: format!("column `{name}` is not Int64"),
+                })
+        };
+        let float = |name: &str| -> Result<Float64Array, LakeError> {
+            column(name)?
+                .as_primitive_opt::<Float64Type>()
+                .cloned()
+                .ok_or_else(|| LakeError::Schema {
+                    path: path.to_owned(),
+                    message: format!("column `{name}` is not Float64"),
+                })
+        };
+        let (open_time, close_time, trades) =
+            (int("open_time")?, int("close_time")?, int("trades")?);
+        let (open, high, low, close) = (
+            float("open")?,
+            float("high")?,
+            float("low")?,
+            float("close")?,
+        );
+        let (volume, quote_volume) = (float("volume")?, float("quote_volume")?);
+        let (taker_base, taker_quote) = (float("taker_buy_base")?, float("taker_buy_quote")?);
+        for i in 0..batch.num_rows() {
+            rows.push(Kline {
+                open_time: open_time.value(i),
+                open: open.value(i),
+                high: high.value(i),
+                low: low.value(i),
+                close: close.value(i),
+                volume: volume.value(i),
+                close_time: close_time.value(i),
+                quote_volume: quote_volume.value(i),
+                trades: trades.value(i),
+                taker_buy_base: taker_base.value(i),
+                taker_buy_quote: taker_quote.value(i),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The number of rows in a part, from its footer.
+pub fn row_count(path: &Path) -> Result<u64, LakeError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = File::open(path).map_err(|source| LakeError::Io {
+        action: "open",
+        path: path.to_owned(),
+        source,
+    })?;
+    let reader = SerializedFileReader::new(file).map_err(|source| LakeError::Parquet {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+/// The provenance stored in a part's metadata.
+pub fn read_provenance(path: &Path) -> Result<Option<Provenance>, LakeError> {
+    let file = File::open(path).map_err(|source| LakeError::Io {
+        action: "open",
+        path: path.to_owned(),
+        source,
+    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| LakeError::Parquet {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|pairs| pairs.iter().find(|pair| pair.key == "asterflow.provenance"))
+        .and_then(|pair| pair.value.as_deref())
+        .and_then(|value| serde_json::from_str(value).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bar(open_time: i64) -> Kline {
+        Kline {
+            open_time,
+            open: 1.0,
+            high: 2.0,
+            low: 0.5,
+            close: 1.5,
+            volume: 10.0,
+            close_time: open_time + 3_599_999,
+            quote_volume: 15.0,
+            trades: 3,
+            taker_buy_base: 4.0,
+            taker_buy_quote: 6.0,
+        }
+    }
+
+    #[test]
+    fn parts_round_trip_and_refuse_unsafe_names() {
+        let temp = tempfile::tempdir().unwrap();
+        let hour = Interval::parse("1h").unwrap();
+        let dir = partition_dir(temp.path(), "aster", hour, "BTCUSDT").unwrap();
+        let provenance = Provenance {
+            source: "aster".into(),
+            base_url: "http://127.0.0.1:1".into(),
+            fetched_at_ms: 5,
+            kind: "simulated".into(),
+        };
+        let rows = vec![bar(0), bar(3_600_000)];
+        let part = write_part(&dir, "BTCUSDT", hour, &rows, &provenance).unwrap();
+        assert_eq!(read_part(&part.path).unwrap(), rows);
+        assert_eq!(read_provenance(&part.path).unwrap(), Some(provenance));
+        assert_eq!(parts(&dir).unwrap(), vec![part]);
+        for bad in ["../etc", "a/b", "", ".hidden", "BTC USDT", "ＢＴＣ"] {
+            assert!(
+                partition_dir(temp.path(), "aster", hour, bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! `collect`: klines for every symbol x interval into the lake, incrementally.
+//!
+//! ```yaml
+//! collect:
+//!   kind: collect
+//!   needs: [discover, rate_limits]   # the universe, and the budget to obey
+//!   with:
+//!     source: aster                  # an exchange, or a binance-dump source to import
+//!     intervals: [1h, 4h, 1d]        # default
+//!     history: 180d                  # default: the window back from now
+//!     # start: 2024-01-01            # or an absolute start
+//!     # symbols: [BTCUSDT]           # instead of a universe input
+//!     # page_size: 499 / concurrency: 4   # override the recommendation
+//! ```
+//!
+//! For each partition it fetches only candles after the last stored one (and before the first,
+//! when the window grows), paginating with the page size that fetches the most rows per weight,
+//! drops any candle that has not closed, and writes new append-only part files (flushed every
+//! 50,000 rows or 20 s, and on interruption: a rerun resumes where this one stopped). The
+//! output lists every part of the collected partitions with its blake3 (`lake.json`), so
+//! consumers re-run exactly when the data changed; plus `collection_report.json` and
+//! `collection_summary.csv`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::exchange::client::{ExchangeClient, ExchangeError};
+use crate::exchange::model::{Interval, Kline, MAX_PAGE, weight_optimal_page};
+use crate::exchange::source::{self, Source, SourceKind};
+use crate::lake::{self, Provenance};
+use crate::location::YamlPath;
+use crate::stage::{
+    BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
+    StageKind, parse_params,
+};
+use crate::stages::discover::{UNIVERSE_FILE, printable, read_universe, source_files};
+use crate::stages::rate_limits::{RECOMMENDATION_FILE, Recommendation};
+use crate::stages::write_json;
+
+pub struct Collect;
+
+/// The stage output consumers read the lake through.
+pub const LAKE_FILE: &str = "lake.json";
+const FLUSH_ROWS: usize = 50_000;
+const FLUSH_EVERY: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    source: String,
+    #[serde(default = "default_intervals")]
+    intervals: Vec<Interval>,
+    #[serde(default = "default_history")]
+    history: String,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    symbols: Option<Vec<String>>,
+    #[serde(default)]
+    page_size: Option<u32>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+}
+
+fn default_intervals() -> Vec<Interval> {
+    ["1h", "4h", "1d"]
+        .iter()
+        .map(|name| Interval::parse(name).expect("known interval"))
+        .collect()
+}
+
+fn default_history() -> String {
+    "180d".into()
+}
+
+#[derive(Debug)]
+struct Prepared {
+    params: Params,
+    source: Arc<Source>,
+    history: Duration,
+    start_ms: Option<u64>,
+}
+
+impl StageKind for Collect {
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+
+    fn code_version(&self) -> u32 {
+        1
+    }
+
+    fn prepare(
+        &self,
+        params: &yaml_serde::Value,
+        context: &PrepareContext<'_>,
+    ) -> Result<Box<dyn PreparedStage>, ParamError> {
+        let params: Params = parse_params(params)?;
+        let source = Arc::clone(source::resolve(
+            context.sources,
+            &params.source,
+            YamlPath::root().key("source"),
+        )?);
+        let root = YamlPath::root();
+        if params.intervals.is_empty() {
+            return Err(ParamError::new(
+                root.key("intervals"),
+                "no intervals to collect",
+            ));
+        }
+        let history = crate::time::parse_duration(&params.history)
+            .map_err(|message| ParamError::new(root.clone().key("history"), message))?;
+        let start_ms = params
+            .start
+            .as_deref()
+            .map(crate::replay::parse_time)
+            .transpose()
+            .map_err(|message| ParamError::new(root.clone().key("start"), message))?;
+        if let Some(symbols) = &params.symbols {
+            for (index, symbol) in symbols.iter().enumerate() {
+                if !source.accepts_symbol(symbol) {
+                    return Err(ParamError::new(
+                        root.clone().key("symbols").index(index),
+                        format!(
+                            "symbol {} is outside the source's pattern `{}`",
+                            printable(symbol),
+                            source.symbol_pattern.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(page) = params.page_size
+            && !(1..=MAX_PAGE).contains(&page)
+        {
+            return Err(ParamError::new(
+                root.clone().key("page_size"),
+                format!("page_size must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        if params.concurrency == Some(0) {
+            return Err(ParamError::new(
+                root.key("concurrency"),
+                "concurrency must be at least 1",
+            ));
+        }
+        Ok(Box::new(Prepared {
+            params,
+            source,
+            history,
+            start_ms,
+        }))
+    }
+}
+
+/// One symbol x interval of the collection.
+#[derive(Debug, Clone)]
+struct Partition {
+    symbol: String,
+    interval: Interval,
+    onboard_ms: Option<u64>,
+}
+
+/// What happened to one partition: a row of the report.
+#[derive(Debug, Clone, Default, Serialize)]
+struct PartitionReport {
+    symbol: String,
+    interval: String,
+    new_rows: u64,
+    rows: u64,
+    first_open_ms: Option<i64>,
+    last_open_ms: Option<i64>,
+    requests: u64,
+    retries: u64,
+    rate_limited: u64,
+    parts_written: u64,
+}
+
+/// One part in `lake.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartEntry {
+    /// Relative to the data directory.
+    pub path: String,
+    pub symbol: String,
+    pub interval: String,
+    pub rows: u64,
+    pub first_open_ms: i64,
+    pub last_open_ms: i64,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+/// `lake.json`: the parts a consumer reads, with their digests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LakeListing {
+    pub table: String,
+    pub source: String,
+    pub provenance: Vec<String>,
+    pub intervals: Vec<String>,
+    pub symbols: Vec<String>,
+    pub parts: Vec<PartEntry>,
+}
+
+/// Where candles come from during one collection.
+enum Feed<'a> {
+    Exchange(&'a ExchangeClient),
+    Dump(BTreeMap<(String, Interval), Vec<PathBuf>>),
+}
+
+struct Collector<'a> {
+    context: &'a StageContext,
+    feed: Feed<'a>,
+    source: &'a Source,
+    provenance: Provenance,
+    page_size: u32,
+    start_ms: u64,
+    done: AtomicU64,
+    total: u64,
+}
+
+impl PreparedStage for Prepared {
+    fn params(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.params).unwrap_or_default();
+        value["source"] = self.source.describe();
+        value
+    }
+
+    fn files(&self) -> Vec<FileRef> {
+        source_files(&self.source)
+    }
+
+    fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(self.collect(context))
+    }
+}
+
+fn failed(error: impl std::fmt::Display) -> StageError {
+    StageError::Failed(error.to_string())
+}
+
+fn exchange_failed(error: ExchangeError) -> StageError {
+    match error {
+        ExchangeError::Cancelled => StageError::Cancelled,
+        other => failed(other),
+    }
+}
+
+impl Prepared {
+    async fn collect(&self, context: &StageContext) -> Result<(), StageError> {
+        let started = Instant::now();
+        let started_ms = crate::time::now_ms();
+        let recommendation = match context.input_with(RECOMMENDATION_FILE) {
+            Some(input) => {
+                let path = input.dir.join(RECOMMENDATION_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|source| StageError::Io {
+                    action: "read",
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(
+                    serde_json::from_str::<Recommendation>(&text)
+                        .map_err(|error| failed(format!("{}: {error}", path.display())))?,
+                )
+            }
+            None => None,
+        };
+        let connection;
+        let (feed, base_url, kind, now_ms) = match &self.source.kind {
+            SourceKind::Exchange { .. } => {
+                connection = context
+                    .exchanges
+                    .connect(&self.source, &context.cancel)
+                    .await
+                    .map_err(exchange_failed)?;
+                let client = &connection.client;
+                if let Some(rec) = &recommendation {
+                    client.limiter.configure(rec.window_ms, rec.weight_budget);
+                }
+                (
+                    Feed::Exchange(client),
+                    client.base_url().to_owned(),
+                    client.provenance(),
+                    client.limiter.server_now_ms(),
+                )
+            }
+            SourceKind::Dump { dir, display } => {
+                let files = crate::exchange::dump::find_kline_files(dir).map_err(failed)?;
+                let mut grouped: BTreeMap<(String, Interval), Vec<PathBuf>> = BTreeMap::new();
+                for file in files {
+                    grouped
+                        .entry((file.symbol, file.interval))
+                        .or_default()
+                        .push(file.path);
+                }
+                (
+                    Feed::Dump(grouped),
+                    display.clone(),
+                    "binance-dump".to_owned(),
+                    crate::time::now_ms(),
+                )
+            }
+        };
+        let concurrency = self
+            .params
+            .concurrency
+            .or(recommendation.as_ref().map(|rec| rec.concurrency))
+            .unwrap_or(4)
+            .max(1) as usize;
+        let page_size = self
+            .params
+            .page_size
+            .or(recommendation.as_ref().map(|rec| rec.page_size))
+            .unwrap_or_else(weight_optimal_page);
+        let symbols = self.symbols(context, &feed)?;
+        let partitions: Vec<Partition> = symbols
+            .iter()
+            .flat_map(|(symbol, onboard)| {
+                self.params
+                    .intervals
+                    .iter()
+                    .map(move |&interval| Partition {
+                        symbol: symbol.clone(),
+                        interval,
+                        onboard_ms: *onboard,
+                    })
+            })
+            .collect();
+        let start_ms = self
+            .start_ms
+            .unwrap_or_else(|| now_ms.saturating_sub(self.history.as_millis() as u64));
+        let collector = Collector {
+            context,
+            feed,
+            source: &self.source,
+            provenance: Provenance {
+                source: self.source.name.clone(),
+                base_url,
+                fetched_at_ms: started_ms as i64,
+                kind,
+            },
+            page_size,
+            start_ms,
+            done: AtomicU64::new(0),
+            total: partitions.len() as u64,
+        };
+        context.log(&format!(
+            "collecting {} partitions from {} ({}), page {page_size}, concurrency {concurrency}, from {}",
+            partitions.len(),
+            self.source.name,
+            collector.provenance.base_url,
+            crate::time::rfc3339(start_ms)
+        ));
+        let tasks: Vec<_> = partitions
+            .iter()
+            .map(|partition| collector.partition(partition))
+            .collect();
+        let results: Vec<Result<PartitionReport, StageError>> = futures::stream::iter(tasks)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(report) => reports.push(report),
+                Err(error) => {
+                    if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
+                        first_error = Some(error);
+                    }
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
+        let listing = self.listing(context, &partitions, &collector.provenance)?;
+        write_json(&context.output_dir.join(LAKE_FILE), &listing)?;
+        let (requests, retries, rate_limited, weight) = match &collector.feed {
+            Feed::Exchange(client) => (
+                client.counters.requests.load(Ordering::Relaxed),
+                client.counters.retries.load(Ordering::Relaxed),
+                client.counters.rate_limited.load(Ordering::Relaxed),
+                client.counters.weight.load(Ordering::Relaxed),
+            ),
+            Feed::Dump(_) => (0, 0, 0, 0),
+        };
+        let new_rows: u64 = reports.iter().map(|r| r.new_rows).sum();
+        write_json(
+            &context.output_dir.join("collection_report.json"),
+            &serde_json::json!({
+                "source": self.source.name,
+                "base_url": collector.provenance.base_url,
+                "provenance": collector.provenance.kind,
+                "started_at": crate::time::rfc3339(started_ms),
+                "elapsed_ms": started.elapsed().as_millis() as u64,
+                "window_start_ms": start_ms,
+                "page_size": page_size,
+                "concurrency": concurrency,
+                "budget": recommendation.as_ref().map(|rec| serde_json::json!({
+                    "window_ms": rec.window_ms, "weight": rec.weight_budget, "declared_limit": rec.declared_limit
+                })),
+                "new_rows": new_rows,
+                "requests": requests,
+                "retries": retries,
+                "rate_limited": rate_limited,
+                "weight": weight,
+                "partitions": reports,
+            }),
+        )?;
+        write_summary(&context.output_dir.join("collection_summary.csv"), &reports)?;
+        context.progress.message(format!(
+            "{new_rows} new rows in {} partitions, {requests} requests, {rate_limited} x 429",
+            reports.len()
+        ));
+        Ok(())
+    }
+
+    /// The symbols to collect: the explicit list, else the universe input, else (for dumps)
+    /// every symbol present in the files.
+    fn symbols(
+        &self,
+        context: &StageContext,
+        feed: &Feed<'_>,
+    ) -> Result<Vec<(String, Option<u64>)>, StageError> {
+        let listed: Vec<(String, Option<u64>)> = if let Some(symbols) = &self.params.symbols {
+            symbols.iter().map(|s| (s.clone(), None)).collect()
+        } else if let Some(input) = context.input_with(UNIVERSE_FILE) {
+            read_universe(&input.dir.join(UNIVERSE_FILE))
+                .map_err(failed)?
+                .into_iter()
+                .map(|(symbol, onboard)| (symbol, onboard.map(|ms| ms.max(0) as u64)))
+                .collect()
+        } else if let Feed::Dump(files) = feed {
+            let mut symbols: Vec<(String, Option<u64>)> = files
+                .keys()
+                .map(|(symbol, _)| (symbol.clone(), None))
+                .collect();
+            symbols.dedup();
+            symbols
+        } else {
+            return Err(failed(
+                "collect has no symbols: add `needs: [discover]` (a stage writing universe.parquet) or list `symbols:`",
+            ));
+        };
+        let mut accepted = Vec::new();
+        for (symbol, onboard) in listed {
+            if self.source.accepts_symbol(&symbol) {
+                accepted.push((symbol, onboard));
+            } else {
+                context.warn(&format!(
+                    "refused symbol {}: outside the source's pattern",
+                    printable(&symbol)
+                ));
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Every part of the collected partitions, with digests, sorted by path.
+    fn listing(
+        &self,
+        context: &StageContext,
+        partitions: &[Partition],
+        provenance: &Provenance,
+    ) -> Result<LakeListing, StageError> {
+        let mut parts = Vec::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        kinds.insert(provenance.kind.clone());
+        for partition in partitions {
+            let dir = lake::partition_dir(
+                &context.data_dir,
+                &self.source.name,
+                partition.interval,
+                &partition.symbol,
+            )
+            .map_err(failed)?;
+            for part in lake::parts(&dir).map_err(failed)? {
+                let bytes = std::fs::read(&part.path).map_err(|source| StageError::Io {
+                    action: "read",
+                    path: part.path.clone(),
+                    source,
+                })?;
+                let rows = lake::row_count(&part.path).map_err(failed)?;
+                if let Ok(Some(stored)) = lake::read_provenance(&part.path) {
+                    kinds.insert(stored.kind);
+                }
+                parts.push(PartEntry {
+                    path: part
+                        .path
+                        .strip_prefix(&context.data_dir)
+                        .unwrap_or(&part.path)
+                        .to_string_lossy()
+                        .into_owned(),
+                    symbol: partition.symbol.clone(),
+                    interval: partition.interval.name().to_owned(),
+                    rows,
+                    first_open_ms: part.first_open_ms,
+                    last_open_ms: part.last_open_ms,
+                    bytes: bytes.len() as u64,
+                    blake3: blake3::hash(&bytes).to_hex().to_string(),
+                });
+            }
+        }
+        parts.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut symbols: Vec<String> = partitions.iter().map(|p| p.symbol.clone()).collect();
+        symbols.dedup();
+        Ok(LakeListing {
+            table: "klines".into(),
+            source: self.source.name.clone(),
+            provenance: kinds.into_iter().collect(),
+            intervals: self
+                .params
+                .intervals
+                .iter()
+                .map(|i| i.name().to_owned())
+                .collect(),
+            symbols,
+            parts,
+        })
+    }
+}
+
+/// Buffered new candles of one partition, flushed to part files.
+struct Pending<'a> {
+    dir: PathBuf,
+    partition: &'a Partition,
+    rows: Vec<Kline>,
+    last_flush: Instant,
+    report: PartitionReport,
+}
+
+impl Pending<'_> {
+    fn flush(&mut self, provenance: &Provenance) -> Result<(), StageError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        self.rows.sort_by_key(|row| row.open_time);
+        lake::write_part(
+            &self.dir,
+            &self.partition.symbol,
+            self.partition.interval,
+            &self.rows,
+            provenance,
+        )
+        .map_err(failed)?;
+        self.report.new_rows += self.rows.len() as u64;
+        self.report.parts_written += 1;
+        self.rows.clear();
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.rows.len() >= FLUSH_ROWS || self.last_flush.elapsed() >= FLUSH_EVERY
+    }
+}
+
+impl Collector<'_> {
+    async fn partition(&self, partition: &Partition) -> Result<PartitionReport, StageError> {
+        let interval = partition.interval;
+        let step = interval.millis();
+        let dir = lake::partition_dir(
+            &self.context.data_dir,
+            &self.source.name,
+            interval,
+            &partition.symbol,
+        )
+        .map_err(failed)?;
+        let stored = lake::parts(&dir).map_err(failed)?;
+        let stored_range = stored.first().zip(stored.last()).map(|(first, last)| {
+            (
+                first.first_open_ms.max(0) as u64,
+                last.last_open_ms.max(0) as u64,
+            )
+        });
+        let now = match &self.feed {
+            Feed::Exchange(client) => client.limiter.server_now_ms(),
+            Feed::Dump(_) => crate::time::now_ms(),
+        };
+        // The newest candle that has closed by now opened one interval before the open one.
+        let last_closed = interval.floor(now.saturating_sub(step));
+        let mut window_start = interval.floor(self.start_ms);
+        if let Some(onboard) = partition.onboard_ms {
+            window_start = window_start.max(interval.floor(onboard));
+        }
+        let mut ranges = Vec::new();
+        match stored_range {
+            None => ranges.push((window_start, last_closed)),
+            Some((first, last)) => {
+                if window_start < first {
+                    ranges.push((window_start, first - step));
+                }
+                ranges.push((last + step, last_closed));
+            }
+        }
+        let mut pending = Pending {
+            dir,
+            partition,
+            rows: Vec::new(),
+            last_flush: Instant::now(),
+            report: PartitionReport {
+                symbol: partition.symbol.clone(),
+                interval: interval.name().to_owned(),
+                ..PartitionReport::default()
+            },
+        };
+        let mut outcome = Ok(());
+        for (lo, hi) in ranges {
+            if lo > hi {
+                continue;
+            }
+            outcome = match &self.feed {
+                Feed::Exchange(client) => self.fetch(client, &mut pending, lo, hi, now).await,
+                Feed::Dump(files) => self.import(files, &mut pending, lo, hi),
+            };
+            if outcome.is_err() {
+                break;
+            }
+        }
+        // Whatever arrived is complete, closed candles: keep it, so a rerun resumes after it.
+        pending.flush(&self.provenance)?;
+        outcome?;
+        let parts = lake::parts(&pending.dir).map_err(failed)?;
+        pending.report.first_open_ms = parts.first().map(|p| p.first_open_ms);
+        pending.report.last_open_ms = parts.last().map(|p| p.last_open_ms);
+        let mut rows = 0;
+        for part in &parts {
+            rows += lake::row_count(&part.path).map_err(failed)?;
+        }
+        pending.report.rows = rows;
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.context.progress.update(
+            done,
+            self.total,
+            format!(
+                "{} {}: +{} rows",
+                partition.symbol, interval, pending.report.new_rows
+            ),
+        );
+        Ok(pending.report)
+    }
+
+    /// Pages through `[lo, hi]` (open times), asking each page for exactly what is left so the
+    /// last page falls in the cheapest weight class.
+    async fn fetch(
+        &self,
+        client: &ExchangeClient,
+        pending: &mut Pending<'_>,
+        lo: u64,
+        hi: u64,
+        now: u64,
+    ) -> Result<(), StageError> {
+        let step = pending.partition.interval.millis();
+        let mut cursor = lo;
+        while cursor <= hi {
+            let remaining = (hi - cursor) / step + 1;
+            let limit = (self.page_size as u64).min(remaining) as u32;
+            let (rows, stats) = client
+                .klines(
+                    &pending.partition.symbol,
+                    pending.partition.interval.name(),
+                    cursor,
+                    hi,
+                    limit,
+                    &self.context.cancel,
+                )
+                .await
+                .map_err(exchange_failed)?;
+            pending.report.requests += u64::from(stats.attempts);
+            pending.report.retries += u64::from(stats.retries);
+            pending.report.rate_limited += u64::from(stats.rate_limited);
+            let received = rows.len();
+            let mut last_kept = cursor as i64 - 1;
+            for row in rows {
+                // Only closed candles inside the asked range, strictly increasing: no duplicate
+                // and no still-open candle ever reaches the lake.
+                if row.open_time < cursor as i64
+                    || row.open_time > hi as i64
+                    || row.open_time <= last_kept
+                {
+                    continue;
+                }
+                if row.close_time >= now as i64 {
+                    continue;
+                }
+                last_kept = row.open_time;
+                pending.rows.push(row);
+            }
+            if received < limit as usize || last_kept < cursor as i64 {
+                break;
+            }
+            cursor = last_kept as u64 + step;
+            if pending.due() {
+                pending.flush(&self.provenance)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Imports dump files' candles in `[lo, hi]`.
+    fn import(
+        &self,
+        files: &BTreeMap<(String, Interval), Vec<PathBuf>>,
+        pending: &mut Pending<'_>,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), StageError> {
+        if self.context.cancel.is_cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let key = (pending.partition.symbol.clone(), pending.partition.interval);
+        let mut rows = Vec::new();
+        for path in files.get(&key).map(Vec::as_slice).unwrap_or_default() {
+            rows.extend(crate::exchange::dump::read_kline_file(path).map_err(failed)?);
+        }
+        rows.retain(|row| row.open_time >= lo as i64 && row.open_time <= hi as i64);
+        rows.sort_by_key(|row| row.open_time);
+        rows.dedup_by_key(|row| row.open_time);
+        pending.rows.extend(rows);
+        Ok(())
+    }
+}
+
+fn write_summary(path: &Path, reports: &[PartitionReport]) -> Result<(), StageError> {
+    let time = |ms: Option<i64>| {
+        ms.map(|ms| crate::time::rfc3339(ms.max(0) as u64))
+            .unwrap_or_default()
+    };
+    let mut text = String::from(
+        "symbol,interval,new_rows,rows,first_open,last_open,requests,retries,rate_limited\n",
+    );
+    for r in reports {
+        text.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            r.symbol,
+            r.interval,
+            r.new_rows,
+            r.rows,
+            time(r.first_open_ms),
+            time(r.last_open_ms),
+            r.requests,
+            r.retries,
+            r.rate_limited
+        ));
+    }
+    std::fs::write(path, text).map_err(|source| StageError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
+}
