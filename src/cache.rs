@@ -171,12 +171,15 @@ impl Cache {
 
     /// Commits the files a stage wrote into its staging directory as the entry for
     /// `key`: moves them into a fresh attempt directory, then writes the manifest, then `latest`.
+    /// `reports` (files about the run, such as timings) are kept but left out of the digest
+    /// consumers key on.
     pub async fn commit(
         &self,
         stage: &str,
         key: FingerprintKey,
         run_id: &str,
         created_at_ms: u64,
+        reports: &[&str],
     ) -> Result<Manifest, CacheError> {
         let fingerprint = key.fingerprint();
         let staging = self.staging_dir(run_id, stage);
@@ -205,7 +208,13 @@ impl Cache {
             created_at_ms,
             run_id: run_id.to_owned(),
             dir: run_id.to_owned(),
-            digest: output_digest(&files),
+            digest: output_digest(
+                &files
+                    .iter()
+                    .filter(|file| !reports.contains(&file.path.as_str()))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
             files,
         };
         self.store
@@ -297,6 +306,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reports_stay_out_of_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap(), "p");
+        let mut digests = Vec::new();
+        for (run, report) in [("r1", "took 5s"), ("r2", "took 7s")] {
+            let staging = cache.staging_dir(run, "a");
+            fs_err::create_dir_all(&staging).unwrap();
+            fs_err::write(staging.join("data.txt"), "same").unwrap();
+            fs_err::write(staging.join("report.json"), report).unwrap();
+            let manifest = cache
+                .commit("a", key(run), run, 1, &["report.json"])
+                .await
+                .unwrap();
+            assert_eq!(manifest.files.len(), 2, "the report is kept");
+            digests.push(manifest.digest);
+        }
+        assert_eq!(digests[0], digests[1]);
+    }
+
+    #[tokio::test]
     async fn commit_then_lookup_and_latest() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap(), "p");
@@ -304,7 +333,7 @@ mod tests {
         fs_err::create_dir_all(staging.join("sub")).unwrap();
         fs_err::write(staging.join("out.txt"), "hello").unwrap();
         fs_err::write(staging.join("sub/more.txt"), "more").unwrap();
-        let manifest = cache.commit("a", key("x"), "r1", 1).await.unwrap();
+        let manifest = cache.commit("a", key("x"), "r1", 1, &[]).await.unwrap();
         assert_eq!(manifest.files.len(), 2);
         assert_eq!(manifest.files[0].path, "out.txt");
         assert!(!staging.exists(), "staging is emptied by the commit");

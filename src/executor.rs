@@ -341,7 +341,13 @@ impl StageTask {
         }
         match self
             .cache
-            .commit(&stage.id, key, &self.options.run_id, now_ms())
+            .commit(
+                &stage.id,
+                key,
+                &self.options.run_id,
+                now_ms(),
+                stage.prepared.reports(),
+            )
             .await
         {
             Ok(manifest) => {

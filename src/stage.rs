@@ -75,6 +75,11 @@ pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     fn files(&self) -> Vec<FileRef> {
         Vec::new()
     }
+    /// Output files that describe the run rather than the data (timings, request counts): kept
+    /// in the cache but left out of the content digest, so consumers do not re-run for them.
+    fn reports(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Does the work, writing into `context.output_dir`.
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>>;
 }

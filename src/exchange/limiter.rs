@@ -175,8 +175,10 @@ impl Limiter {
     pub fn observe(&self, charge: &Charge, used: u64) {
         let mut state = self.lock();
         let now_window = self.server_now_ms() / state.window_ms;
-        // The header speaks for the server's current window; trust it only while that is ours.
-        if now_window == state.window && charge.window <= state.window {
+        // The header speaks for the window the server counted the request in. Trust it only
+        // when the request was sent and answered within our current window: a response that
+        // straddles a boundary reports the old window's total, not the new one's.
+        if now_window == state.window && charge.window == state.window {
             state.used = state.used.max(used);
         }
     }

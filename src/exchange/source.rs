@@ -93,7 +93,7 @@ pub enum SourceKind {
         timeout: Duration,
         max_retries: u32,
     },
-    /// Binance public-dump CSV files in a local directory (an object store with the `fs` backend).
+    /// Binance public-dump CSV files under a local directory (`path:` or a `file://` URL).
     Dump { dir: PathBuf, display: String },
 }
 
@@ -317,7 +317,7 @@ pub fn check_source(
                     let Some(rest) = url.strip_prefix("file://") else {
                         return Err(problem(
                             root.clone().key("url"),
-                            format!("unsupported object store URL `{url}`"),
+                            format!("unsupported URL `{url}`"),
                             "this build reads file:// URLs; use path: for a local directory",
                         ));
                     };

@@ -235,6 +235,10 @@ impl PreparedStage for Prepared {
         source_files(&self.source)
     }
 
+    fn reports(&self) -> &'static [&'static str] {
+        &["collection_report.json", "collection_summary.csv"]
+    }
+
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.collect(context))
     }
