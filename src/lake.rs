@@ -47,6 +47,10 @@ pub enum LakeError {
     Schema { path: PathBuf, message: String },
     #[error("refusing `{0:?}` as a lake path component: only letters, digits, `_` and `-`")]
     Unsafe(String),
+    #[error("another collection is writing to {}; try again when it is done", .0.display())]
+    Busy(PathBuf),
+    #[error("{} already exists; parts are never overwritten", .0.display())]
+    Exists(PathBuf),
 }
 
 /// A name that may become one directory level: letters, digits, `_`, `-`; no dots, no slashes.
@@ -64,6 +68,39 @@ fn component(name: &str) -> Result<&str, LakeError> {
         Ok(name)
     } else {
         Err(LakeError::Unsafe(name.to_owned()))
+    }
+}
+
+/// Held while a stage writes one source's part of the lake: one writer at a time per source,
+/// whatever the run root.
+#[derive(Debug)]
+pub struct LakeLock {
+    _file: File,
+}
+
+/// Takes the writer lock of `source` in the lake (an OS file lock on
+/// `<data>/lake/klines/source=<source>/.lock`, freed however the holder dies).
+pub fn lock(data_dir: &Path, source: &str) -> Result<LakeLock, LakeError> {
+    let dir = data_dir
+        .join(KLINES)
+        .join(format!("source={}", component(source)?));
+    let path = dir.join(".lock");
+    let io = |source| LakeError::Io {
+        action: "lock",
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(LakeLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LakeError::Busy(dir)),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
     }
 }
 
@@ -192,7 +229,9 @@ pub fn write_part(
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let name = part_name(first.open_time, last.open_time);
     let path = dir.join(&name);
-    let temp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nonce = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = dir.join(format!(".tmp-{}-{nonce}-{name}", std::process::id()));
     let batch = klines_batch(symbol, interval, rows, provenance);
     let file = File::create(&temp).map_err(io("create", &temp))?;
     let properties = WriterProperties::builder()
@@ -218,7 +257,22 @@ pub fn write_part(
         .permissions();
     permissions.set_readonly(true);
     std::fs::set_permissions(&temp, permissions).map_err(io("protect", &temp))?;
-    std::fs::rename(&temp, &path).map_err(io("rename into place", &path))?;
+    // A hard link fails if the name exists: a part is never replaced.
+    let linked = std::fs::hard_link(&temp, &path);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(LakeError::Exists(path));
+        }
+        Err(source) => {
+            return Err(LakeError::Io {
+                action: "link into place",
+                path,
+                source,
+            });
+        }
+    }
     if let Ok(handle) = File::open(dir) {
         let _ = handle.sync_all();
     }
@@ -409,8 +463,21 @@ mod tests {
         let rows = vec![bar(0), bar(3_600_000)];
         let part = write_part(&dir, "BTCUSDT", hour, &rows, &provenance).unwrap();
         assert_eq!(read_part(&part.path).unwrap(), rows);
-        assert_eq!(read_provenance(&part.path).unwrap(), Some(provenance));
+        assert_eq!(
+            read_provenance(&part.path).unwrap(),
+            Some(provenance.clone())
+        );
         assert_eq!(parts(&dir).unwrap(), vec![part]);
+        assert!(matches!(
+            write_part(&dir, "BTCUSDT", hour, &rows, &provenance),
+            Err(LakeError::Exists(_))
+        ));
+        let _held = lock(temp.path(), "aster").unwrap();
+        assert!(matches!(
+            lock(temp.path(), "aster"),
+            Err(LakeError::Busy(_))
+        ));
+        assert!(lock(temp.path(), "other").is_ok());
         for bad in ["../etc", "a/b", "", ".hidden", "BTC USDT", "ＢＴＣ"] {
             assert!(
                 partition_dir(temp.path(), "aster", hour, bad).is_err(),

@@ -11,7 +11,7 @@ use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::limiter::{Charge, Limiter};
+use super::limiter::{Charge, Limiter, Refusal};
 use super::model::{
     ApiErrorBody, ExchangeInfo, Kline, KlineRow, RateLimit, Ticker24h, klines_weight,
 };
@@ -21,8 +21,9 @@ use super::model::{
 pub const PROVENANCE_HEADER: &str = "x-asterflow-provenance";
 /// Prefix of the used-weight headers: `X-MBX-USED-WEIGHT-1m`, `X-MBX-USED-WEIGHT-10s`.
 pub const USED_WEIGHT_PREFIX: &str = "x-mbx-used-weight-";
-/// How many 429s one request may meet before the stage gives up.
-const MAX_RATE_LIMITED: u32 = 30;
+/// How many 429s in a row (across every request of the run to this source) before giving up,
+/// well before an exchange would escalate to a ban.
+const MAX_RATE_LIMITED_IN_A_ROW: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
@@ -52,7 +53,9 @@ pub enum ExchangeError {
         attempts: u32,
         last: String,
     },
-    #[error("{url}: rate limited (429) {count} times; the budget is too high for this IP")]
+    #[error(
+        "{url}: rate limited (429) {count} times in a row; stopped before the exchange bans this IP. Lower rate_limits' collect_share, or check what else uses this IP"
+    )]
     RateLimited {
         url: String,
         count: u32,
@@ -60,6 +63,8 @@ pub enum ExchangeError {
     },
     #[error("{url}: unexpected response: {message}")]
     Decode { url: String, message: String },
+    #[error("source {name}: {message}")]
+    Setup { name: String, message: String },
     #[error("interrupted")]
     Cancelled,
 }
@@ -269,11 +274,30 @@ impl ExchangeClient {
                     last: last_error,
                 });
             }
-            let charge = self
-                .limiter
-                .acquire(weight, cancel)
-                .await
-                .ok_or(ExchangeError::Cancelled)?;
+            let charge = match self.limiter.acquire(weight, cancel).await {
+                Ok(charge) => charge,
+                Err(Refusal::Cancelled) => return Err(ExchangeError::Cancelled),
+                Err(Refusal::Banned(retry_after)) => {
+                    return Err(ExchangeError::Banned {
+                        url,
+                        retry_after,
+                        message: "an earlier request was answered 418; nothing more is sent".into(),
+                    });
+                }
+                Err(Refusal::TooHeavy {
+                    weight,
+                    budget,
+                    window_ms,
+                }) => {
+                    return Err(ExchangeError::Setup {
+                        name: self.base_url.clone(),
+                        message: format!(
+                            "{url} weighs {weight}, more than the whole budget of {budget} per {}; raise rate_limits' collect_share or lower page_size",
+                            crate::time::human(Duration::from_millis(window_ms))
+                        ),
+                    });
+                }
+            };
             stats.attempts += 1;
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             self.counters.weight.fetch_add(weight, Ordering::Relaxed);
@@ -291,8 +315,17 @@ impl ExchangeClient {
                 Err(error) => Attempt::Retry(describe_transport(&error)),
             };
             match outcome {
-                Attempt::Done(value) => return Ok((value, stats)),
-                Attempt::Fatal(error) => return Err(error),
+                Attempt::Done(value) => {
+                    self.limiter.succeeded();
+                    return Ok((value, stats));
+                }
+                Attempt::Fatal(error) => {
+                    if let ExchangeError::Banned { retry_after, .. } = &error {
+                        // Every other request of the run stops here too.
+                        self.limiter.ban(*retry_after);
+                    }
+                    return Err(error);
+                }
                 Attempt::Retry(message) => {
                     last_error = message;
                     stats.retries += 1;
@@ -309,16 +342,15 @@ impl ExchangeClient {
                 Attempt::RateLimited(retry_after) => {
                     stats.rate_limited += 1;
                     self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    if stop_on_429 || stats.rate_limited > MAX_RATE_LIMITED {
-                        self.limiter.back_off(retry_after);
+                    // Everyone sharing the limiter waits; acquire() sleeps until then.
+                    let (_, in_a_row) = self.limiter.back_off(retry_after);
+                    if stop_on_429 || in_a_row > MAX_RATE_LIMITED_IN_A_ROW {
                         return Err(ExchangeError::RateLimited {
                             url,
-                            count: stats.rate_limited,
+                            count: in_a_row,
                             retry_after,
                         });
                     }
-                    // Everyone sharing the limiter waits; acquire() sleeps until then.
-                    self.limiter.back_off(retry_after);
                 }
             }
         }

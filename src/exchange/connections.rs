@@ -59,9 +59,9 @@ async fn open(
         max_retries,
     } = &source.kind
     else {
-        return Err(ExchangeError::Decode {
-            url: source.name.clone(),
-            message: "this source is not an exchange API".into(),
+        return Err(ExchangeError::Setup {
+            name: source.name.clone(),
+            message: "this source is a dump directory, not an exchange API".into(),
         });
     };
     let (base_url, replay) = match endpoint {
@@ -69,9 +69,12 @@ async fn open(
         Endpoint::Replay { scenario, file } => {
             let replay = ReplayExchange::start(Arc::clone(scenario), ([127, 0, 0, 1], 0).into())
                 .await
-                .map_err(|message| ExchangeError::Decode {
-                    url: file.display().to_string(),
-                    message: format!("cannot start the replay exchange: {message}"),
+                .map_err(|message| ExchangeError::Setup {
+                    name: source.name.clone(),
+                    message: format!(
+                        "cannot start the replay exchange for {}: {message}",
+                        file.display()
+                    ),
                 })?;
             (replay.url.clone(), Some(replay))
         }

@@ -28,7 +28,25 @@ struct State {
     /// Weight this client charged in the current window (not raised by headers).
     own: u64,
     paused_until_ms: u64,
+    /// Set by a 418: nothing more is sent by this client.
+    banned: Option<Option<Duration>>,
+    /// 429s since the last success, across every request sharing the limiter.
+    rate_limited_in_a_row: u32,
     rng: Rng,
+}
+
+/// Why a request may not be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Cancelled,
+    /// The exchange banned this IP (418); `Retry-After` if it said.
+    Banned(Option<Duration>),
+    /// The request alone weighs more than a window's budget.
+    TooHeavy {
+        weight: u64,
+        budget: u64,
+        window_ms: u64,
+    },
 }
 
 /// Shared by every request to one source during a run.
@@ -64,6 +82,8 @@ impl Limiter {
                 used: 0,
                 own: 0,
                 paused_until_ms: 0,
+                banned: None,
+                rate_limited_in_a_row: 0,
                 rng: Rng::from_entropy(),
             }),
             offset_ms: std::sync::atomic::AtomicI64::new(0),
@@ -104,12 +124,28 @@ impl Limiter {
     }
 
     /// Waits until `weight` fits in the current window's budget and no 429 back-off is active,
-    /// then charges it. Returns `None` when cancelled.
-    pub async fn acquire(&self, weight: u64, cancel: &CancellationToken) -> Option<Charge> {
+    /// then charges it.
+    pub async fn acquire(
+        &self,
+        weight: u64,
+        cancel: &CancellationToken,
+    ) -> Result<Charge, Refusal> {
         let mut waited = Duration::ZERO;
         loop {
             let wait = {
                 let mut state = self.lock();
+                if let Some(retry_after) = state.banned {
+                    return Err(Refusal::Banned(retry_after));
+                }
+                if let Some(budget) = state.budget
+                    && weight > budget
+                {
+                    return Err(Refusal::TooHeavy {
+                        weight,
+                        budget,
+                        window_ms: state.window_ms,
+                    });
+                }
                 let now = self.server_now_ms();
                 if now < state.paused_until_ms {
                     Some(state.paused_until_ms - now)
@@ -132,7 +168,7 @@ impl Limiter {
                     {
                         state.used += weight;
                         state.own += weight;
-                        return Some(Charge {
+                        return Ok(Charge {
                             window,
                             weight,
                             waited,
@@ -150,7 +186,7 @@ impl Limiter {
             if let Some(ms) = wait {
                 let pause = Duration::from_millis(ms.max(1));
                 tokio::select! {
-                    _ = cancel.cancelled() => return None,
+                    _ = cancel.cancelled() => return Err(Refusal::Cancelled),
                     _ = tokio::time::sleep(pause) => waited += pause,
                 }
             }
@@ -183,9 +219,21 @@ impl Limiter {
         }
     }
 
+    /// A successful response: the run of 429s is over.
+    pub fn succeeded(&self) {
+        self.lock().rate_limited_in_a_row = 0;
+    }
+
+    /// After a 418: refuse every later request.
+    pub fn ban(&self, retry_after: Option<Duration>) {
+        self.lock().banned = Some(retry_after);
+    }
+
     /// After a 429: nobody sends before `retry_after`, or the next window plus jitter.
-    pub fn back_off(&self, retry_after: Option<Duration>) -> Duration {
+    /// Returns the wait and how many 429s have come in a row.
+    pub fn back_off(&self, retry_after: Option<Duration>) -> (Duration, u32) {
         let mut state = self.lock();
+        state.rate_limited_in_a_row += 1;
         let now = self.server_now_ms();
         let until = match retry_after {
             Some(wait) => now + wait.as_millis() as u64 + BOUNDARY_SLACK_MS,
@@ -195,7 +243,10 @@ impl Limiter {
             }
         };
         state.paused_until_ms = state.paused_until_ms.max(until);
-        Duration::from_millis(state.paused_until_ms.saturating_sub(now))
+        (
+            Duration::from_millis(state.paused_until_ms.saturating_sub(now)),
+            state.rate_limited_in_a_row,
+        )
     }
 
     /// A jittered exponential back-off for attempt `attempt` (0-based): full jitter, capped.
@@ -233,10 +284,31 @@ mod tests {
     async fn back_off_blocks_everyone() {
         let limiter = Limiter::new();
         limiter.configure(60_000, 1000);
-        let wait = limiter.back_off(Some(Duration::from_millis(150)));
+        let (wait, in_a_row) = limiter.back_off(Some(Duration::from_millis(150)));
+        assert_eq!(in_a_row, 1);
         assert!(wait >= Duration::from_millis(150));
         let started = std::time::Instant::now();
         limiter.acquire(1, &CancellationToken::new()).await.unwrap();
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_ban_or_an_impossible_weight_refuses_at_once() {
+        let limiter = Limiter::new();
+        limiter.configure(10_000, 30);
+        let cancel = CancellationToken::new();
+        assert!(matches!(
+            limiter.acquire(40, &cancel).await,
+            Err(Refusal::TooHeavy {
+                weight: 40,
+                budget: 30,
+                ..
+            })
+        ));
+        limiter.ban(Some(Duration::from_secs(120)));
+        assert_eq!(
+            limiter.acquire(1, &cancel).await.unwrap_err(),
+            Refusal::Banned(Some(Duration::from_secs(120)))
+        );
     }
 }

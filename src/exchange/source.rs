@@ -275,6 +275,10 @@ pub fn check_source(
             if !path_prefix.starts_with('/')
                 || path_prefix.ends_with('/')
                 || path_prefix.contains("//")
+                || path_prefix.contains("..")
+                || !path_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
             {
                 return Err(problem(
                     root.clone().key("path_prefix"),

@@ -393,7 +393,14 @@ impl SimMarket {
         let flush = |out: &mut Vec<Kline>, (open_time, bar): (u64, RawBar)| {
             out.push(round_bar(open_time, step, bar, symbol));
         };
+        let base_ms = self.base.millis();
         for (open_ms, bar) in bars {
+            // The bar still forming shows only what has happened so far.
+            let bar = if open_ms + base_ms > now {
+                partial(bar, (now - open_ms) as f64 / base_ms as f64)
+            } else {
+                bar
+            };
             let bucket = interval.floor(open_ms);
             if bucket < lo || bucket > hi {
                 continue;
@@ -420,6 +427,24 @@ impl SimMarket {
             flush(&mut out, done);
         }
         Ok(out)
+    }
+}
+
+/// The first `fraction` of a bar: its path interpolated, its volume pro rata.
+fn partial(bar: RawBar, fraction: f64) -> RawBar {
+    let fraction = fraction.clamp(0.0, 1.0);
+    let close = bar.open + (bar.close - bar.open) * fraction;
+    let body_high = bar.open.max(bar.close);
+    let body_low = bar.open.min(bar.close);
+    RawBar {
+        open: bar.open,
+        high: bar.open.max(close) + (bar.high - body_high) * fraction,
+        low: bar.open.min(close) - (body_low - bar.low) * fraction,
+        close,
+        volume: bar.volume * fraction,
+        quote_volume: bar.quote_volume * fraction,
+        trades: (bar.trades as f64 * fraction).round() as i64,
+        taker_buy_base: bar.taker_buy_base * fraction,
     }
 }
 

@@ -49,6 +49,9 @@ pub struct Collect;
 pub const LAKE_FILE: &str = "lake.json";
 const FLUSH_ROWS: usize = 50_000;
 const FLUSH_EVERY: Duration = Duration::from_secs(20);
+/// A candle counts as closed only this long after its close time: the server clock is known to
+/// within a round trip, and a candle stored while still open would be wrong for good.
+const CLOSE_MARGIN_MS: u64 = 5_000;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +127,12 @@ impl StageKind for Collect {
             .map_err(|message| ParamError::new(root.clone().key("start"), message))?;
         if let Some(symbols) = &params.symbols {
             for (index, symbol) in symbols.iter().enumerate() {
+                if symbols[..index].contains(symbol) {
+                    return Err(ParamError::new(
+                        root.clone().key("symbols").index(index),
+                        format!("{symbol} is listed twice"),
+                    ));
+                }
                 if !source.accepts_symbol(symbol) {
                     return Err(ParamError::new(
                         root.clone().key("symbols").index(index),
@@ -215,6 +224,9 @@ enum Feed<'a> {
 
 struct Collector<'a> {
     context: &'a StageContext,
+    /// Fired by the first partition that fails, so the others stop too (the stage's own
+    /// cancellation fires it as well).
+    stop: tokio_util::sync::CancellationToken,
     feed: Feed<'a>,
     source: &'a Source,
     provenance: Provenance,
@@ -284,7 +296,23 @@ impl Prepared {
                     .map_err(exchange_failed)?;
                 let client = &connection.client;
                 if let Some(rec) = &recommendation {
-                    client.limiter.configure(rec.window_ms, rec.weight_budget);
+                    let declared = crate::exchange::client::tightest_weight_limit(
+                        &connection.info.rate_limits,
+                    )
+                    .and_then(|limit| limit.window_ms());
+                    if rec.source != self.source.name {
+                        context.warn(&format!(
+                            "ignoring the rate-limit recommendation measured for source `{}`; this stage collects from `{}`",
+                            rec.source, self.source.name
+                        ));
+                    } else if declared != Some(rec.window_ms) {
+                        context.warn(&format!(
+                            "ignoring the rate-limit recommendation: it is for a {} ms window, the exchange now declares {:?} ms",
+                            rec.window_ms, declared
+                        ));
+                    } else {
+                        client.limiter.configure(rec.window_ms, rec.weight_budget);
+                    }
                 }
                 (
                     Feed::Exchange(client),
@@ -338,8 +366,10 @@ impl Prepared {
         let start_ms = self
             .start_ms
             .unwrap_or_else(|| now_ms.saturating_sub(self.history.as_millis() as u64));
+        let _lake_lock = lake::lock(&context.data_dir, &self.source.name).map_err(failed)?;
         let collector = Collector {
             context,
+            stop: context.cancel.child_token(),
             feed,
             source: &self.source,
             provenance: Provenance {
@@ -364,15 +394,17 @@ impl Prepared {
             .iter()
             .map(|partition| collector.partition(partition))
             .collect();
-        let results: Vec<Result<PartitionReport, StageError>> = futures::stream::iter(tasks)
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
+        let results: Vec<Result<Option<PartitionReport>, StageError>> =
+            futures::stream::iter(tasks)
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
         let mut reports = Vec::new();
         let mut first_error = None;
         for result in results {
             match result {
-                Ok(report) => reports.push(report),
+                Ok(Some(report)) => reports.push(report),
+                Ok(None) => {}
                 Err(error) => {
                     if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
                         first_error = Some(error);
@@ -381,7 +413,11 @@ impl Prepared {
             }
         }
         if let Some(error) = first_error {
-            return Err(error);
+            return Err(if context.cancel.is_cancelled() {
+                StageError::Cancelled
+            } else {
+                error
+            });
         }
         reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
         let listing = self.listing(context, &partitions, &collector.provenance)?;
@@ -453,8 +489,12 @@ impl Prepared {
                 "collect has no symbols: add `needs: [discover]` (a stage writing universe.parquet) or list `symbols:`",
             ));
         };
-        let mut accepted = Vec::new();
+        let mut accepted: Vec<(String, Option<u64>)> = Vec::new();
         for (symbol, onboard) in listed {
+            if accepted.iter().any(|(seen, _)| *seen == symbol) {
+                context.warn(&format!("{symbol} is listed twice; collecting it once"));
+                continue;
+            }
             if self.source.accepts_symbol(&symbol) {
                 accepted.push((symbol, onboard));
             } else {
@@ -567,7 +607,37 @@ impl Pending<'_> {
 }
 
 impl Collector<'_> {
-    async fn partition(&self, partition: &Partition) -> Result<PartitionReport, StageError> {
+    /// Collects one partition; `None` when the exchange no longer knows the symbol.
+    async fn partition(
+        &self,
+        partition: &Partition,
+    ) -> Result<Option<PartitionReport>, StageError> {
+        match self.partition_inner(partition).await {
+            Ok(report) => Ok(Some(report)),
+            Err(PartitionError::UnknownSymbol(message)) => {
+                self.context.warn(&format!(
+                    "{} {}: the exchange does not know this symbol ({message}); skipped. Re-run discover if it was delisted",
+                    partition.symbol, partition.interval
+                ));
+                Ok(None)
+            }
+            Err(PartitionError::Stage(StageError::Cancelled)) => Err(StageError::Cancelled),
+            Err(PartitionError::Stage(error)) => {
+                self.stop.cancel();
+                Err(StageError::Failed(format!(
+                    "{} {}: {}",
+                    partition.symbol,
+                    partition.interval,
+                    crate::executor::error_chain(&error)
+                )))
+            }
+        }
+    }
+
+    async fn partition_inner(
+        &self,
+        partition: &Partition,
+    ) -> Result<PartitionReport, PartitionError> {
         let interval = partition.interval;
         let step = interval.millis();
         let dir = lake::partition_dir(
@@ -578,32 +648,31 @@ impl Collector<'_> {
         )
         .map_err(failed)?;
         let stored = lake::parts(&dir).map_err(failed)?;
-        let stored_range = stored.first().zip(stored.last()).map(|(first, last)| {
-            (
-                first.first_open_ms.max(0) as u64,
-                last.last_open_ms.max(0) as u64,
-            )
-        });
+        if let Some(newest) = stored.last()
+            && let Ok(Some(provenance)) = lake::read_provenance(&newest.path)
+            && provenance.kind != self.provenance.kind
+        {
+            return Err(failed(format!(
+                "{} holds `{}` data from {}, and this source now serves `{}` data: refusing to mix them in one partition. Give the source a new name, or move that directory away",
+                dir.display(),
+                provenance.kind,
+                provenance.base_url,
+                self.provenance.kind
+            ))
+            .into());
+        }
         let now = match &self.feed {
             Feed::Exchange(client) => client.limiter.server_now_ms(),
             Feed::Dump(_) => crate::time::now_ms(),
         };
-        // The newest candle that has closed by now opened one interval before the open one.
-        let last_closed = interval.floor(now.saturating_sub(step));
+        // The newest candle closed (with a margin) by now.
+        let closed_before = now.saturating_sub(CLOSE_MARGIN_MS);
+        let last_closed = interval.floor(closed_before.saturating_sub(step));
         let mut window_start = interval.floor(self.start_ms);
         if let Some(onboard) = partition.onboard_ms {
             window_start = window_start.max(interval.floor(onboard));
         }
-        let mut ranges = Vec::new();
-        match stored_range {
-            None => ranges.push((window_start, last_closed)),
-            Some((first, last)) => {
-                if window_start < first {
-                    ranges.push((window_start, first - step));
-                }
-                ranges.push((last + step, last_closed));
-            }
-        }
+        let ranges = missing_ranges(window_start, last_closed, step, &stored);
         let mut pending = Pending {
             dir,
             partition,
@@ -617,23 +686,23 @@ impl Collector<'_> {
         };
         let mut outcome = Ok(());
         for (lo, hi) in ranges {
-            if lo > hi {
-                continue;
-            }
             outcome = match &self.feed {
-                Feed::Exchange(client) => self.fetch(client, &mut pending, lo, hi, now).await,
-                Feed::Dump(files) => self.import(files, &mut pending, lo, hi),
+                Feed::Exchange(client) => {
+                    self.fetch(client, &mut pending, lo, hi, closed_before)
+                        .await
+                }
+                Feed::Dump(files) => self.import(files, &mut pending, lo, hi).map_err(Into::into),
             };
+            // One part per range, so parts never overlap each other.
+            pending.flush(&self.provenance)?;
             if outcome.is_err() {
                 break;
             }
         }
-        // Whatever arrived is complete, closed candles: keep it, so a rerun resumes after it.
-        pending.flush(&self.provenance)?;
         outcome?;
         let parts = lake::parts(&pending.dir).map_err(failed)?;
         pending.report.first_open_ms = parts.first().map(|p| p.first_open_ms);
-        pending.report.last_open_ms = parts.last().map(|p| p.last_open_ms);
+        pending.report.last_open_ms = parts.iter().map(|p| p.last_open_ms).max();
         let mut rows = 0;
         for part in &parts {
             rows += lake::row_count(&part.path).map_err(failed)?;
@@ -659,8 +728,8 @@ impl Collector<'_> {
         pending: &mut Pending<'_>,
         lo: u64,
         hi: u64,
-        now: u64,
-    ) -> Result<(), StageError> {
+        closed_before: u64,
+    ) -> Result<(), PartitionError> {
         let step = pending.partition.interval.millis();
         let mut cursor = lo;
         while cursor <= hi {
@@ -673,10 +742,17 @@ impl Collector<'_> {
                     cursor,
                     hi,
                     limit,
-                    &self.context.cancel,
+                    &self.stop,
                 )
                 .await
-                .map_err(exchange_failed)?;
+                .map_err(|error| match error {
+                    ExchangeError::Api {
+                        code: Some(-1121),
+                        message,
+                        ..
+                    } => PartitionError::UnknownSymbol(message),
+                    other => PartitionError::Stage(exchange_failed(other)),
+                })?;
             pending.report.requests += u64::from(stats.attempts);
             pending.report.retries += u64::from(stats.retries);
             pending.report.rate_limited += u64::from(stats.rate_limited);
@@ -691,7 +767,7 @@ impl Collector<'_> {
                 {
                     continue;
                 }
-                if row.close_time >= now as i64 {
+                if row.close_time >= closed_before as i64 {
                     continue;
                 }
                 last_kept = row.open_time;
@@ -732,6 +808,49 @@ impl Collector<'_> {
     }
 }
 
+/// Why one partition stopped.
+enum PartitionError {
+    /// The exchange answered -1121 (invalid symbol): skip it, the others go on.
+    UnknownSymbol(String),
+    Stage(StageError),
+}
+
+impl From<StageError> for PartitionError {
+    fn from(error: StageError) -> Self {
+        PartitionError::Stage(error)
+    }
+}
+
+/// The stretches of `[start, end]` (open times, a grid of `step`) no stored part covers,
+/// oldest first. A part covers its first to its last candle.
+fn missing_ranges(start: u64, end: u64, step: u64, stored: &[lake::Part]) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = stored
+        .iter()
+        .map(|part| {
+            (
+                part.first_open_ms.max(0) as u64,
+                part.last_open_ms.max(0) as u64,
+            )
+        })
+        .collect();
+    covered.sort_unstable();
+    let mut ranges = Vec::new();
+    let mut cursor = start;
+    for (first, last) in covered {
+        if first > cursor {
+            let hi = (first - step).min(end);
+            if cursor <= hi {
+                ranges.push((cursor, hi));
+            }
+        }
+        cursor = cursor.max(last + step);
+    }
+    if cursor <= end {
+        ranges.push((cursor, end));
+    }
+    ranges
+}
+
 fn write_summary(path: &Path, reports: &[PartitionReport]) -> Result<(), StageError> {
     let time = |ms: Option<i64>| {
         ms.map(|ms| crate::time::rfc3339(ms.max(0) as u64))
@@ -759,4 +878,36 @@ fn write_summary(path: &Path, reports: &[PartitionReport]) -> Result<(), StageEr
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(first: i64, last: i64) -> lake::Part {
+        lake::Part {
+            path: PathBuf::from("x"),
+            first_open_ms: first,
+            last_open_ms: last,
+        }
+    }
+
+    #[test]
+    fn missing_ranges_fill_every_gap_once() {
+        assert_eq!(missing_ranges(0, 10, 1, &[]), vec![(0, 10)]);
+        // Stored 3..=5 and 8..=9: fetch 0..=2, 6..=7 and 10.
+        assert_eq!(
+            missing_ranges(0, 10, 1, &[part(8, 9), part(3, 5)]),
+            vec![(0, 2), (6, 7), (10, 10)]
+        );
+        // The window starts inside stored data: nothing before it.
+        assert_eq!(missing_ranges(4, 6, 1, &[part(3, 5)]), vec![(6, 6)]);
+        // Everything stored.
+        assert!(missing_ranges(3, 5, 1, &[part(0, 9)]).is_empty());
+        // Grid steps.
+        assert_eq!(
+            missing_ranges(0, 100, 10, &[part(30, 50)]),
+            vec![(0, 20), (60, 100)]
+        );
+    }
 }

@@ -213,10 +213,17 @@ impl PreparedStage for Prepared {
             let info = &connection.info;
             let params = &self.params;
             let mut refused = Vec::new();
-            let mut rows = Vec::new();
+            let mut rows: Vec<UniverseRow> = Vec::new();
             for symbol in &info.symbols {
                 if !self.source.accepts_symbol(&symbol.symbol) {
                     refused.push(printable(&symbol.symbol));
+                    continue;
+                }
+                if rows.iter().any(|row| row.symbol == symbol.symbol) {
+                    context.warn(&format!(
+                        "{} is listed twice by the exchange; kept once",
+                        symbol.symbol
+                    ));
                     continue;
                 }
                 let status_ok = params.include_inactive || params.statuses.contains(&symbol.status);
@@ -374,19 +381,32 @@ fn write_universe(path: &Path, rows: &[UniverseRow]) -> Result<(), StageError> {
 
 fn write_csv(path: &Path, rows: &[UniverseRow]) -> Result<(), StageError> {
     let number = |value: Option<f64>| value.map(|v| v.to_string()).unwrap_or_default();
+    // Exchange-supplied text: quoted when it holds a separator, defused when a spreadsheet
+    // would read it as a formula.
+    let field = |value: &str| {
+        let mut value = value.to_owned();
+        if value.starts_with(['=', '+', '-', '@']) {
+            value.insert(0, '\'');
+        }
+        if value.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", value.replace('"', "\"\""))
+        } else {
+            value
+        }
+    };
     let mut text = String::from(
         "symbol,pair,base_asset,quote_asset,margin_asset,contract_type,status,onboard_date,tick_size,step_size,min_notional,quote_volume_24h\n",
     );
     for r in rows {
         text.push_str(&format!(
             "{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            r.symbol,
-            r.pair,
-            r.base_asset,
-            r.quote_asset,
-            r.margin_asset,
-            r.contract_type,
-            r.status,
+            field(&r.symbol),
+            field(&r.pair),
+            field(&r.base_asset),
+            field(&r.quote_asset),
+            field(&r.margin_asset),
+            field(&r.contract_type),
+            field(&r.status),
             r.onboard_date.map(|v| v.to_string()).unwrap_or_default(),
             number(r.tick_size),
             number(r.step_size),
