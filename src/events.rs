@@ -23,6 +23,11 @@ pub enum RunEvent {
         stage: usize,
         message: String,
     },
+    /// A block of text the stage wants shown when it is done (a results table).
+    StageReport {
+        stage: usize,
+        text: String,
+    },
     StageFinished {
         stage: usize,
         status: StageStatus,
@@ -63,6 +68,14 @@ impl Progress {
         self.send(RunEvent::StageWarning {
             stage: self.stage,
             message: text.into(),
+        });
+    }
+
+    /// A block of text (a results table) shown to the user.
+    pub fn report(&self, text: impl Into<String>) {
+        self.send(RunEvent::StageReport {
+            stage: self.stage,
+            text: text.into(),
         });
     }
 

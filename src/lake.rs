@@ -429,6 +429,135 @@ pub fn read_provenance(path: &Path) -> Result<Option<Provenance>, LakeError> {
         .and_then(|value| serde_json::from_str(value).ok()))
 }
 
+/// The file a stage's output lists lake parts in (`collect` writes it, `validate` filters it).
+pub const LISTING_FILE: &str = "lake.json";
+
+/// One part file in a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartEntry {
+    /// Relative to the data directory.
+    pub path: String,
+    pub source: String,
+    pub symbol: String,
+    pub interval: String,
+    pub rows: u64,
+    pub first_open_ms: i64,
+    pub last_open_ms: i64,
+    pub bytes: u64,
+    pub blake3: String,
+    /// The provenance kind stored in the part (`exchange`, `simulated`, ...).
+    pub provenance: String,
+}
+
+/// `lake.json`: the parts a consumer reads, with their digests. A consumer's fingerprint covers
+/// this file, so it re-runs exactly when the parts it reads change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LakeListing {
+    pub table: String,
+    /// Every provenance kind among the parts.
+    pub provenance: Vec<String>,
+    pub parts: Vec<PartEntry>,
+}
+
+impl LakeListing {
+    /// A listing of `parts`, sorted by path.
+    pub fn new(mut parts: Vec<PartEntry>) -> Self {
+        parts.sort_by(|a, b| a.path.cmp(&b.path));
+        let provenance: std::collections::BTreeSet<String> =
+            parts.iter().map(|part| part.provenance.clone()).collect();
+        Self {
+            table: "klines".into(),
+            provenance: provenance.into_iter().collect(),
+            parts,
+        }
+    }
+
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        serde_json::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))
+    }
+
+    pub fn is_synthetic(&self) -> bool {
+        self.provenance.iter().any(|kind| kind == "simulated")
+    }
+}
+
+/// Describes every part of one partition: rows, span, size, blake3 and provenance.
+pub fn describe_partition(
+    data_dir: &Path,
+    source: &str,
+    interval: Interval,
+    symbol: &str,
+) -> Result<Vec<PartEntry>, LakeError> {
+    let dir = partition_dir(data_dir, source, interval, symbol)?;
+    let mut entries = Vec::new();
+    for part in parts(&dir)? {
+        let bytes = std::fs::read(&part.path).map_err(|source| LakeError::Io {
+            action: "read",
+            path: part.path.clone(),
+            source,
+        })?;
+        let footer = Footer::from_bytes(&part.path, bytes::Bytes::from(bytes.clone()))?;
+        entries.push(PartEntry {
+            path: part
+                .path
+                .strip_prefix(data_dir)
+                .unwrap_or(&part.path)
+                .to_string_lossy()
+                .into_owned(),
+            source: source.to_owned(),
+            symbol: symbol.to_owned(),
+            interval: interval.name().to_owned(),
+            rows: footer.rows,
+            first_open_ms: part.first_open_ms,
+            last_open_ms: part.last_open_ms,
+            bytes: bytes.len() as u64,
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            provenance: footer
+                .provenance
+                .map(|provenance| provenance.kind)
+                .unwrap_or_else(|| "unknown".into()),
+        });
+    }
+    Ok(entries)
+}
+
+/// What a part's Parquet footer says: row count, provenance, and the column types.
+#[derive(Debug, Clone)]
+pub struct Footer {
+    pub rows: u64,
+    pub provenance: Option<Provenance>,
+    pub columns: Vec<(String, DataType)>,
+}
+
+impl Footer {
+    pub fn from_bytes(path: &Path, bytes: bytes::Bytes) -> Result<Self, LakeError> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|source| {
+            LakeError::Parquet {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let metadata = builder.metadata().file_metadata();
+        let provenance = metadata
+            .key_value_metadata()
+            .and_then(|pairs| pairs.iter().find(|pair| pair.key == "asterflow.provenance"))
+            .and_then(|pair| pair.value.as_deref())
+            .and_then(|value| serde_json::from_str(value).ok());
+        Ok(Self {
+            rows: metadata.num_rows().max(0) as u64,
+            provenance,
+            columns: builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|field| (field.name().clone(), field.data_type().clone()))
+                .collect(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,6 +105,7 @@ async fn report_lines(mut events: UnboundedReceiver<RunEvent>, names: Vec<String
             RunEvent::StageWarning { stage, message } => {
                 eprintln!("warning: {}: {message}", names[stage]);
             }
+            RunEvent::StageReport { text, .. } => eprint!("{text}"),
             RunEvent::StageFinished {
                 stage,
                 status,
@@ -151,6 +152,9 @@ async fn report_bars(mut events: UnboundedReceiver<RunEvent>, names: Vec<String>
             }
             RunEvent::StageWarning { stage, message } => {
                 let _ = multi.println(format!("warning: {}: {message}", names[stage]));
+            }
+            RunEvent::StageReport { text, .. } => {
+                let _ = multi.println(text.trim_end());
             }
             RunEvent::StageFinished {
                 stage,

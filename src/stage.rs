@@ -25,6 +25,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &crate::stages::discover::Discover,
     &crate::stages::rate_limits::RateLimits,
     &crate::stages::collect::Collect,
+    &crate::stages::validate::Validate,
 ];
 
 /// The kind registered under `name`.

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::exchange::client::{ExchangeClient, ExchangeError};
 use crate::exchange::model::{Interval, Kline, MAX_PAGE, weight_optimal_page};
 use crate::exchange::source::{self, Source, SourceKind};
-use crate::lake::{self, Provenance};
+use crate::lake::{self, LISTING_FILE, LakeListing, Provenance};
 use crate::location::YamlPath;
 use crate::stage::{
     BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
@@ -45,8 +45,6 @@ use crate::stages::write_json;
 
 pub struct Collect;
 
-/// The stage output consumers read the lake through.
-pub const LAKE_FILE: &str = "lake.json";
 const FLUSH_ROWS: usize = 50_000;
 const FLUSH_EVERY: Duration = Duration::from_secs(20);
 /// A candle counts as closed only this long after its close time: the server clock is known to
@@ -96,7 +94,8 @@ impl StageKind for Collect {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        // 2: lake.json entries carry their source and provenance.
+        2
     }
 
     fn prepare(
@@ -189,31 +188,6 @@ struct PartitionReport {
     retries: u64,
     rate_limited: u64,
     parts_written: u64,
-}
-
-/// One part in `lake.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartEntry {
-    /// Relative to the data directory.
-    pub path: String,
-    pub symbol: String,
-    pub interval: String,
-    pub rows: u64,
-    pub first_open_ms: i64,
-    pub last_open_ms: i64,
-    pub bytes: u64,
-    pub blake3: String,
-}
-
-/// `lake.json`: the parts a consumer reads, with their digests.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LakeListing {
-    pub table: String,
-    pub source: String,
-    pub provenance: Vec<String>,
-    pub intervals: Vec<String>,
-    pub symbols: Vec<String>,
-    pub parts: Vec<PartEntry>,
 }
 
 /// Where candles come from during one collection.
@@ -420,8 +394,8 @@ impl Prepared {
             });
         }
         reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
-        let listing = self.listing(context, &partitions, &collector.provenance)?;
-        write_json(&context.output_dir.join(LAKE_FILE), &listing)?;
+        let listing = self.listing(context, &partitions)?;
+        write_json(&context.output_dir.join(LISTING_FILE), &listing)?;
         let (requests, retries, rate_limited, weight) = match &collector.feed {
             Feed::Exchange(client) => (
                 client.counters.requests.load(Ordering::Relaxed),
@@ -512,62 +486,20 @@ impl Prepared {
         &self,
         context: &StageContext,
         partitions: &[Partition],
-        provenance: &Provenance,
     ) -> Result<LakeListing, StageError> {
         let mut parts = Vec::new();
-        let mut kinds = std::collections::BTreeSet::new();
-        kinds.insert(provenance.kind.clone());
         for partition in partitions {
-            let dir = lake::partition_dir(
-                &context.data_dir,
-                &self.source.name,
-                partition.interval,
-                &partition.symbol,
-            )
-            .map_err(failed)?;
-            for part in lake::parts(&dir).map_err(failed)? {
-                let bytes = std::fs::read(&part.path).map_err(|source| StageError::Io {
-                    action: "read",
-                    path: part.path.clone(),
-                    source,
-                })?;
-                let rows = lake::row_count(&part.path).map_err(failed)?;
-                if let Ok(Some(stored)) = lake::read_provenance(&part.path) {
-                    kinds.insert(stored.kind);
-                }
-                parts.push(PartEntry {
-                    path: part
-                        .path
-                        .strip_prefix(&context.data_dir)
-                        .unwrap_or(&part.path)
-                        .to_string_lossy()
-                        .into_owned(),
-                    symbol: partition.symbol.clone(),
-                    interval: partition.interval.name().to_owned(),
-                    rows,
-                    first_open_ms: part.first_open_ms,
-                    last_open_ms: part.last_open_ms,
-                    bytes: bytes.len() as u64,
-                    blake3: blake3::hash(&bytes).to_hex().to_string(),
-                });
-            }
+            parts.extend(
+                lake::describe_partition(
+                    &context.data_dir,
+                    &self.source.name,
+                    partition.interval,
+                    &partition.symbol,
+                )
+                .map_err(failed)?,
+            );
         }
-        parts.sort_by(|a, b| a.path.cmp(&b.path));
-        let mut symbols: Vec<String> = partitions.iter().map(|p| p.symbol.clone()).collect();
-        symbols.dedup();
-        Ok(LakeListing {
-            table: "klines".into(),
-            source: self.source.name.clone(),
-            provenance: kinds.into_iter().collect(),
-            intervals: self
-                .params
-                .intervals
-                .iter()
-                .map(|i| i.name().to_owned())
-                .collect(),
-            symbols,
-            parts,
-        })
+        Ok(LakeListing::new(parts))
     }
 }
 

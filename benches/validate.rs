@@ -1,0 +1,132 @@
+//! Validation benchmark (issue 4): `validate` over 100 symbols x 1h x 2 years (about 1.75M
+//! rows) of lake parts, run through the real binary. Target: under 2 s on the 2-core machine.
+//!
+//! The data comes from the replay simulator (written straight into the lake, one part per
+//! symbol as a collection writes it). Run with `cargo bench --bench validate`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use asterflow::exchange::model::Interval;
+use asterflow::lake::{LakeListing, Provenance};
+use asterflow::replay::{Market, Scenario};
+
+const SYMBOLS: usize = 100;
+const SAMPLES: usize = 7;
+
+fn main() {
+    let project = tempfile::tempdir().unwrap();
+    let root = project.path();
+    let data = root.join("data");
+    let scenario = Scenario::parse(
+        Path::new("bench.yaml"),
+        &format!(
+            "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    generated: {{count: {SYMBOLS}}}\n"
+        ),
+    )
+    .unwrap();
+    let market = Market::build(&scenario).unwrap();
+    let hour = Interval::parse("1h").unwrap();
+    // Two years of closed hours ending at a fixed, past instant.
+    let end = 1_767_225_600_000u64; // 2026-01-01
+    let start = end - 2 * 365 * 86_400_000;
+    let generating = Instant::now();
+    let mut parts = Vec::new();
+    let mut rows_total = 0usize;
+    for symbol in market.symbols() {
+        let mut rows = Vec::new();
+        let mut cursor = start;
+        while cursor < end {
+            let page = market
+                .klines(&symbol.symbol, hour, Some(cursor), Some(end - 1), 1500, end)
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = last.open_time as u64 + hour.millis();
+            rows.extend(page);
+        }
+        rows_total += rows.len();
+        let dir = asterflow::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
+        asterflow::lake::write_part(
+            &dir,
+            &symbol.symbol,
+            hour,
+            &rows,
+            &Provenance {
+                source: "sim".into(),
+                base_url: "bench".into(),
+                fetched_at_ms: end as i64,
+                kind: "simulated".into(),
+            },
+        )
+        .unwrap();
+        parts.extend(
+            asterflow::lake::describe_partition(&data, "sim", hour, &symbol.symbol).unwrap(),
+        );
+    }
+    std::fs::create_dir_all(root.join("fixtures")).unwrap();
+    std::fs::write(
+        root.join("fixtures/lake.json"),
+        serde_json::to_string(&LakeListing::new(parts)).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("pipelines")).unwrap();
+    std::fs::write(
+        root.join("pipelines/bench.yaml"),
+        "name: bench\nstages:\n  lake:\n    kind: command\n    with:\n      run: cp \"$ASTERFLOW_PROJECT_ROOT/fixtures/lake.json\" lake.json\n      outputs: [lake.json]\n  validate:\n    kind: validate\n    needs: [lake]\n    with: {allow_synthetic: true, min_symbols: 100}\n",
+    )
+    .unwrap();
+    eprintln!(
+        "generated {rows_total} rows for {SYMBOLS} symbols in {:.1} s",
+        generating.elapsed().as_secs_f64()
+    );
+
+    let mut stage = Vec::new();
+    let mut whole = Vec::new();
+    for sample in 0..SAMPLES {
+        let started = Instant::now();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_asterflow"));
+        command
+            .current_dir(root)
+            .args(["run", "pipelines/bench.yaml", "--quiet", "--json"])
+            .stderr(Stdio::inherit());
+        if sample > 0 {
+            command.args(["--only", "validate", "--force"]);
+        }
+        let output = command.output().expect("asterflow runs");
+        let elapsed = started.elapsed();
+        assert!(output.status.success(), "the run failed");
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let validate_ms = summary["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "validate")
+            .and_then(|s| s["duration_ms"].as_u64())
+            .unwrap();
+        stage.push(Duration::from_millis(validate_ms));
+        whole.push(elapsed);
+    }
+    stage.sort();
+    whole.sort();
+    let median = stage[SAMPLES / 2];
+    println!("validate benchmark: {SYMBOLS} symbols x 1h x 2 years = {rows_total} rows");
+    println!(
+        "  validate stage: min {:.3} s, median {:.3} s, max {:.3} s ({SAMPLES} runs)",
+        stage[0].as_secs_f64(),
+        median.as_secs_f64(),
+        stage[SAMPLES - 1].as_secs_f64()
+    );
+    println!(
+        "  whole run (process start, plan, commit): median {:.3} s",
+        whole[SAMPLES / 2].as_secs_f64()
+    );
+    println!(
+        "  target (< 2 s): {}",
+        if median < Duration::from_secs(2) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+}
