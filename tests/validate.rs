@@ -103,11 +103,46 @@ fn each_defect_is_caught_once_with_its_reason_and_a_clean_dataset_scores_one() {
     let project = Project::new();
     let clean = clean_rows(45);
     let n = clean.len();
-    write(&project, "ex", "CLEANUSDT", &clean, "exchange");
+    // Three parts, as an incremental collection writes them: read in order across files.
+    write(&project, "ex", "CLEANUSDT", &clean[..300], "exchange");
+    write(&project, "ex", "CLEANUSDT", &clean[300..700], "exchange");
+    write(&project, "ex", "CLEANUSDT", &clean[700..], "exchange");
 
-    let mut gap = clean.clone();
-    gap.drain(400..480);
+    // 10% missing, in one-candle holes.
+    let holes: Vec<Kline> = clean
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 10 != 5)
+        .map(|(_, k)| *k)
+        .collect();
+    write(&project, "ex", "HOLESUSDT", &holes, "exchange");
+
+    // One long gap (80 hours) in a long history: under 5% missing, over the 3-day gap limit.
+    let mut gap = clean_rows(90);
+    gap.drain(1000..1080);
     write(&project, "ex", "GAPUSDT", &gap, "exchange");
+
+    // Stopped four days before the others.
+    write(&project, "ex", "DEADUSDT", &clean[..n - 96], "exchange");
+
+    let mut grid = clean.clone();
+    grid[200].open_time += 60_000;
+    grid[200].close_time += 60_000;
+    write(&project, "ex", "GRIDUSDT", &grid, "exchange");
+
+    let mut close_time = clean.clone();
+    close_time[200].close_time += 1;
+    write(&project, "ex", "CTIMEUSDT", &close_time, "exchange");
+
+    let mut values = clean.clone();
+    values[200].quote_volume = -5.0;
+    write(&project, "ex", "VALUEUSDT", &values, "exchange");
+
+    write(&project, "ex", "WHOUSDT", &clean, "mystery");
+
+    write_without_trades(&project, "ex", "SCHEMAUSDT", &clean);
+
+    write(&project, "ex", "GONEUSDT", &clean, "exchange");
 
     let mut duplicate = clean.clone();
     duplicate.insert(300, clean[300]);
@@ -150,11 +185,16 @@ fn each_defect_is_caught_once_with_its_reason_and_a_clean_dataset_scores_one() {
     write(&project, "ex", "SIMUSDT", &clean, "simulated");
     write(&project, "ex", "SHORTUSDT", &clean[n - 240..], "exchange");
     finish(&project, "min_symbols: 1");
+    // Listed, then gone.
+    let gone = project
+        .path()
+        .join("data/lake/klines/source=ex/interval=1h/symbol=GONEUSDT");
+    std::fs::remove_dir_all(&gone).unwrap();
 
     let run = project.run(&["run", "pipelines/v.yaml", "--json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
-        run.stderr.contains("validation: 1 of 10 datasets passed"),
+        run.stderr.contains("validation: 1 of 18 datasets passed"),
         "{}",
         run.stderr
     );
@@ -168,7 +208,30 @@ fn each_defect_is_caught_once_with_its_reason_and_a_clean_dataset_scores_one() {
     .unwrap();
     let expected = [
         ("CLEANUSDT", None),
-        ("GAPUSDT", Some(("gaps", "missing candles"))),
+        ("HOLESUSDT", Some(("missing", "missing candles: 10.00%"))),
+        (
+            "GAPUSDT",
+            Some(("longest_gap", "longest gap: 80 candle(s) = 3d 8h")),
+        ),
+        (
+            "DEADUSDT",
+            Some(("ends_early", "4d behind the newest 1h candle")),
+        ),
+        ("GRIDUSDT", Some(("grid", "1 open time(s) off the 1h grid"))),
+        (
+            "CTIMEUSDT",
+            Some(("close_time", "closeTime != openTime + interval - 1 ms")),
+        ),
+        (
+            "VALUEUSDT",
+            Some(("values", "negative volume, quote volume")),
+        ),
+        (
+            "WHOUSDT",
+            Some(("provenance", "`mystery` is not a known source")),
+        ),
+        ("SCHEMAUSDT", Some(("schema", "no column `trades`"))),
+        ("GONEUSDT", Some(("parts", "parts damaged or missing"))),
         ("DUPUSDT", Some(("order", "1 duplicate"))),
         ("OHLCUSDT", Some(("ohlc", "low <= min(open, close)"))),
         ("FUTUSDT", Some(("future", "closing in the future"))),
@@ -363,4 +426,56 @@ fn the_replay_exchanges_simulated_data_is_refused_unless_allowed() {
             .unwrap()
             .starts_with("SYNTHETIC DATA")
     );
+}
+
+/// A part that lacks the `trades` column (but records its provenance like any other).
+fn write_without_trades(project: &Project, source: &str, symbol: &str, rows: &[Kline]) {
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use std::sync::Arc;
+    let data = project.path().join("data");
+    let hour = Interval::parse("1h").unwrap();
+    let dir = asterflow::lake::partition_dir(&data, source, hour, symbol).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let ints = |f: fn(&Kline) -> i64| {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) as ArrayRef
+    };
+    let floats = |f: fn(&Kline) -> f64| {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as ArrayRef
+    };
+    let text = |value: &str| Arc::new(StringArray::from(vec![value; rows.len()])) as ArrayRef;
+    let batch = RecordBatch::try_from_iter(vec![
+        ("symbol", text(symbol)),
+        ("interval", text("1h")),
+        ("open_time", ints(|k| k.open_time)),
+        ("open", floats(|k| k.open)),
+        ("high", floats(|k| k.high)),
+        ("low", floats(|k| k.low)),
+        ("close", floats(|k| k.close)),
+        ("volume", floats(|k| k.volume)),
+        ("close_time", ints(|k| k.close_time)),
+        ("quote_volume", floats(|k| k.quote_volume)),
+        ("taker_buy_base", floats(|k| k.taker_buy_base)),
+        ("taker_buy_quote", floats(|k| k.taker_buy_quote)),
+        ("provenance", text("exchange")),
+    ])
+    .unwrap();
+    let name = format!(
+        "part-{:013}-{:013}.parquet",
+        rows[0].open_time,
+        rows.last().unwrap().open_time
+    );
+    let provenance = serde_json::json!({
+        "source": source, "base_url": "https://fapi.example", "fetched_at_ms": 0, "kind": "exchange"
+    });
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "asterflow.provenance".to_owned(),
+            provenance.to_string(),
+        )]))
+        .build();
+    let file = std::fs::File::create(dir.join(name)).unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties)).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
 }

@@ -8,7 +8,7 @@
 //!   needs: [collect]
 //!   with:
 //!     allow_synthetic: false     # simulated data is refused unless this says otherwise
-//!     on_failure: quarantine     # or fail: stop the pipeline at the first failing dataset
+//!     on_failure: quarantine     # or fail: stop the pipeline when any dataset fails
 //!     min_symbols: 1             # stop the pipeline when fewer symbols pass
 //!     max_missing: 0.05          # share of the expected grid
 //!     max_gap: 3d                # the longest run of missing candles
@@ -17,28 +17,33 @@
 //!     outlier_z: 10              # robust z-score (median/MAD) of a return that counts as an outlier
 //!     max_outliers: 0.001        # share of returns
 //!     min_history: 30d
+//!     max_lag: 3d                # ends this long before the newest dataset of its interval
 //!     source_tolerance: 0.01     # closes of one symbol from two sources agree within this
+//!                                # (|a - b| / min(a, b)); both datasets fail when they do not
 //! ```
 //!
 //! Outputs: `lake.json` (the passing datasets' parts, same format as `collect`'s),
 //! `validation_report.json` (every check's figure, limit and verdict, per dataset),
 //! `validation_table.txt` (the table printed at the end of the stage).
 //!
-//! The quality score of a dataset is the weighted mean of its checks' scores. A check with a
-//! tolerance scores `1 - min(1, figure / limit)` while it passes and 0 when it fails; a
-//! zero-tolerance check scores 1 or 0. Weights: integrity checks (parts intact, schema, order,
-//! grid, close times, OHLC, values, future candles, provenance) 2; coverage (gaps, history) 1.5;
-//! plausibility (filled bars, stale closes, outliers, source agreement) 1. A clean dataset
+//! The quality score of a dataset is the weighted mean of its checks' scores. A passing check
+//! scores 1. A failing zero-tolerance check scores 0; a failing check with a tolerance scores
+//! `0.5 * limit / figure` (history: `0.5 * span / min_history`), so a near miss counts for more
+//! than a wild one. Weights: integrity (parts, schema, provenance, rows, order, grid, close
+//! times, OHLC, values, future candles) 2; coverage (missing, longest gap, ends early, history)
+//! 1.5; plausibility (filled bars, stale closes, outliers, source agreement) 1. A clean dataset
 //! scores 1.0.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
+use object_store::memory::InMemory;
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::model::Interval;
@@ -83,6 +88,8 @@ struct Params {
     max_outliers: f64,
     #[serde(default = "default_min_history")]
     min_history: String,
+    #[serde(default = "default_max_lag")]
+    max_lag: String,
     #[serde(default = "default_source_tolerance")]
     source_tolerance: f64,
 }
@@ -111,6 +118,9 @@ fn default_max_outliers() -> f64 {
 fn default_min_history() -> String {
     "30d".into()
 }
+fn default_max_lag() -> String {
+    "3d".into()
+}
 fn default_source_tolerance() -> f64 {
     0.01
 }
@@ -120,6 +130,7 @@ struct Prepared {
     params: Params,
     max_gap: Duration,
     min_history: Duration,
+    max_lag: Duration,
 }
 
 impl StageKind for Validate {
@@ -144,6 +155,7 @@ impl StageKind for Validate {
         };
         let max_gap = duration("max_gap", &params.max_gap)?;
         let min_history = duration("min_history", &params.min_history)?;
+        let max_lag = duration("max_lag", &params.max_lag)?;
         for (field, value) in [
             ("max_missing", params.max_missing),
             ("max_filled", params.max_filled),
@@ -173,6 +185,7 @@ impl StageKind for Validate {
             params,
             max_gap,
             min_history,
+            max_lag,
         }))
     }
 }
@@ -233,14 +246,18 @@ impl Prepared {
                 parts.extend(LakeListing::read(&path).map_err(failed)?.parts);
             }
         }
-        if parts.is_empty()
-            && !context
-                .inputs
-                .iter()
-                .any(|i| i.dir.join(LISTING_FILE).is_file())
+        if !context
+            .inputs
+            .iter()
+            .any(|i| i.dir.join(LISTING_FILE).is_file())
         {
             return Err(failed(
                 "validate reads the lake through a `lake.json` input: add `needs: [collect]`",
+            ));
+        }
+        if parts.is_empty() {
+            return Err(failed(
+                "the input lake.json lists no parts: nothing was collected",
             ));
         }
         let mut datasets: BTreeMap<DatasetKey, Vec<PartEntry>> = BTreeMap::new();
@@ -263,6 +280,12 @@ impl Prepared {
                 .with_target_partitions(1)
                 .with_batch_size(65_536),
         );
+        let store = Arc::new(InMemory::new());
+        let url = reqwest::Url::parse(MEMORY_URL).expect("a valid URL");
+        session.register_object_store(
+            &url,
+            Arc::clone(&store) as Arc<dyn object_store::ObjectStore>,
+        );
         let now_ms = crate::time::now_ms() as i64;
         let total = datasets.len() as u64;
         let parallel = std::thread::available_parallelism().map_or(2, usize::from);
@@ -270,10 +293,12 @@ impl Prepared {
             .into_iter()
             .map(|(key, parts)| {
                 let session = session.clone();
+                let store = Arc::clone(&store);
                 let data_dir = context.data_dir.clone();
                 async move {
-                    let scan = scan_dataset(&session, &data_dir, &parts).await;
-                    (key, parts, scan)
+                    let measured =
+                        scan_dataset(&session, &store, &data_dir, &key, &parts, now_ms).await;
+                    (key, parts, measured)
                 }
             })
             .collect();
@@ -281,11 +306,10 @@ impl Prepared {
         futures::pin_mut!(scans);
         let mut results: Vec<(DatasetKey, Vec<PartEntry>, Measured)> = Vec::new();
         let mut done = 0;
-        while let Some((key, parts, scan)) = scans.next().await {
+        while let Some((key, parts, measured)) = scans.next().await {
             if context.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let measured = scan?;
             done += 1;
             context
                 .progress
@@ -294,12 +318,30 @@ impl Prepared {
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let agreement = source_agreement(&results);
+        // Each interval's newest candle: a dataset ending well before it has stopped updating.
+        let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+        for (key, _, measured) in &results {
+            if let Some(last) = measured.grid_last {
+                let entry = newest.entry(key.2.as_str()).or_insert(last);
+                *entry = (*entry).max(last);
+            }
+        }
         let mut reports = Vec::new();
         let mut passing_parts = Vec::new();
         for (key, parts, measured) in &results {
-            let report = self.judge(key, measured, agreement.get(key), now_ms);
+            let report = self.judge(
+                key,
+                measured,
+                agreement.get(key),
+                newest.get(key.2.as_str()).copied(),
+            );
             if report.passed {
-                passing_parts.extend(parts.iter().cloned());
+                // The provenance that flows on is the one the files record.
+                let kind = measured.provenance.first().cloned().unwrap_or_default();
+                passing_parts.extend(parts.iter().cloned().map(|mut part| {
+                    part.provenance = kind.clone();
+                    part
+                }));
             }
             reports.push(report);
         }
@@ -372,14 +414,18 @@ impl Prepared {
 /// Shown wherever synthetic data flows on.
 pub const SYNTHETIC_BANNER: &str = "SYNTHETIC DATA: simulated market data was allowed through (allow_synthetic: true); results say nothing about real markets";
 
+/// Provenance kinds of real market data.
+const REAL_PROVENANCE: [&str; 3] = ["exchange", "recorded", "binance-dump"];
+
 /// Figures measured in one pass over a dataset.
 #[derive(Debug, Default, Clone)]
 struct Measured {
     interval: Option<Interval>,
-    /// Parts whose bytes no longer match the listing, or that are gone.
+    /// Parts whose bytes no longer match the listing, that are gone, or that cannot be read.
     damaged: Vec<String>,
     /// Column problems, one line each.
     schema: Vec<String>,
+    /// Provenance kinds as the part files themselves record them (`unknown` when they do not).
     provenance: Vec<String>,
     rows: u64,
     first: Option<i64>,
@@ -392,7 +438,11 @@ struct Measured {
     bad_values: u64,
     future: u64,
     filled: u64,
+    /// Distinct on-grid open times, not counting future candles.
     distinct_on_grid: u64,
+    /// First and last on-grid open time that is not in the future.
+    grid_first: Option<i64>,
+    grid_last: Option<i64>,
     longest_gap_bars: u64,
     longest_stale_run: u64,
     returns: u64,
@@ -417,19 +467,37 @@ const COLUMNS: [(&str, DataType); 12] = [
     ("provenance", DataType::Utf8),
 ];
 
-/// Verifies the parts, then reads them (in order) through DataFusion and measures everything.
+/// The object store DataFusion reads verified part bytes from: what was checked is exactly
+/// what is read, even if the file changes meanwhile.
+const MEMORY_URL: &str = "memory://";
+
+/// Verifies the parts, then reads them one at a time, in listing order, through DataFusion
+/// (from memory, the bytes just verified) and measures everything.
 async fn scan_dataset(
     session: &SessionContext,
+    store: &Arc<InMemory>,
     data_dir: &Path,
+    key: &DatasetKey,
     parts: &[PartEntry],
-) -> Result<Measured, StageError> {
+    now_ms: i64,
+) -> Measured {
+    let interval = Interval::parse(&key.2).ok();
     let mut measured = Measured {
-        interval: parts
-            .first()
-            .and_then(|p| Interval::parse(&p.interval).ok()),
+        interval,
         ..Measured::default()
     };
-    let mut readable: Vec<PathBuf> = Vec::new();
+    if interval.is_none() {
+        measured
+            .schema
+            .push(format!("`{}` is not a known interval", key.2));
+        return measured;
+    }
+    let mut measurer = Measurer::new(interval.expect("checked"), now_ms);
+    let columns: Vec<&str> = COLUMNS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| *name != "provenance")
+        .collect();
     for part in parts {
         let path = data_dir.join(&part.path);
         let bytes = match std::fs::read(&path) {
@@ -445,7 +513,8 @@ async fn scan_dataset(
                 .push(format!("{} changed since it was listed", part.path));
             continue;
         }
-        let footer = match Footer::from_bytes(&path, bytes::Bytes::from(bytes)) {
+        let bytes = bytes::Bytes::from(bytes);
+        let footer = match Footer::from_bytes(&path, bytes.clone()) {
             Ok(footer) => footer,
             Err(error) => {
                 measured.damaged.push(error.to_string());
@@ -471,55 +540,85 @@ async fn scan_dataset(
                 Some(_) => {}
             }
         }
+        // Only the file speaks for its provenance; a listing cannot vouch for it.
         let kind = footer
             .provenance
             .map(|p| p.kind)
-            .unwrap_or_else(|| part.provenance.clone());
+            .unwrap_or_else(|| "unknown".to_owned());
         if !measured.provenance.contains(&kind) {
             measured.provenance.push(kind);
         }
-        if fits {
-            readable.push(path);
+        if !fits {
+            continue;
+        }
+        static SCAN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let scan = SCAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let location = object_store::path::Path::from(format!("scan-{scan}.parquet"));
+        let read = async {
+            use object_store::ObjectStoreExt;
+            store
+                .put(&location, bytes.into())
+                .await
+                .map_err(|error| error.to_string())?;
+            session
+                .read_parquet(
+                    format!("{MEMORY_URL}/{location}"),
+                    ParquetReadOptions::default(),
+                )
+                .await
+                .and_then(|frame| frame.select_columns(&columns))
+                .map_err(|error| error.to_string())?
+                .collect()
+                .await
+                .map_err(|error| error.to_string())
+        };
+        let batches: Result<Vec<RecordBatch>, String> = read.await;
+        {
+            use object_store::ObjectStoreExt;
+            let _ = store.delete(&location).await;
+        }
+        match batches {
+            Ok(batches) => batches.iter().for_each(|batch| measurer.feed(batch)),
+            Err(error) => measured
+                .damaged
+                .push(format!("{}: unreadable: {error}", part.path)),
         }
     }
-    if readable.is_empty() {
-        return Ok(measured);
-    }
-    let paths: Vec<String> = readable
-        .iter()
-        .map(|path| path.to_string_lossy().into_owned())
-        .collect();
-    let columns: Vec<&str> = COLUMNS
-        .iter()
-        .map(|(name, _)| *name)
-        .filter(|name| *name != "provenance")
-        .collect();
-    let frame = session
-        .read_parquet(paths, ParquetReadOptions::default())
-        .await
-        .and_then(|frame| frame.select_columns(&columns))
-        .map_err(|error| failed(format!("reading the lake: {error}")))?;
-    let batches = frame
-        .collect()
-        .await
-        .map_err(|error| failed(format!("reading the lake: {error}")))?;
-    measure(&mut measured, &batches);
-    Ok(measured)
+    measurer.finish(&mut measured);
+    measured
 }
 
-/// One pass over the rows in stored order.
-fn measure(measured: &mut Measured, batches: &[RecordBatch]) {
-    let Some(interval) = measured.interval else {
-        return;
-    };
-    let step = interval.millis() as i64;
-    let now = crate::time::now_ms() as i64;
-    let mut previous_open: Option<i64> = None;
-    let mut previous_close: Option<f64> = None;
-    let mut stale_run = 1u64;
-    let mut returns = Vec::new();
-    let mut opens = Vec::new();
-    for batch in batches {
+/// Walks the rows of one dataset in stored order, across batches and parts.
+struct Measurer {
+    interval: Interval,
+    step: i64,
+    now_ms: i64,
+    counts: Measured,
+    max_open: Option<i64>,
+    previous_open: Option<i64>,
+    previous_close: Option<f64>,
+    stale_run: u64,
+    returns: Vec<f64>,
+    opens: Vec<i64>,
+}
+
+impl Measurer {
+    fn new(interval: Interval, now_ms: i64) -> Self {
+        Self {
+            interval,
+            step: interval.millis() as i64,
+            now_ms,
+            counts: Measured::default(),
+            max_open: None,
+            previous_open: None,
+            previous_close: None,
+            stale_run: 1,
+            returns: Vec::new(),
+            opens: Vec::new(),
+        }
+    }
+
+    fn feed(&mut self, batch: &RecordBatch) {
         let int = |name: &str| {
             batch
                 .column_by_name(name)
@@ -533,110 +632,155 @@ fn measure(measured: &mut Measured, batches: &[RecordBatch]) {
         let (Some(open_time), Some(close_time), Some(trades)) =
             (int("open_time"), int("close_time"), int("trades"))
         else {
-            continue;
+            return;
         };
-        let (Some(open), Some(high), Some(low), Some(close)) =
-            (float("open"), float("high"), float("low"), float("close"))
+        let floats = [
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "taker_buy_base",
+            "taker_buy_quote",
+        ]
+        .map(float);
+        let [
+            Some(open),
+            Some(high),
+            Some(low),
+            Some(close),
+            Some(volume),
+            Some(quote_volume),
+            Some(taker),
+            Some(taker_quote),
+        ] = floats
         else {
-            continue;
+            return;
         };
-        let (Some(volume), Some(quote_volume), Some(taker)) = (
-            float("volume"),
-            float("quote_volume"),
-            float("taker_buy_base"),
-        ) else {
-            continue;
-        };
+        let m = &mut self.counts;
         for i in 0..batch.num_rows() {
-            if open_time.is_null(i) || close.is_null(i) {
-                measured.bad_values += 1;
+            let any_null = open_time.is_null(i)
+                || close_time.is_null(i)
+                || trades.is_null(i)
+                || floats.iter().flatten().any(|column| column.is_null(i));
+            if any_null {
+                m.bad_values += 1;
                 continue;
             }
             let t = open_time.value(i);
             let (o, h, l, c) = (open.value(i), high.value(i), low.value(i), close.value(i));
-            let (v, q, tb) = (volume.value(i), quote_volume.value(i), taker.value(i));
-            measured.rows += 1;
-            measured.first = Some(measured.first.map_or(t, |f| f.min(t)));
-            measured.last = Some(measured.last.map_or(t, |f| f.max(t)));
-            if interval.floor(t.max(0) as u64) as i64 != t {
-                measured.off_grid += 1;
+            let (v, q, tb, tq) = (
+                volume.value(i),
+                quote_volume.value(i),
+                taker.value(i),
+                taker_quote.value(i),
+            );
+            m.rows += 1;
+            m.first = Some(m.first.map_or(t, |f| f.min(t)));
+            m.last = Some(m.last.map_or(t, |f| f.max(t)));
+            let on_grid = t >= 0 && self.interval.floor(t as u64) as i64 == t;
+            if !on_grid {
+                m.off_grid += 1;
             }
-            if close_time.value(i) != t + step - 1 {
-                measured.bad_close_time += 1;
+            if close_time.value(i) != t + self.step - 1 {
+                m.bad_close_time += 1;
             }
             if !(l <= o.min(c) && o.max(c) <= h) {
-                measured.bad_ohlc += 1;
+                m.bad_ohlc += 1;
             }
-            let finite = [o, h, l, c, v, q, tb].iter().all(|x| x.is_finite());
-            if !finite
-                || o <= 0.0
-                || h <= 0.0
-                || l <= 0.0
-                || c <= 0.0
-                || v < 0.0
-                || q < 0.0
-                || tb < 0.0
-                || tb > v * (1.0 + 1e-9) + 1e-12
-                || trades.value(i) < 0
-            {
-                measured.bad_values += 1;
+            let finite = [o, h, l, c, v, q, tb, tq].iter().all(|x| x.is_finite());
+            let positive_prices = o > 0.0 && h > 0.0 && l > 0.0 && c > 0.0;
+            let volumes = v >= 0.0 && q >= 0.0 && tb >= 0.0 && tq >= 0.0 && trades.value(i) >= 0;
+            let taker_within = tb <= v * (1.0 + 1e-9) + 1e-12;
+            if !(finite && positive_prices && volumes && taker_within) {
+                m.bad_values += 1;
             }
-            if close_time.value(i) >= now {
-                measured.future += 1;
+            let in_future = close_time.value(i) >= self.now_ms;
+            if in_future {
+                m.future += 1;
             }
             if trades.value(i) == 0 && v == 0.0 && o == h && h == l && l == c {
-                measured.filled += 1;
+                m.filled += 1;
             }
-            match previous_open {
-                Some(p) if t == p => measured.duplicates += 1,
-                Some(p) if t < p => measured.out_of_order += 1,
+            match self.max_open {
+                Some(max) if t < max => m.out_of_order += 1,
                 _ => {}
             }
-            if let Some(pc) = previous_close {
+            if let Some(pc) = self.previous_close {
                 if c == pc {
-                    stale_run += 1;
-                    measured.longest_stale_run = measured.longest_stale_run.max(stale_run);
+                    self.stale_run += 1;
+                    m.longest_stale_run = m.longest_stale_run.max(self.stale_run);
                 } else {
-                    stale_run = 1;
+                    self.stale_run = 1;
                 }
                 // One-bar returns only: a return across a gap is not comparable.
-                if pc > 0.0 && previous_open.is_some_and(|p| t - p == step) {
-                    returns.push(c / pc - 1.0);
+                let r = c / pc - 1.0;
+                if self.previous_open.is_some_and(|p| t - p == self.step) && r.is_finite() {
+                    self.returns.push(r);
                 }
             }
-            previous_open = Some(previous_open.map_or(t, |p| p.max(t)));
-            previous_close = Some(c);
-            opens.push(t);
-            measured.closes.push((t, c));
+            self.max_open = Some(self.max_open.map_or(t, |max| max.max(t)));
+            self.previous_open = Some(t);
+            self.previous_close = Some(c);
+            if on_grid && !in_future {
+                self.opens.push(t);
+            }
+            m.closes.push((t, c));
         }
     }
-    // The grid: distinct aligned open times, and the longest run of missing ones.
-    opens.sort_unstable();
-    opens.dedup();
-    measured.distinct_on_grid = opens
-        .iter()
-        .filter(|&&t| interval.floor(t.max(0) as u64) as i64 == t)
-        .count() as u64;
-    measured.longest_gap_bars = opens
-        .windows(2)
-        .map(|pair| ((pair[1] - pair[0]) / step - 1).max(0) as u64)
-        .max()
-        .unwrap_or(0);
-    if measured.rows > 0 {
-        measured.longest_stale_run = measured.longest_stale_run.max(1);
-    }
-    // Return outliers by robust z-score: |r - median| / (1.4826 * MAD). With no spread at all
-    // (MAD 0) the check says nothing; the stale-closes check speaks for such data.
-    measured.returns = returns.len() as u64;
-    if returns.len() >= 10 {
-        let median = median_of(&mut returns.clone());
-        let mut deviations: Vec<f64> = returns.iter().map(|r| (r - median).abs()).collect();
-        let mad = median_of(&mut deviations) * 1.4826;
-        if mad > 0.0 {
-            let mut z: Vec<f64> = returns.iter().map(|r| (r - median).abs() / mad).collect();
-            z.sort_by(|a, b| b.total_cmp(a));
-            measured.z_sorted = z;
+
+    fn finish(mut self, measured: &mut Measured) {
+        let mut m = std::mem::take(&mut self.counts);
+        if m.rows > 0 {
+            m.longest_stale_run = m.longest_stale_run.max(1);
         }
+        // The grid: distinct aligned open times (future candles aside), the repeats among all
+        // open times, and the longest run of missing ones.
+        let mut all: Vec<i64> = m.closes.iter().map(|(t, _)| *t).collect();
+        all.sort_unstable();
+        let total = all.len();
+        all.dedup();
+        m.duplicates = (total - all.len()) as u64;
+        // An out-of-order row that repeats an earlier time is a duplicate, not both.
+        m.out_of_order = m.out_of_order.saturating_sub(m.duplicates);
+        self.opens.sort_unstable();
+        self.opens.dedup();
+        m.distinct_on_grid = self.opens.len() as u64;
+        m.grid_first = self.opens.first().copied();
+        m.grid_last = self.opens.last().copied();
+        m.longest_gap_bars = self
+            .opens
+            .windows(2)
+            .map(|pair| ((pair[1] - pair[0]) / self.step - 1).max(0) as u64)
+            .max()
+            .unwrap_or(0);
+        // Return outliers by robust z-score: |r - median| / (1.4826 MAD), falling back to
+        // 1.2533 x the mean absolute deviation when more than half the returns are equal.
+        m.returns = self.returns.len() as u64;
+        if self.returns.len() >= 10 {
+            let median = median_of(&mut self.returns.clone());
+            let mut deviations: Vec<f64> =
+                self.returns.iter().map(|r| (r - median).abs()).collect();
+            let mut scale = median_of(&mut deviations) * 1.4826;
+            if scale <= 0.0 {
+                scale = 1.2533 * deviations.iter().sum::<f64>() / deviations.len() as f64;
+            }
+            if scale > 0.0 {
+                let mut z: Vec<f64> = self
+                    .returns
+                    .iter()
+                    .map(|r| (r - median).abs() / scale)
+                    .collect();
+                z.sort_by(|a, b| b.total_cmp(a));
+                m.z_sorted = z;
+            }
+        }
+        m.interval = measured.interval;
+        m.damaged = std::mem::take(&mut measured.damaged);
+        m.schema = std::mem::take(&mut measured.schema);
+        m.provenance = std::mem::take(&mut measured.provenance);
+        *measured = m;
     }
 }
 
@@ -675,7 +819,8 @@ fn source_agreement(
                 .iter()
                 .filter_map(|(time, close)| {
                     let other = closes_b.get(time)?;
-                    (*other > 0.0).then(|| (close / other - 1.0).abs())
+                    (*other > 0.0 && *close > 0.0)
+                        .then(|| (close - other).abs() / close.min(*other))
                 })
                 .fold(0.0f64, f64::max);
             for (key, other) in [(key_a, &key_b.0), (key_b, &key_a.0)] {
@@ -699,7 +844,7 @@ impl Prepared {
         key: &DatasetKey,
         m: &Measured,
         agreement: Option<&(f64, String)>,
-        _now_ms: i64,
+        newest: Option<i64>,
     ) -> DatasetReport {
         let p = &self.params;
         let mut checks = Vec::new();
@@ -717,23 +862,45 @@ impl Prepared {
             2.0,
             format!("schema: {}", m.schema.join("; ")),
         );
-        let refused: Vec<&str> = m
+        let simulated = m.provenance.iter().any(|kind| kind == "simulated");
+        let unknown: Vec<&str> = m
             .provenance
             .iter()
             .map(String::as_str)
-            .filter(|kind| (*kind == "simulated" && !p.allow_synthetic) || *kind == "unknown")
+            .filter(|kind| !REAL_PROVENANCE.contains(kind) && *kind != "simulated")
             .collect();
+        let provenance_problem = if m.provenance.len() > 1 {
+            Some(format!(
+                "mixed provenance in one dataset: {}",
+                m.provenance.join(", ")
+            ))
+        } else if !unknown.is_empty() {
+            Some(format!(
+                "provenance `{}` is not a known source of real data (exchange, recorded, binance-dump)",
+                unknown.join(", ")
+            ))
+        } else if simulated && !p.allow_synthetic {
+            Some(
+                "simulated data (set allow_synthetic: true to let it through, labelled synthetic)"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
         exact(
             &mut checks,
             "provenance",
-            refused.len() as u64,
+            u64::from(provenance_problem.is_some()),
             2.0,
-            if refused.contains(&"unknown") {
-                "no provenance recorded: the data's origin is unknown".to_owned()
-            } else {
-                "simulated data (set allow_synthetic: true to let it through, labelled synthetic)"
-                    .to_owned()
-            },
+            provenance_problem.unwrap_or_default(),
+        );
+        // No rows at all, with no damaged part or schema problem to explain it.
+        exact(
+            &mut checks,
+            "rows",
+            u64::from(m.rows == 0 && m.damaged.is_empty() && m.schema.is_empty()),
+            2.0,
+            "no rows".to_owned(),
         );
         exact(
             &mut checks,
@@ -778,7 +945,7 @@ impl Prepared {
             m.bad_values,
             2.0,
             format!(
-                "{} candle(s) with a non-positive price, a negative volume, or taker volume above volume",
+                "{} candle(s) with a missing or non-finite value, a non-positive price, a negative volume, quote volume or trade count, or taker volume above volume",
                 m.bad_values
             ),
         );
@@ -790,12 +957,12 @@ impl Prepared {
             format!("{} candle(s) closing in the future", m.future),
         );
         let step = m.interval.map_or(1, Interval::millis) as f64;
-        let span_ms = match (m.first, m.last) {
+        let span_ms = match (m.grid_first, m.grid_last) {
             (Some(first), Some(last)) => (last - first) as f64 + step,
             _ => 0.0,
         };
         let min_history_ms = self.min_history.as_millis() as f64;
-        let long_enough = span_ms >= min_history_ms;
+        let long_enough = m.rows == 0 || span_ms >= min_history_ms;
         checks.push(Check {
             name: "history",
             figure: span_ms / 86_400_000.0,
@@ -815,36 +982,63 @@ impl Prepared {
             }),
             weight: 1.5,
         });
-        let expected = if span_ms > 0.0 { span_ms / step } else { 0.0 };
+        // The expected grid runs from the first to the last on-grid candle that has closed.
+        let expected = match (m.grid_first, m.grid_last) {
+            (Some(first), Some(last)) => ((last - first) as f64 / step) + 1.0,
+            _ => 0.0,
+        };
         let missing = if expected > 0.0 {
             ((expected - m.distinct_on_grid as f64) / expected).max(0.0)
         } else {
             0.0
         };
+        tolerant(
+            &mut checks,
+            "missing",
+            missing,
+            p.max_missing,
+            1.5,
+            format!(
+                "missing candles: {} of the expected grid (limit {})",
+                percent(missing),
+                percent(p.max_missing)
+            ),
+        );
+        // A gap limit shorter than one candle would refuse any gap at all on long intervals.
+        let gap_limit = self.max_gap.max(Duration::from_millis(step as u64));
         let gap = Duration::from_millis((m.longest_gap_bars as f64 * step) as u64);
-        let covered = missing <= p.max_missing && gap <= self.max_gap;
-        checks.push(Check {
-            name: "gaps",
-            figure: missing,
-            limit: p.max_missing,
-            passed: covered,
-            score: if covered {
-                1.0
-            } else {
-                0.5 * (p.max_missing / missing.max(f64::MIN_POSITIVE)).min(1.0)
-            },
-            reason: (!covered).then(|| {
-                format!(
-                    "missing candles: {} of the expected grid (limit {}), longest gap {} bar(s) = {} (limit {})",
-                    percent(missing),
-                    percent(p.max_missing),
-                    m.longest_gap_bars,
-                    crate::time::human(gap),
-                    crate::time::human(self.max_gap)
-                )
-            }),
-            weight: 1.5,
-        });
+        tolerant(
+            &mut checks,
+            "longest_gap",
+            gap.as_secs_f64() / 86_400.0,
+            gap_limit.as_secs_f64() / 86_400.0,
+            1.5,
+            format!(
+                "longest gap: {} candle(s) = {} (limit {})",
+                m.longest_gap_bars,
+                crate::time::human(gap),
+                crate::time::human(gap_limit)
+            ),
+        );
+        // A dataset that stopped well before the others of its interval is stale at the end.
+        let lag = match (newest, m.grid_last) {
+            (Some(newest), Some(last)) => Duration::from_millis((newest - last).max(0) as u64),
+            _ => Duration::ZERO,
+        };
+        let lag_limit = self.max_lag.max(Duration::from_millis(step as u64));
+        tolerant(
+            &mut checks,
+            "ends_early",
+            lag.as_secs_f64() / 86_400.0,
+            lag_limit.as_secs_f64() / 86_400.0,
+            1.5,
+            format!(
+                "ends early: its last candle is {} behind the newest {} candle (limit {}; raise max_lag to keep delisted symbols)",
+                crate::time::human(lag),
+                key.2,
+                crate::time::human(lag_limit)
+            ),
+        );
         let rows = m.rows.max(1) as f64;
         tolerant(
             &mut checks,
