@@ -26,6 +26,7 @@ pub mod rng;
 pub mod run_record;
 pub mod runner;
 pub mod spec;
+pub mod sql;
 pub mod stage;
 pub mod stages;
 pub mod store;

@@ -343,6 +343,9 @@ impl Checker<'_> {
                 let path = base.clone().key("with").join(&error.path);
                 let message = format!("stage `{id}` ({}): {}", kind.name(), error.message);
                 self.error(path, error.anchor, message).help = error.help;
+                if let Some(nested) = error.nested {
+                    self.diagnostics.push(*nested);
+                }
                 return None;
             }
         };

@@ -26,6 +26,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &crate::stages::rate_limits::RateLimits,
     &crate::stages::collect::Collect,
     &crate::stages::validate::Validate,
+    &crate::stages::sql::Sql,
 ];
 
 /// The kind registered under `name`.
@@ -162,6 +163,8 @@ pub struct ParamError {
     pub anchor: Anchor,
     pub message: String,
     pub help: Option<String>,
+    /// A problem inside a file the param names (a SQL file), located in that file.
+    pub nested: Option<Box<crate::diagnostic::Diagnostic>>,
 }
 
 impl ParamError {
@@ -171,7 +174,14 @@ impl ParamError {
             anchor: Anchor::Value,
             message: message.into(),
             help: None,
+            nested: None,
         }
+    }
+
+    /// Adds the located problem inside the referenced file.
+    pub fn nested(mut self, diagnostic: crate::diagnostic::Diagnostic) -> Self {
+        self.nested = Some(Box::new(diagnostic));
+        self
     }
 
     pub fn with_help(mut self, help: impl Into<String>) -> Self {
@@ -212,6 +222,7 @@ pub fn parse_params<T: DeserializeOwned>(params: &yaml_serde::Value) -> Result<T
             anchor,
             message,
             help: None,
+            nested: None,
         }
     })
 }

@@ -588,6 +588,8 @@ fn shipped_project() -> Project {
         "pipelines/demo.yaml",
         "pipelines/aster.yaml",
         "data/scenarios/demo.yaml",
+        "stages/features/features.sql",
+        "stages/labels/labels.sql",
     ] {
         project.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
     }
@@ -599,7 +601,7 @@ fn the_aster_pipeline_validates_without_network() {
     let project = shipped_project();
     let run = project.run(&["run", "pipelines/aster.yaml", "--validate-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("is valid: 4 stages"), "{}", run.stdout);
+    assert!(run.stdout.contains("is valid: 6 stages"), "{}", run.stdout);
     assert!(!project.path().join("data/lake").exists());
 }
 
@@ -610,7 +612,7 @@ fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_wo
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(
         first.statuses().iter().filter(|(_, s)| s == "ran").count(),
-        4
+        6
     );
     let listing: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(output_dir(&project, &first, "collect").join("lake.json"))

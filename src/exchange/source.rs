@@ -164,7 +164,7 @@ impl From<ParamError> for SourceError {
             anchor: error.anchor,
             message: error.message,
             help: error.help,
-            nested: None,
+            nested: error.nested,
         }
     }
 }

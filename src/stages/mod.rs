@@ -4,6 +4,7 @@ pub mod collect;
 pub mod command;
 pub mod discover;
 pub mod rate_limits;
+pub mod sql;
 pub mod validate;
 
 use std::path::Path;

@@ -1,0 +1,185 @@
+//! The DataFusion side of asterflow: one way to make a session (with the window functions SQL
+//! lacks), register stage outputs as tables, bind params as typed values, and turn SQL errors
+//! into `file:line:column` diagnostics.
+
+pub mod udwf;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::common::ScalarValue;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::lake::{LISTING_FILE, LakeListing};
+
+/// The table every lake listing is also registered as.
+pub const KLINES_TABLE: &str = "klines";
+
+/// A session with asterflow's functions, spans collected for error locations.
+pub fn session(target_partitions: usize) -> SessionContext {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(target_partitions.max(1))
+        .with_batch_size(8192);
+    config.options_mut().sql_parser.collect_spans = true;
+    let context = SessionContext::new_with_config(config);
+    for function in udwf::functions() {
+        context.register_udwf(function);
+    }
+    context
+}
+
+/// A table an input provides: its name and the files behind it.
+#[derive(Debug, Clone)]
+pub struct InputTable {
+    pub names: Vec<String>,
+    pub files: Vec<PathBuf>,
+    /// Lake parts have a known schema; other Parquet files are read for theirs.
+    pub lake: bool,
+}
+
+/// The tables an input stage's output directory provides: a `lake.json` becomes `<stage>` and
+/// `klines` (over the listed parts); each `NAME.parquet` becomes `NAME`, and the only one also
+/// `<stage>`.
+pub fn input_tables(
+    stage_id: &str,
+    dir: &Path,
+    data_dir: &Path,
+) -> Result<Vec<InputTable>, String> {
+    let mut tables = Vec::new();
+    let listing = dir.join(LISTING_FILE);
+    let mut parquet: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|error| format!("cannot list {}: {error}", dir.display()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "parquet"))
+        .collect();
+    parquet.sort();
+    if listing.is_file() {
+        let listing = LakeListing::read(&listing)?;
+        let mut names = vec![KLINES_TABLE.to_owned()];
+        if parquet.is_empty() {
+            names.push(stage_id.to_owned());
+        }
+        tables.push(InputTable {
+            names,
+            files: listing
+                .parts
+                .iter()
+                .map(|part| data_dir.join(&part.path))
+                .collect(),
+            lake: true,
+        });
+    }
+    let only = parquet.len() == 1 && !listing.is_file();
+    for file in parquet {
+        let stem = file
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut names = vec![stem.clone()];
+        if only && stem != stage_id {
+            names.push(stage_id.to_owned());
+        }
+        tables.push(InputTable {
+            names,
+            files: vec![file],
+            lake: false,
+        });
+    }
+    Ok(tables)
+}
+
+/// Registers `table` under each of its names.
+pub async fn register(context: &SessionContext, table: &InputTable) -> Result<(), DataFusionError> {
+    let urls = table
+        .files
+        .iter()
+        .map(|file| ListingTableUrl::parse(file.to_string_lossy()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+    let config = if table.lake {
+        config.with_schema(crate::lake::klines_schema())
+    } else {
+        config.infer_schema(&context.state()).await?
+    };
+    let provider = Arc::new(ListingTable::try_new(config)?);
+    for name in &table.names {
+        context.register_table(name.as_str(), provider.clone())?;
+    }
+    Ok(())
+}
+
+/// A param value from YAML, bound as a typed SQL value (never spliced into the text).
+pub fn scalar(value: &serde_json::Value) -> Result<ScalarValue, String> {
+    Ok(match value {
+        serde_json::Value::Bool(flag) => ScalarValue::Boolean(Some(*flag)),
+        serde_json::Value::Number(number) => match number.as_i64() {
+            Some(integer) => ScalarValue::Int64(Some(integer)),
+            None => ScalarValue::Float64(number.as_f64()),
+        },
+        serde_json::Value::String(text) => ScalarValue::Utf8(Some(text.clone())),
+        serde_json::Value::Null => ScalarValue::Null,
+        other => {
+            return Err(format!(
+                "params are numbers, strings or booleans; got {other}"
+            ));
+        }
+    })
+}
+
+/// All params, keyed by name (used as `$name` in SQL).
+pub fn scalars(
+    params: &BTreeMap<String, serde_json::Value>,
+) -> Result<HashMap<String, ScalarValue>, (String, String)> {
+    params
+        .iter()
+        .map(|(name, value)| {
+            scalar(value)
+                .map(|scalar| (name.clone(), scalar))
+                .map_err(|message| (name.clone(), message))
+        })
+        .collect()
+}
+
+/// Where in the SQL text an error points, when DataFusion says: (line, column), 1-based.
+pub fn error_position(error: &DataFusionError) -> Option<(usize, usize)> {
+    if let Some(span) = error.diagnostic().and_then(|diagnostic| diagnostic.span)
+        && span.start.line > 0
+    {
+        return Some((span.start.line as usize, span.start.column as usize));
+    }
+    // sqlparser puts the position in its message: "... at Line: 3, Column: 14".
+    let text = error.to_string();
+    let at = text.rfind("Line: ")?;
+    let rest = &text[at + 6..];
+    let (line, rest) = rest.split_once(", Column: ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, column.parse().ok()?))
+}
+
+/// The message of a DataFusion error without its boilerplate prefixes.
+pub fn error_message(error: &DataFusionError) -> String {
+    if let Some(diagnostic) = error.diagnostic() {
+        return diagnostic.message.clone();
+    }
+    let text = error.to_string();
+    let mut text = text
+        .trim_start_matches("SQL error: ")
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("Schema error: ")
+        .trim_start_matches("ParserError(\"")
+        .trim_start_matches("TokenizerError(\"")
+        .to_owned();
+    if let Some(position) = text.rfind(" at Line: ") {
+        text.truncate(position);
+    }
+    text.trim_end_matches("\")").to_owned()
+}
