@@ -483,6 +483,14 @@ impl LakeListing {
     }
 }
 
+/// The shape of an output holding a `lake.json`: the `klines` table (and the stage's id).
+pub fn listing_shape(stage_id: &str) -> crate::stage::OutputShape {
+    crate::stage::OutputShape::Tables(vec![crate::stage::ShapeTable {
+        names: vec![crate::sql::KLINES_TABLE.to_owned(), stage_id.to_owned()],
+        schema: klines_schema(),
+    }])
+}
+
 /// Describes every part of one partition: rows, span, size, blake3 and provenance.
 pub fn describe_partition(
     data_dir: &Path,

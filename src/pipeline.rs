@@ -123,6 +123,31 @@ impl Pipeline {
         .check(spec)
     }
 
+    /// Works out each stage's output shape in order, so SQL is planned against its inputs'
+    /// schemas before anything runs; every problem is reported, located in its file.
+    pub async fn check_shapes(&self) -> Result<(), PipelineError> {
+        let mut shapes: Vec<stage::OutputShape> =
+            vec![stage::OutputShape::Unknown; self.stages.len()];
+        let mut diagnostics = Vec::new();
+        for &index in self.dag.topological_order() {
+            let stage = &self.stages[index];
+            let inputs: Vec<(String, stage::OutputShape)> = stage
+                .needs
+                .iter()
+                .map(|&input| (self.stages[input].id.clone(), shapes[input].clone()))
+                .collect();
+            match stage.prepared.output_shape(&stage.id, &inputs).await {
+                Ok(shape) => shapes[index] = shape,
+                Err(diagnostic) => diagnostics.push(*diagnostic),
+            }
+        }
+        if diagnostics.is_empty() {
+            Ok(())
+        } else {
+            Err(PipelineError::Invalid(diagnostics))
+        }
+    }
+
     /// The index of the stage called `id`.
     pub fn stage_index(&self, id: &str) -> Option<usize> {
         self.stages.iter().position(|stage| stage.id == id)

@@ -138,6 +138,7 @@ pub async fn make_plan(
 /// `asterflow run`: returns the exit code.
 pub async fn run(request: RunRequest) -> Result<i32, Error> {
     let pipeline = load(&request.pipeline_file, &request.paths)?;
+    pipeline.check_shapes().await?;
     let selection = resolve_selection(&pipeline, &request.selection)?;
     if request.validate_only {
         let (plan, _, _) = make_plan(&pipeline, &selection, &request.paths).await?;

@@ -69,6 +69,23 @@ pub struct FileRef {
     pub path: PathBuf,
 }
 
+/// A table a stage's output will hold, as its consumers will see it.
+#[derive(Debug, Clone)]
+pub struct ShapeTable {
+    /// The names a consumer's SQL can use for it.
+    pub names: Vec<String>,
+    pub schema: arrow::datatypes::SchemaRef,
+}
+
+/// What a stage's output will hold, where its kind can say without running anything.
+#[derive(Debug, Clone, Default)]
+pub enum OutputShape {
+    /// The kind cannot say (a `command`): consumers cannot be planned ahead.
+    #[default]
+    Unknown,
+    Tables(Vec<ShapeTable>),
+}
+
 /// A stage whose params have been checked.
 pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     /// The canonical params that go into the fingerprint (defaults filled in).
@@ -81,6 +98,16 @@ pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     /// in the cache but left out of the content digest, so consumers do not re-run for them.
     fn reports(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// The tables the output will hold, given the inputs' shapes (by input stage id). Called
+    /// before anything runs, so `--validate-only` can plan SQL without data; an error is a
+    /// located problem (a SQL file's line and column).
+    fn output_shape<'a>(
+        &'a self,
+        _stage_id: &'a str,
+        _inputs: &'a [(String, OutputShape)],
+    ) -> BoxFuture<'a, Result<OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+        Box::pin(async { Ok(OutputShape::Unknown) })
     }
     /// Does the work, writing into `context.output_dir`.
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>>;

@@ -452,3 +452,42 @@ fn sql_errors_point_into_the_sql_file() {
     assert!(run.stderr.contains("bad.sql:2:3"), "{}", run.stderr);
     assert!(run.stderr.contains("closing_price"), "{}", run.stderr);
 }
+
+#[test]
+fn validate_only_plans_the_shipped_pipeline_sql_against_its_inputs() {
+    let project = Project::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "pipelines/demo.yaml",
+        "data/scenarios/demo.yaml",
+        "stages/labels/labels.sql",
+    ] {
+        project.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
+    }
+    let features = std::fs::read_to_string(root.join("stages/features/features.sql")).unwrap();
+    project.write("stages/features/features.sql", &features);
+    let ok = project.run(&["run", "pipelines/demo.yaml", "--validate-only"]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    // A misspelt column, found without running anything, located in the SQL file.
+    let broken = features.replacen(
+        "volume / close AS volume_price_ratio",
+        "volume / closing AS volume_price_ratio",
+        1,
+    );
+    let line = broken
+        .lines()
+        .position(|l| l.contains("volume / closing"))
+        .unwrap()
+        + 1;
+    project.write("stages/features/features.sql", &broken);
+    let run = project.run(&["run", "pipelines/demo.yaml", "--validate-only"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("stages/features/features.sql:{line}:")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("closing"), "{}", run.stderr);
+    assert!(!project.path().join("runs/cache").exists(), "nothing ran");
+}

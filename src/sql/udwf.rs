@@ -4,6 +4,18 @@
 //! - `ema(x, n)`: exponential moving average, alpha = 2 / (n + 1);
 //! - `wilder(x, n)`: Wilder's smoothing (RSI, ATR), alpha = 1 / n.
 //!
+//! Rolling statistics over the last `n` rows, as window functions so each partition is one
+//! tight pass (DataFusion's sliding frames re-slice their inputs for every row):
+//! - `rolling_mean(x, n)`: mean of the non-null values among the last n rows;
+//! - `rolling_std(x, n)`, `rolling_std_pop(x, n)`: sample / population standard deviation
+//!   (null with fewer than 2 values, respectively 1);
+//! - `rolling_corr(x, y, n)`: Pearson correlation over the rows among the last n where both
+//!   are non-null, null until there are n such pairs.
+//!
+//! Windows of up to 64 rows are recomputed exactly (two-pass) at every row; longer ones keep
+//! running sums of values shifted by the partition's first value, which keeps the
+//! cancellation error small.
+//!
 //! Forward-looking (for labels only: the look-ahead guard rejects them in features), where `k`
 //! may be a `$param` because, unlike a frame bound, it is an argument:
 //! - `forward_value(x, k)`: `x` k rows later (null when there are not k rows left);
@@ -249,6 +261,186 @@ pub fn forward(kind: Forward, x: &Float64Array, k: usize, rows: usize) -> Float6
     out.finish()
 }
 
+/// Which rolling statistic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rolling {
+    Mean,
+    Std,
+    StdPop,
+    Corr,
+}
+
+impl Rolling {
+    fn name(self) -> &'static str {
+        match self {
+            Rolling::Mean => "rolling_mean",
+            Rolling::Std => "rolling_std",
+            Rolling::StdPop => "rolling_std_pop",
+            Rolling::Corr => "rolling_corr",
+        }
+    }
+
+    fn arity(self) -> usize {
+        if self == Rolling::Corr { 3 } else { 2 }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct RollingFunction {
+    kind: Rolling,
+    signature: Signature,
+}
+
+impl WindowUDFImpl for RollingFunction {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(
+        &self,
+        _args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(RollingEvaluator { kind: self.kind }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Float64,
+            true,
+        )))
+    }
+}
+
+#[derive(Debug)]
+struct RollingEvaluator {
+    kind: Rolling,
+}
+
+impl PartitionEvaluator for RollingEvaluator {
+    fn is_causal(&self) -> bool {
+        true
+    }
+
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let name = self.kind.name();
+        if values.len() != self.kind.arity() {
+            return exec_err!("{name} takes {} arguments", self.kind.arity());
+        }
+        let n = arrow::compute::cast(&values[values.len() - 1], &DataType::Int64)?;
+        let n = n.as_primitive::<Int64Type>();
+        if n.is_empty() || n.is_null(0) || n.value(0) < 1 {
+            return exec_err!("{name}: the window length must be at least 1");
+        }
+        let n = n.value(0) as usize;
+        let column = |index: usize| -> Result<Vec<Option<f64>>> {
+            let array = arrow::compute::cast(&values[index], &DataType::Float64)?;
+            let array = array.as_primitive::<Float64Type>();
+            Ok((0..num_rows)
+                .map(|i| (!array.is_null(i) && array.value(i).is_finite()).then(|| array.value(i)))
+                .collect())
+        };
+        let x = column(0)?;
+        let out = if self.kind == Rolling::Corr {
+            rolling_corr(&x, &column(1)?, n)
+        } else {
+            rolling(self.kind, &x, n)
+        };
+        Ok(Arc::new(Float64Array::from(out)))
+    }
+}
+
+/// Mean and standard deviations over the last `n` rows.
+pub fn rolling(kind: Rolling, x: &[Option<f64>], n: usize) -> Vec<Option<f64>> {
+    let finish = |count: f64, mean: f64, m2: f64| -> Option<f64> {
+        match kind {
+            Rolling::Mean => (count >= 1.0).then_some(mean),
+            Rolling::Std => (count >= 2.0).then(|| (m2.max(0.0) / (count - 1.0)).sqrt()),
+            _ => (count >= 1.0).then(|| (m2.max(0.0) / count).sqrt()),
+        }
+    };
+    let mut out = Vec::with_capacity(x.len());
+    if n <= 64 {
+        for i in 0..x.len() {
+            let window = &x[i.saturating_sub(n - 1)..=i];
+            let (count, sum) = window
+                .iter()
+                .flatten()
+                .fold((0.0, 0.0), |(c, s), v| (c + 1.0, s + v));
+            let mean = if count > 0.0 { sum / count } else { 0.0 };
+            let m2: f64 = window
+                .iter()
+                .flatten()
+                .map(|v| (v - mean) * (v - mean))
+                .sum();
+            out.push(finish(count, mean, m2));
+        }
+        return out;
+    }
+    let shift = x.iter().flatten().next().copied().unwrap_or(0.0);
+    let (mut count, mut sum, mut squares) = (0.0, 0.0, 0.0);
+    for i in 0..x.len() {
+        if let Some(v) = x[i] {
+            let d = v - shift;
+            count += 1.0;
+            sum += d;
+            squares += d * d;
+        }
+        if i >= n
+            && let Some(v) = x[i - n]
+        {
+            let d = v - shift;
+            count -= 1.0;
+            sum -= d;
+            squares -= d * d;
+        }
+        let mean = if count > 0.0 { sum / count } else { 0.0 };
+        out.push(finish(count, mean + shift, squares - count * mean * mean));
+    }
+    out
+}
+
+/// Pearson correlation over the pairs among the last `n` rows, once there are `n` of them.
+pub fn rolling_corr(x: &[Option<f64>], y: &[Option<f64>], n: usize) -> Vec<Option<f64>> {
+    let pair = |i: usize| x[i].zip(y[i]);
+    let first = (0..x.len()).find_map(pair).unwrap_or((0.0, 0.0));
+    let (mut c, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut out = Vec::with_capacity(x.len());
+    for i in 0..x.len() {
+        if let Some((a, b)) = pair(i) {
+            let (a, b) = (a - first.0, b - first.1);
+            c += 1.0;
+            sx += a;
+            sy += b;
+            sxx += a * a;
+            syy += b * b;
+            sxy += a * b;
+        }
+        if i >= n
+            && let Some((a, b)) = pair(i - n)
+        {
+            let (a, b) = (a - first.0, b - first.1);
+            c -= 1.0;
+            sx -= a;
+            sy -= b;
+            sxx -= a * a;
+            syy -= b * b;
+            sxy -= a * b;
+        }
+        let value = (c >= n as f64).then(|| {
+            let cov = c * sxy - sx * sy;
+            let var = (c * sxx - sx * sx) * (c * syy - sy * sy);
+            (var > 0.0).then(|| cov / var.sqrt())
+        });
+        out.push(value.flatten());
+    }
+    out
+}
+
 /// Every asterflow window function, ready to register.
 pub fn functions() -> Vec<WindowUDF> {
     let smoothing = [Smoothing::Ema, Smoothing::Wilder].into_iter().map(|kind| {
@@ -265,7 +457,15 @@ pub fn functions() -> Vec<WindowUDF> {
                 signature: Signature::any(2, Volatility::Immutable),
             })
         });
-    smoothing.chain(forward).collect()
+    let rolling = [Rolling::Mean, Rolling::Std, Rolling::StdPop, Rolling::Corr]
+        .into_iter()
+        .map(|kind| {
+            WindowUDF::from(RollingFunction {
+                kind,
+                signature: Signature::any(kind.arity(), Volatility::Immutable),
+            })
+        });
+    smoothing.chain(forward).chain(rolling).collect()
 }
 
 #[cfg(test)]
@@ -303,6 +503,48 @@ mod tests {
             values(&forward(Forward::Max, &x, 2, 5)),
             [Some(4.0), Some(4.0), Some(2.0), None, None]
         );
+    }
+
+    #[test]
+    fn rolling_statistics_match_direct_computation() {
+        let x: Vec<Option<f64>> = (0..300)
+            .map(|i| (i % 17 != 3).then(|| 100.0 + (i as f64 * 0.7).sin() * 5.0 + i as f64 * 0.01))
+            .collect();
+        for n in [5, 20, 100] {
+            let means = rolling(Rolling::Mean, &x, n);
+            let stds = rolling(Rolling::Std, &x, n);
+            for i in 0..x.len() {
+                let window: Vec<f64> = x[i.saturating_sub(n - 1)..=i]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                let mean = window.iter().sum::<f64>() / window.len() as f64;
+                assert!(
+                    (means[i].unwrap() - mean).abs() < 1e-9 * mean.abs(),
+                    "n {n} row {i}"
+                );
+                if window.len() >= 2 {
+                    let sd = (window.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+                        / (window.len() - 1) as f64)
+                        .sqrt();
+                    assert!(
+                        (stds[i].unwrap() - sd).abs() < 1e-7 * sd.max(1e-12),
+                        "n {n} row {i}"
+                    );
+                }
+            }
+        }
+        let y: Vec<Option<f64>> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v.map(|v| v * 0.5 + (i as f64).cos()))
+            .collect();
+        let corr = rolling_corr(&x, &y, 24);
+        assert!(corr[10].is_none(), "not enough pairs yet");
+        let i = 200;
+        let pairs: Vec<(f64, f64)> = (i - 23..=i).filter_map(|j| x[j].zip(y[j])).collect();
+        assert!(pairs.len() < 24 || corr[i].is_some());
     }
 
     #[test]

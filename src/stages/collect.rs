@@ -221,6 +221,14 @@ impl PreparedStage for Prepared {
         source_files(&self.source)
     }
 
+    fn output_shape<'a>(
+        &'a self,
+        stage_id: &'a str,
+        _inputs: &'a [(String, crate::stage::OutputShape)],
+    ) -> BoxFuture<'a, Result<crate::stage::OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+        Box::pin(async move { Ok(lake::listing_shape(stage_id)) })
+    }
+
     fn reports(&self) -> &'static [&'static str] {
         &["collection_report.json", "collection_summary.csv"]
     }

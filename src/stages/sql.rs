@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::location::YamlPath;
 use crate::sql::{self, InputTable};
 use crate::stage::{
-    BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
-    StageKind, contained_relative_path, parse_params,
+    BoxFuture, FileRef, OutputShape, ParamError, PrepareContext, PreparedStage, ShapeTable,
+    StageContext, StageError, StageKind, contained_relative_path, parse_params,
 };
 
 pub struct Sql;
@@ -170,6 +170,48 @@ impl PreparedStage for Prepared {
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.execute(context))
     }
+
+    /// Plans the query against empty tables of the inputs' schemas: unknown columns, type
+    /// errors and bad params surface before anything runs.
+    fn output_shape<'a>(
+        &'a self,
+        stage_id: &'a str,
+        inputs: &'a [(String, OutputShape)],
+    ) -> BoxFuture<'a, Result<OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+        Box::pin(async move {
+            let session = sql::session(1);
+            for (_, shape) in inputs {
+                let OutputShape::Tables(tables) = shape else {
+                    return Ok(OutputShape::Unknown);
+                };
+                for table in tables {
+                    let empty = datafusion::datasource::MemTable::try_new(
+                        table.schema.clone(),
+                        vec![vec![]],
+                    )
+                    .map_err(|error| {
+                        Box::new(sql_diagnostic(&self.query_file, &self.query, &error))
+                    })?;
+                    let empty = std::sync::Arc::new(empty);
+                    for name in &table.names {
+                        let _ = session.register_table(name.as_str(), empty.clone());
+                    }
+                }
+            }
+            let frame = session
+                .sql(&self.query)
+                .await
+                .and_then(|frame| frame.with_param_values(self.values.clone()))
+                .map_err(|error| Box::new(sql_diagnostic(&self.query_file, &self.query, &error)))?;
+            let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+            let stem = self.output.trim_end_matches(".parquet").to_owned();
+            let mut names = vec![stem.clone()];
+            if stem != stage_id {
+                names.push(stage_id.to_owned());
+            }
+            Ok(OutputShape::Tables(vec![ShapeTable { names, schema }]))
+        })
+    }
 }
 
 impl Prepared {
@@ -210,11 +252,16 @@ impl Prepared {
             .message(format!("running {}", self.query_file.display()));
         let frame = self.frame(&session).await?;
         let output = context.output_dir.join(&self.output);
+        // Feature columns are floats that neither dictionaries nor strong compression shrink
+        // much: light zstd, no dictionaries, so writing stays a small share of the stage.
+        let mut writer = datafusion::config::TableParquetOptions::default();
+        writer.global.compression = Some("zstd(1)".into());
+        writer.global.dictionary_enabled = Some(false);
         frame
             .write_parquet(
                 &output.to_string_lossy(),
                 DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
+                Some(writer),
             )
             .await
             .map_err(|error| failed(format!("{}: {error}", self.query_file.display())))?;

@@ -231,6 +231,14 @@ impl PreparedStage for Prepared {
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.validate(context))
     }
+
+    fn output_shape<'a>(
+        &'a self,
+        stage_id: &'a str,
+        _inputs: &'a [(String, crate::stage::OutputShape)],
+    ) -> BoxFuture<'a, Result<crate::stage::OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+        Box::pin(async move { Ok(crate::lake::listing_shape(stage_id)) })
+    }
 }
 
 fn failed(message: impl std::fmt::Display) -> StageError {

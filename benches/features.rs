@@ -1,0 +1,191 @@
+//! Feature benchmark (issue 5): the shipped feature set (`stages/features/features.sql`) over
+//! 100 symbols x 1h x 2 years (about 1.75M rows), through the real binary, reading the lake's
+//! Parquet and writing the output included. Reports wall time, rows per second and the peak
+//! resident memory of the process. Target: under 2 s and under 900 MiB on the 2-core machine.
+//! The look-ahead guard's extra cost is measured separately. Run with
+//! `cargo bench --bench features`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use asterflow::exchange::model::Interval;
+use asterflow::lake::{LakeListing, Provenance};
+use asterflow::replay::{Market, Scenario};
+
+const SYMBOLS: usize = 100;
+const SAMPLES: usize = 5;
+
+/// Peak resident set of the largest child waited for so far, in MiB.
+fn children_peak_mib() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a complete rusage into the pointer we own.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn main() {
+    // ASTERFLOW_BENCH_DIR keeps the generated project for profiling.
+    let project = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("ASTERFLOW_BENCH_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &kept {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let root = kept.as_deref().unwrap_or(project.path());
+    let data = root.join("data");
+    let scenario = Scenario::parse(
+        Path::new("bench.yaml"),
+        &format!(
+            "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    assets:\n      - {{base: BTC, price: 42000, beta: 1.0, vol: 0.12}}\n      - {{base: ETH, price: 2300, beta: 1.15, vol: 0.3}}\n    generated: {{count: {}}}\n",
+            SYMBOLS - 2
+        ),
+    )
+    .unwrap();
+    let market = Market::build(&scenario).unwrap();
+    let hour = Interval::parse("1h").unwrap();
+    let end = 1_767_225_600_000u64; // 2026-01-01
+    let start = end - 2 * 365 * 86_400_000;
+    let mut parts = Vec::new();
+    let mut rows_total = 0usize;
+    for symbol in market.symbols() {
+        let mut rows = Vec::new();
+        let mut cursor = start;
+        while cursor < end {
+            let page = market
+                .klines(&symbol.symbol, hour, Some(cursor), Some(end - 1), 1500, end)
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = last.open_time as u64 + hour.millis();
+            rows.extend(page);
+        }
+        rows_total += rows.len();
+        let dir = asterflow::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
+        asterflow::lake::write_part(
+            &dir,
+            &symbol.symbol,
+            hour,
+            &rows,
+            &Provenance {
+                source: "sim".into(),
+                base_url: "bench".into(),
+                fetched_at_ms: end as i64,
+                kind: "simulated".into(),
+            },
+        )
+        .unwrap();
+        parts.extend(
+            asterflow::lake::describe_partition(&data, "sim", hour, &symbol.symbol).unwrap(),
+        );
+    }
+    std::fs::create_dir_all(root.join("fixtures")).unwrap();
+    std::fs::write(
+        root.join("fixtures/lake.json"),
+        serde_json::to_string(&LakeListing::new(parts)).unwrap(),
+    )
+    .unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.join("stages/features")).unwrap();
+    std::fs::copy(
+        manifest.join("stages/features/features.sql"),
+        root.join("stages/features/features.sql"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("pipelines")).unwrap();
+    let pipeline = |guard: bool| {
+        format!(
+            "name: bench\nstages:\n  validate:\n    kind: command\n    with:\n      run: cp \"$ASTERFLOW_PROJECT_ROOT/fixtures/lake.json\" lake.json\n      outputs: [lake.json]\n  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {{interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}}\n      output: features.parquet\n      lookahead_check: {guard}\n"
+        )
+    };
+
+    if kept.is_some() && std::env::var_os("ASTERFLOW_BENCH_GENERATE_ONLY").is_some() {
+        std::fs::write(root.join("pipelines/bench.yaml"), pipeline(false)).unwrap();
+        eprintln!("generated {rows_total} rows under {}", root.display());
+        return;
+    }
+    let measure = |guard: bool, samples: usize| -> (Vec<Duration>, u64) {
+        std::fs::write(root.join("pipelines/bench.yaml"), pipeline(guard)).unwrap();
+        let mut times = Vec::new();
+        let mut out_rows = 0;
+        for _ in 0..samples {
+            let output = Command::new(env!("CARGO_BIN_EXE_asterflow"))
+                .current_dir(root)
+                .args([
+                    "run",
+                    "pipelines/bench.yaml",
+                    "--quiet",
+                    "--json",
+                    "--force",
+                    "--only",
+                    "features",
+                ])
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("asterflow runs");
+            assert!(output.status.success(), "the run failed");
+            let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let stage = summary["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["id"] == "features")
+                .unwrap()
+                .clone();
+            times.push(Duration::from_millis(
+                stage["duration_ms"].as_u64().unwrap(),
+            ));
+            if out_rows == 0 {
+                let file = root
+                    .join(stage["output"].as_str().unwrap())
+                    .join("features.parquet");
+                let reader = parquet::file::reader::SerializedFileReader::new(
+                    std::fs::File::open(file).unwrap(),
+                )
+                .unwrap();
+                use parquet::file::reader::FileReader;
+                out_rows = reader.metadata().file_metadata().num_rows() as u64;
+            }
+        }
+        times.sort();
+        (times, out_rows)
+    };
+
+    // Create the validate output and warm the page cache, then measure.
+    std::fs::write(root.join("pipelines/bench.yaml"), pipeline(false)).unwrap();
+    let first = Command::new(env!("CARGO_BIN_EXE_asterflow"))
+        .current_dir(root)
+        .args(["run", "pipelines/bench.yaml", "--quiet"])
+        .status()
+        .unwrap();
+    assert!(first.success(), "the first run failed");
+    let (plain, out_rows) = measure(false, SAMPLES);
+    let peak = children_peak_mib();
+    let (guarded, _) = measure(true, 3);
+    let median = plain[plain.len() / 2];
+    println!(
+        "features benchmark: {SYMBOLS} symbols x 1h x 2 years = {rows_total} input rows, {out_rows} output rows, 35 feature columns"
+    );
+    println!(
+        "  features stage: min {:.3} s, median {:.3} s, max {:.3} s ({} runs); {:.2} M input rows/s",
+        plain[0].as_secs_f64(),
+        median.as_secs_f64(),
+        plain[plain.len() - 1].as_secs_f64(),
+        plain.len(),
+        rows_total as f64 / median.as_secs_f64() / 1e6
+    );
+    println!("  peak resident memory of the asterflow process: {peak:.0} MiB");
+    println!(
+        "  with the look-ahead guard (3 cuts): median {:.3} s",
+        guarded[guarded.len() / 2].as_secs_f64()
+    );
+    println!(
+        "  target (< 2 s, < 900 MiB): {}",
+        if median < Duration::from_secs(2) && peak < 900.0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+}
