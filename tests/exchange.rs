@@ -620,6 +620,18 @@ fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_wo
     )
     .unwrap();
     assert_eq!(listing["provenance"], serde_json::json!(["simulated"]));
+    // Simulated data keeps its banner downstream: the features say where they come from.
+    let marker: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output_dir(&project, &first, "features").join("provenance.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(marker["synthetic"], true);
+    assert!(
+        first.stderr.contains("warning: features: SYNTHETIC DATA"),
+        "{}",
+        first.stderr
+    );
     let rerun = project.run(&["run", "pipelines/demo.yaml", "--json"]);
     assert!(
         rerun.statuses().iter().all(|(_, s)| s == "cached"),

@@ -243,6 +243,22 @@ impl Prepared {
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let parallel = std::thread::available_parallelism().map_or(2, usize::from);
         let tables = self.tables(context)?;
+        // Simulated data that validate let through keeps its banner on everything after it:
+        // each sql output says whether it derives from synthetic data (`provenance.json`).
+        let synthetic = context
+            .inputs
+            .iter()
+            .any(|input| derived_from_synthetic(&input.dir));
+        if synthetic {
+            context.warn(crate::stages::validate::SYNTHETIC_BANNER);
+        }
+        crate::stages::write_json(
+            &context.output_dir.join(PROVENANCE_FILE),
+            &serde_json::json!({
+                "synthetic": synthetic,
+                "banner": synthetic.then_some(crate::stages::validate::SYNTHETIC_BANNER),
+            }),
+        )?;
         let session = sql::session(parallel);
         for table in &tables {
             sql::register(&session, table).await.map_err(failed)?;
@@ -384,6 +400,21 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// Written beside every sql output: whether it derives from synthetic (simulated) data.
+pub const PROVENANCE_FILE: &str = "provenance.json";
+
+/// Whether a stage output derives from synthetic data: a lake listing with simulated parts, or
+/// an output whose `provenance.json` says so.
+pub fn derived_from_synthetic(dir: &std::path::Path) -> bool {
+    let listed = crate::lake::LakeListing::read(&dir.join(crate::lake::LISTING_FILE))
+        .is_ok_and(|listing| listing.is_synthetic());
+    let marked = std::fs::read_to_string(dir.join(PROVENANCE_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|value| value["synthetic"] == true);
+    listed || marked
 }
 
 fn as_i64(value: &ScalarValue) -> Option<i64> {
