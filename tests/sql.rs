@@ -250,7 +250,8 @@ fn the_feature_set_matches_independent_reference_values_after_warm_up() {
         &project,
         "stages/features/features.sql",
         "interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300",
-        "      output: out.parquet\n",
+        // The guard runs on the shipped query too: it must pass, comparing real rows.
+        "      output: out.parquet\n      lookahead_check: true\n",
     );
     let run = run(&project);
     let batches = read_output(&project, &run, "out.parquet");
@@ -266,12 +267,22 @@ fn the_feature_set_matches_independent_reference_values_after_warm_up() {
         );
     }
     let out = table(&batches);
-    let btc: HashMap<i64, f64> = {
-        let rows = &data[0].1;
+    let returns = |rows: &[Kline]| -> HashMap<i64, f64> {
         rows.windows(2)
             .map(|w| (w[1].open_time, w[1].close / w[0].close - 1.0))
             .collect()
     };
+    let (btc, eth) = (returns(&data[0].1), returns(&data[1].1));
+    // 24-bar momentum of every symbol at every time, for the breadth share.
+    let mut momentum: HashMap<i64, Vec<f64>> = HashMap::new();
+    for (_, rows) in &data {
+        for i in 24..rows.len() {
+            momentum
+                .entry(rows[i].open_time)
+                .or_default()
+                .push(rows[i].close / rows[i - 24].close - 1.0);
+        }
+    }
     for (symbol, rows) in &data {
         let closes: Vec<Option<f64>> = rows.iter().map(|k| Some(k.close)).collect();
         let ema12 = ema_ref(&closes, 12, 2.0 / 13.0);
@@ -327,34 +338,66 @@ fn the_feature_set_matches_independent_reference_values_after_warm_up() {
                 Some(4.0 * sd / mean),
                 &what("bb_bandwidth"),
             );
+            close_enough(
+                row["momentum_24"],
+                Some(rows[i].close / rows[i - 24].close - 1.0),
+                &what("momentum_24"),
+            );
+            let quote: Vec<f64> = rows[i.saturating_sub(167)..=i]
+                .iter()
+                .map(|k| k.quote_volume)
+                .collect();
+            close_enough(
+                row["liquidity_score"],
+                Some((quote.iter().sum::<f64>() / quote.len() as f64).ln()),
+                &what("liquidity_score"),
+            );
+            let volumes: Vec<f64> = rows[i - 19..=i].iter().map(|k| k.volume).collect();
+            let vmean = volumes.iter().sum::<f64>() / 20.0;
+            let vsd = (volumes.iter().map(|v| (v - vmean).powi(2)).sum::<f64>() / 19.0).sqrt();
+            close_to(
+                row["volume_z"],
+                Some((rows[i].volume - vmean) / vsd),
+                1.0,
+                &what("volume_z"),
+            );
+            let shares = &momentum[&rows[i].open_time];
+            let positive = shares.iter().filter(|m| **m > 0.0).count() as f64 / shares.len() as f64;
+            close_enough(
+                row["momentum_alignment"],
+                Some(positive),
+                &what("momentum_alignment"),
+            );
             let returns: Vec<f64> = (i - 19..=i)
                 .map(|j| rows[j].close / rows[j - 1].close - 1.0)
                 .collect();
             let rmean = returns.iter().sum::<f64>() / 20.0;
             let vol = (returns.iter().map(|r| (r - rmean).powi(2)).sum::<f64>() / 19.0).sqrt();
             close_enough(row["volatility_20"], Some(vol), &what("volatility_20"));
-            // Cross-asset: pairs are (this symbol's return, BTC's return at the same open time).
-            let pairs: Vec<(f64, f64)> = (i - 23..=i)
-                .filter_map(|j| {
-                    let x = rows[j].close / rows[j - 1].close - 1.0;
-                    btc.get(&rows[j].open_time).map(|y| (x, *y))
-                })
-                .collect();
-            let want = (pairs.len() >= 24).then(|| {
-                let n = pairs.len() as f64;
-                let (sx, sy) = pairs
-                    .iter()
-                    .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-                let sxy: f64 = pairs.iter().map(|(x, y)| x * y).sum();
-                let sxx: f64 = pairs.iter().map(|(x, _)| x * x).sum();
-                let syy: f64 = pairs.iter().map(|(_, y)| y * y).sum();
-                (n * sxy - sx * sy) / ((n * sxx - sx * sx) * (n * syy - sy * sy)).sqrt()
-            });
-            match (row["corr_btc_24"], want) {
-                (Some(g), Some(w)) => {
-                    assert!((g - w).abs() < 1e-6, "{} corr_btc_24: {g} vs {w}", what(""))
+            // Cross-asset: pairs are (this symbol's return, the leader's at the same open time).
+            for (leader, name) in [(&btc, "corr_btc_24"), (&eth, "corr_eth_24")] {
+                let pairs: Vec<(f64, f64)> = (i - 23..=i)
+                    .filter_map(|j| {
+                        let x = rows[j].close / rows[j - 1].close - 1.0;
+                        leader.get(&rows[j].open_time).map(|y| (x, *y))
+                    })
+                    .collect();
+                let want = (pairs.len() >= 24).then(|| {
+                    let n = pairs.len() as f64;
+                    let (sx, sy) = pairs
+                        .iter()
+                        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+                    let sxy: f64 = pairs.iter().map(|(x, y)| x * y).sum();
+                    let sxx: f64 = pairs.iter().map(|(x, _)| x * x).sum();
+                    let syy: f64 = pairs.iter().map(|(_, y)| y * y).sum();
+                    (n * sxy - sx * sy) / ((n * sxx - sx * sx) * (n * syy - sy * sy)).sqrt()
+                });
+                match (row[name], want) {
+                    (Some(g), Some(w)) => {
+                        assert!((g - w).abs() < 1e-6, "{} {name}: {g} vs {w}", what(""))
+                    }
+                    (g, w) => assert_eq!(g, w, "{}", what(name)),
                 }
-                (g, w) => assert_eq!(g, w, "{}", what("corr_btc_24")),
             }
         }
         // Warm-up rows are dropped.
@@ -388,6 +431,22 @@ fn labels_enter_at_the_next_open() {
     );
     let run = run(&project);
     let batches = read_output(&project, &run, "out.parquet");
+    let out = table(&batches);
+    let at = |i: i64, column: &str| out[&("AUSDT".to_owned(), START + i * HOUR)][column].unwrap();
+    // t=0: entry open[1] = 100, exit close[2] = 103.5, lowest low of bars 1..2 = 99.5.
+    close_enough(Some(at(0, "fwd_ret")), Some(0.035), "fwd_ret t=0");
+    close_enough(Some(at(0, "drawdown")), Some(-0.005), "drawdown t=0");
+    // t=1: entry open[2] = 103, exit close[3] = 101, lowest low of bars 2..3 = 101.
+    close_enough(
+        Some(at(1, "fwd_ret")),
+        Some(101.0 / 103.0 - 1.0),
+        "fwd_ret t=1",
+    );
+    close_enough(
+        Some(at(1, "drawdown")),
+        Some(101.0 / 103.0 - 1.0),
+        "drawdown t=1",
+    );
     let mut labels = Vec::new();
     for batch in &batches {
         let label =

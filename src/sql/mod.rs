@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::common::ScalarValue;
+use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -62,12 +62,8 @@ pub fn input_tables(
     parquet.sort();
     if listing.is_file() {
         let listing = LakeListing::read(&listing)?;
-        let mut names = vec![KLINES_TABLE.to_owned()];
-        if parquet.is_empty() {
-            names.push(stage_id.to_owned());
-        }
         tables.push(InputTable {
-            names,
+            names: vec![KLINES_TABLE.to_owned(), stage_id.to_owned()],
             files: listing
                 .parts
                 .iter()
@@ -112,7 +108,24 @@ pub async fn register(context: &SessionContext, table: &InputTable) -> Result<()
     };
     let provider = Arc::new(ListingTable::try_new(config)?);
     for name in &table.names {
-        context.register_table(name.as_str(), provider.clone())?;
+        // Bare: a name is used exactly as written (no lower-casing, no schema.table split).
+        context.register_table(TableReference::bare(name.as_str()), provider.clone())?;
+    }
+    Ok(())
+}
+
+/// Refuses two inputs that would give the same table name (two lake inputs both being
+/// `klines`, or a `klines.parquet` beside a lake), naming both.
+pub fn check_unique_names(tables: &[(String, InputTable)]) -> Result<(), String> {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (input, table) in tables {
+        for name in &table.names {
+            if let Some(first) = seen.insert(name.as_str(), input.as_str()) {
+                return Err(format!(
+                    "inputs `{first}` and `{input}` both provide a table named `{name}`; an sql stage needs each table name once (split the stage, or rename an output)"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -182,4 +195,46 @@ pub fn error_message(error: &DataFusionError) -> String {
         text.truncate(position);
     }
     text.trim_end_matches("\")").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_table_name_per_input() {
+        let lake = |input: &str| {
+            (
+                input.to_owned(),
+                InputTable {
+                    names: vec![KLINES_TABLE.to_owned(), input.to_owned()],
+                    files: Vec::new(),
+                    lake: true,
+                },
+            )
+        };
+        assert!(check_unique_names(&[lake("validate")]).is_ok());
+        let error = check_unique_names(&[lake("aster"), lake("binance")]).unwrap_err();
+        assert!(
+            error.contains("`aster` and `binance` both provide a table named `klines`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn params_become_typed_values() {
+        assert_eq!(
+            scalar(&serde_json::json!(4)).unwrap(),
+            ScalarValue::Int64(Some(4))
+        );
+        assert_eq!(
+            scalar(&serde_json::json!(0.02)).unwrap(),
+            ScalarValue::Float64(Some(0.02))
+        );
+        assert_eq!(
+            scalar(&serde_json::json!("1h")).unwrap(),
+            ScalarValue::Utf8(Some("1h".into()))
+        );
+        assert!(scalar(&serde_json::json!([1, 2])).is_err());
+    }
 }

@@ -109,10 +109,8 @@ impl PartitionEvaluator for Evaluator {
         let [x, n] = values else {
             return exec_err!("{name}(x, n) takes two arguments");
         };
-        let n = match n.data_type() {
-            DataType::Int64 => n.as_primitive::<Int64Type>(),
-            other => return exec_err!("{name}(x, n): n must be an integer literal, got {other}"),
-        };
+        let n = arrow::compute::cast(n, &DataType::Int64)?;
+        let n = n.as_primitive::<Int64Type>();
         if n.is_empty() || n.is_null(0) || n.value(0) < 1 {
             return exec_err!("{name}(x, n): n must be at least 1");
         }
@@ -490,7 +488,8 @@ mod tests {
 
     #[test]
     fn forward_functions_look_exactly_k_rows_ahead() {
-        let x = Float64Array::from(vec![5.0, 3.0, 4.0, 1.0, 2.0]);
+        // Row 0 holds the least value: forward_min must not look at the row itself.
+        let x = Float64Array::from(vec![0.5, 3.0, 4.0, 1.0, 2.0]);
         assert_eq!(
             values(&forward(Forward::Value, &x, 2, 5)),
             [Some(4.0), Some(1.0), Some(2.0), None, None]
@@ -502,6 +501,11 @@ mod tests {
         assert_eq!(
             values(&forward(Forward::Max, &x, 2, 5)),
             [Some(4.0), Some(4.0), Some(2.0), None, None]
+        );
+        assert_eq!(
+            values(&forward(Forward::Min, &x, 1, 5))[0],
+            Some(3.0),
+            "row 0's own 0.5 is not ahead of it"
         );
     }
 
@@ -540,11 +544,26 @@ mod tests {
             .enumerate()
             .map(|(i, v)| v.map(|v| v * 0.5 + (i as f64).cos()))
             .collect();
-        let corr = rolling_corr(&x, &y, 24);
+        let corr = rolling_corr(&x, &y, 12);
         assert!(corr[10].is_none(), "not enough pairs yet");
-        let i = 200;
-        let pairs: Vec<(f64, f64)> = (i - 23..=i).filter_map(|j| x[j].zip(y[j])).collect();
-        assert!(pairs.len() < 24 || corr[i].is_some());
+        let mut checked = 0;
+        for (i, got) in corr.iter().enumerate().skip(11) {
+            let pairs: Vec<(f64, f64)> = (i - 11..=i).filter_map(|j| x[j].zip(y[j])).collect();
+            if pairs.len() < 12 {
+                assert!(got.is_none(), "row {i}: a hole leaves fewer than 12 pairs");
+                continue;
+            }
+            let n = pairs.len() as f64;
+            let mx = pairs.iter().map(|p| p.0).sum::<f64>() / n;
+            let my = pairs.iter().map(|p| p.1).sum::<f64>() / n;
+            let cov: f64 = pairs.iter().map(|(a, b)| (a - mx) * (b - my)).sum();
+            let vx: f64 = pairs.iter().map(|(a, _)| (a - mx).powi(2)).sum();
+            let vy: f64 = pairs.iter().map(|(_, b)| (b - my).powi(2)).sum();
+            let want = cov / (vx * vy).sqrt();
+            assert!((got.unwrap() - want).abs() < 1e-9, "row {i}");
+            checked += 1;
+        }
+        assert!(checked > 50, "{checked}");
     }
 
     #[test]

@@ -15,16 +15,17 @@
 //! input's `NAME.parquet` is `NAME` (and the input's id when it is the only one).
 //! Functions beyond DataFusion's: `ema(x, n)`, `wilder(x, n)` (see `sql::udwf`).
 //!
-//! The look-ahead guard re-runs the query on inputs truncated at `cuts` points in time and
-//! fails, naming the columns, if any output row at or shortly before a cut changes: a `LEAD`,
-//! a `FOLLOWING` frame or a whole-column statistic becomes a pipeline error.
+//! The look-ahead guard re-runs the query on inputs truncated at `cuts` points in time (UTC
+//! day boundaries inside the output's span) and fails, naming the columns, if any output row in
+//! the days just before a cut changes, appears or disappears: a `LEAD`, a `FOLLOWING` frame or a
+//! whole-column statistic becomes a pipeline error. Rows are matched by symbol and time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
-use datafusion::common::ScalarValue;
+use datafusion::common::{ScalarValue, TableReference};
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::{SessionContext, col, lit};
 use serde::{Deserialize, Serialize};
@@ -116,8 +117,11 @@ impl StageKind for Sql {
         let values = sql::scalars(&params.params).map_err(|(name, message)| {
             ParamError::new(root.clone().key("params").key(name), message)
         })?;
-        if params.lookahead_check && params.cuts == 0 {
-            return Err(ParamError::new(root.key("cuts"), "cuts must be at least 1"));
+        if params.lookahead_check && !(1..=20).contains(&params.cuts) {
+            return Err(ParamError::new(
+                root.key("cuts"),
+                "cuts must be between 1 and 20",
+            ));
         }
         Ok(Box::new(Prepared {
             params,
@@ -194,7 +198,8 @@ impl PreparedStage for Prepared {
                     })?;
                     let empty = std::sync::Arc::new(empty);
                     for name in &table.names {
-                        let _ = session.register_table(name.as_str(), empty.clone());
+                        let _ = session
+                            .register_table(TableReference::bare(name.as_str()), empty.clone());
                     }
                 }
             }
@@ -218,11 +223,14 @@ impl Prepared {
     fn tables(&self, context: &StageContext) -> Result<Vec<InputTable>, StageError> {
         let mut tables = Vec::new();
         for input in &context.inputs {
-            tables.extend(
-                sql::input_tables(&input.id, &input.dir, &context.data_dir).map_err(failed)?,
-            );
+            for table in
+                sql::input_tables(&input.id, &input.dir, &context.data_dir).map_err(failed)?
+            {
+                tables.push((input.id.clone(), table));
+            }
         }
-        Ok(tables)
+        sql::check_unique_names(&tables).map_err(failed)?;
+        Ok(tables.into_iter().map(|(_, table)| table).collect())
     }
 
     /// Plans the query in `session` with the params bound.
@@ -297,42 +305,6 @@ impl Prepared {
     ) -> Result<(), StageError> {
         let time = self.params.time_column.as_str();
         let session = sql::session(parallel);
-        for table in tables {
-            sql::register(&session, table).await.map_err(failed)?;
-        }
-        // The inputs' span of time.
-        let mut span: Option<(i64, i64)> = None;
-        for table in tables {
-            let name = &table.names[0];
-            let provider = session.table(name.as_str()).await.map_err(failed)?;
-            if provider.schema().field_with_unqualified_name(time).is_err() {
-                continue;
-            }
-            let batches = session
-                .sql(&format!(
-                    "SELECT min(\"{time}\"), max(\"{time}\") FROM \"{name}\""
-                ))
-                .await
-                .map_err(failed)?
-                .collect()
-                .await
-                .map_err(failed)?;
-            if let Some((min, max)) = batches.first().and_then(|batch| {
-                let low = ScalarValue::try_from_array(batch.column(0), 0).ok()?;
-                let high = ScalarValue::try_from_array(batch.column(1), 0).ok()?;
-                Some((as_i64(&low)?, as_i64(&high)?))
-            }) {
-                span = Some(match span {
-                    Some((a, b)) => (a.min(min), b.max(max)),
-                    None => (min, max),
-                });
-            }
-        }
-        let Some((first, last)) = span else {
-            return Err(failed(format!(
-                "lookahead_check: no input has a `{time}` column to cut at"
-            )));
-        };
         let full = session
             .read_parquet(output.to_string_lossy().as_ref(), Default::default())
             .await
@@ -342,11 +314,39 @@ impl Prepared {
                 "lookahead_check: the output has no `{time}` column to compare rows by; keep it in the SELECT"
             )));
         }
+        // Cuts fall inside the output's own span (after any warm-up), on UTC day boundaries, so
+        // every bar of an interval up to a day either closed before a cut or opened after it.
+        let span = full
+            .clone()
+            .aggregate(
+                vec![],
+                vec![
+                    datafusion::functions_aggregate::expr_fn::min(col(time)),
+                    datafusion::functions_aggregate::expr_fn::max(col(time)),
+                ],
+            )
+            .map_err(failed)?
+            .collect()
+            .await
+            .map_err(failed)?;
+        let span = span.first().and_then(|batch| {
+            let low = ScalarValue::try_from_array(batch.column(0), 0).ok()?;
+            let high = ScalarValue::try_from_array(batch.column(1), 0).ok()?;
+            Some((as_i64(&low)?, as_i64(&high)?))
+        });
+        let Some((first, last)) = span else {
+            return Err(failed(
+                "lookahead_check: the output has no rows, so nothing can be checked",
+            ));
+        };
+        const DAY: i64 = 86_400_000;
         let cuts = self.params.cuts;
         for k in 1..=cuts {
-            let cut = first + (last - first) * (k as i64) / (cuts as i64 + 1);
+            let raw =
+                first as i128 + (last as i128 - first as i128) * k as i128 / (cuts as i128 + 1);
+            let cut = ((raw as i64).div_euclid(DAY) * DAY).max(first + 1);
             // Rows in the band just before the cut are the first to change under look-ahead.
-            let band_start = cut - ((cut - first) / 10).max(1);
+            let band_start = cut - ((cut - first) / 10).max(DAY);
             context.progress.update(
                 k as u64,
                 cuts as u64,
@@ -366,19 +366,22 @@ impl Prepared {
                 };
                 sql::register(&truncated, &raw).await.map_err(failed)?;
                 for (name, raw_name) in table.names.iter().zip(&raw_names) {
-                    let frame = truncated.table(raw_name.as_str()).await.map_err(failed)?;
+                    let frame = truncated
+                        .table(TableReference::bare(raw_name.as_str()))
+                        .await
+                        .map_err(failed)?;
                     let frame = if frame.schema().field_with_unqualified_name(time).is_ok() {
-                        frame.filter(col(time).lt_eq(lit(cut))).map_err(failed)?
+                        frame.filter(col(time).lt(lit(cut))).map_err(failed)?
                     } else {
                         frame
                     };
                     truncated
-                        .register_table(name.as_str(), frame.into_view())
+                        .register_table(TableReference::bare(name.as_str()), frame.into_view())
                         .map_err(failed)?;
                 }
             }
             let band = |frame: datafusion::dataframe::DataFrame| {
-                frame.filter(col(time).gt(lit(band_start)).and(col(time).lt_eq(lit(cut))))
+                frame.filter(col(time).gt_eq(lit(band_start)).and(col(time).lt(lit(cut))))
             };
             let cut_rows = band(self.frame(&truncated).await?)
                 .map_err(failed)?
@@ -390,7 +393,13 @@ impl Prepared {
                 .collect()
                 .await
                 .map_err(failed)?;
-            if let Some(report) = compare(&full_rows, &cut_rows, time) {
+            if full_rows.iter().map(RecordBatch::num_rows).sum::<usize>() == 0 {
+                return Err(failed(format!(
+                    "lookahead_check: no output row falls in the day before cut {k} ({}); the guard would check nothing. Use fewer cuts or more data",
+                    crate::time::rfc3339(cut.max(0) as u64)
+                )));
+            }
+            if let Some(report) = compare(&full_rows, &cut_rows, time)? {
                 return Err(failed(format!(
                     "look-ahead in {}: {report} when the inputs stop at {} ({time} = {cut}). A feature may use only rows at or before its own: no LEAD, no FOLLOWING frame, no statistic over a whole column",
                     self.query_file.display(),
@@ -442,17 +451,27 @@ fn row_key(batch: &RecordBatch, row: usize, time: &str) -> String {
 }
 
 /// Which columns differ between the full run and the truncated one, over the same rows.
-fn compare(full: &[RecordBatch], truncated: &[RecordBatch], time: &str) -> Option<String> {
-    let index = |batches: &[RecordBatch]| {
+fn compare(
+    full: &[RecordBatch],
+    truncated: &[RecordBatch],
+    time: &str,
+) -> Result<Option<String>, StageError> {
+    let index = |batches: &[RecordBatch]| -> Result<HashMap<String, (usize, usize)>, StageError> {
         let mut rows: HashMap<String, (usize, usize)> = HashMap::new();
         for (b, batch) in batches.iter().enumerate() {
             for row in 0..batch.num_rows() {
-                rows.insert(row_key(batch, row, time), (b, row));
+                let key = row_key(batch, row, time);
+                if rows.insert(key.clone(), (b, row)).is_some() {
+                    return Err(failed(format!(
+                        "lookahead_check compares rows by symbol and `{time}`, and the output has several rows for {}; keep one row per symbol and time (filter on \"interval\")",
+                        key.replace('\u{1f}', " ").trim()
+                    )));
+                }
             }
         }
-        rows
+        Ok(rows)
     };
-    let (full_rows, cut_rows) = (index(full), index(truncated));
+    let (full_rows, cut_rows) = (index(full)?, index(truncated)?);
     let missing = full_rows
         .keys()
         .filter(|key| !cut_rows.contains_key(*key))
@@ -462,9 +481,9 @@ fn compare(full: &[RecordBatch], truncated: &[RecordBatch], time: &str) -> Optio
         .filter(|key| !full_rows.contains_key(*key))
         .count();
     if missing + extra > 0 {
-        return Some(format!(
+        return Ok(Some(format!(
             "{missing} row(s) at or before the cut disappear and {extra} appear (the rows themselves depend on later data, e.g. a filter on a whole-column statistic)"
-        ));
+        )));
     }
     let mut differing: BTreeSet<String> = BTreeSet::new();
     let mut example: Option<String> = None;
@@ -527,9 +546,9 @@ fn compare(full: &[RecordBatch], truncated: &[RecordBatch], time: &str) -> Optio
         }
     }
     if differing.is_empty() {
-        return None;
+        return Ok(None);
     }
-    Some(format!(
+    Ok(Some(format!(
         "column(s) {} change (e.g. {})",
         differing
             .into_iter()
@@ -537,5 +556,5 @@ fn compare(full: &[RecordBatch], truncated: &[RecordBatch], time: &str) -> Optio
             .collect::<Vec<_>>()
             .join(", "),
         example.unwrap_or_default()
-    ))
+    )))
 }

@@ -16,6 +16,7 @@ bars AS (
 ),
 
 -- Previous bar, one-bar return, true range, gains and losses, position since the first bar.
+-- Lags count rows: across a missing bar (validate keeps them rare) a return spans the gap.
 steps AS (
   SELECT symbol, open_time, high, low, close, volume, quote_volume, prev_high, prev_low,
     close_24_ago, bar_number,
@@ -60,6 +61,7 @@ indicators AS (
     POWER(LN(high / low), 2) + POWER(LN(prev_high / prev_low), 2) AS cs_beta,
     POWER(LN(GREATEST(high, prev_high) / LEAST(low, prev_low)), 2) AS cs_gamma,
     1.0 / (1.0 + 100.0 * rolling_std(ret_1, 24) OVER w) AS price_stability,
+    -- Bars since the symbol's first stored bar: its listing when the history reaches back to it.
     CAST(bar_number AS BIGINT) - 1 AS bars_since_listing
   FROM steps
   WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
@@ -70,7 +72,10 @@ oscillators AS (
   SELECT symbol, open_time, close, ret_1, bar_number, price_change, high_low_ratio,
     volume_price_ratio, sma_ratio_5, sma_ratio_10, sma_ratio_20, volatility_20, macd, bb_mid,
     atr_14, volume_z, momentum_24, liquidity_score, price_stability, bars_since_listing,
-    CASE WHEN avg_loss_14 = 0 THEN 100.0 ELSE 100.0 - 100.0 / (1.0 + avg_gain_14 / avg_loss_14) END AS rsi_14,
+    -- A flat market (no gains, no losses) is neutral, 50; only gains is 100.
+    CASE WHEN avg_gain_14 = 0 AND avg_loss_14 = 0 THEN 50.0
+         WHEN avg_loss_14 = 0 THEN 100.0
+         ELSE 100.0 - 100.0 / (1.0 + avg_gain_14 / avg_loss_14) END AS rsi_14,
     ema(macd, 9) OVER w AS macd_signal,
     macd - ema(macd, 9) OVER w AS macd_hist,
     (close - (bb_mid - 2.0 * bb_sd)) / NULLIF(4.0 * bb_sd, 0.0) AS bb_percent_b,
@@ -85,17 +90,18 @@ oscillators AS (
 ),
 
 -- Cross-asset context per bar, over every symbol in that same bar (so joined on identical open
--- time only): the leaders' returns, and the market's breadth.
+-- time only): the leaders' returns, and the market's breadth. A symbol whose indicator is not
+-- defined yet (still warming up) is left out of that share, not counted as a no.
 market AS (
   SELECT *,
     MAX(CASE WHEN symbol = $btc THEN ret_1 END) OVER t AS btc_ret,
     MAX(CASE WHEN symbol = $eth THEN ret_1 END) OVER t AS eth_ret,
-    AVG(CASE WHEN volume_z > 2.0 THEN 1.0 ELSE 0.0 END) OVER t AS volume_spike_share,
-    AVG(CASE WHEN rsi_14 > 70.0 THEN 1.0 ELSE 0.0 END) OVER t
-      - AVG(CASE WHEN rsi_14 < 30.0 THEN 1.0 ELSE 0.0 END) OVER t AS rsi_alignment,
-    AVG(CASE WHEN macd > macd_signal THEN 1.0 ELSE 0.0 END) OVER t AS macd_alignment,
-    AVG(CASE WHEN close > bb_mid THEN 1.0 ELSE 0.0 END) OVER t AS bollinger_alignment,
-    AVG(CASE WHEN momentum_24 > 0.0 THEN 1.0 ELSE 0.0 END) OVER t AS momentum_alignment
+    AVG(CASE WHEN volume_z IS NULL THEN NULL WHEN volume_z > 2.0 THEN 1.0 ELSE 0.0 END) OVER t AS volume_spike_share,
+    AVG(CASE WHEN rsi_14 IS NULL THEN NULL WHEN rsi_14 > 70.0 THEN 1.0 ELSE 0.0 END) OVER t
+      - AVG(CASE WHEN rsi_14 IS NULL THEN NULL WHEN rsi_14 < 30.0 THEN 1.0 ELSE 0.0 END) OVER t AS rsi_alignment,
+    AVG(CASE WHEN macd_signal IS NULL THEN NULL WHEN macd > macd_signal THEN 1.0 ELSE 0.0 END) OVER t AS macd_alignment,
+    AVG(CASE WHEN bb_mid IS NULL THEN NULL WHEN close > bb_mid THEN 1.0 ELSE 0.0 END) OVER t AS bollinger_alignment,
+    AVG(CASE WHEN momentum_24 IS NULL THEN NULL WHEN momentum_24 > 0.0 THEN 1.0 ELSE 0.0 END) OVER t AS momentum_alignment
   FROM oscillators
   WINDOW t AS (PARTITION BY open_time)
 ),
