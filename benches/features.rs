@@ -5,13 +5,11 @@
 //! The look-ahead guard's extra cost is measured separately. Run with
 //! `cargo bench --bench features`.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use asterflow::exchange::model::Interval;
-use asterflow::lake::{LakeListing, Provenance};
-use asterflow::replay::{Market, Scenario};
 
 const SYMBOLS: usize = 100;
 const SAMPLES: usize = 5;
@@ -35,57 +33,13 @@ fn main() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let root = kept.as_deref().unwrap_or(project.path());
-    let data = root.join("data");
-    let scenario = Scenario::parse(
-        Path::new("bench.yaml"),
+    let rows_total = common::simulated_lake(
+        root,
         &format!(
             "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    assets:\n      - {{base: BTC, price: 42000, beta: 1.0, vol: 0.12}}\n      - {{base: ETH, price: 2300, beta: 1.15, vol: 0.3}}\n    generated: {{count: {}}}\n",
             SYMBOLS - 2
         ),
-    )
-    .unwrap();
-    let market = Market::build(&scenario).unwrap();
-    let hour = Interval::parse("1h").unwrap();
-    let end = 1_767_225_600_000u64; // 2026-01-01
-    let start = end - 2 * 365 * 86_400_000;
-    let mut parts = Vec::new();
-    let mut rows_total = 0usize;
-    for symbol in market.symbols() {
-        let mut rows = Vec::new();
-        let mut cursor = start;
-        while cursor < end {
-            let page = market
-                .klines(&symbol.symbol, hour, Some(cursor), Some(end - 1), 1500, end)
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            cursor = last.open_time as u64 + hour.millis();
-            rows.extend(page);
-        }
-        rows_total += rows.len();
-        let dir = asterflow::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
-        asterflow::lake::write_part(
-            &dir,
-            &symbol.symbol,
-            hour,
-            &rows,
-            &Provenance {
-                source: "sim".into(),
-                base_url: "bench".into(),
-                fetched_at_ms: end as i64,
-                kind: "simulated".into(),
-            },
-        )
-        .unwrap();
-        parts.extend(
-            asterflow::lake::describe_partition(&data, "sim", hour, &symbol.symbol).unwrap(),
-        );
-    }
-    std::fs::create_dir_all(root.join("fixtures")).unwrap();
-    std::fs::write(
-        root.join("fixtures/lake.json"),
-        serde_json::to_string(&LakeListing::new(parts)).unwrap(),
-    )
-    .unwrap();
+    );
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(root.join("stages/features")).unwrap();
     std::fs::copy(

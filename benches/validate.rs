@@ -4,13 +4,10 @@
 //! The data comes from the replay simulator (written straight into the lake, one part per
 //! symbol as a collection writes it). Run with `cargo bench --bench validate`.
 
-use std::path::Path;
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use asterflow::exchange::model::Interval;
-use asterflow::lake::{LakeListing, Provenance};
-use asterflow::replay::{Market, Scenario};
 
 const SYMBOLS: usize = 100;
 const SAMPLES: usize = 7;
@@ -18,58 +15,13 @@ const SAMPLES: usize = 7;
 fn main() {
     let project = tempfile::tempdir().unwrap();
     let root = project.path();
-    let data = root.join("data");
-    let scenario = Scenario::parse(
-        Path::new("bench.yaml"),
+    let generating = Instant::now();
+    let rows_total = common::simulated_lake(
+        root,
         &format!(
             "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    generated: {{count: {SYMBOLS}}}\n"
         ),
-    )
-    .unwrap();
-    let market = Market::build(&scenario).unwrap();
-    let hour = Interval::parse("1h").unwrap();
-    // Two years of closed hours ending at a fixed, past instant.
-    let end = 1_767_225_600_000u64; // 2026-01-01
-    let start = end - 2 * 365 * 86_400_000;
-    let generating = Instant::now();
-    let mut parts = Vec::new();
-    let mut rows_total = 0usize;
-    for symbol in market.symbols() {
-        let mut rows = Vec::new();
-        let mut cursor = start;
-        while cursor < end {
-            let page = market
-                .klines(&symbol.symbol, hour, Some(cursor), Some(end - 1), 1500, end)
-                .unwrap();
-            let Some(last) = page.last() else { break };
-            cursor = last.open_time as u64 + hour.millis();
-            rows.extend(page);
-        }
-        rows_total += rows.len();
-        let dir = asterflow::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
-        asterflow::lake::write_part(
-            &dir,
-            &symbol.symbol,
-            hour,
-            &rows,
-            &Provenance {
-                source: "sim".into(),
-                base_url: "bench".into(),
-                fetched_at_ms: end as i64,
-                kind: "simulated".into(),
-            },
-        )
-        .unwrap();
-        parts.extend(
-            asterflow::lake::describe_partition(&data, "sim", hour, &symbol.symbol).unwrap(),
-        );
-    }
-    std::fs::create_dir_all(root.join("fixtures")).unwrap();
-    std::fs::write(
-        root.join("fixtures/lake.json"),
-        serde_json::to_string(&LakeListing::new(parts)).unwrap(),
-    )
-    .unwrap();
+    );
     std::fs::create_dir_all(root.join("pipelines")).unwrap();
     std::fs::write(
         root.join("pipelines/bench.yaml"),

@@ -39,7 +39,9 @@ use crate::stage::{
     BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
     StageKind, parse_params,
 };
-use crate::stages::discover::{UNIVERSE_FILE, printable, read_universe, source_files};
+use crate::stages::discover::{
+    UNIVERSE_FILE, params_with_source, printable, read_universe, source_files,
+};
 use crate::stages::rate_limits::{RECOMMENDATION_FILE, Recommendation};
 use crate::stages::write_json;
 
@@ -212,9 +214,7 @@ struct Collector<'a> {
 
 impl PreparedStage for Prepared {
     fn params(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.params).unwrap_or_default();
-        value["source"] = self.source.describe();
-        value
+        params_with_source(&self.params, &self.source)
     }
 
     fn files(&self) -> Vec<FileRef> {

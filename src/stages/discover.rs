@@ -97,6 +97,14 @@ pub fn exchange_source(
     Ok(Arc::clone(found))
 }
 
+/// A kind's params for the fingerprint, with its source's configuration in place of the name:
+/// changing the source's URL or scenario re-runs the stages that use it.
+pub fn params_with_source(params: &impl Serialize, source: &Source) -> serde_json::Value {
+    let mut value = serde_json::to_value(params).unwrap_or_default();
+    value["source"] = source.describe();
+    value
+}
+
 /// The scenario file of a replay source, for the fingerprint.
 pub fn source_files(source: &Source) -> Vec<FileRef> {
     source
@@ -193,9 +201,7 @@ pub fn printable(name: &str) -> String {
 
 impl PreparedStage for Prepared {
     fn params(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.params).unwrap_or_default();
-        value["source"] = self.source.describe();
-        value
+        params_with_source(&self.params, &self.source)
     }
 
     fn files(&self) -> Vec<FileRef> {

@@ -31,7 +31,7 @@ use crate::stage::{
     BoxFuture, FileRef, ParamError, PrepareContext, PreparedStage, StageContext, StageError,
     StageKind, parse_params,
 };
-use crate::stages::discover::{exchange_source, source_files};
+use crate::stages::discover::{exchange_source, params_with_source, source_files};
 use crate::stages::write_json;
 
 pub struct RateLimits;
@@ -156,9 +156,7 @@ fn percentile(sorted: &[f64], share: f64) -> f64 {
 
 impl PreparedStage for Prepared {
     fn params(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.params).unwrap_or_default();
-        value["source"] = self.source.describe();
-        value
+        params_with_source(&self.params, &self.source)
     }
 
     fn files(&self) -> Vec<FileRef> {
