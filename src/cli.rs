@@ -250,8 +250,15 @@ async fn status(pipeline_file: &std::path::Path, paths: &Paths) -> Result<i32, E
         .max()
         .unwrap_or(5)
         .max(5);
+    let kind_width = pipeline
+        .stages
+        .iter()
+        .map(|stage| stage.kind.name().len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     println!(
-        "{:<width$}  {:<8}  {:<6}  {:>9}  {:<22}  reason",
+        "{:<width$}  {:<kind_width$}  {:<6}  {:>9}  {:<22}  reason",
         "stage", "kind", "state", "age", "last run"
     );
     let now = now_ms();
@@ -273,7 +280,7 @@ async fn status(pipeline_file: &std::path::Path, paths: &Paths) -> Result<i32, E
             other => other,
         };
         println!(
-            "{:<width$}  {:<8}  {:<6}  {:>9}  {:<22}  {}",
+            "{:<width$}  {:<kind_width$}  {:<6}  {:>9}  {:<22}  {}",
             stage.id,
             stage.kind.name(),
             state,
