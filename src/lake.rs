@@ -326,11 +326,24 @@ pub fn read_part(path: &Path) -> Result<Vec<Kline>, LakeError> {
         path: path.to_owned(),
         source,
     })?;
+    read_klines(path, file)
+}
+
+/// Reads the candles of Parquet bytes (an object fetched from a store); `label` names it in
+/// errors.
+pub fn read_part_bytes(label: &Path, bytes: bytes::Bytes) -> Result<Vec<Kline>, LakeError> {
+    read_klines(label, bytes)
+}
+
+fn read_klines<R: parquet::file::reader::ChunkReader + 'static>(
+    path: &Path,
+    source: R,
+) -> Result<Vec<Kline>, LakeError> {
     let parquet_error = |source| LakeError::Parquet {
         path: path.to_owned(),
         source,
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    let reader = ParquetRecordBatchReaderBuilder::try_new(source)
         .map_err(parquet_error)?
         .build()
         .map_err(parquet_error)?;

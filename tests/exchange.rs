@@ -572,6 +572,30 @@ fn binance_dump_files_import_without_duplicates() {
     );
     run(&project);
     assert_eq!(lake_rows(&project, "vision", "1h", "BTCUSDT").len(), 48);
+    // The same files through an object-store URL, as a second source.
+    let url = format!("file://{}/dumps/", project.path().display());
+    project.write(
+        "pipelines/x.yaml",
+        &format!(
+            "name: x\nsources:\n  store:\n    api: binance-dump\n    url: {url}\nstages:\n  collect:\n    kind: collect\n    with: {{source: store, intervals: [1h], start: 2025-01-01}}\n"
+        ),
+    );
+    run(&project);
+    assert_eq!(lake_rows(&project, "store", "1h", "BTCUSDT").len(), 48);
+    project.write(
+        "pipelines/x.yaml",
+        "name: x\nsources:\n  store:\n    api: binance-dump\n    url: s3://bucket/klines/\nstages:\n  collect:\n    kind: collect\n    with: {source: store}\n",
+    );
+    let refused = project.run(&["run", "pipelines/x.yaml", "--validate-only"]);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("pipelines/x.yaml:5:10")
+            && refused
+                .stderr
+                .contains("this build cannot read `s3://bucket/klines/`"),
+        "{}",
+        refused.stderr
+    );
     assert!(
         !project
             .path()

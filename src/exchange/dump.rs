@@ -1,6 +1,7 @@
 //! Binance public-dump kline files (`data.binance.vision`): `SYMBOL-INTERVAL-DATE.csv`, the same
 //! 12 columns as `GET /klines`, with a header row in recent files and none in older ones, and
 //! microsecond timestamps in some (detected by magnitude). Also reads lake-format Parquet files.
+//! Files are found in a local directory, or in any object store this build reads (by URL).
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,71 @@ pub fn find_kline_files(dir: &Path) -> Result<Vec<KlineFile>, String> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// A kline file in an object store.
+#[derive(Debug, Clone)]
+pub struct KlineObject {
+    pub location: object_store::path::Path,
+    pub symbol: String,
+    pub interval: Interval,
+}
+
+/// Every kline file under an object-store URL (`file:///srv/dumps/`), sorted by location.
+pub async fn list_kline_objects(
+    url: &str,
+) -> Result<
+    (
+        std::sync::Arc<dyn object_store::ObjectStore>,
+        Vec<KlineObject>,
+    ),
+    String,
+> {
+    use futures::TryStreamExt;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|error| format!("invalid URL `{url}`: {error}"))?;
+    let (store, prefix) = object_store::parse_url(&parsed)
+        .map_err(|error| format!("cannot open `{url}`: {error}"))?;
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::from(store);
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|error| format!("cannot list `{url}`: {error}"))?;
+    let mut objects: Vec<KlineObject> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let (symbol, interval) = parse_file_name(meta.location.filename()?)?;
+            Some(KlineObject {
+                location: meta.location,
+                symbol,
+                interval,
+            })
+        })
+        .collect();
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok((store, objects))
+}
+
+/// Reads one kline object: dump CSV or lake-format Parquet.
+pub async fn read_kline_object(
+    store: &dyn object_store::ObjectStore,
+    location: &object_store::path::Path,
+) -> Result<Vec<Kline>, String> {
+    use object_store::ObjectStoreExt;
+    let bytes = store
+        .get(location)
+        .await
+        .map_err(|error| format!("{location}: {error}"))?
+        .bytes()
+        .await
+        .map_err(|error| format!("{location}: {error}"))?;
+    if location.extension() == Some("parquet") {
+        let label = Path::new(location.as_ref());
+        return crate::lake::read_part_bytes(label, bytes).map_err(|error| error.to_string());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{location}: not UTF-8 text"))?;
+    parse_kline_csv(text).map_err(|error| format!("{location}:{error}"))
 }
 
 /// Reads a `.csv` dump file or a lake-format `.parquet` file.

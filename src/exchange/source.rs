@@ -93,8 +93,9 @@ pub enum SourceKind {
         timeout: Duration,
         max_retries: u32,
     },
-    /// Binance public-dump CSV files under a local directory (`path:` or a `file://` URL).
-    Dump { dir: PathBuf, display: String },
+    /// Binance public-dump kline files in an object store: `url` is an object-store URL
+    /// (`file:///...` for a local directory, which is what `path:` becomes).
+    Dump { url: String, display: String },
 }
 
 impl Source {
@@ -312,20 +313,35 @@ pub fn check_source(
                     ));
                 }
             }
-            let (dir, display) = match (spec.path, spec.url) {
+            let (url, display) = match (spec.path, spec.url) {
                 (Some(path), None) => {
-                    let dir = project_root.join(&path);
-                    (dir, path)
+                    let dir = std::path::absolute(project_root.join(&path))
+                        .unwrap_or_else(|_| project_root.join(&path));
+                    let url = reqwest::Url::from_directory_path(&dir).map_err(|()| {
+                        problem(
+                            root.clone().key("path"),
+                            format!("`{path}` cannot be a directory URL"),
+                            "",
+                        )
+                    })?;
+                    (url.to_string(), path)
                 }
                 (None, Some(url)) => {
-                    let Some(rest) = url.strip_prefix("file://") else {
-                        return Err(problem(
+                    let parsed = reqwest::Url::parse(&url).map_err(|error| {
+                        problem(
                             root.clone().key("url"),
-                            format!("unsupported URL `{url}`"),
-                            "this build reads file:// URLs; use path: for a local directory",
-                        ));
-                    };
-                    (PathBuf::from(rest), url)
+                            format!("invalid URL `{url}`: {error}"),
+                            "",
+                        )
+                    })?;
+                    object_store::parse_url(&parsed).map_err(|error| {
+                        problem(
+                            root.clone().key("url"),
+                            format!("this build cannot read `{url}`: {error}"),
+                            "it reads file:// object-store URLs; use path: for a local directory",
+                        )
+                    })?;
+                    (url.clone(), url)
                 }
                 _ => {
                     return Err(SourceError {
@@ -337,7 +353,7 @@ pub fn check_source(
                     });
                 }
             };
-            SourceKind::Dump { dir, display }
+            SourceKind::Dump { url, display }
         }
     };
     Ok(Source {

@@ -195,7 +195,10 @@ struct PartitionReport {
 /// Where candles come from during one collection.
 enum Feed<'a> {
     Exchange(&'a ExchangeClient),
-    Dump(BTreeMap<(String, Interval), Vec<PathBuf>>),
+    Dump {
+        store: Arc<dyn object_store::ObjectStore>,
+        files: BTreeMap<(String, Interval), Vec<object_store::path::Path>>,
+    },
 }
 
 struct Collector<'a> {
@@ -303,17 +306,20 @@ impl Prepared {
                     client.limiter.server_now_ms(),
                 )
             }
-            SourceKind::Dump { dir, display } => {
-                let files = crate::exchange::dump::find_kline_files(dir).map_err(failed)?;
-                let mut grouped: BTreeMap<(String, Interval), Vec<PathBuf>> = BTreeMap::new();
-                for file in files {
-                    grouped
-                        .entry((file.symbol, file.interval))
+            SourceKind::Dump { url, display } => {
+                let (store, objects) = crate::exchange::dump::list_kline_objects(url)
+                    .await
+                    .map_err(failed)?;
+                let mut files: BTreeMap<(String, Interval), Vec<object_store::path::Path>> =
+                    BTreeMap::new();
+                for object in objects {
+                    files
+                        .entry((object.symbol, object.interval))
                         .or_default()
-                        .push(file.path);
+                        .push(object.location);
                 }
                 (
-                    Feed::Dump(grouped),
+                    Feed::Dump { store, files },
                     display.clone(),
                     "binance-dump".to_owned(),
                     crate::time::now_ms(),
@@ -411,7 +417,7 @@ impl Prepared {
                 client.counters.rate_limited.load(Ordering::Relaxed),
                 client.counters.weight.load(Ordering::Relaxed),
             ),
-            Feed::Dump(_) => (0, 0, 0, 0),
+            Feed::Dump { .. } => (0, 0, 0, 0),
         };
         let new_rows: u64 = reports.iter().map(|r| r.new_rows).sum();
         write_json(
@@ -459,7 +465,7 @@ impl Prepared {
                 .into_iter()
                 .map(|(symbol, onboard)| (symbol, onboard.map(|ms| ms.max(0) as u64)))
                 .collect()
-        } else if let Feed::Dump(files) = feed {
+        } else if let Feed::Dump { files, .. } = feed {
             let mut symbols: Vec<(String, Option<u64>)> = files
                 .keys()
                 .map(|(symbol, _)| (symbol.clone(), None))
@@ -603,7 +609,7 @@ impl Collector<'_> {
         }
         let now = match &self.feed {
             Feed::Exchange(client) => client.limiter.server_now_ms(),
-            Feed::Dump(_) => crate::time::now_ms(),
+            Feed::Dump { .. } => crate::time::now_ms(),
         };
         // The newest candle closed (with a margin) by now.
         let closed_before = now.saturating_sub(CLOSE_MARGIN_MS);
@@ -631,7 +637,10 @@ impl Collector<'_> {
                     self.fetch(client, &mut pending, lo, hi, closed_before)
                         .await
                 }
-                Feed::Dump(files) => self.import(files, &mut pending, lo, hi).map_err(Into::into),
+                Feed::Dump { store, files } => self
+                    .import(store.as_ref(), files, &mut pending, lo, hi)
+                    .await
+                    .map_err(Into::into),
             };
             // One part per range, so parts never overlap each other.
             pending.flush(&self.provenance)?;
@@ -725,20 +734,25 @@ impl Collector<'_> {
     }
 
     /// Imports dump files' candles in `[lo, hi]`.
-    fn import(
+    async fn import(
         &self,
-        files: &BTreeMap<(String, Interval), Vec<PathBuf>>,
+        store: &dyn object_store::ObjectStore,
+        files: &BTreeMap<(String, Interval), Vec<object_store::path::Path>>,
         pending: &mut Pending<'_>,
         lo: u64,
         hi: u64,
     ) -> Result<(), StageError> {
-        if self.context.cancel.is_cancelled() {
-            return Err(StageError::Cancelled);
-        }
         let key = (pending.partition.symbol.clone(), pending.partition.interval);
         let mut rows = Vec::new();
-        for path in files.get(&key).map(Vec::as_slice).unwrap_or_default() {
-            rows.extend(crate::exchange::dump::read_kline_file(path).map_err(failed)?);
+        for location in files.get(&key).map(Vec::as_slice).unwrap_or_default() {
+            if self.stop.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            rows.extend(
+                crate::exchange::dump::read_kline_object(store, location)
+                    .await
+                    .map_err(failed)?,
+            );
         }
         rows.retain(|row| row.open_time >= lo as i64 && row.open_time <= hi as i64);
         rows.sort_by_key(|row| row.open_time);
