@@ -426,7 +426,7 @@ fn labels_enter_at_the_next_open() {
     pipeline(
         &project,
         "labels.sql",
-        "interval: 1h, horizon: 2, up: 0.02, down: 0.01",
+        "interval: 1h, bar_ms: 3600000, horizon: 2, up: 0.02, down: 0.01",
         "",
     );
     let run = run(&project);
@@ -549,4 +549,33 @@ fn validate_only_plans_the_shipped_pipeline_sql_against_its_inputs() {
     );
     assert!(run.stderr.contains("closing"), "{}", run.stderr);
     assert!(!project.path().join("runs/cache").exists(), "nothing ran");
+}
+
+#[test]
+fn labels_skip_horizons_that_cross_a_missing_bar() {
+    let project = Project::new();
+    let flat = |i: i64| bar(i, 100.0, 100.5, 99.5, 100.0);
+    // Bar 3 is missing: t = 1 and t = 2 would reach past it, so they get no label.
+    let rows: Vec<Kline> = [0, 1, 2, 4, 5, 6].into_iter().map(flat).collect();
+    lake(&project, &[("AUSDT", rows)]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    project.write(
+        "labels.sql",
+        &std::fs::read_to_string(root.join("stages/labels/labels.sql")).unwrap(),
+    );
+    pipeline(
+        &project,
+        "labels.sql",
+        "interval: 1h, bar_ms: 3600000, horizon: 2, up: 0.02, down: 0.01",
+        "",
+    );
+    let run = run(&project);
+    let out = table(&read_output(&project, &run, "out.parquet"));
+    let mut labelled: Vec<i64> = out.keys().map(|(_, time)| (time - START) / HOUR).collect();
+    labelled.sort();
+    assert_eq!(
+        labelled,
+        [0, 4],
+        "only horizons of two whole bars are labelled"
+    );
 }

@@ -5,7 +5,8 @@
 --   fwd_ret = close[t+H] / entry - 1
 --   dd      = min(low[t+1..t+H]) / entry - 1
 -- BUY if fwd_ret > $up and dd > -$down; else SELL if fwd_ret < -$up or dd <= -$down; else HOLD.
--- Rows without H bars ahead get no label. Params: $interval, $horizon (H, bars), $up, $down.
+-- Rows without H bars ahead, or with a missing bar among them (the horizon would stretch), get
+-- no label. Params: $interval, $bar_ms (its length in ms), $horizon (H, bars), $up, $down.
 
 WITH
 -- The validated candles of one interval.
@@ -20,7 +21,9 @@ ahead AS (
   SELECT symbol, open_time,
     forward_value(open, 1) OVER w AS entry,
     forward_value(close, $horizon) OVER w AS exit_close,
-    forward_min(low, $horizon) OVER w AS lowest_low
+    forward_min(low, $horizon) OVER w AS lowest_low,
+    -- The open time H rows ahead: exactly H bars later when none is missing.
+    forward_value(open_time, $horizon) OVER w AS exit_open_time
   FROM bars
   WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
 ),
@@ -31,6 +34,7 @@ outcomes AS (
     lowest_low / entry - 1.0 AS drawdown
   FROM ahead
   WHERE entry IS NOT NULL AND exit_close IS NOT NULL AND lowest_low IS NOT NULL
+    AND exit_open_time = CAST(open_time + $horizon * $bar_ms AS DOUBLE)
 )
 
 SELECT symbol, open_time, fwd_ret, drawdown,
