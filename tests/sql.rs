@@ -405,6 +405,23 @@ fn the_feature_set_matches_independent_reference_values_after_warm_up() {
     }
 }
 
+/// Runs the shipped labels file (H = 2, up 2%, down 1%) over one symbol's candles.
+fn run_labels(project: &Project, rows: Vec<Kline>) -> common::Run {
+    lake(project, &[("AUSDT", rows)]);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    project.write(
+        "labels.sql",
+        &std::fs::read_to_string(root.join("stages/labels/labels.sql")).unwrap(),
+    );
+    pipeline(
+        project,
+        "labels.sql",
+        "interval: 1h, bar_ms: 3600000, horizon: 2, up: 0.02, down: 0.01",
+        "",
+    );
+    run(project)
+}
+
 #[test]
 fn labels_enter_at_the_next_open() {
     let project = Project::new();
@@ -417,19 +434,7 @@ fn labels_enter_at_the_next_open() {
         bar(4, 101.0, 101.5, 100.8, 101.2), // t=2: entry 103.5, close[4] 101.2 -> -2.2% -> SELL
         bar(5, 101.2, 101.3, 101.0, 101.2), // t=3: entry 101, close 101.2 -> 0.2%, low 100.8 -> -0.2% -> HOLD
     ];
-    lake(&project, &[("AUSDT", rows)]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    project.write(
-        "labels.sql",
-        &std::fs::read_to_string(root.join("stages/labels/labels.sql")).unwrap(),
-    );
-    pipeline(
-        &project,
-        "labels.sql",
-        "interval: 1h, bar_ms: 3600000, horizon: 2, up: 0.02, down: 0.01",
-        "",
-    );
-    let run = run(&project);
+    let run = run_labels(&project, rows);
     let batches = read_output(&project, &run, "out.parquet");
     let out = table(&batches);
     let at = |i: i64, column: &str| out[&("AUSDT".to_owned(), START + i * HOUR)][column].unwrap();
@@ -557,19 +562,7 @@ fn labels_skip_horizons_that_cross_a_missing_bar() {
     let flat = |i: i64| bar(i, 100.0, 100.5, 99.5, 100.0);
     // Bar 3 is missing: t = 1 and t = 2 would reach past it, so they get no label.
     let rows: Vec<Kline> = [0, 1, 2, 4, 5, 6].into_iter().map(flat).collect();
-    lake(&project, &[("AUSDT", rows)]);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    project.write(
-        "labels.sql",
-        &std::fs::read_to_string(root.join("stages/labels/labels.sql")).unwrap(),
-    );
-    pipeline(
-        &project,
-        "labels.sql",
-        "interval: 1h, bar_ms: 3600000, horizon: 2, up: 0.02, down: 0.01",
-        "",
-    );
-    let run = run(&project);
+    let run = run_labels(&project, rows);
     let out = table(&read_output(&project, &run, "out.parquet"));
     let mut labelled: Vec<i64> = out.keys().map(|(_, time)| (time - START) / HOUR).collect();
     labelled.sort();

@@ -436,6 +436,16 @@ impl ExchangeClient {
     }
 }
 
+/// An exchange error ends a stage: an interruption stays an interruption.
+impl From<ExchangeError> for crate::stage::StageError {
+    fn from(error: ExchangeError) -> Self {
+        match error {
+            ExchangeError::Cancelled => crate::stage::StageError::Cancelled,
+            other => crate::stage::StageError::Failed(other.to_string()),
+        }
+    }
+}
+
 enum Attempt<T> {
     Done(T),
     Retry(String),

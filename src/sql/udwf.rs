@@ -62,65 +62,6 @@ impl Smoothing {
     }
 }
 
-/// The SQL function for one smoothing.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct SmoothingFunction {
-    kind: Smoothing,
-    signature: Signature,
-}
-
-impl WindowUDFImpl for SmoothingFunction {
-    fn name(&self) -> &str {
-        self.kind.name()
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn partition_evaluator(
-        &self,
-        _args: PartitionEvaluatorArgs,
-    ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(Evaluator { kind: self.kind }))
-    }
-
-    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Float64,
-            true,
-        )))
-    }
-}
-
-#[derive(Debug)]
-struct Evaluator {
-    kind: Smoothing,
-}
-
-impl PartitionEvaluator for Evaluator {
-    fn is_causal(&self) -> bool {
-        true
-    }
-
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        let name = self.kind.name();
-        let [x, n] = values else {
-            return exec_err!("{name}(x, n) takes two arguments");
-        };
-        let n = arrow::compute::cast(n, &DataType::Int64)?;
-        let n = n.as_primitive::<Int64Type>();
-        if n.is_empty() || n.is_null(0) || n.value(0) < 1 {
-            return exec_err!("{name}(x, n): n must be at least 1");
-        }
-        let n = n.value(0) as usize;
-        let x = arrow::compute::cast(x, &DataType::Float64)?;
-        let x = x.as_primitive::<Float64Type>();
-        Ok(Arc::new(smooth(self.kind, x, n, num_rows)))
-    }
-}
-
 /// The smoothing of `x` over its first `rows` values.
 pub fn smooth(kind: Smoothing, x: &Float64Array, n: usize, rows: usize) -> Float64Array {
     let alpha = kind.alpha(n);
@@ -171,60 +112,6 @@ impl Forward {
             Forward::Min => "forward_min",
             Forward::Max => "forward_max",
         }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct ForwardFunction {
-    kind: Forward,
-    signature: Signature,
-}
-
-impl WindowUDFImpl for ForwardFunction {
-    fn name(&self) -> &str {
-        self.kind.name()
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn partition_evaluator(
-        &self,
-        _args: PartitionEvaluatorArgs,
-    ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(ForwardEvaluator { kind: self.kind }))
-    }
-
-    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Float64,
-            true,
-        )))
-    }
-}
-
-#[derive(Debug)]
-struct ForwardEvaluator {
-    kind: Forward,
-}
-
-impl PartitionEvaluator for ForwardEvaluator {
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        let name = self.kind.name();
-        let [x, k] = values else {
-            return exec_err!("{name}(x, k) takes two arguments");
-        };
-        let k = arrow::compute::cast(k, &DataType::Int64)?;
-        let k = k.as_primitive::<Int64Type>();
-        if k.is_empty() || k.is_null(0) || k.value(0) < 1 {
-            return exec_err!("{name}(x, k): k must be at least 1");
-        }
-        let k = k.value(0) as usize;
-        let x = arrow::compute::cast(x, &DataType::Float64)?;
-        let x = x.as_primitive::<Float64Type>();
-        Ok(Arc::new(forward(self.kind, x, k, num_rows)))
     }
 }
 
@@ -280,75 +167,6 @@ impl Rolling {
 
     fn arity(self) -> usize {
         if self == Rolling::Corr { 3 } else { 2 }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct RollingFunction {
-    kind: Rolling,
-    signature: Signature,
-}
-
-impl WindowUDFImpl for RollingFunction {
-    fn name(&self) -> &str {
-        self.kind.name()
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn partition_evaluator(
-        &self,
-        _args: PartitionEvaluatorArgs,
-    ) -> Result<Box<dyn PartitionEvaluator>> {
-        Ok(Box::new(RollingEvaluator { kind: self.kind }))
-    }
-
-    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
-        Ok(Arc::new(Field::new(
-            field_args.name(),
-            DataType::Float64,
-            true,
-        )))
-    }
-}
-
-#[derive(Debug)]
-struct RollingEvaluator {
-    kind: Rolling,
-}
-
-impl PartitionEvaluator for RollingEvaluator {
-    fn is_causal(&self) -> bool {
-        true
-    }
-
-    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
-        let name = self.kind.name();
-        if values.len() != self.kind.arity() {
-            return exec_err!("{name} takes {} arguments", self.kind.arity());
-        }
-        let n = arrow::compute::cast(&values[values.len() - 1], &DataType::Int64)?;
-        let n = n.as_primitive::<Int64Type>();
-        if n.is_empty() || n.is_null(0) || n.value(0) < 1 {
-            return exec_err!("{name}: the window length must be at least 1");
-        }
-        let n = n.value(0) as usize;
-        let column = |index: usize| -> Result<Vec<Option<f64>>> {
-            let array = arrow::compute::cast(&values[index], &DataType::Float64)?;
-            let array = array.as_primitive::<Float64Type>();
-            Ok((0..num_rows)
-                .map(|i| (!array.is_null(i) && array.value(i).is_finite()).then(|| array.value(i)))
-                .collect())
-        };
-        let x = column(0)?;
-        let out = if self.kind == Rolling::Corr {
-            rolling_corr(&x, &column(1)?, n)
-        } else {
-            rolling(self.kind, &x, n)
-        };
-        Ok(Arc::new(Float64Array::from(out)))
     }
 }
 
@@ -439,31 +257,122 @@ pub fn rolling_corr(x: &[Option<f64>], y: &[Option<f64>], n: usize) -> Vec<Optio
     out
 }
 
+/// One of asterflow's window functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Smoothing(Smoothing),
+    Forward(Forward),
+    Rolling(Rolling),
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Smoothing(kind) => kind.name(),
+            Kind::Forward(kind) => kind.name(),
+            Kind::Rolling(kind) => kind.name(),
+        }
+    }
+
+    fn arity(self) -> usize {
+        match self {
+            Kind::Rolling(kind) => kind.arity(),
+            _ => 2,
+        }
+    }
+}
+
+/// The SQL face of a [`Kind`]: every one takes its values and, last, a length (`n` or `k`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Function {
+    kind: Kind,
+    signature: Signature,
+}
+
+impl WindowUDFImpl for Function {
+    fn name(&self) -> &str {
+        self.kind.name()
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn partition_evaluator(
+        &self,
+        _args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        Ok(Box::new(Evaluator { kind: self.kind }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            DataType::Float64,
+            true,
+        )))
+    }
+}
+
+/// Evaluates a whole partition at once.
+#[derive(Debug)]
+struct Evaluator {
+    kind: Kind,
+}
+
+impl PartitionEvaluator for Evaluator {
+    fn is_causal(&self) -> bool {
+        !matches!(self.kind, Kind::Forward(_))
+    }
+
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let name = self.kind.name();
+        if values.len() != self.kind.arity() {
+            return exec_err!("{name} takes {} arguments", self.kind.arity());
+        }
+        let length = arrow::compute::cast(&values[values.len() - 1], &DataType::Int64)?;
+        let length = length.as_primitive::<Int64Type>();
+        if length.is_empty() || length.is_null(0) || length.value(0) < 1 {
+            return exec_err!(
+                "{name}: the length (last argument) must be an integer of at least 1"
+            );
+        }
+        let length = length.value(0) as usize;
+        let x = arrow::compute::cast(&values[0], &DataType::Float64)?;
+        let x = x.as_primitive::<Float64Type>();
+        let options = |array: &Float64Array| -> Vec<Option<f64>> {
+            (0..num_rows)
+                .map(|i| (!array.is_null(i) && array.value(i).is_finite()).then(|| array.value(i)))
+                .collect()
+        };
+        Ok(Arc::new(match self.kind {
+            Kind::Smoothing(kind) => smooth(kind, x, length, num_rows),
+            Kind::Forward(kind) => forward(kind, x, length, num_rows),
+            Kind::Rolling(Rolling::Corr) => {
+                let y = arrow::compute::cast(&values[1], &DataType::Float64)?;
+                let y = y.as_primitive::<Float64Type>();
+                Float64Array::from(rolling_corr(&options(x), &options(y), length))
+            }
+            Kind::Rolling(kind) => Float64Array::from(rolling(kind, &options(x), length)),
+        }))
+    }
+}
+
 /// Every asterflow window function, ready to register.
 pub fn functions() -> Vec<WindowUDF> {
-    let smoothing = [Smoothing::Ema, Smoothing::Wilder].into_iter().map(|kind| {
-        WindowUDF::from(SmoothingFunction {
-            kind,
-            signature: Signature::any(2, Volatility::Immutable),
-        })
-    });
-    let forward = [Forward::Value, Forward::Min, Forward::Max]
+    let kinds = [Smoothing::Ema, Smoothing::Wilder]
+        .map(Kind::Smoothing)
         .into_iter()
+        .chain([Forward::Value, Forward::Min, Forward::Max].map(Kind::Forward))
+        .chain([Rolling::Mean, Rolling::Std, Rolling::StdPop, Rolling::Corr].map(Kind::Rolling));
+    kinds
         .map(|kind| {
-            WindowUDF::from(ForwardFunction {
-                kind,
-                signature: Signature::any(2, Volatility::Immutable),
-            })
-        });
-    let rolling = [Rolling::Mean, Rolling::Std, Rolling::StdPop, Rolling::Corr]
-        .into_iter()
-        .map(|kind| {
-            WindowUDF::from(RollingFunction {
+            WindowUDF::from(Function {
                 kind,
                 signature: Signature::any(kind.arity(), Volatility::Immutable),
             })
-        });
-    smoothing.chain(forward).chain(rolling).collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

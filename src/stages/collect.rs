@@ -245,13 +245,6 @@ fn failed(error: impl std::fmt::Display) -> StageError {
     StageError::Failed(error.to_string())
 }
 
-fn exchange_failed(error: ExchangeError) -> StageError {
-    match error {
-        ExchangeError::Cancelled => StageError::Cancelled,
-        other => failed(other),
-    }
-}
-
 impl Prepared {
     async fn collect(&self, context: &StageContext) -> Result<(), StageError> {
         let started = Instant::now();
@@ -277,8 +270,7 @@ impl Prepared {
                 connection = context
                     .exchanges
                     .connect(&self.source, &context.cancel)
-                    .await
-                    .map_err(exchange_failed)?;
+                    .await?;
                 let client = &connection.client;
                 if let Some(rec) = &recommendation {
                     let declared = crate::exchange::client::tightest_weight_limit(
@@ -700,7 +692,7 @@ impl Collector<'_> {
                         message,
                         ..
                     } => PartitionError::UnknownSymbol(message),
-                    other => PartitionError::Stage(exchange_failed(other)),
+                    other => PartitionError::Stage(other.into()),
                 })?;
             pending.report.requests += u64::from(stats.attempts);
             pending.report.retries += u64::from(stats.retries);

@@ -210,12 +210,10 @@ impl PreparedStage for Prepared {
 
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
-            let failed = |error: &dyn std::fmt::Display| StageError::Failed(error.to_string());
             let connection = context
                 .exchanges
                 .connect(&self.source, &context.cancel)
-                .await
-                .map_err(|e| failed(&e))?;
+                .await?;
             let info = &connection.info;
             let params = &self.params;
             let mut refused = Vec::new();
@@ -266,11 +264,7 @@ impl PreparedStage for Prepared {
                 ));
             }
             if params.min_quote_volume.is_some() || params.max_symbols.is_some() {
-                let tickers = connection
-                    .client
-                    .tickers(&context.cancel)
-                    .await
-                    .map_err(|e| failed(&e))?;
+                let tickers = connection.client.tickers(&context.cancel).await?;
                 let volumes: std::collections::HashMap<&str, f64> = tickers
                     .iter()
                     .map(|ticker| (ticker.symbol.as_str(), ticker.quote_volume.0))

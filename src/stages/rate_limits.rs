@@ -165,12 +165,10 @@ impl PreparedStage for Prepared {
 
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
-            let failed = |error: &dyn std::fmt::Display| StageError::Failed(error.to_string());
             let connection = context
                 .exchanges
                 .connect(&self.source, &context.cancel)
-                .await
-                .map_err(|e| failed(&e))?;
+                .await?;
             let client = &connection.client;
             let declared = connection.info.rate_limits.clone();
             let Some(limit) = tightest_weight_limit(&declared).cloned() else {
@@ -224,8 +222,7 @@ impl PreparedStage for Prepared {
                         }
                         break;
                     }
-                    Err(ExchangeError::Cancelled) => return Err(StageError::Cancelled),
-                    Err(error) => return Err(failed(&error)),
+                    Err(error) => return Err(error.into()),
                 }
             }
             latencies.sort_by(f64::total_cmp);
