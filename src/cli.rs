@@ -79,6 +79,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
+    /// Check the GPU path: driver, device, NVRTC, smoke kernel. Exits 11 when training would use the CPU.
+    Doctor {
+        /// Print the checks as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove cache entries that no recent run needs.
     Gc {
         /// Keep the entries used by this many most recent runs (and every stage's latest output).
@@ -204,6 +210,48 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::Runs { limit, json } => runs(&paths, limit, json),
         Command::Gc { keep, dry_run } => gc(&paths, keep, dry_run, cli.quiet).await,
         Command::ReplayExchange { scenario, port } => replay_exchange(&scenario, port).await,
+        Command::Doctor { json } => Ok(doctor(json)),
+    }
+}
+
+/// `asterflow doctor`: the same examination `train` runs before it trusts a GPU, step by step.
+fn doctor(json: bool) -> i32 {
+    let examination = crate::gpu::examine();
+    let verdict = match &examination.outcome {
+        Ok(gpu) => format!("GPU usable: {}", gpu.describe()),
+        Err(unavailable) => format!("{unavailable}; `device: auto` trains on the CPU"),
+    };
+    if json {
+        let checks: Vec<serde_json::Value> = examination
+            .checks
+            .iter()
+            .map(|check| serde_json::json!({"check": check.name, "ok": check.ok, "detail": check.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "usable": examination.outcome.is_ok(),
+                "checks": checks,
+                "verdict": verdict,
+            })
+        );
+    } else {
+        let width = examination
+            .checks
+            .iter()
+            .map(|check| check.name.len())
+            .max()
+            .unwrap_or(0);
+        for check in &examination.checks {
+            let mark = if check.ok { "ok  " } else { "FAIL" };
+            println!("{mark} {:<width$}  {}", check.name, check.detail);
+        }
+        println!("{verdict}");
+    }
+    if examination.outcome.is_ok() {
+        exit_code::OK
+    } else {
+        exit_code::NO_GPU
     }
 }
 

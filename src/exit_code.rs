@@ -13,6 +13,8 @@ pub const STAGE_FAILED: i32 = 1;
 pub const INVALID: i32 = 2;
 /// `--validate-only --exit-code`: at least one stage would run.
 pub const WOULD_RUN: i32 = 10;
+/// `doctor`: no GPU passed every check (training will use the CPU).
+pub const NO_GPU: i32 = 11;
 /// Another run holds the run root's lock (EX_TEMPFAIL: try again later).
 pub const LOCKED: i32 = 75;
 /// Interrupted by Ctrl-C or SIGTERM.

@@ -138,7 +138,34 @@ impl Pipeline {
                 .collect();
             match stage.prepared.output_shape(&stage.id, &inputs).await {
                 Ok(shape) => shapes[index] = shape,
-                Err(diagnostic) => diagnostics.push(*diagnostic),
+                Err(stage::ShapeError::Located(diagnostic)) => diagnostics.push(*diagnostic),
+                Err(stage::ShapeError::Param(error)) => {
+                    // Located in the pipeline file, as prepare's errors are.
+                    let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+                    let path = YamlPath::of(&["stages"])
+                        .key(stage.id.clone())
+                        .key("with")
+                        .join(&error.path);
+                    let message = format!(
+                        "stage `{}` ({}): {}",
+                        stage.id,
+                        stage.kind.name(),
+                        error.message
+                    );
+                    let mut diagnostic = match LocationIndex::build(&text) {
+                        Ok(index) => Diagnostic::at_path(
+                            &self.file,
+                            &text,
+                            &index,
+                            &path,
+                            error.anchor,
+                            message,
+                        ),
+                        Err(_) => Diagnostic::at(&self.file, &text, None, 1, message),
+                    };
+                    diagnostic.help = error.help;
+                    diagnostics.push(diagnostic);
+                }
             }
         }
         if diagnostics.is_empty() {

@@ -27,6 +27,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &crate::stages::collect::Collect,
     &crate::stages::validate::Validate,
     &crate::stages::sql::Sql,
+    &crate::stages::train::Train,
 ];
 
 /// The kind registered under `name`.
@@ -86,6 +87,22 @@ pub enum OutputShape {
     Tables(Vec<ShapeTable>),
 }
 
+/// Why a stage's output cannot be planned from its inputs' shapes.
+#[derive(Debug)]
+pub enum ShapeError {
+    /// A problem located inside a file the stage reads (a SQL file's line and column).
+    Located(Box<crate::diagnostic::Diagnostic>),
+    /// A param that does not fit the inputs (a feature column the input lacks), located in the
+    /// pipeline file relative to the stage's `with`.
+    Param(ParamError),
+}
+
+impl From<Box<crate::diagnostic::Diagnostic>> for ShapeError {
+    fn from(diagnostic: Box<crate::diagnostic::Diagnostic>) -> Self {
+        Self::Located(diagnostic)
+    }
+}
+
 /// A stage whose params have been checked.
 pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     /// The canonical params that go into the fingerprint (defaults filled in).
@@ -106,7 +123,7 @@ pub trait PreparedStage: Send + Sync + std::fmt::Debug {
         &'a self,
         _stage_id: &'a str,
         _inputs: &'a [(String, OutputShape)],
-    ) -> BoxFuture<'a, Result<OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+    ) -> BoxFuture<'a, Result<OutputShape, ShapeError>> {
         Box::pin(async { Ok(OutputShape::Unknown) })
     }
     /// Does the work, writing into `context.output_dir`.

@@ -5,6 +5,7 @@ pub mod command;
 pub mod discover;
 pub mod rate_limits;
 pub mod sql;
+pub mod train;
 pub mod validate;
 
 use std::path::Path;

@@ -181,7 +181,7 @@ impl PreparedStage for Prepared {
         &'a self,
         stage_id: &'a str,
         inputs: &'a [(String, OutputShape)],
-    ) -> BoxFuture<'a, Result<OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+    ) -> BoxFuture<'a, Result<OutputShape, crate::stage::ShapeError>> {
         Box::pin(async move {
             let session = sql::session(1);
             for (_, shape) in inputs {

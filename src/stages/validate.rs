@@ -236,7 +236,7 @@ impl PreparedStage for Prepared {
         &'a self,
         stage_id: &'a str,
         _inputs: &'a [(String, crate::stage::OutputShape)],
-    ) -> BoxFuture<'a, Result<crate::stage::OutputShape, Box<crate::diagnostic::Diagnostic>>> {
+    ) -> BoxFuture<'a, Result<crate::stage::OutputShape, crate::stage::ShapeError>> {
         Box::pin(async move { Ok(crate::lake::listing_shape(stage_id)) })
     }
 }

@@ -7,6 +7,8 @@
 -- BUY if fwd_ret > $up and dd > -$down; else SELL if fwd_ret < -$up or dd <= -$down; else HOLD.
 -- Rows without H bars ahead, or with a missing bar among them (the horizon would stretch), get
 -- no label. Params: $interval, $bar_ms (its length in ms), $horizon (H, bars), $up, $down.
+-- label_end_time is the open time of bar t+H, the last bar the label reads: `train` purges
+-- every training row whose label_end_time reaches its test block.
 
 WITH
 -- The validated candles of one interval.
@@ -38,6 +40,7 @@ outcomes AS (
 )
 
 SELECT symbol, open_time, fwd_ret, drawdown,
+  CAST(open_time + $horizon * $bar_ms AS BIGINT) AS label_end_time,
   CASE
     WHEN fwd_ret > $up AND drawdown > -$down THEN 'BUY'
     WHEN fwd_ret < -$up OR drawdown <= -$down THEN 'SELL'

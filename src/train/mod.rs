@@ -1,0 +1,784 @@
+//! Model training with honest evaluation: the dataset (features joined to labels by symbol and
+//! bar), walk-forward folds with a purge ([`split`]), standardisation fitted on each training
+//! span only, the models ([`network`]: `logistic` through linfa, `softmax` and `mlp` on the CPU or
+//! through the CUDA kernels of [`crate::gpu`]) and the metrics beside a baseline ([`metrics`]).
+//! The `train` stage (`stages::train`) wires this to the engine; everything here is synchronous
+//! and runs on a blocking thread.
+
+pub mod metrics;
+pub mod network;
+pub mod split;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use self::metrics::Metrics;
+use self::network::{AdamConfig, CpuTrainer, Network, Trainer, TrainingSet};
+use self::split::{Fold, SplitSpec};
+
+/// The model a `train` stage fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Multinomial logistic regression by L-BFGS (linfa-logistic), on the CPU.
+    Logistic,
+    /// The same linear model trained by minibatch Adam (CPU or GPU).
+    Softmax,
+    /// One ReLU hidden layer, minibatch Adam (CPU or GPU).
+    Mlp,
+}
+
+/// Where a network trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// A GPU that passes every check, else the CPU with the reason printed.
+    Auto,
+    Cpu,
+    /// A GPU or a failed stage, with the reason.
+    Gpu,
+}
+
+/// What to do about unequal class counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// `weights` for `softmax` and `mlp`, `undersample` for `logistic` (which takes no weights).
+    Auto,
+    None,
+    /// Loss weights `rows / (classes x class rows)`, from the training span.
+    Weights,
+    /// Keep an equal number of training rows of each class (a seeded draw, time order kept).
+    Undersample,
+}
+
+/// Everything a fit needs besides the data.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainConfig {
+    pub model: ModelKind,
+    pub hidden: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub learning_rate: f32,
+    pub balance: Balance,
+    pub seed: u64,
+    /// L2 strength of the logistic fit.
+    pub alpha: f64,
+    pub max_iterations: u64,
+    /// Logistic stopping rule: gradient norm of the mean loss.
+    pub tolerance: f64,
+}
+
+impl TrainConfig {
+    /// `auto` resolved for this model.
+    pub fn balance(&self) -> Balance {
+        match (self.balance, self.model) {
+            (Balance::Auto, ModelKind::Logistic) => Balance::Undersample,
+            (Balance::Auto, _) => Balance::Weights,
+            (other, _) => other,
+        }
+    }
+}
+
+/// Features and labels joined on (symbol, open time), in time order.
+#[derive(Debug, Default)]
+pub struct Dataset {
+    pub features: Vec<String>,
+    pub classes: Vec<String>,
+    /// `rows x features`, row-major.
+    pub x: Vec<f32>,
+    pub y: Vec<u8>,
+    pub time: Vec<i64>,
+    pub label_end: Vec<i64>,
+    pub symbol: Vec<u32>,
+    pub symbols: Vec<String>,
+    /// Joined rows dropped because a feature was null, NaN or infinite, by the first such column.
+    pub dropped: BTreeMap<String, usize>,
+}
+
+impl Dataset {
+    pub fn rows(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.features.len()
+    }
+
+    /// The longest label window: the default embargo.
+    pub fn label_span_ms(&self) -> i64 {
+        self.time
+            .iter()
+            .zip(&self.label_end)
+            .map(|(time, end)| end - time)
+            .max()
+            .unwrap_or(0)
+            .max(0)
+    }
+}
+
+/// The columns a labels table must have, besides `symbol` and `open_time`.
+pub const LABEL_COLUMN: &str = "label";
+pub const LABEL_END_COLUMN: &str = "label_end_time";
+const KEYS: [&str; 2] = ["symbol", "open_time"];
+
+/// Which feature columns to use: `requested`, or every numeric column but the keys and
+/// `exclude`. The error names the column (and its index in `requested`).
+pub fn feature_columns(
+    schema: &Schema,
+    table: &str,
+    requested: Option<&[String]>,
+    exclude: &[String],
+) -> Result<Vec<String>, (Option<usize>, String)> {
+    for key in KEYS {
+        if schema.field_with_name(key).is_err() {
+            return Err((
+                None,
+                format!("table `{table}` has no `{key}` column to join labels on"),
+            ));
+        }
+    }
+    match requested {
+        Some(names) => {
+            for (index, name) in names.iter().enumerate() {
+                let field = schema.field_with_name(name).map_err(|_| {
+                    (
+                        Some(index),
+                        format!(
+                            "table `{table}` has no column `{name}`; it has {}",
+                            column_list(schema)
+                        ),
+                    )
+                })?;
+                if !field.data_type().is_numeric() || KEYS.contains(&name.as_str()) {
+                    return Err((
+                        Some(index),
+                        format!(
+                            "column `{name}` of `{table}` is {} and cannot be a feature",
+                            field.data_type()
+                        ),
+                    ));
+                }
+            }
+            Ok(names.to_vec())
+        }
+        None => {
+            let columns: Vec<String> = schema
+                .fields()
+                .iter()
+                .filter(|field| field.data_type().is_numeric())
+                .map(|field| field.name().clone())
+                .filter(|name| !KEYS.contains(&name.as_str()) && !exclude.contains(name))
+                .collect();
+            if columns.is_empty() {
+                return Err((None, format!("table `{table}` has no numeric columns")));
+            }
+            Ok(columns)
+        }
+    }
+}
+
+/// Checks a labels table has what `train` reads.
+pub fn check_labels(schema: &Schema, table: &str) -> Result<(), String> {
+    for key in KEYS {
+        schema
+            .field_with_name(key)
+            .map_err(|_| format!("table `{table}` has no `{key}` column"))?;
+    }
+    let label = schema.field_with_name(LABEL_COLUMN).map_err(|_| {
+        format!(
+            "table `{table}` has no `{LABEL_COLUMN}` column; it has {}",
+            column_list(schema)
+        )
+    })?;
+    if !matches!(
+        label.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Err(format!(
+            "column `{LABEL_COLUMN}` of `{table}` is {}, not text",
+            label.data_type()
+        ));
+    }
+    let end = schema.field_with_name(LABEL_END_COLUMN).map_err(|_| {
+        format!(
+            "table `{table}` has no `{LABEL_END_COLUMN}` column (the open time of the last bar each label reads, for the purge); stages/labels/labels.sql shows how"
+        )
+    })?;
+    if !end.data_type().is_integer() {
+        return Err(format!(
+            "column `{LABEL_END_COLUMN}` of `{table}` is {}, not an integer time in ms",
+            end.data_type()
+        ));
+    }
+    Ok(())
+}
+
+fn column_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|field| format!("`{}`", field.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Reads the join of `features_table` and `labels_table` (registered in `session`), in (time,
+/// symbol) order. Rows whose label is not in `classes` are an error; rows with a non-finite
+/// feature are dropped and counted.
+pub async fn load(
+    session: &datafusion::prelude::SessionContext,
+    features_table: &str,
+    labels_table: &str,
+    features: &[String],
+    classes: &[String],
+) -> Result<Dataset, String> {
+    let columns: String = features
+        .iter()
+        .map(|name| format!(", CAST(f.{} AS DOUBLE)", quoted(name)))
+        .collect();
+    let query = format!(
+        "SELECT CAST(f.symbol AS VARCHAR), CAST(f.open_time AS BIGINT), CAST(l.{LABEL_COLUMN} AS VARCHAR), \
+         CAST(l.{LABEL_END_COLUMN} AS BIGINT){columns} \
+         FROM {} AS f JOIN {} AS l ON f.symbol = l.symbol AND f.open_time = l.open_time \
+         ORDER BY 2, 1",
+        quoted(features_table),
+        quoted(labels_table)
+    );
+    let frame = session
+        .sql(&query)
+        .await
+        .map_err(|error| format!("joining `{features_table}` and `{labels_table}`: {error}"))?;
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|error| format!("reading `{features_table}` and `{labels_table}`: {error}"))?;
+    let mut data = Dataset {
+        features: features.to_vec(),
+        classes: classes.to_vec(),
+        ..Dataset::default()
+    };
+    let mut symbol_ids: BTreeMap<String, u32> = BTreeMap::new();
+    let mut row_values = vec![0f32; features.len()];
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|error| format!("reading the training rows: {error}"))?;
+        append(
+            &mut data,
+            &batch,
+            &mut symbol_ids,
+            &mut row_values,
+            labels_table,
+        )?;
+    }
+    Ok(data)
+}
+
+fn append(
+    data: &mut Dataset,
+    batch: &RecordBatch,
+    symbol_ids: &mut BTreeMap<String, u32>,
+    row_values: &mut [f32],
+    labels_table: &str,
+) -> Result<(), String> {
+    let as_text = |index: usize| {
+        arrow::compute::cast(batch.column(index), &DataType::Utf8)
+            .map_err(|error| format!("reading column {index}: {error}"))
+    };
+    let symbols = as_text(0)?;
+    let symbols = symbols.as_string::<i32>();
+    let times = batch.column(1).as_primitive::<Int64Type>();
+    let labels = as_text(2)?;
+    let labels = labels.as_string::<i32>();
+    let ends = batch.column(3).as_primitive::<Int64Type>();
+    let values: Vec<&arrow::array::PrimitiveArray<Float64Type>> = (4..batch.num_columns())
+        .map(|index| batch.column(index).as_primitive::<Float64Type>())
+        .collect();
+    'rows: for row in 0..batch.num_rows() {
+        if symbols.is_null(row) || times.is_null(row) || labels.is_null(row) || ends.is_null(row)
+        {
+            continue;
+        }
+        for (column, array) in values.iter().enumerate() {
+            let value = array.value(row) as f32;
+            if array.is_null(row) || !value.is_finite() {
+                *data
+                    .dropped
+                    .entry(data.features[column].clone())
+                    .or_default() += 1;
+                continue 'rows;
+            }
+            row_values[column] = value;
+        }
+        let label = labels.value(row);
+        let Some(class) = data.classes.iter().position(|class| class == label) else {
+            return Err(format!(
+                "`{labels_table}` labels {} at open time {} as `{label}`, which is not one of the classes [{}]; set `classes:` to the labels the table uses",
+                symbols.value(row),
+                times.value(row),
+                data.classes.join(", ")
+            ));
+        };
+        let symbol = symbols.value(row);
+        let next = symbol_ids.len() as u32;
+        let id = *symbol_ids.entry(symbol.to_owned()).or_insert_with(|| {
+            data.symbols.push(symbol.to_owned());
+            next
+        });
+        data.x.extend_from_slice(row_values);
+        data.y.push(class as u8);
+        data.time.push(times.value(row));
+        data.label_end.push(ends.value(row));
+        data.symbol.push(id);
+    }
+    Ok(())
+}
+
+/// Standardisation fitted on some rows only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Scaler {
+    pub mean: Vec<f64>,
+    /// Population standard deviation; 1 where a column is constant.
+    pub scale: Vec<f64>,
+}
+
+impl Scaler {
+    /// Fits on `rows` of `x` (`dim` columns).
+    pub fn fit(x: &[f32], dim: usize, rows: &[usize]) -> Self {
+        let n = rows.len().max(1) as f64;
+        let mut mean = vec![0.0f64; dim];
+        for &row in rows {
+            for (sum, &value) in mean.iter_mut().zip(&x[row * dim..(row + 1) * dim]) {
+                *sum += f64::from(value);
+            }
+        }
+        mean.iter_mut().for_each(|sum| *sum /= n);
+        let mut variance = vec![0.0f64; dim];
+        for &row in rows {
+            for ((sum, &value), m) in variance
+                .iter_mut()
+                .zip(&x[row * dim..(row + 1) * dim])
+                .zip(&mean)
+            {
+                *sum += (f64::from(value) - m).powi(2);
+            }
+        }
+        let scale = variance
+            .iter()
+            .map(|sum| {
+                let sd = (sum / n).sqrt();
+                if sd > 0.0 && sd.is_finite() { sd } else { 1.0 }
+            })
+            .collect();
+        Self { mean, scale }
+    }
+
+    /// `rows` of `x`, standardised, as a contiguous matrix.
+    pub fn apply(&self, x: &[f32], rows: &[usize]) -> Vec<f32> {
+        let dim = self.mean.len();
+        let mut out = Vec::with_capacity(rows.len() * dim);
+        for &row in rows {
+            for (column, &value) in x[row * dim..(row + 1) * dim].iter().enumerate() {
+                out.push(((f64::from(value) - self.mean[column]) / self.scale[column]) as f32);
+            }
+        }
+        out
+    }
+}
+
+/// Where the networks actually trained.
+#[derive(Debug, Clone)]
+pub enum Device {
+    Cpu,
+    Gpu(Arc<crate::gpu::Gpu>),
+}
+
+impl Device {
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu => "cpu".to_owned(),
+            Device::Gpu(gpu) => format!("gpu: {}", gpu.describe()),
+        }
+    }
+}
+
+/// Something a fit tells its caller while it runs.
+#[derive(Debug, Clone)]
+pub enum TrainEvent {
+    Epoch {
+        /// 1-based fold; 0 for the final fit on all rows.
+        fold: usize,
+        epoch: usize,
+        loss: f64,
+    },
+    /// The GPU failed mid-fit under `device: auto`; training goes on on the CPU.
+    FellBack(String),
+}
+
+/// One fold's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldResult {
+    #[serde(flatten)]
+    pub fold: Fold,
+    /// Training rows actually fitted (after undersampling).
+    pub fitted_rows: usize,
+    /// Mean weighted training loss after each epoch (networks only).
+    pub loss_curve: Vec<f64>,
+    pub metrics: Metrics,
+    pub baseline: Metrics,
+    pub verdict: String,
+}
+
+/// Everything a fit produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub folds: Vec<FoldResult>,
+    pub overall: Metrics,
+    pub overall_baseline: Metrics,
+    pub verdict: String,
+    /// Out-of-sample predictions: dataset row, fold, then `classes` probabilities.
+    pub predicted_rows: Vec<(usize, usize)>,
+    pub probabilities: Vec<f32>,
+    /// The model to keep: fitted on every row after the folds are scored, with its scaler and
+    /// loss curve. (The folds' models only score; none of them sees the last block.)
+    pub model: (Network, Scaler, Vec<f64>),
+    pub device: Device,
+}
+
+/// Runs the folds, then the final fit on every row. `on_event` hears about epochs; `cancelled` is polled
+/// between epochs and folds.
+pub fn fit(
+    data: &Dataset,
+    config: &TrainConfig,
+    split: &SplitSpec,
+    mut device: Device,
+    fallback_allowed: bool,
+    kernels: &str,
+    on_event: &mut dyn FnMut(TrainEvent),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Outcome, String> {
+    let folds = split::walk_forward(&data.time, &data.label_end, split)?;
+    let k = data.classes.len();
+    let mut results = Vec::with_capacity(folds.len());
+    let mut predicted_rows = Vec::new();
+    let mut probabilities = Vec::new();
+    let mut baseline_probabilities = Vec::new();
+    let mut truth = Vec::new();
+    for fold in folds {
+        let prior = metrics::class_frequencies(fold.train.iter().map(|&row| data.y[row]), k);
+        let fitted = fit_rows(
+            data,
+            config,
+            &fold.train,
+            fold.number,
+            &mut device,
+            fallback_allowed,
+            kernels,
+            on_event,
+            cancelled,
+        )?;
+        let test_x = fitted.scaler.apply(&data.x, &fold.test);
+        let probs = fitted.network.predict(&test_x, fold.test.len());
+        let fold_truth: Vec<u8> = fold.test.iter().map(|&row| data.y[row]).collect();
+        let fold_baseline: Vec<f32> = fold.test.iter().flat_map(|_| prior.clone()).collect();
+        let model_metrics = metrics::evaluate(&fold_truth, &probs, &data.classes);
+        let baseline = metrics::evaluate(&fold_truth, &fold_baseline, &data.classes);
+        let verdict = metrics::verdict(&model_metrics, &baseline);
+        predicted_rows.extend(fold.test.iter().map(|&row| (row, fold.number)));
+        probabilities.extend_from_slice(&probs);
+        baseline_probabilities.extend_from_slice(&fold_baseline);
+        truth.extend_from_slice(&fold_truth);
+        results.push(FoldResult {
+            fitted_rows: fitted.rows,
+            loss_curve: fitted.loss_curve,
+            metrics: model_metrics,
+            baseline,
+            verdict,
+            fold,
+        });
+    }
+    let overall = metrics::evaluate(&truth, &probabilities, &data.classes);
+    let overall_baseline = metrics::evaluate(&truth, &baseline_probabilities, &data.classes);
+    let verdict = metrics::verdict(&overall, &overall_baseline);
+    let all: Vec<usize> = (0..data.rows()).collect();
+    let fitted = fit_rows(
+        data,
+        config,
+        &all,
+        0,
+        &mut device,
+        fallback_allowed,
+        kernels,
+        on_event,
+        cancelled,
+    )?;
+    let model = (fitted.network, fitted.scaler, fitted.loss_curve);
+    Ok(Outcome {
+        folds: results,
+        overall,
+        overall_baseline,
+        verdict,
+        predicted_rows,
+        probabilities,
+        model,
+        device,
+    })
+}
+
+struct Fitted {
+    network: Network,
+    scaler: Scaler,
+    loss_curve: Vec<f64>,
+    rows: usize,
+}
+
+/// Fits one model on `rows` of the dataset.
+#[allow(clippy::too_many_arguments)]
+fn fit_rows(
+    data: &Dataset,
+    config: &TrainConfig,
+    rows: &[usize],
+    fold: usize,
+    device: &mut Device,
+    fallback_allowed: bool,
+    kernels: &str,
+    on_event: &mut dyn FnMut(TrainEvent),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Fitted, String> {
+    let k = data.classes.len();
+    let balance = config.balance();
+    let chosen: Vec<usize> = if balance == Balance::Undersample {
+        undersample(rows, &data.y, k, config.seed ^ fold as u64)
+    } else {
+        rows.to_vec()
+    };
+    let scaler = Scaler::fit(&data.x, data.dim(), &chosen);
+    let y: Vec<u8> = chosen.iter().map(|&row| data.y[row]).collect();
+    let class_weights: Vec<f32> = if balance == Balance::Weights {
+        let counts = metrics::class_frequencies(y.iter().copied(), k);
+        counts
+            .iter()
+            .map(|&share| {
+                if share > 0.0 {
+                    1.0 / (k as f32 * share)
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    } else {
+        vec![1.0; k]
+    };
+    let set = TrainingSet {
+        x: scaler.apply(&data.x, &chosen),
+        weights: y.iter().map(|&class| class_weights[class as usize]).collect(),
+        y,
+        rows: chosen.len(),
+        inputs: data.dim(),
+    };
+    if cancelled() {
+        return Err("interrupted".into());
+    }
+    let (network, loss_curve) = match config.model {
+        ModelKind::Logistic => (fit_logistic(&set, k, config)?, Vec::new()),
+        ModelKind::Softmax | ModelKind::Mlp => {
+            let hidden = if config.model == ModelKind::Mlp {
+                config.hidden
+            } else {
+                0
+            };
+            let initial = Network::initialised(set.inputs, hidden, k, config.seed);
+            fit_network(
+                initial,
+                &set,
+                config,
+                fold,
+                device,
+                fallback_allowed,
+                kernels,
+                on_event,
+                cancelled,
+            )?
+        }
+    };
+    Ok(Fitted {
+        network,
+        scaler,
+        loss_curve,
+        rows: chosen.len(),
+    })
+}
+
+/// Trains `initial` for `config.epochs`, on the GPU when `device` is one; under `device: auto`
+/// a GPU failure restarts the fit on the CPU (and the rest of the run stays there).
+#[allow(clippy::too_many_arguments)]
+fn fit_network(
+    initial: Network,
+    set: &TrainingSet,
+    config: &TrainConfig,
+    fold: usize,
+    device: &mut Device,
+    fallback_allowed: bool,
+    kernels: &str,
+    on_event: &mut dyn FnMut(TrainEvent),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(Network, Vec<f64>), String> {
+    let adam = AdamConfig::new(config.learning_rate);
+    if let Device::Gpu(gpu) = device.clone() {
+        let attempt = crate::gpu::trainer::GpuTrainer::new(
+            gpu,
+            kernels,
+            &initial,
+            set,
+            config.batch_size,
+            adam,
+        )
+        .and_then(|mut trainer| epochs(&mut trainer, set, config, fold, on_event, cancelled));
+        match attempt {
+            Ok(done) => return Ok(done),
+            Err(error) if error == "interrupted" => return Err(error),
+            Err(error) if fallback_allowed => {
+                on_event(TrainEvent::FellBack(error));
+                *device = Device::Cpu;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let mut trainer = CpuTrainer::new(initial, set, config.batch_size, adam);
+    epochs(&mut trainer, set, config, fold, on_event, cancelled)
+}
+
+/// The epoch loop every trainer shares.
+pub fn epochs(
+    trainer: &mut dyn Trainer,
+    set: &TrainingSet,
+    config: &TrainConfig,
+    fold: usize,
+    on_event: &mut dyn FnMut(TrainEvent),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(Network, Vec<f64>), String> {
+    let mut curve = Vec::with_capacity(config.epochs);
+    for epoch in 0..config.epochs {
+        if cancelled() {
+            return Err("interrupted".into());
+        }
+        let order = network::epoch_order(set.rows, config.seed, epoch);
+        let loss = trainer.epoch(&order)?;
+        if !loss.is_finite() {
+            return Err(format!(
+                "the training loss diverged at epoch {} (fold {fold}); lower learning_rate",
+                epoch + 1
+            ));
+        }
+        curve.push(loss);
+        on_event(TrainEvent::Epoch {
+            fold,
+            epoch: epoch + 1,
+            loss,
+        });
+    }
+    Ok((trainer.network()?, curve))
+}
+
+/// An equal number of rows of each present class, drawn with a seed, in their original order.
+fn undersample(rows: &[usize], y: &[u8], classes: usize, seed: u64) -> Vec<usize> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for &row in rows {
+        by_class[y[row] as usize].push(row);
+    }
+    let keep = by_class
+        .iter()
+        .filter(|rows| !rows.is_empty())
+        .map(Vec::len)
+        .min()
+        .unwrap_or(0);
+    let mut rng = crate::rng::Rng::new(crate::rng::mix(seed ^ 0x756e_6465_72));
+    let mut chosen = Vec::with_capacity(keep * classes);
+    for mut members in by_class {
+        // A partial Fisher-Yates: the first `keep` become a uniform draw.
+        let n = members.len();
+        for i in 0..keep.min(n) {
+            let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+            members.swap(i, j);
+        }
+        members.truncate(keep);
+        chosen.extend(members);
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Multinomial logistic regression by linfa's L-BFGS. Classes absent from the training rows get
+/// a very negative intercept (probability ~0).
+fn fit_logistic(set: &TrainingSet, classes: usize, config: &TrainConfig) -> Result<Network, String> {
+    use linfa::traits::Fit;
+    let x = ndarray::Array2::from_shape_vec(
+        (set.rows, set.inputs),
+        set.x.iter().map(|&value| f64::from(value)).collect(),
+    )
+    .map_err(|error| error.to_string())?;
+    let y = ndarray::Array1::from(set.y.iter().map(|&class| class as usize).collect::<Vec<_>>());
+    let present: std::collections::BTreeSet<usize> = y.iter().copied().collect();
+    if present.len() < 2 {
+        return Err(format!(
+            "the training rows hold {} class; logistic regression needs at least two",
+            present.len()
+        ));
+    }
+    let dataset = linfa::Dataset::new(x, y);
+    // linfa minimises the summed loss: scale the tolerance with the rows so it means the same
+    // for any training size.
+    let fitted = linfa_logistic::MultiLogisticRegression::default()
+        .alpha(config.alpha)
+        .max_iterations(config.max_iterations)
+        .gradient_tolerance(config.tolerance * set.rows as f64)
+        .fit(&dataset)
+        .map_err(|error| format!("logistic regression: {error}"))?;
+    let mut weights = ndarray::Array2::<f64>::zeros((set.inputs, classes));
+    let mut intercept = ndarray::Array1::<f64>::from_elem(classes, -30.0);
+    for (column, &class) in fitted.classes().iter().enumerate() {
+        weights
+            .column_mut(class)
+            .assign(&fitted.params().column(column));
+        intercept[class] = fitted.intercept()[column];
+    }
+    Ok(network::linear(weights.view(), intercept.view()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scaler_sees_only_the_rows_it_is_fitted_on() {
+        // Column 0: 1, 2, 3 in the first three rows, then 1000 in the last.
+        let x = [1.0f32, 2.0, 3.0, 1000.0];
+        let scaler = Scaler::fit(&x, 1, &[0, 1, 2]);
+        assert_eq!(scaler.mean, vec![2.0]);
+        assert!((scaler.scale[0] - (2.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        let applied = scaler.apply(&x, &[3]);
+        assert!((applied[0] as f64 - 998.0 / (2.0f64 / 3.0).sqrt()).abs() < 1e-2);
+        // A constant column keeps scale 1 instead of dividing by zero.
+        let constant = Scaler::fit(&[5.0, 5.0], 1, &[0, 1]);
+        assert_eq!(constant.scale, vec![1.0]);
+    }
+
+    #[test]
+    fn undersampling_keeps_equal_counts_in_time_order() {
+        let y: Vec<u8> = (0..100).map(|i| if i % 10 == 0 { 0 } else { 1 }).collect();
+        let rows: Vec<usize> = (0..100).collect();
+        let chosen = undersample(&rows, &y, 3, 1);
+        assert_eq!(chosen.len(), 20);
+        assert_eq!(chosen.iter().filter(|&&row| y[row] == 0).count(), 10);
+        assert!(chosen.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(chosen, undersample(&rows, &y, 3, 1));
+    }
+}
