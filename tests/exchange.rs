@@ -614,6 +614,7 @@ fn shipped_project() -> Project {
         "data/scenarios/demo.yaml",
         "stages/features/features.sql",
         "stages/labels/labels.sql",
+        "stages/kernels/mlp.cu",
     ] {
         project.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
     }
@@ -625,7 +626,7 @@ fn the_aster_pipeline_validates_without_network() {
     let project = shipped_project();
     let run = project.run(&["run", "pipelines/aster.yaml", "--validate-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("is valid: 6 stages"), "{}", run.stdout);
+    assert!(run.stdout.contains("is valid: 7 stages"), "{}", run.stdout);
     assert!(!project.path().join("data/lake").exists());
 }
 
@@ -636,7 +637,7 @@ fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_wo
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(
         first.statuses().iter().filter(|(_, s)| s == "ran").count(),
-        6
+        7
     );
     let listing: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(output_dir(&project, &first, "collect").join("lake.json"))

@@ -525,6 +525,7 @@ fn validate_only_plans_the_shipped_pipeline_sql_against_its_inputs() {
         "pipelines/demo.yaml",
         "data/scenarios/demo.yaml",
         "stages/labels/labels.sql",
+        "stages/kernels/mlp.cu",
     ] {
         project.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
     }
@@ -554,6 +555,30 @@ fn validate_only_plans_the_shipped_pipeline_sql_against_its_inputs() {
     );
     assert!(run.stderr.contains("closing"), "{}", run.stderr);
     assert!(!project.path().join("runs/cache").exists(), "nothing ran");
+
+    // A feature the features SQL does not produce, named in `train`: located in the pipeline.
+    project.write("stages/features/features.sql", &features);
+    let demo = std::fs::read_to_string(root.join("pipelines/demo.yaml")).unwrap();
+    let demo = demo.replacen(
+        "      model: mlp\n",
+        "      model: mlp\n      features: [rsi_14, rsi_41]\n",
+        1,
+    );
+    let line = demo.lines().position(|l| l.contains("rsi_41")).unwrap() + 1;
+    project.write("pipelines/demo.yaml", &demo);
+    let run = project.run(&["run", "pipelines/demo.yaml", "--validate-only"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("pipelines/demo.yaml:{line}:")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("table `features` has no column `rsi_41`"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -102,17 +102,18 @@ pub fn usable() -> Result<Arc<Gpu>, Unavailable> {
 /// cudarc (a symbol missing from an old driver) becomes the reason.
 pub fn examine() -> Examination {
     let mut checks = Vec::new();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        examine_steps(&mut checks)
-    }))
-    .unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
-            .unwrap_or_else(|| "unknown panic".to_owned());
-        Err(Unavailable::new(format!("the CUDA bindings failed: {message}")))
-    });
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| examine_steps(&mut checks)))
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(Unavailable::new(format!(
+                    "the CUDA bindings failed: {message}"
+                )))
+            });
     Examination { checks, outcome }
 }
 
@@ -142,7 +143,10 @@ fn examine_steps(checks: &mut Vec<Check>) -> Result<Arc<Gpu>, Unavailable> {
     if let Ok(value) = std::env::var(DISABLE_VARIABLE)
         && matches!(value.as_str(), "off" | "0")
     {
-        record("enabled", Err(format!("disabled by {DISABLE_VARIABLE}={value}")))?;
+        record(
+            "enabled",
+            Err(format!("disabled by {DISABLE_VARIABLE}={value}")),
+        )?;
     }
     if let Err(missing) = record("driver library", load_library("cuda", "the NVIDIA driver")) {
         // Say what NVRTC there is anyway: half of a GPU set-up is still worth knowing about.
@@ -191,7 +195,7 @@ fn load_library(name: &str, what: &str) -> Result<String, String> {
     let mut seen = std::collections::HashSet::new();
     candidates.retain(|candidate| seen.insert(candidate.clone()));
     for candidate in &candidates {
-        if dlopen(&candidate.clone().into()) {
+        if dlopen(std::path::Path::new(candidate)) {
             return Ok(format!("{candidate} (from the loader path)"));
         }
     }
@@ -264,7 +268,7 @@ fn search_directories() -> Vec<PathBuf> {
 
 /// `dlopen`s a library for the life of the process, so that cudarc's own `dlopen` by soname
 /// finds it already loaded.
-fn dlopen(path: &PathBuf) -> bool {
+fn dlopen(path: &std::path::Path) -> bool {
     let Ok(name) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
@@ -337,7 +341,9 @@ fn nvrtc_targets(arch: Option<&str>) -> Result<String, String> {
     };
     let wanted: i32 = arch.trim_start_matches("sm_").parse().unwrap_or(0);
     if archs.contains(&wanted) {
-        Ok(format!("NVRTC {major}.{minor}, targets {range}, including {arch}"))
+        Ok(format!(
+            "NVRTC {major}.{minor}, targets {range}, including {arch}"
+        ))
     } else {
         Err(format!(
             "NVRTC {major}.{minor} cannot target {arch} (it targets {range}): install an NVRTC at least as new as the device"
@@ -426,8 +432,12 @@ mod tests {
             result => {
                 assert!(result.unwrap() > 0);
                 assert!(compile_only(&mlp, "mlp.cu", "sm_90").unwrap() > 0);
-                let error = compile_only("extern \"C\" __global__ void k() { oops; }", "bad.cu", "sm_90")
-                    .unwrap_err();
+                let error = compile_only(
+                    "extern \"C\" __global__ void k() { oops; }",
+                    "bad.cu",
+                    "sm_90",
+                )
+                .unwrap_err();
                 assert!(error.contains("oops"), "{error}");
             }
         }

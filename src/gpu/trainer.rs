@@ -107,7 +107,9 @@ impl GpuTrainer {
             m: stream.alloc_zeros(n).map_err(&upload)?,
             v: stream.alloc_zeros(n).map_err(&upload)?,
             h: stream.alloc_zeros(hidden_len).map_err(&upload)?,
-            z: stream.alloc_zeros(batch * network.classes).map_err(&upload)?,
+            z: stream
+                .alloc_zeros(batch * network.classes)
+                .map_err(&upload)?,
             dh: stream.alloc_zeros(hidden_len).map_err(&upload)?,
             gpu,
             kernels,
@@ -253,7 +255,7 @@ impl GpuTrainer {
         }
         self.step += 1;
         let (c1, c2) = self.adam.corrections(self.step);
-        let n = self.layout.len() as u32;
+        let n = self.layout.param_count() as u32;
         let adam = self.adam;
         let mut launch = stream.launch_builder(&k.adam);
         launch
@@ -268,7 +270,7 @@ impl GpuTrainer {
             .arg(&adam.epsilon)
             .arg(&c1)
             .arg(&c2);
-        unsafe { launch.launch(grid(self.layout.len())) }?;
+        unsafe { launch.launch(grid(self.layout.param_count())) }?;
         Ok(())
     }
 }

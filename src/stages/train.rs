@@ -173,7 +173,10 @@ impl StageKind for Train {
         let model_name = model_name.as_str().unwrap_or("");
         // Params that belong to another model are mistakes, not silently ignored.
         let misplaced: &[(&str, bool)] = &[
-            ("hidden", params.hidden.is_some() && params.model != ModelKind::Mlp),
+            (
+                "hidden",
+                params.hidden.is_some() && params.model != ModelKind::Mlp,
+            ),
             ("epochs", params.epochs.is_some() && !network),
             ("batch_size", params.batch_size.is_some() && !network),
             ("learning_rate", params.learning_rate.is_some() && !network),
@@ -205,7 +208,9 @@ impl StageKind for Train {
                 "balance",
                 "linfa's logistic regression takes no sample weights".into(),
             )
-            .with_help("use `balance: undersample` (what `auto` picks for logistic) or model softmax"));
+            .with_help(
+                "use `balance: undersample` (what `auto` picks for logistic) or model softmax",
+            ));
         }
         let mut seen = HashSet::new();
         if !(2..=64).contains(&params.classes.len())
@@ -230,7 +235,10 @@ impl StageKind for Train {
                 ));
             }
             (Window::Rolling, Some(0)) => {
-                return Err(error("train_blocks", "train_blocks must be at least 1".into()));
+                return Err(error(
+                    "train_blocks",
+                    "train_blocks must be at least 1".into(),
+                ));
             }
             _ => {}
         }
@@ -279,7 +287,8 @@ impl StageKind for Train {
         }
         let (kernels, kernels_source) = if network {
             let path = params.kernels.as_deref().unwrap_or(DEFAULT_KERNELS);
-            let relative = contained_relative_path(path).map_err(|message| error("kernels", message))?;
+            let relative =
+                contained_relative_path(path).map_err(|message| error("kernels", message))?;
             // A missing file is reported by the engine, located, like any file a stage reads.
             let source = std::fs::read_to_string(context.project_root.join(&relative)).ok();
             (Some(relative), source)
@@ -288,7 +297,11 @@ impl StageKind for Train {
         };
         let config = TrainConfig {
             model: params.model,
-            hidden: if params.model == ModelKind::Mlp { hidden } else { 0 },
+            hidden: if params.model == ModelKind::Mlp {
+                hidden
+            } else {
+                0
+            },
             epochs: if network { epochs } else { 0 },
             batch_size: if network { batch_size } else { 0 },
             learning_rate: if network { learning_rate } else { 0.0 },
@@ -414,11 +427,15 @@ impl PreparedStage for Prepared {
             let resolved = &self.resolved;
             let features = find(&resolved.features_table, "features_table")?;
             let labels = find(&resolved.labels_table, "labels_table")?;
-            self.columns(&features.schema)
-                .map_err(ShapeError::Param)?;
-            crate::train::check_labels(&labels.schema, &resolved.labels_table).map_err(|message| {
-                ShapeError::Param(ParamError::new(YamlPath::root().key("labels_table"), message))
-            })?;
+            self.columns(&features.schema).map_err(ShapeError::Param)?;
+            crate::train::check_labels(&labels.schema, &resolved.labels_table).map_err(
+                |message| {
+                    ShapeError::Param(ParamError::new(
+                        YamlPath::root().key("labels_table"),
+                        message,
+                    ))
+                },
+            )?;
             let mut names = vec!["predictions".to_owned()];
             if stage_id != "predictions" {
                 names.push(stage_id.to_owned());
@@ -626,9 +643,11 @@ impl Prepared {
                 &data,
                 &config,
                 &split,
-                device,
-                choice == DeviceChoice::Auto,
-                &kernels,
+                crate::train::Placement {
+                    device,
+                    fallback_allowed: choice == DeviceChoice::Auto,
+                    kernels: &kernels,
+                },
                 &mut on_event,
                 &|| cancel.is_cancelled(),
             )?;
@@ -661,8 +680,9 @@ impl Prepared {
         let mut fold = Int32Builder::with_capacity(rows);
         let mut label = StringBuilder::with_capacity(rows, rows * 4);
         let mut predicted = StringBuilder::with_capacity(rows, rows * 4);
-        let mut probabilities: Vec<Float32Builder> =
-            (0..k).map(|_| Float32Builder::with_capacity(rows)).collect();
+        let mut probabilities: Vec<Float32Builder> = (0..k)
+            .map(|_| Float32Builder::with_capacity(rows))
+            .collect();
         for (index, &(row, number)) in outcome.predicted_rows.iter().enumerate() {
             let probs = &outcome.probabilities[index * k..(index + 1) * k];
             symbol.append_value(&data.symbols[data.symbol[row] as usize]);

@@ -176,10 +176,7 @@ pub fn table(title: &str, model: &Metrics, baseline: &Metrics) -> String {
             out,
             "  {:<26} {:>15} {:>15}",
             format!("{} P/R/F1 (n={})", class.class, class.support),
-            format!(
-                "{:.2}/{:.2}/{:.2}",
-                class.precision, class.recall, class.f1
-            ),
+            format!("{:.2}/{:.2}/{:.2}", class.precision, class.recall, class.f1),
             format!("{:.2}/{:.2}/{:.2}", base.precision, base.recall, base.f1),
         );
     }
@@ -220,7 +217,10 @@ mod tests {
         };
         let probs: Vec<f32> = [0, 1, 1, 1, 2, 2].iter().flat_map(|&c| p(c)).collect();
         let m = evaluate(&truth, &probs, &classes());
-        assert_eq!(m.confusion, vec![vec![1, 1, 0], vec![0, 2, 1], vec![0, 0, 1]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 1], vec![0, 0, 1]]
+        );
         assert!((m.accuracy - 4.0 / 6.0).abs() < 1e-12);
         // Recalls 1/2, 2/3, 1/1.
         assert!((m.balanced_accuracy - (0.5 + 2.0 / 3.0 + 1.0) / 3.0).abs() < 1e-12);
@@ -243,7 +243,10 @@ mod tests {
         assert!((baseline.accuracy - 0.86).abs() < 1e-9);
         assert!((baseline.balanced_accuracy - 0.5).abs() < 1e-9);
         let verdict = verdict(&baseline, &baseline);
-        assert!(verdict.starts_with("does not beat the baseline"), "{verdict}");
+        assert!(
+            verdict.starts_with("does not beat the baseline"),
+            "{verdict}"
+        );
         assert!(verdict.contains("doing nothing"), "{verdict}");
     }
 }

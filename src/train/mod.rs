@@ -8,6 +8,7 @@
 pub mod metrics;
 pub mod network;
 pub mod split;
+pub mod synthetic;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -303,8 +304,7 @@ fn append(
         .map(|index| batch.column(index).as_primitive::<Float64Type>())
         .collect();
     'rows: for row in 0..batch.num_rows() {
-        if symbols.is_null(row) || times.is_null(row) || labels.is_null(row) || ends.is_null(row)
-        {
+        if symbols.is_null(row) || times.is_null(row) || labels.is_null(row) || ends.is_null(row) {
             continue;
         }
         for (column, array) in values.iter().enumerate() {
@@ -410,6 +410,16 @@ impl Device {
     }
 }
 
+/// Where a fit's networks train.
+#[derive(Debug, Clone)]
+pub struct Placement<'a> {
+    pub device: Device,
+    /// `device: auto`: a GPU failure mid-fit moves the fit to the CPU instead of failing it.
+    pub fallback_allowed: bool,
+    /// The CUDA source of the training kernels (`stages/kernels/mlp.cu`).
+    pub kernels: &'a str,
+}
+
 /// Something a fit tells its caller while it runs.
 #[derive(Debug, Clone)]
 pub enum TrainEvent {
@@ -430,6 +440,8 @@ pub struct FoldResult {
     pub fold: Fold,
     /// Training rows actually fitted (after undersampling).
     pub fitted_rows: usize,
+    /// The standardisation, fitted on this fold's training rows only.
+    pub scaler: Scaler,
     /// Mean weighted training loss after each epoch (networks only).
     pub loss_curve: Vec<f64>,
     pub metrics: Metrics,
@@ -453,18 +465,21 @@ pub struct Outcome {
     pub device: Device,
 }
 
-/// Runs the folds, then the final fit on every row. `on_event` hears about epochs; `cancelled` is polled
-/// between epochs and folds.
+/// Runs the folds, then the final fit on every row. `on_event` hears about epochs; `cancelled`
+/// is polled between epochs and folds.
 pub fn fit(
     data: &Dataset,
     config: &TrainConfig,
     split: &SplitSpec,
-    mut device: Device,
-    fallback_allowed: bool,
-    kernels: &str,
+    placement: Placement<'_>,
     on_event: &mut dyn FnMut(TrainEvent),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Outcome, String> {
+    let Placement {
+        mut device,
+        fallback_allowed,
+        kernels,
+    } = placement;
     let folds = split::walk_forward(&data.time, &data.label_end, split)?;
     let k = data.classes.len();
     let mut results = Vec::with_capacity(folds.len());
@@ -498,6 +513,7 @@ pub fn fit(
         truth.extend_from_slice(&fold_truth);
         results.push(FoldResult {
             fitted_rows: fitted.rows,
+            scaler: fitted.scaler,
             loss_curve: fitted.loss_curve,
             metrics: model_metrics,
             baseline,
@@ -579,7 +595,10 @@ fn fit_rows(
     };
     let set = TrainingSet {
         x: scaler.apply(&data.x, &chosen),
-        weights: y.iter().map(|&class| class_weights[class as usize]).collect(),
+        weights: y
+            .iter()
+            .map(|&class| class_weights[class as usize])
+            .collect(),
         y,
         rows: chosen.len(),
         inputs: data.dim(),
@@ -700,7 +719,7 @@ fn undersample(rows: &[usize], y: &[u8], classes: usize, seed: u64) -> Vec<usize
         .map(Vec::len)
         .min()
         .unwrap_or(0);
-    let mut rng = crate::rng::Rng::new(crate::rng::mix(seed ^ 0x756e_6465_72));
+    let mut rng = crate::rng::Rng::new(crate::rng::mix(seed ^ 0x0075_6e64_6572));
     let mut chosen = Vec::with_capacity(keep * classes);
     for mut members in by_class {
         // A partial Fisher-Yates: the first `keep` become a uniform draw.
@@ -718,14 +737,23 @@ fn undersample(rows: &[usize], y: &[u8], classes: usize, seed: u64) -> Vec<usize
 
 /// Multinomial logistic regression by linfa's L-BFGS. Classes absent from the training rows get
 /// a very negative intercept (probability ~0).
-fn fit_logistic(set: &TrainingSet, classes: usize, config: &TrainConfig) -> Result<Network, String> {
+pub fn fit_logistic(
+    set: &TrainingSet,
+    classes: usize,
+    config: &TrainConfig,
+) -> Result<Network, String> {
     use linfa::traits::Fit;
     let x = ndarray::Array2::from_shape_vec(
         (set.rows, set.inputs),
         set.x.iter().map(|&value| f64::from(value)).collect(),
     )
     .map_err(|error| error.to_string())?;
-    let y = ndarray::Array1::from(set.y.iter().map(|&class| class as usize).collect::<Vec<_>>());
+    let y = ndarray::Array1::from(
+        set.y
+            .iter()
+            .map(|&class| class as usize)
+            .collect::<Vec<_>>(),
+    );
     let present: std::collections::BTreeSet<usize> = y.iter().copied().collect();
     if present.len() < 2 {
         return Err(format!(

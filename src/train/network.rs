@@ -52,7 +52,8 @@ impl Layout {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// The number of parameters.
+    pub fn param_count(&self) -> usize {
         self.b2.end
     }
 }
@@ -66,8 +67,8 @@ impl Network {
     /// layer, zero biases.
     pub fn initialised(inputs: usize, hidden: usize, classes: usize, seed: u64) -> Self {
         let layout = Layout::new(inputs, hidden, classes);
-        let mut params = vec![0.0f32; layout.len()];
-        let mut rng = Rng::new(mix(seed ^ 0x6e65_7477_6f72_6b));
+        let mut params = vec![0.0f32; layout.param_count()];
+        let mut rng = Rng::new(mix(seed ^ 0x006e_6574_776f_726b));
         let he = (6.0 / inputs as f64).sqrt();
         for value in &mut params[layout.w1.clone()] {
             *value = ((rng.uniform() * 2.0 - 1.0) * he) as f32;
@@ -308,10 +309,8 @@ impl<'a> CpuTrainer<'a> {
             });
             let gw1 = xb.t().dot(&dh);
             let gb1 = dh.sum_axis(Axis(0));
-            self.grad[layout.w1.clone()]
-                .copy_from_slice(gw1.as_slice().expect("standard layout"));
-            self.grad[layout.b1.clone()]
-                .copy_from_slice(gb1.as_slice().expect("standard layout"));
+            self.grad[layout.w1.clone()].copy_from_slice(gw1.as_slice().expect("standard layout"));
+            self.grad[layout.b1.clone()].copy_from_slice(gb1.as_slice().expect("standard layout"));
         }
         loss
     }
@@ -349,7 +348,7 @@ impl Trainer for CpuTrainer<'_> {
 pub fn linear(weights: ArrayView2<'_, f64>, intercept: ArrayView1<'_, f64>) -> Network {
     let (inputs, classes) = weights.dim();
     let layout = Layout::new(inputs, 0, classes);
-    let mut params = vec![0.0f32; layout.len()];
+    let mut params = vec![0.0f32; layout.param_count()];
     for (target, value) in params[layout.w2.clone()].iter_mut().zip(weights.iter()) {
         *target = *value as f32;
     }
