@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaSlice, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
 
 use super::Gpu;
 use crate::train::network::{AdamConfig, Layout, Network, Trainer, TrainingSet};
@@ -128,64 +130,52 @@ impl GpuTrainer {
     fn batch(&mut self, offset: usize, rows: usize) -> Result<(), DriverError> {
         let stream = self.gpu.stream.clone();
         let k = &self.kernels;
-        let (offset, rows_u) = (offset as u32, rows as u32);
-        let ins = self.inputs as u32;
-        let hidden = self.hidden as u32;
-        let classes = self.classes as u32;
-        let (w1, b1) = (self.layout.w1.start as u32, self.layout.b1.start as u32);
-        let (w2, b2) = (self.layout.w2.start as u32, self.layout.b2.start as u32);
-        let (gather, local, relu, linear) = (1i32, 0i32, 1i32, 0i32);
-        let zero = 0u32;
-        // SAFETY (every launch below): the argument lists match the kernels' signatures in
-        // mlp.cu, and every index a thread forms stays inside the buffers sized in `new`.
+        let layout = &self.layout;
+        let offset = offset as u32;
+        // The first layer reads training rows through the epoch order; the output layer reads
+        // the hidden activations (or, without a hidden layer, the training rows).
+        let input = Layer {
+            input: &self.x,
+            gather: true,
+            offset,
+            rows,
+            ins: self.inputs,
+            w_off: layout.w1.start,
+            b_off: layout.b1.start,
+            outs: self.hidden,
+        };
         if self.hidden > 0 {
-            let mut launch = stream.launch_builder(&k.dense_forward);
-            launch
-                .arg(&self.x)
-                .arg(&self.order)
-                .arg(&offset)
-                .arg(&gather)
-                .arg(&rows_u)
-                .arg(&ins)
-                .arg(&self.params)
-                .arg(&w1)
-                .arg(&b1)
-                .arg(&hidden)
-                .arg(&relu)
-                .arg(&mut self.h);
-            unsafe { launch.launch(grid(rows * self.hidden)) }?;
-            let mut launch = stream.launch_builder(&k.dense_forward);
-            launch
-                .arg(&self.h)
-                .arg(&self.order)
-                .arg(&zero)
-                .arg(&local)
-                .arg(&rows_u)
-                .arg(&hidden)
-                .arg(&self.params)
-                .arg(&w2)
-                .arg(&b2)
-                .arg(&classes)
-                .arg(&linear)
-                .arg(&mut self.z);
-            unsafe { launch.launch(grid(rows * self.classes)) }?;
-        } else {
-            let mut launch = stream.launch_builder(&k.dense_forward);
-            launch
-                .arg(&self.x)
-                .arg(&self.order)
-                .arg(&offset)
-                .arg(&gather)
-                .arg(&rows_u)
-                .arg(&ins)
-                .arg(&self.params)
-                .arg(&w2)
-                .arg(&b2)
-                .arg(&classes)
-                .arg(&linear)
-                .arg(&mut self.z);
-            unsafe { launch.launch(grid(rows * self.classes)) }?;
+            forward(
+                &stream,
+                k,
+                &self.order,
+                &self.params,
+                &input,
+                true,
+                &mut self.h,
+            )?;
         }
+        let hidden = self.hidden > 0;
+        let output = Layer {
+            input: if hidden { &self.h } else { &self.x },
+            gather: !hidden,
+            offset: if hidden { 0 } else { offset },
+            rows,
+            ins: if hidden { self.hidden } else { self.inputs },
+            w_off: layout.w2.start,
+            b_off: layout.b2.start,
+            outs: self.classes,
+        };
+        forward(
+            &stream,
+            k,
+            &self.order,
+            &self.params,
+            &output,
+            false,
+            &mut self.z,
+        )?;
+        let (rows_u, classes) = (rows as u32, self.classes as u32);
         let mut launch = stream.launch_builder(&k.softmax_xent);
         launch
             .arg(&mut self.z)
@@ -196,22 +186,11 @@ impl GpuTrainer {
             .arg(&self.order)
             .arg(&offset)
             .arg(&mut self.row_loss);
+        // SAFETY: matches softmax_xent's signature; z holds `rows` rows of `classes`.
         unsafe { launch.launch(grid(rows)) }?;
+        backward(&stream, k, &self.order, &output, &self.z, &mut self.grad)?;
         if self.hidden > 0 {
-            let mut launch = stream.launch_builder(&k.dense_backward);
-            launch
-                .arg(&self.h)
-                .arg(&self.order)
-                .arg(&zero)
-                .arg(&local)
-                .arg(&rows_u)
-                .arg(&hidden)
-                .arg(&self.z)
-                .arg(&classes)
-                .arg(&mut self.grad)
-                .arg(&w2)
-                .arg(&b2);
-            unsafe { launch.launch(grid((self.hidden + 1) * self.classes)) }?;
+            let (hidden, w2) = (self.hidden as u32, layout.w2.start as u32);
             let mut launch = stream.launch_builder(&k.relu_backward);
             launch
                 .arg(&self.z)
@@ -222,40 +201,13 @@ impl GpuTrainer {
                 .arg(&hidden)
                 .arg(&classes)
                 .arg(&mut self.dh);
+            // SAFETY: matches relu_backward's signature; h and dh hold `rows` rows of `hidden`.
             unsafe { launch.launch(grid(rows * self.hidden)) }?;
-            let mut launch = stream.launch_builder(&k.dense_backward);
-            launch
-                .arg(&self.x)
-                .arg(&self.order)
-                .arg(&offset)
-                .arg(&gather)
-                .arg(&rows_u)
-                .arg(&ins)
-                .arg(&self.dh)
-                .arg(&hidden)
-                .arg(&mut self.grad)
-                .arg(&w1)
-                .arg(&b1);
-            unsafe { launch.launch(grid((self.inputs + 1) * self.hidden)) }?;
-        } else {
-            let mut launch = stream.launch_builder(&k.dense_backward);
-            launch
-                .arg(&self.x)
-                .arg(&self.order)
-                .arg(&offset)
-                .arg(&gather)
-                .arg(&rows_u)
-                .arg(&ins)
-                .arg(&self.z)
-                .arg(&classes)
-                .arg(&mut self.grad)
-                .arg(&w2)
-                .arg(&b2);
-            unsafe { launch.launch(grid((self.inputs + 1) * self.classes)) }?;
+            backward(&stream, k, &self.order, &input, &self.dh, &mut self.grad)?;
         }
         self.step += 1;
         let (c1, c2) = self.adam.corrections(self.step);
-        let n = self.layout.param_count() as u32;
+        let n = layout.param_count() as u32;
         let adam = self.adam;
         let mut launch = stream.launch_builder(&k.adam);
         launch
@@ -270,9 +222,85 @@ impl GpuTrainer {
             .arg(&adam.epsilon)
             .arg(&c1)
             .arg(&c2);
-        unsafe { launch.launch(grid(self.layout.param_count())) }?;
+        // SAFETY: matches adam's signature; all four buffers hold `n` parameters.
+        unsafe { launch.launch(grid(layout.param_count())) }?;
         Ok(())
     }
+}
+
+/// A dense layer applied to `rows` rows of `input`: through the epoch order from `offset`
+/// (`gather`), or rows `offset..` of `input` as stored.
+#[derive(Clone, Copy)]
+struct Layer<'a> {
+    input: &'a CudaSlice<f32>,
+    gather: bool,
+    offset: u32,
+    rows: usize,
+    ins: usize,
+    w_off: usize,
+    b_off: usize,
+    outs: usize,
+}
+
+/// `out = act(input W + b)`: one `dense_forward` launch.
+fn forward(
+    stream: &CudaStream,
+    kernels: &Kernels,
+    order: &CudaSlice<u32>,
+    params: &CudaSlice<f32>,
+    layer: &Layer<'_>,
+    relu: bool,
+    out: &mut CudaSlice<f32>,
+) -> Result<(), DriverError> {
+    let (gather, relu) = (i32::from(layer.gather), i32::from(relu));
+    let (rows, ins, outs) = (layer.rows as u32, layer.ins as u32, layer.outs as u32);
+    let (w_off, b_off) = (layer.w_off as u32, layer.b_off as u32);
+    let mut launch = stream.launch_builder(&kernels.dense_forward);
+    launch
+        .arg(layer.input)
+        .arg(order)
+        .arg(&layer.offset)
+        .arg(&gather)
+        .arg(&rows)
+        .arg(&ins)
+        .arg(params)
+        .arg(&w_off)
+        .arg(&b_off)
+        .arg(&outs)
+        .arg(&relu)
+        .arg(out);
+    // SAFETY: matches dense_forward's signature; `out` holds `rows x outs` and every row the
+    // kernel reads exists in `input`.
+    unsafe { launch.launch(grid(layer.rows * layer.outs)) }.map(drop)
+}
+
+/// The layer's weight and bias gradients from the gradient at its output: one `dense_backward`.
+fn backward(
+    stream: &CudaStream,
+    kernels: &Kernels,
+    order: &CudaSlice<u32>,
+    layer: &Layer<'_>,
+    upstream: &CudaSlice<f32>,
+    grad: &mut CudaSlice<f32>,
+) -> Result<(), DriverError> {
+    let gather = i32::from(layer.gather);
+    let (rows, ins, outs) = (layer.rows as u32, layer.ins as u32, layer.outs as u32);
+    let (w_off, b_off) = (layer.w_off as u32, layer.b_off as u32);
+    let mut launch = stream.launch_builder(&kernels.dense_backward);
+    launch
+        .arg(layer.input)
+        .arg(order)
+        .arg(&layer.offset)
+        .arg(&gather)
+        .arg(&rows)
+        .arg(&ins)
+        .arg(upstream)
+        .arg(&outs)
+        .arg(grad)
+        .arg(&w_off)
+        .arg(&b_off);
+    // SAFETY: matches dense_backward's signature; `grad` holds the whole parameter vector.
+    unsafe { launch.launch(grid((layer.ins + 1) * layer.outs)) }.map(drop)
 }
 
 impl Trainer for GpuTrainer {
@@ -312,15 +340,10 @@ impl Trainer for GpuTrainer {
     fn predict(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>, String> {
         let stream = self.gpu.stream.clone();
         let k = &self.kernels;
-        let mut out = Vec::with_capacity(rows * self.classes);
-        let chunk = 65_536usize;
-        let ins = self.inputs as u32;
-        let hidden = self.hidden as u32;
-        let classes = self.classes as u32;
-        let (w1, b1) = (self.layout.w1.start as u32, self.layout.b1.start as u32);
-        let (w2, b2) = (self.layout.w2.start as u32, self.layout.b2.start as u32);
-        let (local, relu, linear, zero) = (0i32, 1i32, 0i32, 0u32);
+        let layout = &self.layout;
         let run = failed("prediction");
+        let chunk = 65_536usize;
+        let mut out = Vec::with_capacity(rows * self.classes);
         let mut h = stream
             .alloc_zeros::<f32>((chunk * self.hidden).max(1))
             .map_err(&run)?;
@@ -329,50 +352,49 @@ impl Trainer for GpuTrainer {
             .map_err(&run)?;
         for start in (0..rows).step_by(chunk) {
             let n = chunk.min(rows - start);
-            let n_u = n as u32;
             let xs = stream
                 .clone_htod(&x[start * self.inputs..(start + n) * self.inputs])
                 .map_err(&run)?;
-            // SAFETY: as in `batch`; `h` and `z` hold `chunk` rows.
-            if self.hidden > 0 {
-                let mut launch = stream.launch_builder(&k.dense_forward);
-                launch
-                    .arg(&xs)
-                    .arg(&self.order)
-                    .arg(&zero)
-                    .arg(&local)
-                    .arg(&n_u)
-                    .arg(&ins)
-                    .arg(&self.params)
-                    .arg(&w1)
-                    .arg(&b1)
-                    .arg(&hidden)
-                    .arg(&relu)
-                    .arg(&mut h);
-                unsafe { launch.launch(grid(n * self.hidden)) }.map_err(&run)?;
-            }
-            let (input, fan_in) = if self.hidden > 0 {
-                (&h, hidden)
-            } else {
-                (&xs, ins)
+            let input = Layer {
+                input: &xs,
+                gather: false,
+                offset: 0,
+                rows: n,
+                ins: self.inputs,
+                w_off: layout.w1.start,
+                b_off: layout.b1.start,
+                outs: self.hidden,
             };
-            let mut launch = stream.launch_builder(&k.dense_forward);
-            launch
-                .arg(input)
-                .arg(&self.order)
-                .arg(&zero)
-                .arg(&local)
-                .arg(&n_u)
-                .arg(&fan_in)
-                .arg(&self.params)
-                .arg(&w2)
-                .arg(&b2)
-                .arg(&classes)
-                .arg(&linear)
-                .arg(&mut z);
-            unsafe { launch.launch(grid(n * self.classes)) }.map_err(&run)?;
+            if self.hidden > 0 {
+                forward(&stream, k, &self.order, &self.params, &input, true, &mut h)
+                    .map_err(&run)?;
+            }
+            let output = Layer {
+                input: if self.hidden > 0 { &h } else { &xs },
+                ins: if self.hidden > 0 {
+                    self.hidden
+                } else {
+                    self.inputs
+                },
+                w_off: layout.w2.start,
+                b_off: layout.b2.start,
+                outs: self.classes,
+                ..input
+            };
+            forward(
+                &stream,
+                k,
+                &self.order,
+                &self.params,
+                &output,
+                false,
+                &mut z,
+            )
+            .map_err(&run)?;
+            let (n_u, classes) = (n as u32, self.classes as u32);
             let mut launch = stream.launch_builder(&k.softmax_rows);
             launch.arg(&mut z).arg(&n_u).arg(&classes);
+            // SAFETY: matches softmax_rows' signature; z holds `chunk >= n` rows.
             unsafe { launch.launch(grid(n)) }.map_err(&run)?;
             let probabilities = stream.clone_dtoh(&z).map_err(&run)?;
             out.extend_from_slice(&probabilities[..n * self.classes]);

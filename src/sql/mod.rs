@@ -91,6 +91,21 @@ pub fn input_tables(
     Ok(tables)
 }
 
+/// Every table a running stage's inputs provide, refusing duplicate names.
+pub fn stage_tables(
+    inputs: &[crate::stage::StageInput],
+    data_dir: &Path,
+) -> Result<Vec<InputTable>, String> {
+    let mut tables = Vec::new();
+    for input in inputs {
+        for table in input_tables(&input.id, &input.dir, data_dir)? {
+            tables.push((input.id.clone(), table));
+        }
+    }
+    check_unique_names(&tables)?;
+    Ok(tables.into_iter().map(|(_, table)| table).collect())
+}
+
 /// Registers `table` under each of its names.
 pub async fn register(context: &SessionContext, table: &InputTable) -> Result<(), DataFusionError> {
     let urls = table

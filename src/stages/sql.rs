@@ -221,16 +221,7 @@ impl PreparedStage for Prepared {
 
 impl Prepared {
     fn tables(&self, context: &StageContext) -> Result<Vec<InputTable>, StageError> {
-        let mut tables = Vec::new();
-        for input in &context.inputs {
-            for table in
-                sql::input_tables(&input.id, &input.dir, &context.data_dir).map_err(failed)?
-            {
-                tables.push((input.id.clone(), table));
-            }
-        }
-        sql::check_unique_names(&tables).map_err(failed)?;
-        Ok(tables.into_iter().map(|(_, table)| table).collect())
+        sql::stage_tables(&context.inputs, &context.data_dir).map_err(failed)
     }
 
     /// Plans the query in `session` with the params bound.
@@ -251,22 +242,7 @@ impl Prepared {
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let parallel = std::thread::available_parallelism().map_or(2, usize::from);
         let tables = self.tables(context)?;
-        // Simulated data that validate let through keeps its banner on everything after it:
-        // each sql output says whether it derives from synthetic data (`provenance.json`).
-        let synthetic = context
-            .inputs
-            .iter()
-            .any(|input| derived_from_synthetic(&input.dir));
-        if synthetic {
-            context.warn(crate::stages::validate::SYNTHETIC_BANNER);
-        }
-        crate::stages::write_json(
-            &context.output_dir.join(PROVENANCE_FILE),
-            &serde_json::json!({
-                "synthetic": synthetic,
-                "banner": synthetic.then_some(crate::stages::validate::SYNTHETIC_BANNER),
-            }),
-        )?;
+        mark_provenance(context)?;
         let session = sql::session(parallel);
         for table in &tables {
             sql::register(&session, table).await.map_err(failed)?;
@@ -413,6 +389,27 @@ impl Prepared {
 
 /// Written beside every sql output: whether it derives from synthetic (simulated) data.
 pub const PROVENANCE_FILE: &str = "provenance.json";
+
+/// Simulated data that validate let through keeps its banner on everything after it: writes
+/// `provenance.json` (whether any input derives from synthetic data) into the output, warns
+/// with the banner when one does, and returns whether.
+pub fn mark_provenance(context: &StageContext) -> Result<bool, StageError> {
+    let synthetic = context
+        .inputs
+        .iter()
+        .any(|input| derived_from_synthetic(&input.dir));
+    if synthetic {
+        context.warn(crate::stages::validate::SYNTHETIC_BANNER);
+    }
+    crate::stages::write_json(
+        &context.output_dir.join(PROVENANCE_FILE),
+        &serde_json::json!({
+            "synthetic": synthetic,
+            "banner": synthetic.then_some(crate::stages::validate::SYNTHETIC_BANNER),
+        }),
+    )?;
+    Ok(synthetic)
+}
 
 /// Whether a stage output derives from synthetic data: a lake listing with simulated parts, or
 /// an output whose `provenance.json` says so.

@@ -474,33 +474,12 @@ impl Prepared {
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let resolved = &self.resolved;
         let started = std::time::Instant::now();
-        let synthetic = context
-            .inputs
-            .iter()
-            .any(|input| crate::stages::sql::derived_from_synthetic(&input.dir));
-        if synthetic {
-            context.warn(crate::stages::validate::SYNTHETIC_BANNER);
-        }
-        crate::stages::write_json(
-            &context.output_dir.join(crate::stages::sql::PROVENANCE_FILE),
-            &serde_json::json!({
-                "synthetic": synthetic,
-                "banner": synthetic.then_some(crate::stages::validate::SYNTHETIC_BANNER),
-            }),
-        )?;
+        let synthetic = crate::stages::sql::mark_provenance(context)?;
 
         // The inputs as tables, exactly as a sql stage sees them.
-        let mut tables = Vec::new();
-        for input in &context.inputs {
-            for table in
-                sql::input_tables(&input.id, &input.dir, &context.data_dir).map_err(failed)?
-            {
-                tables.push((input.id.clone(), table));
-            }
-        }
-        sql::check_unique_names(&tables).map_err(failed)?;
+        let tables = sql::stage_tables(&context.inputs, &context.data_dir).map_err(failed)?;
         let session = sql::session(std::thread::available_parallelism().map_or(2, usize::from));
-        for (_, table) in &tables {
+        for table in &tables {
             sql::register(&session, table).await.map_err(failed)?;
         }
         let schema_of = |name: &str| {

@@ -134,8 +134,9 @@ impl Network {
     }
 }
 
-/// `exp(z - max) / sum`, in place; returns `ln(sum)` and the max for the cross-entropy.
-pub fn softmax_in_place(z: &mut [f32]) -> (f32, f32) {
+/// `exp(z - max) / sum`, in place; returns the log-partition `max + ln(sum)` for the
+/// cross-entropy (as the kernels' `softmax_row` does).
+pub fn softmax_in_place(z: &mut [f32]) -> f32 {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
     for value in z.iter_mut() {
@@ -145,7 +146,7 @@ pub fn softmax_in_place(z: &mut [f32]) -> (f32, f32) {
     for value in z.iter_mut() {
         *value /= sum;
     }
-    (max, sum.ln())
+    max + sum.ln()
 }
 
 /// Adam's settings.
@@ -283,8 +284,8 @@ impl<'a> CpuTrainer<'a> {
             let weight = self.data.weights[row];
             let logits = z.row_mut(r).into_slice().expect("standard layout");
             let label_logit = logits[label];
-            let (max, log_sum) = softmax_in_place(logits);
-            loss += f64::from(weight * -(label_logit - max - log_sum));
+            let log_partition = softmax_in_place(logits);
+            loss += f64::from(weight * -(label_logit - log_partition));
             for (class, value) in logits.iter_mut().enumerate() {
                 let target = if class == label { 1.0 } else { 0.0 };
                 *value = weight * (*value - target) * scale;

@@ -40,6 +40,25 @@ extern "C" __global__ void dense_forward(
     out[idx] = relu ? fmaxf(acc, 0.0f) : acc;
 }
 
+// Softmax of one row in place; returns the log-partition max + log(sum(exp(z - max))).
+__device__ float softmax_row(float* zr, unsigned classes)
+{
+    float mx = -3.402823466e38f; // -FLT_MAX: NVRTC has no <math.h>
+    for (unsigned c = 0; c < classes; ++c) {
+        mx = fmaxf(mx, zr[c]);
+    }
+    float sum = 0.0f;
+    for (unsigned c = 0; c < classes; ++c) {
+        float e = expf(zr[c] - mx);
+        zr[c] = e;
+        sum += e;
+    }
+    for (unsigned c = 0; c < classes; ++c) {
+        zr[c] /= sum;
+    }
+    return mx + logf(sum);
+}
+
 // One thread per batch row: turns the logits z[r, :] into dL/dz for the mean weighted
 // cross-entropy, w * (softmax(z) - onehot(y)) / rows, and records the row's weighted loss at its
 // position in the epoch order.
@@ -57,22 +76,12 @@ extern "C" __global__ void softmax_xent(
     unsigned label = labels[row];
     float weight = weights[row];
     float label_logit = zr[label];
-    float mx = -3.402823466e38f; // -FLT_MAX: NVRTC has no <math.h>
-    for (unsigned c = 0; c < classes; ++c) {
-        mx = fmaxf(mx, zr[c]);
-    }
-    float sum = 0.0f;
-    for (unsigned c = 0; c < classes; ++c) {
-        float e = expf(zr[c] - mx);
-        zr[c] = e;
-        sum += e;
-    }
-    row_loss[offset + r] = weight * -(label_logit - mx - logf(sum));
+    float log_partition = softmax_row(zr, classes);
+    row_loss[offset + r] = weight * -(label_logit - log_partition);
     float scale = 1.0f / (float)rows;
     for (unsigned c = 0; c < classes; ++c) {
-        float p = zr[c] / sum;
         float target = c == label ? 1.0f : 0.0f;
-        zr[c] = weight * (p - target) * scale;
+        zr[c] = weight * (zr[c] - target) * scale;
     }
 }
 
@@ -145,21 +154,7 @@ extern "C" __global__ void adam(
 extern "C" __global__ void softmax_rows(float* z, unsigned rows, unsigned classes)
 {
     unsigned r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) {
-        return;
-    }
-    float* zr = z + (size_t)r * classes;
-    float mx = -3.402823466e38f; // -FLT_MAX: NVRTC has no <math.h>
-    for (unsigned c = 0; c < classes; ++c) {
-        mx = fmaxf(mx, zr[c]);
-    }
-    float sum = 0.0f;
-    for (unsigned c = 0; c < classes; ++c) {
-        float e = expf(zr[c] - mx);
-        zr[c] = e;
-        sum += e;
-    }
-    for (unsigned c = 0; c < classes; ++c) {
-        zr[c] /= sum;
+    if (r < rows) {
+        softmax_row(z + (size_t)r * classes, classes);
     }
 }
