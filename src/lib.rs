@@ -4,6 +4,7 @@
 //! (run / cached / reuse / skip per stage) -> `executor` (tokio) -> `events` -> `reporter` and
 //! `run_record`. The binary in `main.rs` is a thin shell over [`cli::main`].
 
+pub mod backtest;
 pub mod cache;
 pub mod cli;
 pub mod dag;

@@ -15,6 +15,25 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// The UTC calendar year and month (1 to 12) of `ms` since the epoch (may be negative).
+pub fn year_month(ms: i64) -> (i32, u32) {
+    // Howard Hinnant's civil-from-days, on days since 1970-01-01.
+    let days = ms.div_euclid(86_400_000) + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year as i32, month as u32)
+}
+
 /// A compact, sortable stamp for run ids: `20261120T225003Z`.
 pub fn compact_stamp(ms: u64) -> String {
     rfc3339(ms).replace(['-', ':'], "")
@@ -55,6 +74,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn year_month_agrees_with_rfc3339_around_month_and_leap_boundaries() {
+        for ms in [
+            0u64,
+            951_782_399_000,   // 2000-02-28T23:59:59Z
+            951_868_800_000,   // 2000-03-01
+            1_769_904_000_000, // 2026-02-01
+            1_772_323_199_999, // 2026-02-28T23:59:59.999Z
+            4_107_542_400_000, // 2100-03-01
+        ] {
+            let stamp = rfc3339(ms);
+            let (year, month) = year_month(ms as i64);
+            assert_eq!(format!("{year:04}-{month:02}"), stamp[..7], "{stamp}");
+        }
+        assert_eq!(year_month(-1), (1969, 12));
+    }
 
     #[test]
     fn formats_and_parses() {

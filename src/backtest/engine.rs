@@ -1,0 +1,884 @@
+//! The simulation: one pass over a regular bar grid across every symbol, filling signals at the
+//! next bar's open, with fees, slippage, funding, stops and targets, risk sizing and a cap on
+//! concurrent positions.
+//!
+//! Timing, per bar `i` of the grid:
+//! 1. At the open: exits decided at the previous close (horizon, reversal) fill, then entries
+//!    decided at the previous close, sized from the equity at that close. Market orders: the
+//!    open plus slippage against the trade, taker fee.
+//! 2. Funding events in `[open_i, open_i + bar)` are charged to positions held through the open
+//!    (entered at an earlier bar and not leaving at this open); a long pays a positive rate.
+//! 3. Intrabar: a stop (stop-market: slippage, taker fee) or a target (resting limit: its price,
+//!    maker fee). A bar that opens beyond either fills at the open. A bar that touches both takes
+//!    the stop: the order of highs and lows inside a bar is unknown, so assume the adverse one.
+//! 4. At the close: mark to market, then decide: horizon exits (held `horizon` bars), reversals,
+//!    and entries from this bar's signals, strongest first, up to `max_positions`.
+//!
+//! A signal on the grid's last bar has no next open and never trades; positions still open there
+//! are closed at the last close (a market order) with reason `end`. A symbol without a bar at an
+//! open keeps its orders pending (an exit) or drops them (an entry).
+
+use super::market::Market;
+
+/// What a signal asks for at a bar.
+pub const FLAT: i8 = 0;
+pub const LONG: i8 = 1;
+pub const SHORT: i8 = -1;
+
+/// The trading rules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rules {
+    pub capital: f64,
+    /// Fraction of equity lost if the stop fills at its price.
+    pub risk_per_trade: f64,
+    pub max_positions: usize,
+    pub maker_fee: f64,
+    pub taker_fee: f64,
+    /// Fraction of the price a market order gives away.
+    pub slippage: f64,
+    /// Stop distance as a fraction of the entry price; also the sizing denominator.
+    pub stop: f64,
+    /// Target distance as a fraction of the entry price.
+    pub target: Option<f64>,
+    /// Bars a position is held before it leaves at the next open.
+    pub horizon: Option<usize>,
+    /// Leave at the next open when the signal turns to the other side.
+    pub reverse: bool,
+}
+
+/// Why a position closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitReason {
+    Stop,
+    Target,
+    Horizon,
+    Reversal,
+    End,
+}
+
+impl ExitReason {
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Target => "target",
+            Self::Horizon => "horizon",
+            Self::Reversal => "reversal",
+            Self::End => "end",
+        }
+    }
+}
+
+/// One closed round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trade {
+    pub symbol: u32,
+    pub side: i8,
+    pub entry_bar: usize,
+    pub exit_bar: usize,
+    pub entry_price: f64,
+    pub exit_price: f64,
+    pub units: f64,
+    /// Both fills' fees.
+    pub fees: f64,
+    /// Funding paid (negative: received).
+    pub funding: f64,
+    /// Price change times units, less fees and funding.
+    pub pnl: f64,
+    pub exit_reason: ExitReason,
+}
+
+/// Orders that did not become positions, by cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Skipped {
+    /// A signal while `max_positions` were open or already ordered.
+    pub capacity: u64,
+    /// The size rounded to the step size fell below one step or the minimum notional.
+    pub too_small: u64,
+    /// The symbol had no bar at the open the entry was to fill at.
+    pub no_bar: u64,
+    /// A signal on the last bar: there is no next open to fill at.
+    pub last_bar: u64,
+}
+
+/// Everything the simulation produced.
+#[derive(Debug, Clone, Default)]
+pub struct Simulation {
+    pub trades: Vec<Trade>,
+    /// Equity at each bar's close (after the closing trades on the last bar).
+    pub equity: Vec<f64>,
+    /// Open positions at each bar's close.
+    pub positions: Vec<u32>,
+    /// Gross notional of the open positions at each bar's close.
+    pub exposure: Vec<f64>,
+    pub fees: f64,
+    pub funding: f64,
+    pub skipped: Skipped,
+    /// Bars times symbols walked.
+    pub bar_steps: u64,
+}
+
+/// Per-symbol trading constraints (exchangeInfo's LOT_SIZE and MIN_NOTIONAL filters).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Instrument {
+    /// Quantities are multiples of this; 0 = no rounding.
+    pub step_size: f64,
+    /// Smallest order value; 0 = none.
+    pub min_notional: f64,
+}
+
+impl Default for Instrument {
+    fn default() -> Self {
+        Self {
+            step_size: 0.0,
+            min_notional: 0.0,
+        }
+    }
+}
+
+/// Signals on the market's grid: `side[cell]` is LONG, SHORT or FLAT, `score[cell]` ranks
+/// competing entries (the class probability).
+#[derive(Debug, Clone)]
+pub struct Signals {
+    pub side: Vec<i8>,
+    pub score: Vec<f32>,
+}
+
+impl Signals {
+    pub fn flat(cells: usize) -> Self {
+        Self {
+            side: vec![FLAT; cells],
+            score: vec![0.0; cells],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    symbol: u32,
+    side: i8,
+    units: f64,
+    entry_price: f64,
+    entry_bar: usize,
+    stop_price: f64,
+    target_price: f64,
+    fees: f64,
+    funding: f64,
+    /// The last close seen, for marking to market through missing bars.
+    mark: f64,
+    leaving: Option<ExitReason>,
+}
+
+/// Rounds `units` down to a multiple of `step`, tolerating float error just below a multiple.
+pub fn round_to_step(units: f64, step: f64) -> f64 {
+    if step <= 0.0 {
+        return units;
+    }
+    let steps = (units / step + 1e-9).floor();
+    // Exchanges state steps in decimals (0.001): snap to the step's decimal places so 489
+    // steps of 0.1 is 48.9, not 48.900000000000006.
+    let decimals = (0..=12)
+        .find(|&places| {
+            let scaled = step * 10f64.powi(places);
+            (scaled - scaled.round()).abs() < 1e-9 * scaled.max(1.0)
+        })
+        .unwrap_or(12);
+    let scale = 10f64.powi(decimals);
+    (steps * step * scale).round() / scale
+}
+
+/// Runs `signals` through `market` under `rules`. `funding[cell]`, when given, is the sum of
+/// funding rates whose times fall in that bar.
+pub fn simulate(
+    market: &Market,
+    signals: &Signals,
+    instruments: &[Instrument],
+    funding: Option<&[f64]>,
+    rules: &Rules,
+) -> Simulation {
+    let symbols = market.symbols.len();
+    let bars = market.times.len();
+    let mut simulation = Simulation {
+        trades: Vec::with_capacity(1024),
+        equity: Vec::with_capacity(bars),
+        positions: Vec::with_capacity(bars),
+        exposure: Vec::with_capacity(bars),
+        ..Simulation::default()
+    };
+    let capacity = rules.max_positions.max(1);
+    let mut book: Vec<Position> = Vec::with_capacity(capacity);
+    let mut held = vec![false; symbols];
+    // Entries decided at a close, to fill at the next open: (symbol, side).
+    let mut orders: Vec<(u32, i8)> = Vec::with_capacity(capacity);
+    let mut candidates: Vec<(f32, u32)> = Vec::with_capacity(symbols);
+    let mut cash = rules.capital;
+    let mut equity = rules.capital;
+    let slip = rules.slippage;
+
+    for bar in 0..bars {
+        let row = bar * symbols;
+        // 1. The open: pending exits, then pending entries.
+        let mut index = 0;
+        while index < book.len() {
+            let position = book[index];
+            let cell = row + position.symbol as usize;
+            let open = market.open[cell];
+            match position.leaving {
+                Some(reason) if !open.is_nan() => {
+                    let price = open * (1.0 - f64::from(position.side) * slip);
+                    cash += close_position(
+                        &mut simulation,
+                        position,
+                        bar,
+                        price,
+                        rules.taker_fee,
+                        reason,
+                    );
+                    held[position.symbol as usize] = false;
+                    book.swap_remove(index);
+                }
+                _ => index += 1,
+            }
+        }
+        for &(symbol, side) in &orders {
+            let cell = row + symbol as usize;
+            let open = market.open[cell];
+            if open.is_nan() {
+                simulation.skipped.no_bar += 1;
+                continue;
+            }
+            let price = open * (1.0 + f64::from(side) * slip);
+            let instrument = instruments[symbol as usize];
+            let risk_units = rules.risk_per_trade * equity / (price * rules.stop);
+            // No single position is larger than the account.
+            let units = round_to_step(risk_units.min(equity / price), instrument.step_size);
+            let notional = units * price;
+            if units <= 0.0 || notional < instrument.min_notional {
+                simulation.skipped.too_small += 1;
+                continue;
+            }
+            let fee = notional * rules.taker_fee;
+            cash -= fee;
+            simulation.fees += fee;
+            let direction = f64::from(side);
+            book.push(Position {
+                symbol,
+                side,
+                units,
+                entry_price: price,
+                entry_bar: bar,
+                stop_price: price * (1.0 - direction * rules.stop),
+                target_price: rules
+                    .target
+                    .map_or(f64::NAN, |target| price * (1.0 + direction * target)),
+                fees: fee,
+                funding: 0.0,
+                mark: price,
+                leaving: None,
+            });
+            held[symbol as usize] = true;
+        }
+        orders.clear();
+
+        // 2. Funding, for positions held through this open.
+        if let Some(rates) = funding {
+            for position in book.iter_mut().filter(|p| p.entry_bar < bar) {
+                let cell = row + position.symbol as usize;
+                let rate = rates[cell];
+                let open = market.open[cell];
+                if rate != 0.0 && !open.is_nan() {
+                    let paid = f64::from(position.side) * position.units * open * rate;
+                    position.funding += paid;
+                    cash -= paid;
+                    simulation.funding += paid;
+                }
+            }
+        }
+
+        // 3. Intrabar stops and targets.
+        let mut index = 0;
+        while index < book.len() {
+            let position = book[index];
+            let cell = row + position.symbol as usize;
+            let (open, high, low) = (market.open[cell], market.high[cell], market.low[cell]);
+            if open.is_nan() {
+                index += 1;
+                continue;
+            }
+            let long = position.side == LONG;
+            let (adverse, favourable) = if long { (low, high) } else { (high, low) };
+            let beyond = |price: f64, level: f64, toward_loss: bool| {
+                // Whether `price` is at or past `level` in the losing (or winning) direction.
+                if long == toward_loss {
+                    price <= level
+                } else {
+                    price >= level
+                }
+            };
+            let exit = if beyond(adverse, position.stop_price, true) {
+                let level = if beyond(open, position.stop_price, true) {
+                    open
+                } else {
+                    position.stop_price
+                };
+                let price = level * (1.0 - f64::from(position.side) * slip);
+                Some((price, rules.taker_fee, ExitReason::Stop))
+            } else if !position.target_price.is_nan()
+                && beyond(favourable, position.target_price, false)
+            {
+                let price = if beyond(open, position.target_price, false) {
+                    open
+                } else {
+                    position.target_price
+                };
+                Some((price, rules.maker_fee, ExitReason::Target))
+            } else {
+                None
+            };
+            match exit {
+                Some((price, fee_rate, reason)) => {
+                    cash += close_position(&mut simulation, position, bar, price, fee_rate, reason);
+                    held[position.symbol as usize] = false;
+                    book.swap_remove(index);
+                }
+                None => index += 1,
+            }
+        }
+
+        // 4. The close: mark to market.
+        let mut unrealised = 0.0;
+        let mut gross = 0.0;
+        for position in book.iter_mut() {
+            let close = market.close[row + position.symbol as usize];
+            if !close.is_nan() {
+                position.mark = close;
+            }
+            unrealised +=
+                f64::from(position.side) * position.units * (position.mark - position.entry_price);
+            gross += position.units * position.mark;
+        }
+        equity = cash + unrealised;
+
+        if bar + 1 == bars {
+            // The end: close what is open at the last close; signals here cannot fill.
+            simulation.skipped.last_bar += signals.side[row..row + symbols]
+                .iter()
+                .filter(|&&side| side != FLAT)
+                .count() as u64;
+            while let Some(position) = book.pop() {
+                let price = position.mark * (1.0 - f64::from(position.side) * slip);
+                cash += close_position(
+                    &mut simulation,
+                    position,
+                    bar,
+                    price,
+                    rules.taker_fee,
+                    ExitReason::End,
+                );
+            }
+            equity = cash;
+            gross = 0.0;
+        } else {
+            // Decisions for the next open.
+            let mut leaving = 0;
+            for position in book.iter_mut() {
+                let cell = row + position.symbol as usize;
+                let held_bars = bar + 1 - position.entry_bar;
+                if position.leaving.is_some() {
+                    // Still waiting for a bar to leave at.
+                } else if rules.horizon.is_some_and(|horizon| held_bars >= horizon) {
+                    position.leaving = Some(ExitReason::Horizon);
+                } else if rules.reverse && signals.side[cell] == -position.side {
+                    position.leaving = Some(ExitReason::Reversal);
+                }
+                if position.leaving.is_some() {
+                    leaving += 1;
+                }
+            }
+            candidates.clear();
+            for symbol in 0..symbols {
+                let cell = row + symbol;
+                let side = signals.side[cell];
+                if side == FLAT {
+                    continue;
+                }
+                // A symbol already held takes no second position, unless it is leaving at the
+                // next open because the signal reversed.
+                if held[symbol]
+                    && !book.iter().any(|p| {
+                        p.symbol as usize == symbol && p.leaving.is_some() && p.side != side
+                    })
+                {
+                    continue;
+                }
+                candidates.push((signals.score[cell], symbol as u32));
+            }
+            // Strongest first; ties go to the lower symbol index, so runs are reproducible.
+            candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let free = capacity.saturating_sub(book.len() - leaving);
+            for (taken, &(_, symbol)) in candidates.iter().enumerate() {
+                if taken < free {
+                    orders.push((symbol, signals.side[row + symbol as usize]));
+                } else {
+                    simulation.skipped.capacity += 1;
+                }
+            }
+        }
+        simulation.equity.push(equity);
+        simulation.positions.push(book.len() as u32);
+        simulation.exposure.push(gross);
+    }
+    simulation.bar_steps = (bars * symbols) as u64;
+    simulation
+}
+
+/// Closes `position` at `price` (slippage already applied), records the trade and returns the
+/// cash it releases: the price change less the exit fee.
+fn close_position(
+    simulation: &mut Simulation,
+    position: Position,
+    bar: usize,
+    price: f64,
+    fee_rate: f64,
+    reason: ExitReason,
+) -> f64 {
+    let fee = position.units * price * fee_rate;
+    let change = f64::from(position.side) * position.units * (price - position.entry_price);
+    simulation.fees += fee;
+    let fees = position.fees + fee;
+    simulation.trades.push(Trade {
+        symbol: position.symbol,
+        side: position.side,
+        entry_bar: position.entry_bar,
+        exit_bar: bar,
+        entry_price: position.entry_price,
+        exit_price: price,
+        units: position.units,
+        fees,
+        funding: position.funding,
+        pnl: change - fees - position.funding,
+        exit_reason: reason,
+    });
+    change - fee
+}
+
+/// The benchmark: the same capital split equally over the symbols, each share bought at the
+/// symbol's first open on the grid (a market order) and sold at its last close. Equity at each
+/// bar's close; a share not yet bought is cash.
+pub fn buy_and_hold(market: &Market, rules: &Rules) -> Vec<f64> {
+    let symbols = market.symbols.len();
+    let bars = market.times.len();
+    let mut curve = Vec::with_capacity(bars);
+    if symbols == 0 {
+        curve.resize(bars, rules.capital);
+        return curve;
+    }
+    let share = rules.capital / symbols as f64;
+    // Per symbol: units held (0 until bought) and the last close seen.
+    let mut units = vec![0.0; symbols];
+    let mut mark = vec![f64::NAN; symbols];
+    let mut cash = rules.capital;
+    for bar in 0..bars {
+        let row = bar * symbols;
+        for symbol in 0..symbols {
+            let cell = row + symbol;
+            if units[symbol] == 0.0 && !market.open[cell].is_nan() {
+                let price = market.open[cell] * (1.0 + rules.slippage);
+                // The fee comes out of the share, so the share buys slightly less.
+                units[symbol] = share / (price * (1.0 + rules.taker_fee));
+                cash -= share;
+            }
+            if !market.close[cell].is_nan() {
+                mark[symbol] = market.close[cell];
+            }
+        }
+        let mut value = cash;
+        for symbol in 0..symbols {
+            if units[symbol] > 0.0 {
+                let price = if bar + 1 == bars {
+                    mark[symbol] * (1.0 - rules.slippage) * (1.0 - rules.taker_fee)
+                } else {
+                    mark[symbol]
+                };
+                value += units[symbol] * price;
+            }
+        }
+        curve.push(value);
+    }
+    curve
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    /// A market of `bars[symbol][bar] = (open, high, low, close)`, hourly from 0.
+    fn market(bars: &[&[(f64, f64, f64, f64)]]) -> Market {
+        let length = bars.iter().map(|series| series.len()).max().unwrap();
+        let symbols = (0..bars.len()).map(|s| format!("S{s}")).collect();
+        let mut market = Market::new(symbols, 0, (length as i64 - 1) * HOUR, HOUR).unwrap();
+        for (symbol, series) in bars.iter().enumerate() {
+            for (bar, &(o, h, l, c)) in series.iter().enumerate() {
+                if !o.is_nan() {
+                    assert!(market.set(symbol, bar as i64 * HOUR, [o, h, l, c]));
+                }
+            }
+        }
+        market
+    }
+
+    fn signals(market: &Market, entries: &[(usize, usize, i8, f32)]) -> Signals {
+        let mut signals = Signals::flat(market.cells());
+        for &(bar, symbol, side, score) in entries {
+            let cell = bar * market.symbols.len() + symbol;
+            signals.side[cell] = side;
+            signals.score[cell] = score;
+        }
+        signals
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            capital: 10_000.0,
+            risk_per_trade: 0.01,
+            max_positions: 5,
+            maker_fee: 0.0005,
+            taker_fee: 0.001,
+            slippage: 0.001,
+            stop: 0.02,
+            target: None,
+            horizon: Some(2),
+            reverse: false,
+        }
+    }
+
+    fn flat(price: f64) -> (f64, f64, f64, f64) {
+        (price, price + 1.0, price - 1.0, price)
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9 * b.abs().max(1.0)
+    }
+
+    #[test]
+    fn a_long_fills_at_the_next_open_pays_both_fees_and_slips_against_itself() {
+        let market = market(&[&[
+            flat(100.0),
+            flat(102.0),
+            flat(104.0),
+            flat(106.0),
+            flat(108.0),
+        ]]);
+        let signals = signals(&market, &[(0, 0, LONG, 0.9)]);
+        let result = simulate(&market, &signals, &[Instrument::default()], None, &rules());
+        assert_eq!(result.trades.len(), 1, "{result:?}");
+        let trade = &result.trades[0];
+        // Signal at bar 0's close -> bought at bar 1's open, 0.1% higher.
+        assert_eq!((trade.entry_bar, trade.side), (1, LONG));
+        assert!(close(trade.entry_price, 102.102));
+        // Risk sizing: 1% of 10,000 at a 2% stop is a 5,000 position.
+        assert!(close(trade.units * trade.entry_price, 5_000.0));
+        // Held 2 bars (1 and 2), sold at bar 3's open, 0.1% lower.
+        assert_eq!(
+            (trade.exit_bar, trade.exit_reason),
+            (3, ExitReason::Horizon)
+        );
+        assert!(close(trade.exit_price, 105.894));
+        // Taker fee on both fills.
+        let exit_fee = trade.units * 105.894 * 0.001;
+        assert!(close(trade.fees, 5.0 + exit_fee));
+        let pnl = trade.units * (105.894 - 102.102) - 5.0 - exit_fee;
+        assert!(close(trade.pnl, pnl));
+        assert!(close(*result.equity.last().unwrap(), 10_000.0 + pnl));
+        // Marked to market at bar 1's close: 102 against 102.102 paid, less the entry fee.
+        assert!(close(
+            result.equity[1],
+            10_000.0 - 5.0 + trade.units * (102.0 - 102.102)
+        ));
+        assert_eq!(result.positions, vec![0, 1, 1, 0, 0]);
+        assert!(close(result.fees, trade.fees));
+    }
+
+    #[test]
+    fn a_short_sells_below_the_open_and_buys_back_above_it() {
+        let market = market(&[&[flat(100.0), flat(100.0), flat(98.0), flat(96.0), flat(95.0)]]);
+        let signals = signals(&market, &[(0, 0, SHORT, 0.8)]);
+        let result = simulate(&market, &signals, &[Instrument::default()], None, &rules());
+        let trade = &result.trades[0];
+        assert_eq!(trade.side, SHORT);
+        assert!(close(trade.entry_price, 99.9));
+        assert!(close(trade.exit_price, 96.0 * 1.001));
+        assert!(trade.pnl > 0.0, "the price fell: {trade:?}");
+        // The stop sits above a short's entry.
+        let expected = trade.units * (99.9 - 96.096) - trade.fees;
+        assert!(close(trade.pnl, expected));
+    }
+
+    #[test]
+    fn a_bar_touching_both_stop_and_target_takes_the_stop() {
+        let rules = Rules {
+            slippage: 0.0,
+            target: Some(0.04),
+            horizon: None,
+            ..rules()
+        };
+        // Entry at 100: stop 98, target 104; bar 1 reaches both.
+        let both = market(&[&[flat(100.0), (100.0, 105.0, 97.0, 101.0), flat(101.0)]]);
+        let result = simulate(
+            &both,
+            &signals(&both, &[(0, 0, LONG, 1.0)]),
+            &[Instrument::default()],
+            None,
+            &rules,
+        );
+        let trade = &result.trades[0];
+        assert_eq!((trade.exit_reason, trade.exit_bar), (ExitReason::Stop, 1));
+        assert!(close(trade.exit_price, 98.0));
+        assert!(
+            close(trade.fees, trade.units * (100.0 + 98.0) * 0.001),
+            "stops pay taker"
+        );
+
+        // Only the target: filled at its price as a resting limit order, maker fee.
+        let target = market(&[&[flat(100.0), (100.0, 105.0, 99.0, 101.0), flat(101.0)]]);
+        let result = simulate(
+            &target,
+            &signals(&target, &[(0, 0, LONG, 1.0)]),
+            &[Instrument::default()],
+            None,
+            &rules,
+        );
+        let trade = &result.trades[0];
+        assert_eq!(trade.exit_reason, ExitReason::Target);
+        assert!(close(trade.exit_price, 104.0));
+        assert!(close(
+            trade.fees,
+            trade.units * (100.0 * 0.001 + 104.0 * 0.0005)
+        ));
+
+        // A gap through the stop fills at the open, not at the stop.
+        let gap = market(&[&[
+            flat(100.0),
+            flat(100.0),
+            (95.0, 96.0, 94.0, 95.0),
+            flat(95.0),
+        ]]);
+        let result = simulate(
+            &gap,
+            &signals(&gap, &[(0, 0, LONG, 1.0)]),
+            &[Instrument::default()],
+            None,
+            &rules,
+        );
+        let trade = &result.trades[0];
+        assert_eq!((trade.exit_reason, trade.exit_bar), (ExitReason::Stop, 2));
+        assert!(close(trade.exit_price, 95.0));
+    }
+
+    #[test]
+    fn no_more_than_max_positions_strongest_signals_first() {
+        let rules = Rules {
+            max_positions: 2,
+            ..rules()
+        };
+        let bars = [flat(10.0), flat(10.0), flat(10.0), flat(10.0), flat(10.0)];
+        let market = market(&[&bars, &bars, &bars]);
+        let signals = signals(
+            &market,
+            &[(0, 0, LONG, 0.6), (0, 1, LONG, 0.9), (0, 2, LONG, 0.7)],
+        );
+        let result = simulate(&market, &signals, &[Instrument::default(); 3], None, &rules);
+        let mut entered: Vec<u32> = result.trades.iter().map(|trade| trade.symbol).collect();
+        entered.sort();
+        assert_eq!(entered, vec![1, 2]);
+        assert_eq!(result.skipped.capacity, 1);
+        assert!(result.positions.iter().all(|&open| open <= 2));
+    }
+
+    #[test]
+    fn sizes_round_down_to_the_step_and_respect_the_minimum_notional() {
+        assert_eq!(round_to_step(48.97, 0.1), 48.9);
+        assert_eq!(
+            round_to_step(0.3, 0.1),
+            0.3,
+            "exact multiples survive float error"
+        );
+        let bars = [flat(100.0), flat(100.0), flat(100.0), flat(100.0)];
+        let market = market(&[&bars, &bars]);
+        let rules = Rules {
+            slippage: 0.0,
+            stop: 0.03,
+            ..rules()
+        };
+        let instruments = [
+            // 1% of 10,000 at a 3% stop: 3,333.33 at 100 is 33.333 units -> 33 with step 1.
+            Instrument {
+                step_size: 1.0,
+                min_notional: 5.0,
+            },
+            // The same order is below this symbol's minimum notional.
+            Instrument {
+                step_size: 0.001,
+                min_notional: 5_000.0,
+            },
+        ];
+        let signals = signals(&market, &[(0, 0, LONG, 1.0), (0, 1, LONG, 1.0)]);
+        let result = simulate(&market, &signals, &instruments, None, &rules);
+        assert_eq!(result.trades.len(), 1);
+        assert_eq!(result.trades[0].units, 33.0);
+        assert_eq!(result.skipped.too_small, 1);
+    }
+
+    #[test]
+    fn a_position_is_never_larger_than_the_account() {
+        // A 0.5% stop would ask for 20,000 of notional on 10,000 of equity.
+        let rules = Rules {
+            slippage: 0.0,
+            stop: 0.005,
+            ..rules()
+        };
+        let market = market(&[&[flat(100.0), flat(100.0), flat(100.0), flat(100.0)]]);
+        let result = simulate(
+            &market,
+            &signals(&market, &[(0, 0, LONG, 1.0)]),
+            &[Instrument::default()],
+            None,
+            &rules,
+        );
+        assert!(close(result.trades[0].units, 100.0));
+    }
+
+    #[test]
+    fn the_last_bars_signal_never_trades_and_open_positions_close_at_the_end() {
+        let market = market(&[&[flat(100.0), flat(101.0), flat(102.0)]]);
+        let rules = Rules {
+            horizon: None,
+            ..rules()
+        };
+        let signals = signals(&market, &[(1, 0, LONG, 1.0), (2, 0, SHORT, 1.0)]);
+        let result = simulate(&market, &signals, &[Instrument::default()], None, &rules);
+        assert_eq!(result.trades.len(), 1, "{:?}", result.trades);
+        let trade = &result.trades[0];
+        assert_eq!((trade.entry_bar, trade.exit_bar), (2, 2));
+        assert_eq!(trade.exit_reason, ExitReason::End);
+        assert!(close(trade.exit_price, 102.0 * 0.999));
+        assert_eq!(result.skipped.last_bar, 1);
+        assert_eq!(*result.positions.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_reversed_signal_exits_at_the_next_open_and_may_turn_the_position() {
+        let market = market(&[&[
+            flat(100.0),
+            flat(100.0),
+            flat(100.0),
+            flat(100.0),
+            flat(100.0),
+        ]]);
+        let rules = Rules {
+            horizon: None,
+            reverse: true,
+            ..rules()
+        };
+        let signals = signals(&market, &[(0, 0, LONG, 1.0), (1, 0, SHORT, 1.0)]);
+        let result = simulate(&market, &signals, &[Instrument::default()], None, &rules);
+        assert_eq!(result.trades.len(), 2, "{:?}", result.trades);
+        assert_eq!(result.trades[0].exit_reason, ExitReason::Reversal);
+        assert_eq!(result.trades[0].exit_bar, 2);
+        assert_eq!(
+            (result.trades[1].side, result.trades[1].entry_bar),
+            (SHORT, 2)
+        );
+    }
+
+    #[test]
+    fn funding_is_charged_to_positions_held_through_the_funding_time() {
+        let market = market(&[&[
+            flat(100.0),
+            flat(100.0),
+            flat(100.0),
+            flat(100.0),
+            flat(100.0),
+        ]]);
+        let rules = Rules {
+            slippage: 0.0,
+            horizon: Some(3),
+            ..rules()
+        };
+        let mut rates = vec![0.0; market.cells()];
+        rates[1] = 0.5; // at the entry open: not yet held
+        rates[2] = 0.0001; // held through: a long pays
+        rates[3] = -0.0002; // a negative rate: a long receives
+        let signals = signals(&market, &[(0, 0, LONG, 1.0)]);
+        let result = simulate(
+            &market,
+            &signals,
+            &[Instrument::default()],
+            Some(&rates),
+            &rules,
+        );
+        let trade = &result.trades[0];
+        let expected = trade.units * 100.0 * (0.0001 - 0.0002);
+        assert!(close(trade.funding, expected), "{trade:?}");
+        assert!(close(result.funding, expected));
+        assert!(close(trade.pnl, -trade.fees - expected));
+    }
+
+    #[test]
+    fn a_missing_bar_delays_an_exit_and_drops_an_entry() {
+        let nan = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        let market = market(&[
+            &[
+                flat(100.0),
+                flat(100.0),
+                flat(100.0),
+                nan,
+                flat(100.0),
+                flat(100.0),
+            ],
+            &[
+                flat(50.0),
+                nan,
+                flat(50.0),
+                flat(50.0),
+                flat(50.0),
+                flat(50.0),
+            ],
+        ]);
+        let signals = signals(&market, &[(0, 0, LONG, 1.0), (0, 1, LONG, 1.0)]);
+        let result = simulate(
+            &market,
+            &signals,
+            &[Instrument::default(); 2],
+            None,
+            &rules(),
+        );
+        assert_eq!(result.skipped.no_bar, 1);
+        assert_eq!(result.trades.len(), 1);
+        // Due out at bar 3's open, which is missing: out at bar 4's.
+        assert_eq!(result.trades[0].exit_bar, 4);
+    }
+
+    #[test]
+    fn buy_and_hold_splits_the_capital_and_pays_both_fills() {
+        let market = market(&[&[flat(100.0), flat(110.0)], &[flat(10.0), flat(5.0)]]);
+        let rules = Rules {
+            slippage: 0.0,
+            taker_fee: 0.0,
+            ..rules()
+        };
+        let curve = buy_and_hold(&market, &rules);
+        // 5,000 each: 50 units at 100 -> 110; 500 units at 10 -> 5.
+        assert!(close(curve[1], 50.0 * 110.0 + 500.0 * 5.0));
+        let costly = buy_and_hold(
+            &market,
+            &Rules {
+                taker_fee: 0.001,
+                ..rules
+            },
+        );
+        assert!(costly[1] < curve[1]);
+    }
+}
