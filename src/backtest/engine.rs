@@ -89,7 +89,7 @@ pub struct Trade {
 }
 
 /// Orders that did not become positions, by cause.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     /// A signal while `max_positions` were open or already ordered.
     pub capacity: u64,
@@ -396,22 +396,21 @@ pub fn simulate(
                 }
             }
             candidates.clear();
-            for symbol in 0..symbols {
-                let cell = row + symbol;
-                let side = signals.side[cell];
+            let sides = &signals.side[row..row + symbols];
+            for (symbol, (&side, &holding)) in sides.iter().zip(&held).enumerate() {
                 if side == FLAT {
                     continue;
                 }
                 // A symbol already held takes no second position, unless it is leaving at the
                 // next open because the signal reversed.
-                if held[symbol]
+                if holding
                     && !book.iter().any(|p| {
                         p.symbol as usize == symbol && p.leaving.is_some() && p.side != side
                     })
                 {
                     continue;
                 }
-                candidates.push((signals.score[cell], symbol as u32));
+                candidates.push((signals.score[row + symbol], symbol as u32));
             }
             // Strongest first; ties go to the lower symbol index, so runs are reproducible.
             candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));

@@ -6,7 +6,7 @@
 //! square of the negative returns over all periods. A figure that is undefined (no trades, no
 //! losses, a flat curve) is `None`, written as `null`, never a made-up number.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::engine::Trade;
 
@@ -18,7 +18,7 @@ pub fn periods_per_year(bar_ms: i64) -> f64 {
 }
 
 /// What an equity curve says.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Performance {
     pub initial: f64,
     pub final_equity: f64,
@@ -103,7 +103,7 @@ pub fn performance(equity: &[f64], initial: f64, bar_ms: i64) -> Performance {
 }
 
 /// What the trades say.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TradeStats {
     pub trades: usize,
     pub wins: usize,

@@ -2,6 +2,7 @@
 //! dense bar grid (`market`), and its performance figures (`metrics`).
 
 pub mod engine;
+pub mod inputs;
 pub mod market;
 pub mod metrics;
 

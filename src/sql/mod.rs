@@ -129,6 +129,48 @@ pub async fn register(context: &SessionContext, table: &InputTable) -> Result<()
     Ok(())
 }
 
+/// A session with every table a running stage's inputs provide registered.
+pub async fn input_session(
+    inputs: &[crate::stage::StageInput],
+    data_dir: &Path,
+) -> Result<SessionContext, String> {
+    let tables = stage_tables(inputs, data_dir)?;
+    let context = session(std::thread::available_parallelism().map_or(2, usize::from));
+    for table in &tables {
+        register(&context, table)
+            .await
+            .map_err(|error| format!("registering `{}`: {error}", table.names.join("`, `")))?;
+    }
+    Ok(context)
+}
+
+/// Whether `name` is a table in `context`.
+pub fn has_table(context: &SessionContext, name: &str) -> bool {
+    context
+        .table_exist(TableReference::bare(name))
+        .unwrap_or(false)
+}
+
+/// `name` as a quoted SQL identifier: used exactly as written.
+pub fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Runs `query` and collects its batches; `what` names the data in an error.
+pub async fn query(
+    context: &SessionContext,
+    query: &str,
+    what: &str,
+) -> Result<Vec<arrow::array::RecordBatch>, String> {
+    context
+        .sql(query)
+        .await
+        .map_err(|error| format!("reading {what}: {}", error_message(&error)))?
+        .collect()
+        .await
+        .map_err(|error| format!("reading {what}: {}", error_message(&error)))
+}
+
 /// Refuses two inputs that would give the same table name (two lake inputs both being
 /// `klines`, or a `klines.parquet` beside a lake), naming both.
 pub fn check_unique_names(tables: &[(String, InputTable)]) -> Result<(), String> {

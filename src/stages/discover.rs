@@ -208,6 +208,26 @@ impl PreparedStage for Prepared {
         source_files(&self.source)
     }
 
+    /// `universe.parquet`: the `universe` table (and the stage's id, its only table).
+    fn output_shape<'a>(
+        &'a self,
+        stage_id: &'a str,
+        _inputs: &'a [(String, crate::stage::OutputShape)],
+    ) -> BoxFuture<'a, Result<crate::stage::OutputShape, crate::stage::ShapeError>> {
+        Box::pin(async move {
+            let mut names = vec!["universe".to_owned()];
+            if stage_id != "universe" {
+                names.push(stage_id.to_owned());
+            }
+            Ok(crate::stage::OutputShape::Tables(vec![
+                crate::stage::ShapeTable {
+                    names,
+                    schema: universe_schema(),
+                },
+            ]))
+        })
+    }
+
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(async move {
             let connection = context

@@ -477,11 +477,9 @@ impl Prepared {
         let synthetic = crate::stages::sql::mark_provenance(context)?;
 
         // The inputs as tables, exactly as a sql stage sees them.
-        let tables = sql::stage_tables(&context.inputs, &context.data_dir).map_err(failed)?;
-        let session = sql::session(std::thread::available_parallelism().map_or(2, usize::from));
-        for table in &tables {
-            sql::register(&session, table).await.map_err(failed)?;
-        }
+        let session = sql::input_session(&context.inputs, &context.data_dir)
+            .await
+            .map_err(failed)?;
         let schema_of = |name: &str| {
             let session = &session;
             let name = name.to_owned();
@@ -686,20 +684,7 @@ impl Prepared {
                 .map(|builder| Arc::new(builder.finish()) as arrow::array::ArrayRef),
         );
         let batch = RecordBatch::try_new(predictions_schema(classes), arrays).map_err(failed)?;
-        let path = context.output_dir.join(PREDICTIONS_FILE);
-        let file = std::fs::File::create(&path).map_err(|source| StageError::Io {
-            action: "create",
-            path: path.clone(),
-            source,
-        })?;
-        let properties = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
-        let mut writer =
-            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties))
-                .map_err(failed)?;
-        writer.write(&batch).map_err(failed)?;
-        writer.close().map_err(failed)?;
+        crate::stages::write_parquet(&context.output_dir.join(PREDICTIONS_FILE), &batch)?;
 
         // The model.
         let (network, scaler, loss_curve) = &outcome.model;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use self::metrics::Metrics;
 use self::network::{AdamConfig, CpuTrainer, Network, Trainer, TrainingSet};
 use self::split::{Fold, SplitSpec};
+use crate::sql::quoted;
 
 /// The model a `train` stage fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,10 +228,6 @@ fn column_list(schema: &Schema) -> String {
         .map(|field| format!("`{}`", field.name()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Reads the join of `features_table` and `labels_table` (registered in `session`), in (time,
