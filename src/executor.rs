@@ -34,6 +34,8 @@ pub struct StageOutcome {
     pub status: StageStatus,
     pub reason: String,
     pub duration: Duration,
+    /// When the stage started or was decided (ms since the epoch).
+    pub started_at_ms: u64,
     pub manifest: Option<Manifest>,
     pub error: Option<String>,
     pub log: Option<PathBuf>,
@@ -45,6 +47,7 @@ impl StageOutcome {
             status,
             reason,
             duration: Duration::ZERO,
+            started_at_ms: now_ms(),
             manifest,
             error: None,
             log: None,
@@ -240,12 +243,14 @@ struct StageTask {
 impl StageTask {
     async fn run(self) -> StageOutcome {
         let started = Instant::now();
+        let started_at_ms = now_ms();
         let stage = &self.pipeline.stages[self.index];
         let log_path = self.options.logs_dir.join(format!("{}.log", stage.id));
         let failed = |reason: String, error: String| StageOutcome {
             status: StageStatus::Failed,
             reason,
             duration: started.elapsed(),
+            started_at_ms,
             manifest: None,
             error: Some(error),
             log: Some(log_path.clone()),
@@ -288,6 +293,7 @@ impl StageTask {
                             status,
                             reason: format!("inputs re-ran; {}", decided.reason),
                             duration: started.elapsed(),
+                            started_at_ms,
                             manifest: decided.manifest,
                             error: None,
                             log: None,
@@ -359,6 +365,7 @@ impl StageTask {
                     status: StageStatus::Ran,
                     reason,
                     duration: started.elapsed(),
+                    started_at_ms,
                     manifest: Some(manifest),
                     error: None,
                     log: Some(log_path),

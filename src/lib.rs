@@ -23,6 +23,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod plan;
 pub mod replay;
+pub mod report;
 pub mod reporter;
 pub mod rng;
 pub mod run_record;

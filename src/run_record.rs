@@ -51,6 +51,9 @@ pub struct StageRecord {
     pub status: StageStatus,
     pub reason: String,
     pub duration_ms: u64,
+    /// When the stage started (ms since the epoch); absent in records before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
     pub fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_digest: Option<String>,

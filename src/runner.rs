@@ -249,15 +249,52 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     let _ = digests.save();
     crate::store::remove_empty_dirs(&request.paths.run_root.join("tmp").join(&run_id));
 
+    let report = write_report(&pipeline, &outcome, &cache, &record, &request);
     print_outcome(&record, &request);
     if status == RunStatus::Succeeded && request.mode != Mode::Quiet && !request.json {
         print_final_outputs(&pipeline, &outcome, &cache, &request.paths.project_root);
+        if let Some(report) = report {
+            for line in &report.key_figures {
+                println!("{line}");
+            }
+            let html = report
+                .html
+                .strip_prefix(&request.paths.project_root)
+                .unwrap_or(&report.html);
+            println!("report: {}", html.display());
+        }
     }
     Ok(match status {
         RunStatus::Succeeded | RunStatus::Running => exit_code::OK,
         RunStatus::Failed => exit_code::STAGE_FAILED,
         RunStatus::Interrupted => exit_code::INTERRUPTED,
     })
+}
+
+/// Draws the run's report from the output of its `report` stage (the last, if several), when
+/// that stage finished. A report that cannot be written is a warning: the stages' outputs stand.
+fn write_report(
+    pipeline: &Pipeline,
+    outcome: &RunOutcome,
+    cache: &Cache,
+    record: &RunRecord,
+    request: &RunRequest,
+) -> Option<crate::report::RunReport> {
+    let manifest = pipeline
+        .stages
+        .iter()
+        .zip(&outcome.stages)
+        .filter(|(stage, _)| stage.kind.name() == "report")
+        .filter_map(|(_, result)| result.manifest.as_ref())
+        .next_back()?;
+    let run_dir = run_dir(&request.paths.run_root, &record.run_id);
+    match crate::report::write_for_run(record, &cache.entry_dir(manifest), &run_dir) {
+        Ok(report) => Some(report),
+        Err(error) => {
+            eprintln!("warning: could not write the run report: {error}");
+            None
+        }
+    }
 }
 
 /// SIGINT and SIGTERM listeners. Created before anything runs: a signal stream is registered
@@ -327,6 +364,7 @@ fn stage_records(
                 status: result.status,
                 reason: result.reason.clone(),
                 duration_ms: result.duration.as_millis() as u64,
+                started_at_ms: Some(result.started_at_ms),
                 fingerprint,
                 output_digest: result
                     .manifest

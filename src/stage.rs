@@ -28,6 +28,8 @@ pub static KINDS: &[&dyn StageKind] = &[
     &crate::stages::validate::Validate,
     &crate::stages::sql::Sql,
     &crate::stages::train::Train,
+    &crate::stages::backtest::Backtest,
+    &crate::stages::report::Report,
 ];
 
 /// The kind registered under `name`.

@@ -605,39 +605,23 @@ fn binance_dump_files_import_without_duplicates() {
 }
 
 /// The repository's own pipelines and scenario, copied into a temp project.
-fn shipped_project() -> Project {
-    let project = Project::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in [
-        "pipelines/demo.yaml",
-        "pipelines/aster.yaml",
-        "data/scenarios/demo.yaml",
-        "stages/features/features.sql",
-        "stages/labels/labels.sql",
-        "stages/kernels/mlp.cu",
-    ] {
-        project.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
-    }
-    project
-}
-
 #[test]
 fn the_aster_pipeline_validates_without_network() {
-    let project = shipped_project();
+    let project = common::shipped_project();
     let run = project.run(&["run", "pipelines/aster.yaml", "--validate-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("is valid: 7 stages"), "{}", run.stdout);
+    assert!(run.stdout.contains("is valid: 9 stages"), "{}", run.stdout);
     assert!(!project.path().join("data/lake").exists());
 }
 
 #[test]
 fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_works() {
-    let project = shipped_project();
+    let project = common::shipped_project();
     let first = project.run(&["run", "pipelines/demo.yaml", "--json"]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(
         first.statuses().iter().filter(|(_, s)| s == "ran").count(),
-        7
+        9
     );
     let listing: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(output_dir(&project, &first, "collect").join("lake.json"))
@@ -758,7 +742,7 @@ fn recorded_files_are_replayed_as_is_and_labelled_recorded() {
 #[test]
 fn the_replay_exchange_command_serves_the_exchange_endpoints() {
     use std::io::{BufRead, Read, Write};
-    let project = shipped_project();
+    let project = common::shipped_project();
     let mut child = project
         .command(&["replay-exchange", "--scenario", "data/scenarios/demo.yaml"])
         .stdout(std::process::Stdio::piped())

@@ -4,13 +4,13 @@
 //! test row (its arg-max is the majority class), and goes through the same [`evaluate`], so the
 //! two columns of the table are computed the same way.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Probabilities below this are clipped before the logarithm (as scikit-learn does).
 const LOG_LOSS_EPS: f64 = 1e-15;
 
 /// Per-class figures.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClassMetrics {
     pub class: String,
     /// Rows whose true class this is.
@@ -21,7 +21,7 @@ pub struct ClassMetrics {
 }
 
 /// Everything reported for one set of predictions.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
     pub rows: usize,
     pub accuracy: f64,

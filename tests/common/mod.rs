@@ -168,3 +168,20 @@ pub fn wait_for(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// A temp project holding the shipped pipelines and the files they reference.
+pub fn shipped_project() -> Project {
+    let project = Project::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "pipelines/demo.yaml",
+        "pipelines/aster.yaml",
+        "data/scenarios/demo.yaml",
+        "stages/features/features.sql",
+        "stages/labels/labels.sql",
+        "stages/kernels/mlp.cu",
+    ] {
+        project.write(file, &std::fs::read_to_string(root.join(file)).unwrap());
+    }
+    project
+}

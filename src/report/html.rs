@@ -1,0 +1,393 @@
+//! `runs/<run-id>/report.html`: one self-contained page (inline CSS and SVG, no script, nothing
+//! fetched) with the run, validation, features, model and backtest sections.
+
+use std::fmt::Write;
+
+use super::data::{Backtest, Features, Model, ReportData, Validation};
+use super::format::{MONTHS, duration_ms, figure, ratio, share, signed_percent};
+use super::svg::{Series, Span, escape, time_chart, timeline};
+use crate::run_record::{RunRecord, StageStatus};
+
+const STRATEGY: &str = "#1f6feb";
+const BENCHMARK: &str = "#d97706";
+const LOSS: &str = "#dc2626";
+
+const STYLE: &str = "
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1100px;color:#1f2328;padding:0 16px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de;padding-bottom:4px}
+.meta{color:#59636e}.banner{background:#fff1f0;border:2px solid #dc2626;color:#991b1b;font-weight:600;padding:10px 14px;margin:12px 0;border-radius:6px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:right}th{background:#f6f8fa}
+td.l,th.l{text-align:left}.pass{color:#1a7f37}.fail{color:#cf222e;font-weight:600}.verdict{font-weight:600;margin:6px 0}
+svg.chart{display:block;margin:8px 0;max-width:100%;height:auto}svg .grid{stroke:#eaeef2}svg .zero{stroke:#8c959f}
+svg .axis,svg .legend{font-size:11px;fill:#59636e}svg .title{font-size:13px;font-weight:600;fill:#1f2328}
+";
+
+/// The whole page.
+pub fn render(record: &RunRecord, data: &ReportData) -> String {
+    let mut page = String::with_capacity(64 * 1024);
+    let _ = write!(
+        page,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>asterflow {} {}</title><style>{STYLE}</style></head><body>",
+        escape(&record.pipeline),
+        escape(&record.run_id)
+    );
+    let _ = write!(
+        page,
+        "<h1>Pipeline <code>{}</code></h1><div class=\"meta\">run {} · {} · started {} · {} · {}</div>",
+        escape(&record.pipeline),
+        escape(&record.run_id),
+        escape(&format!("{:?}", record.status).to_lowercase()),
+        escape(&record.started_at),
+        duration_ms(record.duration_ms.unwrap_or(0)),
+        escape(&record.pipeline_file)
+    );
+    if data.synthetic {
+        let _ = write!(
+            page,
+            "<div class=\"banner\">{}</div>",
+            escape(crate::stages::validate::SYNTHETIC_BANNER)
+        );
+    }
+    // Results first: what a reader opens the report for; then how the run got there.
+    if let Some(backtest) = &data.backtest {
+        backtest_section(&mut page, backtest);
+    }
+    if let Some(model) = &data.model {
+        model_section(&mut page, model);
+    }
+    run_section(&mut page, record);
+    if let Some(validation) = &data.validation {
+        validation_section(&mut page, validation);
+    }
+    if let Some(features) = &data.features {
+        features_section(&mut page, features);
+    }
+    page.push_str("</body></html>\n");
+    page
+}
+
+fn status_color(status: StageStatus) -> &'static str {
+    match status {
+        StageStatus::Ran => "#2da44e",
+        StageStatus::Cached => "#9ca3af",
+        StageStatus::Reused => "#a78bfa",
+        StageStatus::Skipped => "#d0d7de",
+        StageStatus::Failed => LOSS,
+    }
+}
+
+fn run_section(page: &mut String, record: &RunRecord) {
+    page.push_str("<h2>Run</h2><table><tr><th class=\"l\">stage</th><th class=\"l\">kind</th><th class=\"l\">status</th><th>duration</th><th class=\"l\">reason</th></tr>");
+    for stage in &record.stages {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td class=\"l\">{}</td></tr>",
+            escape(&stage.id),
+            escape(&stage.kind),
+            stage.status.word(),
+            duration_ms(stage.duration_ms),
+            escape(stage.error.as_deref().unwrap_or(&stage.reason))
+        );
+    }
+    page.push_str("</table>");
+    let spans: Vec<Span<'_>> = record
+        .stages
+        .iter()
+        .map(|stage| Span {
+            label: &stage.id,
+            start_ms: stage
+                .started_at_ms
+                .map_or(0, |start| start.saturating_sub(record.started_at_ms)),
+            duration_ms: stage.duration_ms,
+            color: status_color(stage.status),
+            note: format!("{} {}", stage.status.word(), duration_ms(stage.duration_ms)),
+        })
+        .collect();
+    page.push_str(&timeline(&spans, record.duration_ms.unwrap_or(0), 1000.0));
+}
+
+fn validation_section(page: &mut String, validation: &Validation) {
+    let _ = write!(
+        page,
+        "<h2>Validation</h2><p>{} datasets passed, {} quarantined; {} symbols passed.</p>",
+        validation.datasets_passed, validation.datasets_quarantined, validation.symbols_passed
+    );
+    page.push_str("<table><tr><th class=\"l\">symbol</th><th class=\"l\">interval</th><th class=\"l\">source</th><th>rows</th><th>quality</th><th class=\"l\">verdict</th></tr>");
+    for row in &validation.datasets {
+        let verdict = if row.passed {
+            "<span class=\"pass\">passed</span>".to_owned()
+        } else {
+            format!(
+                "<span class=\"fail\">quarantined</span>: {}",
+                escape(&row.failures.join("; "))
+            )
+        };
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{:.3}</td><td class=\"l\">{verdict}</td></tr>",
+            escape(&row.symbol),
+            escape(&row.interval),
+            escape(&row.source),
+            row.rows,
+            row.score
+        );
+    }
+    page.push_str("</table>");
+}
+
+fn features_section(page: &mut String, features: &Features) {
+    let span = match (features.from_ms, features.to_ms) {
+        (Some(from), Some(to)) => format!(
+            ", {} to {}",
+            crate::time::rfc3339(from.max(0) as u64),
+            crate::time::rfc3339(to.max(0) as u64)
+        ),
+        _ => String::new(),
+    };
+    let _ = write!(
+        page,
+        "<h2>Features</h2><p><code>{}</code>: {} rows, {} symbols{span}, {} numeric columns.</p>",
+        escape(&features.table),
+        features.rows,
+        features.symbols,
+        features.columns.len()
+    );
+    page.push_str("<table><tr><th class=\"l\">column</th><th>values</th><th>nulls</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>");
+    for column in &features.columns {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&column.name),
+            column.values,
+            column.nulls,
+            figure(column.mean),
+            figure(column.std),
+            figure(column.min),
+            figure(column.max)
+        );
+    }
+    page.push_str("</table>");
+}
+
+fn model_section(page: &mut String, model: &Model) {
+    let _ = write!(
+        page,
+        "<h2>Model</h2><p>{} on {}, {} rows, {} walk-forward folds (purged, embargoed), scored out of sample beside the majority-class baseline.</p><p class=\"verdict\">{}</p>",
+        escape(&model.model),
+        escape(&model.device),
+        model.rows,
+        model.folds,
+        escape(&model.verdict)
+    );
+    let (m, b) = (&model.metrics, &model.baseline);
+    page.push_str("<table><tr><th class=\"l\"></th><th>model</th><th>baseline</th></tr>");
+    for (name, ours, theirs) in [
+        ("accuracy", m.accuracy, b.accuracy),
+        (
+            "balanced accuracy",
+            m.balanced_accuracy,
+            b.balanced_accuracy,
+        ),
+        ("log loss", m.log_loss, b.log_loss),
+    ] {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{name}</td><td>{ours:.4}</td><td>{theirs:.4}</td></tr>"
+        );
+    }
+    for (ours, theirs) in m.per_class.iter().zip(&b.per_class) {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{} precision / recall / F1 (n={})</td><td>{:.2} / {:.2} / {:.2}</td><td>{:.2} / {:.2} / {:.2}</td></tr>",
+            escape(&ours.class),
+            ours.support,
+            ours.precision,
+            ours.recall,
+            ours.f1,
+            theirs.precision,
+            theirs.recall,
+            theirs.f1
+        );
+    }
+    page.push_str("</table><p>Confusion matrix (rows: true class, columns: predicted):</p><table><tr><th></th>");
+    for class in &model.classes {
+        let _ = write!(page, "<th>{}</th>", escape(class));
+    }
+    page.push_str("</tr>");
+    for (class, row) in model.classes.iter().zip(&m.confusion) {
+        let total: usize = row.iter().sum();
+        let _ = write!(page, "<tr><th>{}</th>", escape(class));
+        for &count in row {
+            let shade = if total == 0 {
+                0.0
+            } else {
+                count as f64 / total as f64
+            };
+            let _ = write!(
+                page,
+                "<td style=\"background:rgba(31,111,235,{:.2})\">{count}</td>",
+                shade * 0.6
+            );
+        }
+        page.push_str("</tr>");
+    }
+    page.push_str("</table>");
+}
+
+fn backtest_section(page: &mut String, backtest: &Backtest) {
+    let summary = &backtest.summary;
+    let _ = write!(
+        page,
+        "<h2>Backtest</h2><p>{} symbols, {} bars from {} to {}; out-of-sample signals, fills at the next open, fees and slippage on every fill.</p><p class=\"verdict\">{}</p>",
+        summary.symbols,
+        summary.bars,
+        escape(&summary.from),
+        escape(&summary.to),
+        escape(&summary.verdict)
+    );
+    let (s, b) = (&summary.strategy, &summary.buy_and_hold);
+    page.push_str("<table><tr><th class=\"l\"></th><th>strategy</th><th>buy-and-hold</th></tr>");
+    let rows = [
+        (
+            "final equity",
+            figure(Some(s.final_equity)),
+            figure(Some(b.final_equity)),
+        ),
+        (
+            "total return",
+            signed_percent(Some(s.total_return)),
+            signed_percent(Some(b.total_return)),
+        ),
+        ("CAGR", signed_percent(s.cagr), signed_percent(b.cagr)),
+        ("Sharpe", ratio(s.sharpe), ratio(b.sharpe)),
+        ("Sortino", ratio(s.sortino), ratio(b.sortino)),
+        ("Calmar", ratio(s.calmar), ratio(b.calmar)),
+        (
+            "max drawdown",
+            signed_percent(Some(s.max_drawdown)),
+            signed_percent(Some(b.max_drawdown)),
+        ),
+        (
+            "longest drawdown",
+            duration_ms(s.max_drawdown_ms.max(0) as u64),
+            duration_ms(b.max_drawdown_ms.max(0) as u64),
+        ),
+    ];
+    for (name, ours, theirs) in rows {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{name}</td><td>{ours}</td><td>{theirs}</td></tr>"
+        );
+    }
+    page.push_str("</table>");
+    let trades = &summary.trades;
+    let _ = write!(
+        page,
+        "<table><tr><th>trades</th><th>long / short</th><th>win rate</th><th>profit factor</th><th>expectancy</th><th>average bars</th><th>exposure</th><th>fees paid</th><th>funding paid</th></tr><tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        trades.trades,
+        trades.long,
+        trades.short,
+        share(trades.win_rate),
+        ratio(trades.profit_factor),
+        figure(trades.expectancy),
+        figure(trades.average_bars),
+        share(Some(summary.exposure)),
+        figure(Some(summary.fees_paid)),
+        figure(Some(summary.funding_paid))
+    );
+    let curve = &backtest.curve;
+    page.push_str(&time_chart(
+        "Equity",
+        1000.0,
+        320.0,
+        &[
+            Series {
+                name: "strategy",
+                color: STRATEGY,
+                x: &curve.time,
+                y: &curve.equity,
+                dashed: false,
+                filled: false,
+            },
+            Series {
+                name: "buy-and-hold",
+                color: BENCHMARK,
+                x: &curve.time,
+                y: &curve.buy_and_hold,
+                dashed: true,
+                filled: false,
+            },
+        ],
+        &|v| figure(Some(v)),
+    ));
+    page.push_str(&time_chart(
+        "Drawdown",
+        1000.0,
+        200.0,
+        &[
+            Series {
+                name: "strategy",
+                color: LOSS,
+                x: &curve.time,
+                y: &curve.drawdown,
+                dashed: false,
+                filled: true,
+            },
+            Series {
+                name: "buy-and-hold",
+                color: BENCHMARK,
+                x: &curve.time,
+                y: &curve.buy_and_hold_drawdown,
+                dashed: true,
+                filled: false,
+            },
+        ],
+        &|v| format!("{:.0}%", v * 100.0),
+    ));
+    monthly_table(page, backtest);
+}
+
+fn monthly_table(page: &mut String, backtest: &Backtest) {
+    if backtest.monthly.is_empty() {
+        return;
+    }
+    page.push_str("<p>Monthly returns (strategy, and buy-and-hold below it):</p><table><tr><th class=\"l\">year</th>");
+    for month in MONTHS {
+        let _ = write!(page, "<th>{month}</th>");
+    }
+    page.push_str("</tr>");
+    let mut years: Vec<i32> = backtest.monthly.iter().map(|m| m.year).collect();
+    years.dedup();
+    for year in years {
+        for (label, pick) in [
+            (
+                "",
+                &(|m: &super::data::Month| m.strategy) as &dyn Fn(&super::data::Month) -> f64,
+            ),
+            (" buy-and-hold", &|m: &super::data::Month| m.buy_and_hold),
+        ] {
+            let _ = write!(page, "<tr><th class=\"l\">{year}{label}</th>");
+            for month in 1..=12 {
+                match backtest
+                    .monthly
+                    .iter()
+                    .find(|m| m.year == year && m.month == month)
+                {
+                    Some(entry) => {
+                        let value = pick(entry);
+                        let (red, green) = if value < 0.0 { (220, 38) } else { (26, 127) };
+                        let alpha = (value.abs() * 4.0).min(0.6);
+                        let _ = write!(
+                            page,
+                            "<td style=\"background:rgba({red},{green},55,{alpha:.2})\">{}</td>",
+                            signed_percent(Some(value))
+                        );
+                    }
+                    None => page.push_str("<td></td>"),
+                }
+            }
+            page.push_str("</tr>");
+        }
+    }
+    page.push_str("</table>");
+}
