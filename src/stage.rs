@@ -89,6 +89,19 @@ pub enum OutputShape {
     Tables(Vec<ShapeTable>),
 }
 
+/// The tables the inputs' shapes name, and whether some input (a `command`) could not say.
+pub fn known_tables(inputs: &[(String, OutputShape)]) -> (Vec<&ShapeTable>, bool) {
+    let mut tables = Vec::new();
+    let mut unknown = false;
+    for (_, shape) in inputs {
+        match shape {
+            OutputShape::Unknown => unknown = true,
+            OutputShape::Tables(list) => tables.extend(list.iter()),
+        }
+    }
+    (tables, unknown)
+}
+
 /// Why a stage's output cannot be planned from its inputs' shapes.
 #[derive(Debug)]
 pub enum ShapeError {

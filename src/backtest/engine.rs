@@ -7,7 +7,10 @@
 //!    decided at the previous close, sized from the equity at that close. Market orders: the
 //!    open plus slippage against the trade, taker fee.
 //! 2. Funding events in `[open_i, open_i + bar)` are charged to positions held through the open
-//!    (entered at an earlier bar and not leaving at this open); a long pays a positive rate.
+//!    (entered at an earlier bar and not leaving at this open), at the open (the last close when
+//!    the bar is missing); a long pays a positive rate. Funding times fall on bar opens for 1h
+//!    and 4h bars; with 1d bars the 08:00 and 16:00 events are charged at the day's open, to the
+//!    positions held through it, an approximation the README states.
 //! 3. Intrabar: a stop (stop-market: slippage, taker fee) or a target (resting limit: its price,
 //!    maker fee). A bar that opens beyond either fills at the open. A bar that touches both takes
 //!    the stop: the order of highs and lows inside a bar is unknown, so assume the adverse one.
@@ -247,6 +250,11 @@ pub fn simulate(
                 simulation.skipped.no_bar += 1;
                 continue;
             }
+            // An exit counted on at the close may not have filled (its symbol had no bar).
+            if book.len() >= capacity {
+                simulation.skipped.capacity += 1;
+                continue;
+            }
             let price = open * (1.0 + f64::from(side) * slip);
             let instrument = instruments[symbol as usize];
             let risk_units = rules.risk_per_trade * equity / (price * rules.stop);
@@ -285,9 +293,11 @@ pub fn simulate(
             for position in book.iter_mut().filter(|p| p.entry_bar < bar) {
                 let cell = row + position.symbol as usize;
                 let rate = rates[cell];
+                // Without a bar, the position is still held: price it at its last close.
                 let open = market.open[cell];
-                if rate != 0.0 && !open.is_nan() {
-                    let paid = f64::from(position.side) * position.units * open * rate;
+                let price = if open.is_nan() { position.mark } else { open };
+                if rate != 0.0 {
+                    let paid = f64::from(position.side) * position.units * price * rate;
                     position.funding += paid;
                     cash -= paid;
                     simulation.funding += paid;
@@ -858,6 +868,76 @@ mod tests {
         assert_eq!(result.trades.len(), 1);
         // Due out at bar 3's open, which is missing: out at bar 4's.
         assert_eq!(result.trades[0].exit_bar, 4);
+    }
+
+    #[test]
+    fn an_exit_delayed_by_a_missing_bar_still_holds_its_slot() {
+        // One slot. A leaves at bar 3's open by horizon, but A has no bar 3: B's entry, decided
+        // at bar 2's close counting on A's slot, must not fill beside it.
+        let nan = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        let market = market(&[
+            &[
+                flat(100.0),
+                flat(100.0),
+                flat(100.0),
+                nan,
+                flat(100.0),
+                flat(100.0),
+            ],
+            &[
+                flat(50.0),
+                flat(50.0),
+                flat(50.0),
+                flat(50.0),
+                flat(50.0),
+                flat(50.0),
+            ],
+        ]);
+        let rules = Rules {
+            max_positions: 1,
+            ..rules()
+        };
+        let signals = signals(&market, &[(0, 0, LONG, 1.0), (2, 1, LONG, 1.0)]);
+        let result = simulate(&market, &signals, &[Instrument::default(); 2], None, &rules);
+        assert!(
+            result.positions.iter().all(|&open| open <= 1),
+            "{:?}",
+            result.positions
+        );
+        assert_eq!(result.skipped.capacity, 1);
+    }
+
+    #[test]
+    fn funding_is_charged_through_a_missing_bar_at_the_last_close() {
+        let nan = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+        let market = market(&[&[
+            flat(100.0),
+            flat(100.0),
+            (100.0, 101.0, 99.0, 98.0),
+            nan,
+            flat(98.0),
+            flat(98.0),
+        ]]);
+        let rules = Rules {
+            slippage: 0.0,
+            horizon: Some(4),
+            ..rules()
+        };
+        let mut rates = vec![0.0; market.cells()];
+        rates[3] = 0.001;
+        let signals = signals(&market, &[(0, 0, LONG, 1.0)]);
+        let result = simulate(
+            &market,
+            &signals,
+            &[Instrument::default()],
+            Some(&rates),
+            &rules,
+        );
+        let trade = &result.trades[0];
+        assert!(
+            close(trade.funding, trade.units * 98.0 * 0.001),
+            "{trade:?}"
+        );
     }
 
     #[test]

@@ -723,14 +723,7 @@ impl PreparedStage for Prepared {
     ) -> BoxFuture<'a, Result<OutputShape, ShapeError>> {
         Box::pin(async move {
             // An input that cannot say (a `command`) may hold any table: check what is known.
-            let mut tables = Vec::new();
-            let mut unknown = false;
-            for (_, shape) in inputs {
-                match shape {
-                    OutputShape::Unknown => unknown = true,
-                    OutputShape::Tables(list) => tables.extend(list.iter()),
-                }
-            }
+            let (tables, unknown) = crate::stage::known_tables(inputs);
             let shape = OutputShape::Tables(vec![
                 ShapeTable {
                     names: vec!["trades".to_owned()],

@@ -395,12 +395,9 @@ impl PreparedStage for Prepared {
         inputs: &'a [(String, OutputShape)],
     ) -> BoxFuture<'a, Result<OutputShape, ShapeError>> {
         Box::pin(async move {
-            let mut tables = Vec::new();
-            for (_, shape) in inputs {
-                match shape {
-                    OutputShape::Unknown => return Ok(OutputShape::Unknown),
-                    OutputShape::Tables(list) => tables.extend(list.iter()),
-                }
+            let (tables, unknown) = crate::stage::known_tables(inputs);
+            if unknown {
+                return Ok(OutputShape::Unknown);
             }
             let find = |name: &str, key: &str| {
                 tables
