@@ -121,22 +121,14 @@ pub struct Simulation {
     pub bar_steps: u64,
 }
 
-/// Per-symbol trading constraints (exchangeInfo's LOT_SIZE and MIN_NOTIONAL filters).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// Per-symbol trading constraints (exchangeInfo's LOT_SIZE and MIN_NOTIONAL filters); the
+/// default is none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Instrument {
     /// Quantities are multiples of this; 0 = no rounding.
     pub step_size: f64,
     /// Smallest order value; 0 = none.
     pub min_notional: f64,
-}
-
-impl Default for Instrument {
-    fn default() -> Self {
-        Self {
-            step_size: 0.0,
-            min_notional: 0.0,
-        }
-    }
 }
 
 /// Signals on the market's grid: `side[cell]` is LONG, SHORT or FLAT, `score[cell]` ranks

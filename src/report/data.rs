@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::backtest::Performance;
 use crate::stages::backtest::Summary;
 use crate::train::metrics::Metrics;
 
@@ -102,12 +101,6 @@ pub struct Month {
     pub month: u32,
     pub strategy: f64,
     pub buy_and_hold: f64,
-}
-
-impl Backtest {
-    pub fn strategy(&self) -> &Performance {
-        &self.summary.strategy
-    }
 }
 
 /// Thins parallel series to at most `limit` points: each point keeps the last value of its
