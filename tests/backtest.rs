@@ -154,16 +154,7 @@ fn a_hand_checked_trade_lands_in_the_stages_outputs() {
     );
     let run = project.run(&["run", "pipelines/b.yaml", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let output = project.path().join(
-        run.json()["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|stage| stage["id"] == "backtest")
-            .unwrap()["output"]
-            .as_str()
-            .unwrap(),
-    );
+    let output = run.output_of(&project, "backtest");
     let trades = read(&output.join("trades.parquet"));
     assert_eq!(trades.num_rows(), 1, "the last bar's signal does not trade");
     let float = |name: &str| {

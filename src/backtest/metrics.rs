@@ -122,6 +122,36 @@ pub struct TradeStats {
     pub short: usize,
 }
 
+/// The trades' P&L with their fees added back: is there an edge before costs, and is it more
+/// than chance? `t_stat` is the mean over its standard error (`None` below two trades).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BeforeFees {
+    pub pnl: f64,
+    pub mean: Option<f64>,
+    pub t_stat: Option<f64>,
+}
+
+pub fn before_fees(trades: &[Trade]) -> BeforeFees {
+    let n = trades.len();
+    let values = trades.iter().map(|trade| trade.pnl + trade.fees);
+    let pnl: f64 = values.clone().sum();
+    if n == 0 {
+        return BeforeFees::default();
+    }
+    let mean = pnl / n as f64;
+    let t_stat = (n >= 2)
+        .then(|| {
+            let variance = values.map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            (variance > 0.0).then(|| mean / (variance / n as f64).sqrt())
+        })
+        .flatten();
+    BeforeFees {
+        pnl,
+        mean: Some(mean),
+        t_stat,
+    }
+}
+
 pub fn trade_stats(trades: &[Trade]) -> TradeStats {
     let count = trades.len();
     let wins = trades.iter().filter(|trade| trade.pnl > 0.0).count();
@@ -293,6 +323,26 @@ mod tests {
         let none = trade_stats(&[trade(5.0, 1)]);
         assert_eq!(none.profit_factor, None, "no losing trade: undefined");
         assert_eq!(trade_stats(&[]).win_rate, None);
+    }
+
+    #[test]
+    fn before_fees_adds_the_fees_back_and_scores_the_mean_against_chance() {
+        // P&L before fees 30.5, -9.5, 20.5, -14.5: mean 6.75, sample variance 1468.75 / 3,
+        // standard error sqrt(489.583 / 4) = 11.0633, t = 0.61013.
+        let before = before_fees(&[
+            trade(30.0, 2),
+            trade(-10.0, 4),
+            trade(20.0, 3),
+            trade(-15.0, 1),
+        ]);
+        assert_eq!(before.pnl, 27.0);
+        assert_eq!(before.mean, Some(6.75));
+        assert!(
+            (before.t_stat.unwrap() - 0.610_13).abs() < 1e-5,
+            "{before:?}"
+        );
+        assert_eq!(before_fees(&[trade(1.0, 1)]).t_stat, None);
+        assert_eq!(before_fees(&[]), BeforeFees::default());
     }
 
     #[test]

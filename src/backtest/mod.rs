@@ -11,4 +11,6 @@ pub use engine::{
     buy_and_hold, round_to_step, simulate,
 };
 pub use market::Market;
-pub use metrics::{Performance, TradeStats, performance, periods_per_year, trade_stats};
+pub use metrics::{
+    BeforeFees, Performance, TradeStats, before_fees, performance, periods_per_year, trade_stats,
+};

@@ -169,8 +169,9 @@ struct SimAsset {
     volume: f64,
 }
 
-/// Correlated assets: a market factor with volatility regimes; each asset is `beta * factor`
-/// plus its own noise; volume rises with absolute returns. Bar `k` of an asset depends only on
+/// Correlated assets: a market factor with volatility regimes (unless `regimes: false`); each
+/// asset is `beta * factor` plus its own noise, plus, with `lead_lag`, a share of the leader's
+/// previous return; volume rises with absolute returns. Bar `k` of an asset depends only on
 /// the seed, the asset and `k`'s history, so the same scenario serves the same market forever.
 #[derive(Debug)]
 pub struct SimMarket {
@@ -178,6 +179,9 @@ pub struct SimMarket {
     genesis: u64,
     base: Interval,
     market_vol: f64,
+    regimes: bool,
+    /// The planted effect: (leader's index, beta on its previous log return).
+    lead_lag: Option<(usize, f64)>,
     symbols: Vec<MarketSymbol>,
     assets: Vec<SimAsset>,
     /// Per base bar from genesis: (factor return, regime multiplier).
@@ -261,11 +265,23 @@ impl SimMarket {
             }
         }
         let series = assets.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let lead_lag = match &spec.lead_lag {
+            Some(lead_lag) => {
+                let leader = symbols
+                    .iter()
+                    .position(|s| s.base == lead_lag.leader)
+                    .ok_or_else(|| format!("the leader `{}` is not an asset", lead_lag.leader))?;
+                Some((leader, lead_lag.beta))
+            }
+            None => None,
+        };
         Ok(Self {
             seed,
             genesis,
             base,
             market_vol: spec.market_vol / per_year.sqrt(),
+            regimes: spec.regimes,
+            lead_lag,
             symbols,
             assets,
             factor: Mutex::new(Vec::new()),
@@ -280,7 +296,10 @@ impl SimMarket {
             let k = factor.len() as u64;
             let mut rng = Rng::new(mix(self.seed ^ 0xFAC7) ^ mix(k));
             let previous = factor.last().map(|&(_, regime)| regime).unwrap_or(1.0);
-            let regime = if rng.uniform() < REGIME_SWITCH {
+            let switch = rng.uniform() < REGIME_SWITCH;
+            let regime = if !self.regimes {
+                1.0
+            } else if switch {
                 if previous > 1.0 { 1.0 } else { HIGH_REGIME }
             } else {
                 previous
@@ -300,6 +319,27 @@ impl SimMarket {
         }
         let mut series = self.series[index].lock().unwrap_or_else(|e| e.into_inner());
         let needed = (to - asset.listed + 1) as usize;
+        // The leader's log return of each base bar, for a planted lead-lag effect (the leader
+        // itself never follows, so this takes no lock that is held here).
+        let lagged = match self.lead_lag {
+            Some((leader, beta)) if leader != index && series.len() < needed => {
+                let bars = self.base_bars(leader, 0, to);
+                let first = bars
+                    .first()
+                    .map(|(time, _)| (time - self.genesis) / self.base.millis());
+                Some((bars, first.unwrap_or(u64::MAX), beta))
+            }
+            _ => None,
+        };
+        let leader_return = |k: u64| -> f64 {
+            match &lagged {
+                Some((bars, first, beta)) if k > *first => {
+                    let bar = &bars[(k - 1 - first) as usize].1;
+                    beta * (bar.close / bar.open).ln()
+                }
+                _ => 0.0,
+            }
+        };
         if series.len() < needed {
             let factor = self.factor_upto(to);
             while series.len() < needed {
@@ -308,7 +348,7 @@ impl SimMarket {
                 let mut rng = Rng::new(mix(self.seed ^ asset.key) ^ mix(k.wrapping_mul(0x9E37)));
                 let open = series.last().map(|bar| bar.close).unwrap_or(asset.price);
                 let sigma = (asset.vol * regime).max(1e-9);
-                let ret = asset.beta * market + sigma * rng.normal();
+                let ret = asset.beta * market + sigma * rng.normal() + leader_return(k);
                 let close = open * ret.exp();
                 let wick = sigma * 0.6;
                 let high = open.max(close) * (wick * rng.normal().abs()).exp();
@@ -560,5 +600,94 @@ impl RecordedMarket {
             }
             None => rows[rows.len().saturating_sub(limit)..].to_vec(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn market(simulate: &str) -> SimMarket {
+        let text = format!(
+            "seed: 3\nmarket:\n  simulate:\n    genesis: 2024-01-01\n    market_vol: 0.8\n    assets:\n      - {{base: BTC, price: 40000, beta: 1.0, vol: 0.1}}\n      - {{base: SOL, price: 100, beta: 1.0, vol: 0.4}}\n{simulate}"
+        );
+        let scenario = Scenario::parse(Path::new("s.yaml"), &text).unwrap();
+        SimMarket::new(scenario.market.simulate.as_ref().unwrap(), scenario.seed).unwrap()
+    }
+
+    fn log_returns(market: &SimMarket, index: usize, bars: u64) -> Vec<f64> {
+        market
+            .base_bars(index, 0, bars - 1)
+            .iter()
+            .map(|(_, bar)| (bar.close / bar.open).ln())
+            .collect()
+    }
+
+    /// Least-squares slope of `y` on `x`.
+    fn slope(x: &[f64], y: &[f64]) -> f64 {
+        let n = x.len() as f64;
+        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+        let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+        let var: f64 = x.iter().map(|a| (a - mx) * (a - mx)).sum();
+        cov / var
+    }
+
+    #[test]
+    fn a_planted_lead_lag_effect_is_recovered_by_regression() {
+        let planted = market("    lead_lag: {leader: BTC, beta: 0.5}\n");
+        let bars = 20_000;
+        let btc = log_returns(&planted, 0, bars);
+        let sol = log_returns(&planted, 1, bars);
+        let beta = slope(&btc[..bars as usize - 1], &sol[1..]);
+        assert!((beta - 0.5).abs() < 0.05, "lagged beta {beta}");
+        // Without the switch the same market has no lagged dependence.
+        let plain = market("");
+        let btc = log_returns(&plain, 0, bars);
+        let sol = log_returns(&plain, 1, bars);
+        let beta = slope(&btc[..bars as usize - 1], &sol[1..]);
+        assert!(
+            beta.abs() < 0.05,
+            "lagged beta {beta} in a market without the effect"
+        );
+        // The leader itself is unchanged by the switch.
+        assert_eq!(log_returns(&planted, 0, 100), log_returns(&plain, 0, 100));
+    }
+
+    #[test]
+    fn without_regimes_volatility_does_not_cluster() {
+        // Volatility clustering shows as autocorrelation of squared returns (10 bars apart).
+        let clustering = |market: &SimMarket| {
+            let squares: Vec<f64> = log_returns(market, 0, 40_000)
+                .iter()
+                .map(|r| r * r)
+                .collect();
+            let n = squares.len() - 10;
+            let (x, y) = (&squares[..n], &squares[10..]);
+            let (mx, my) = (
+                x.iter().sum::<f64>() / n as f64,
+                y.iter().sum::<f64>() / n as f64,
+            );
+            let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+            let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+            let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+            cov / (vx * vy).sqrt()
+        };
+        let null = clustering(&market("    regimes: false\n"));
+        assert!(null.abs() < 0.03, "squared-return autocorrelation {null}");
+        let regimes = clustering(&market(""));
+        assert!(regimes > 0.05, "squared-return autocorrelation {regimes}");
+    }
+
+    #[test]
+    fn a_leader_that_is_not_an_asset_is_located() {
+        let text = "market:\n  simulate:\n    assets:\n      - {base: BTC, price: 1}\n    lead_lag: {leader: ETH, beta: 0.5}\n";
+        let error = Scenario::parse(Path::new("s.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("s.yaml:5:"), "{error}");
+        assert!(
+            error.contains("the leader `ETH` is not one of the assets (BTC)"),
+            "{error}"
+        );
     }
 }

@@ -16,6 +16,8 @@
 //!       - {base: BTC, price: 42000, beta: 1.0, vol: 0.15}
 //!       - {base: SOL, price: 100, beta: 1.4, vol: 0.6, listed: 2024-03-01}
 //!     generated: {count: 10}           # ALT001USDT ... with random betas, prices and listings
+//!     regimes: false                   # constant volatility (default: calm and stormy spells)
+//!     lead_lag: {leader: BTC, beta: 0.8}   # planted effect: others add 0.8 x the leader's last return
 //!   # files: data/replay/binance       # or: a directory of SYMBOL-INTERVAL-*.csv / .parquet files
 //! faults:
 //!   error_rate: 0.05                   # share of requests answered 500/503
@@ -162,6 +164,23 @@ pub struct SimulateSpec {
     pub assets: Vec<AssetSpec>,
     #[serde(default)]
     pub generated: Option<GeneratedSpec>,
+    /// Volatility regimes (calm and stormy spells of the market factor). Off, volatility is
+    /// constant: with equal assets, the null market, where nothing about the future is
+    /// predictable from the past.
+    #[serde(default = "yes")]
+    pub regimes: bool,
+    /// A planted effect: every other asset's log return in bar k gains `beta` times the
+    /// leader's log return in bar k-1.
+    #[serde(default)]
+    pub lead_lag: Option<LeadLagSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeadLagSpec {
+    /// The leader's base asset (`BTC`), one of `assets`.
+    pub leader: String,
+    pub beta: f64,
 }
 
 fn default_genesis() -> String {
@@ -316,6 +335,24 @@ impl Scenario {
                     }
                     if let Some(listed) = &asset.listed {
                         parse_time(listed).map_err(|m| fail(at.clone().key("listed"), m))?;
+                    }
+                }
+                if let Some(lead_lag) = &simulate.lead_lag {
+                    let at = YamlPath::of(&["market", "simulate", "lead_lag"]);
+                    if !simulate.assets.iter().any(|a| a.base == lead_lag.leader) {
+                        let bases: Vec<&str> =
+                            simulate.assets.iter().map(|a| a.base.as_str()).collect();
+                        return Err(fail(
+                            at.key("leader"),
+                            format!(
+                                "the leader `{}` is not one of the assets ({})",
+                                lead_lag.leader,
+                                bases.join(", ")
+                            ),
+                        ));
+                    }
+                    if !lead_lag.beta.is_finite() {
+                        return Err(fail(at.key("beta"), "`beta` must be a number".into()));
                     }
                 }
             }

@@ -195,7 +195,7 @@ impl StageKind for Backtest {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        2
     }
 
     fn prepare(
@@ -506,6 +506,9 @@ pub struct Summary {
     pub exposure: f64,
     pub fees_paid: f64,
     pub funding_paid: f64,
+    /// The trades' P&L with fees added back, and its t-statistic.
+    #[serde(default)]
+    pub before_fees: engine::BeforeFees,
     pub exit_reasons: std::collections::BTreeMap<String, usize>,
     pub skipped: engine::Skipped,
     pub buy_and_hold: engine::Performance,
@@ -552,6 +555,7 @@ fn summarise(
         exposure: crate::backtest::metrics::exposure(&simulation.positions),
         fees_paid: simulation.fees,
         funding_paid: simulation.funding,
+        before_fees: engine::before_fees(&simulation.trades),
         trades,
         exit_reasons,
         skipped: simulation.skipped,
@@ -622,6 +626,15 @@ fn render(summary: &Summary, market: &Market, synthetic: bool) -> String {
         summary.exposure * 100.0,
         summary.fees_paid,
         summary.funding_paid
+    ));
+    let before = &summary.before_fees;
+    text.push_str(&format!(
+        "  before fees: P&L {:+.2}, {} per trade (t = {})\n",
+        before.pnl,
+        before.mean.map_or("n/a".to_owned(), |v| format!("{v:+.2}")),
+        before
+            .t_stat
+            .map_or("n/a".to_owned(), |v| format!("{v:.2}")),
     ));
     let skipped = &summary.skipped;
     text.push_str(&format!(

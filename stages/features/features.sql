@@ -125,6 +125,7 @@ SELECT
   price_change, high_low_ratio, volume_price_ratio,
   sma_ratio_5, sma_ratio_10, sma_ratio_20, volatility_20, rsi_14,
   macd, macd_signal, macd_hist, bb_percent_b, bb_bandwidth, atr_14, volume_z, momentum_24,
+  btc_ret, eth_ret,
   corr_btc_24, corr_btc_168, corr_btc_720, corr_eth_24, corr_eth_168, corr_eth_720,
   volume_spike_share, rsi_alignment, macd_alignment, bollinger_alignment, momentum_alignment,
   liquidity_score, spread_estimate, price_stability, bars_since_listing

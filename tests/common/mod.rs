@@ -57,6 +57,27 @@ impl Run {
             .unwrap_or_default()
     }
 
+    /// The committed output directory of stage `id`, from `--json` output.
+    pub fn output_of(&self, project: &Project, id: &str) -> PathBuf {
+        let json = self.json();
+        let stage = json["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|stage| stage["id"] == id)
+            .unwrap_or_else(|| panic!("no stage `{id}` in {json}"));
+        project
+            .path()
+            .join(stage["output"].as_str().expect("an output"))
+    }
+
+    /// `file` in stage `id`'s output, parsed as JSON.
+    pub fn output_json(&self, project: &Project, id: &str, file: &str) -> serde_json::Value {
+        let path = self.output_of(project, id).join(file);
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    }
+
     pub fn reason_of(&self, id: &str) -> String {
         self.json()["stages"]
             .as_array()
@@ -176,7 +197,11 @@ pub fn shipped_project() -> Project {
     for file in [
         "pipelines/demo.yaml",
         "pipelines/aster.yaml",
+        "pipelines/null.yaml",
+        "pipelines/planted.yaml",
         "data/scenarios/demo.yaml",
+        "data/scenarios/null.yaml",
+        "data/scenarios/planted.yaml",
         "stages/features/features.sql",
         "stages/labels/labels.sql",
         "stages/kernels/mlp.cu",
