@@ -319,6 +319,7 @@ impl StageTask {
         }
         let context = StageContext {
             stage_id: stage.id.clone(),
+            pipeline: self.pipeline.name.clone(),
             run_id: self.options.run_id.clone(),
             project_root: self.pipeline.project_root.clone(),
             data_dir: self.options.data_dir.clone(),

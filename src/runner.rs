@@ -257,6 +257,9 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
             for line in &report.key_figures {
                 println!("{line}");
             }
+            for line in signal_lines(&pipeline, &outcome, &cache) {
+                println!("{line}");
+            }
             let html = report
                 .html
                 .strip_prefix(&request.paths.project_root)
@@ -273,6 +276,27 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
 
 /// Draws the run's report from the output of its `report` stage (the last, if several), when
 /// that stage finished. A report that cannot be written is a warning: the stages' outputs stand.
+/// The closing lines of each `signals` stage (its `signals.txt` without the banner): the
+/// newest bar's signals and the paper book.
+fn signal_lines(pipeline: &Pipeline, outcome: &RunOutcome, cache: &Cache) -> Vec<String> {
+    pipeline
+        .stages
+        .iter()
+        .zip(&outcome.stages)
+        .filter(|(stage, _)| stage.kind.name() == "signals")
+        .filter_map(|(_, result)| result.manifest.as_ref())
+        .filter_map(|manifest| {
+            std::fs::read_to_string(cache.entry_dir(manifest).join("signals.txt")).ok()
+        })
+        .flat_map(|text| {
+            text.lines()
+                .filter(|line| !line.starts_with(crate::stages::validate::SYNTHETIC_BANNER))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn write_report(
     pipeline: &Pipeline,
     outcome: &RunOutcome,

@@ -30,6 +30,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &crate::stages::train::Train,
     &crate::stages::backtest::Backtest,
     &crate::stages::report::Report,
+    &crate::stages::signals::Signals,
 ];
 
 /// The kind registered under `name`.
@@ -157,6 +158,8 @@ pub struct StageInput {
 #[derive(Debug)]
 pub struct StageContext {
     pub stage_id: String,
+    /// The pipeline's `name`.
+    pub pipeline: String,
     pub run_id: String,
     pub project_root: PathBuf,
     /// The market-data lake.

@@ -219,8 +219,8 @@ fn a_probability_column_the_model_lacks_is_located_in_the_pipeline() {
     let project = common::shipped_project();
     let demo = std::fs::read_to_string(project.path().join("pipelines/demo.yaml")).unwrap();
     let demo = demo.replacen(
-        "entry: {long_above: 0.5, short: false}",
-        "entry: {long_above: 0.5, long_class: LONG}",
+        "entry: {long_above: 0.6, short: false}",
+        "entry: {long_above: 0.6, long_class: LONG}",
         1,
     );
     let line = demo.lines().position(|l| l.contains("LONG}")).unwrap() + 1;

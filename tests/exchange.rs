@@ -610,10 +610,12 @@ fn the_aster_pipeline_validates_without_network() {
     let project = common::shipped_project();
     let run = project.run(&["run", "pipelines/aster.yaml", "--validate-only"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("is valid: 9 stages"), "{}", run.stdout);
+    assert!(run.stdout.contains("is valid: 10 stages"), "{}", run.stdout);
     assert!(!project.path().join("data/lake").exists());
 }
 
+/// Issue 8's first-run experience: the shipped demo end to end, then again (all cache hits),
+/// then from `rate_limits` (it and what it invalidates run again).
 #[test]
 fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_works() {
     let project = common::shipped_project();
@@ -621,7 +623,7 @@ fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_wo
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(
         first.statuses().iter().filter(|(_, s)| s == "ran").count(),
-        9
+        10
     );
     let listing: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(output_dir(&project, &first, "collect").join("lake.json"))
@@ -629,6 +631,14 @@ fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_wo
     )
     .unwrap();
     assert_eq!(listing["provenance"], serde_json::json!(["simulated"]));
+    // The newest bar's signals went into the paper book.
+    let bars = project.path().join("data/paper/demo/signals/bars");
+    assert_eq!(
+        std::fs::read_dir(&bars).unwrap().count(),
+        1,
+        "{}",
+        bars.display()
+    );
     // Simulated data keeps its banner downstream: the features say where they come from.
     let marker: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(output_dir(&project, &first, "features").join("provenance.json"))
@@ -754,7 +764,7 @@ fn the_replay_exchange_command_serves_the_exchange_endpoints() {
         .read_line(&mut line)
         .unwrap();
     assert!(
-        line.contains("8 symbols, simulated data, weight limit 2400 per 1 minute"),
+        line.contains("13 symbols, simulated data, weight limit 2400 per 1 minute"),
         "{line}"
     );
     let address = line

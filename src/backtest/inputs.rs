@@ -8,10 +8,65 @@ use std::collections::HashMap;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Float64Type, Int64Type};
 use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
 
 use super::engine::{FLAT, Instrument, LONG, SHORT, Signals};
 use super::market::Market;
+use crate::location::YamlPath;
 use crate::sql::{query, quoted};
+use crate::stage::ParamError;
+
+/// The `entry:` param of `backtest` and `signals`: long when P(long_class) is above
+/// `long_above`; with `short`, short when P(short_class) is above `short_above`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntryParams {
+    pub long_class: String,
+    pub long_above: f64,
+    pub short: bool,
+    pub short_class: String,
+    pub short_above: f64,
+}
+
+impl Default for EntryParams {
+    fn default() -> Self {
+        Self {
+            long_class: "BUY".into(),
+            long_above: 0.5,
+            short: false,
+            short_class: "SELL".into(),
+            short_above: 0.5,
+        }
+    }
+}
+
+impl EntryParams {
+    /// Thresholds are probabilities in [0, 1); the error is at the offending key under `at`.
+    pub fn check(&self, at: YamlPath) -> Result<(), ParamError> {
+        for (key, value) in [
+            ("long_above", self.long_above),
+            ("short_above", self.short_above),
+        ] {
+            if !(value.is_finite() && (0.0..1.0).contains(&value)) {
+                return Err(ParamError::new(
+                    at.key(key),
+                    format!("a probability threshold must be at least 0 and below 1, not {value}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rule(&self) -> EntryRule {
+        EntryRule {
+            long_column: format!("p_{}", self.long_class),
+            long_above: self.long_above,
+            short: self
+                .short
+                .then(|| (format!("p_{}", self.short_class), self.short_above)),
+        }
+    }
+}
 
 /// How probabilities become signals.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +76,24 @@ pub struct EntryRule {
     pub long_above: f64,
     /// The short class's column and threshold, when shorts are on.
     pub short: Option<(String, f64)>,
+}
+
+impl EntryRule {
+    /// The side and its strength for one bar's probabilities: the likelier of the two when
+    /// both cross their thresholds.
+    pub fn decide(&self, p_long: f64, p_short: f64) -> (i8, f64) {
+        let wants_long = p_long > self.long_above;
+        let wants_short = self
+            .short
+            .as_ref()
+            .is_some_and(|(_, above)| p_short > *above);
+        match (wants_long, wants_short) {
+            (true, true) if p_short > p_long => (SHORT, p_short),
+            (true, _) => (LONG, p_long),
+            (false, true) => (SHORT, p_short),
+            (false, false) => (FLAT, 0.0),
+        }
+    }
 }
 
 /// The predictions read onto a grid.
@@ -34,7 +107,7 @@ pub struct Loaded {
     pub unpriced: u64,
 }
 
-fn text_column(batch: &RecordBatch, index: usize) -> Result<arrow::array::ArrayRef, String> {
+pub fn text_column(batch: &RecordBatch, index: usize) -> Result<arrow::array::ArrayRef, String> {
     arrow::compute::cast(batch.column(index), &arrow::datatypes::DataType::Utf8)
         .map_err(|error| format!("reading column {index}: {error}"))
 }
@@ -154,17 +227,7 @@ pub async fn load(
             } else {
                 short.value(row)
             };
-            let wants_long = p_long > rule.long_above;
-            let wants_short = rule
-                .short
-                .as_ref()
-                .is_some_and(|(_, above)| p_short > *above);
-            let (side, score) = match (wants_long, wants_short) {
-                (true, true) if p_short > p_long => (SHORT, p_short),
-                (true, _) => (LONG, p_long),
-                (false, true) => (SHORT, p_short),
-                (false, false) => (FLAT, 0.0),
-            };
+            let (side, score) = rule.decide(p_long, p_short);
             signals.side[cell] = side;
             signals.score[cell] = score as f32;
         }

@@ -27,7 +27,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray,
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
-use crate::backtest::inputs::{self, EntryRule};
+use crate::backtest::inputs::{self, EntryParams};
 use crate::backtest::{self as engine, Market, Rules, Simulation};
 use crate::exchange::model::Interval;
 use crate::location::YamlPath;
@@ -42,21 +42,6 @@ pub const TRADES_FILE: &str = "trades.parquet";
 pub const EQUITY_FILE: &str = "equity.parquet";
 pub const METRICS_FILE: &str = "metrics.json";
 const REPORT_FILE: &str = "backtest_report.json";
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Entry {
-    #[serde(default = "default_long_class")]
-    long_class: String,
-    #[serde(default = "default_threshold")]
-    long_above: f64,
-    #[serde(default)]
-    short: bool,
-    #[serde(default = "default_short_class")]
-    short_class: String,
-    #[serde(default = "default_threshold")]
-    short_above: f64,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,8 +76,8 @@ struct Params {
     universe_table: String,
     #[serde(default = "default_funding_table")]
     funding_table: String,
-    #[serde(default = "default_entry")]
-    entry: Entry,
+    #[serde(default)]
+    entry: EntryParams,
     #[serde(default = "default_exit")]
     exit: Exit,
     #[serde(default = "default_capital")]
@@ -107,15 +92,6 @@ struct Params {
     slippage: f64,
 }
 
-fn default_long_class() -> String {
-    "BUY".into()
-}
-fn default_short_class() -> String {
-    "SELL".into()
-}
-fn default_threshold() -> f64 {
-    0.5
-}
 /// The label's thresholds (DOMAIN.md section 4: down 1%, up 2%, 4 bars).
 fn default_stop() -> f64 {
     0.01
@@ -146,15 +122,6 @@ fn default_universe_table() -> String {
 }
 fn default_funding_table() -> String {
     "funding".into()
-}
-fn default_entry() -> Entry {
-    Entry {
-        long_class: default_long_class(),
-        long_above: default_threshold(),
-        short: false,
-        short_class: default_short_class(),
-        short_above: default_threshold(),
-    }
 }
 fn default_exit() -> Exit {
     Exit {
@@ -217,21 +184,7 @@ impl StageKind for Backtest {
                 ))
             }
         };
-        let entry = root.clone().key("entry");
-        fraction(
-            entry.clone().key("long_above"),
-            params.entry.long_above,
-            0.0,
-            1.0,
-            "a probability threshold",
-        )?;
-        fraction(
-            entry.clone().key("short_above"),
-            params.entry.short_above,
-            0.0,
-            1.0,
-            "a probability threshold",
-        )?;
+        params.entry.check(root.clone().key("entry"))?;
         let exit = root.clone().key("exit");
         fraction(
             exit.clone().key("stop"),
@@ -347,17 +300,6 @@ impl Prepared {
         }
     }
 
-    fn entry_rule(&self) -> EntryRule {
-        let entry = &self.params.entry;
-        EntryRule {
-            long_column: format!("p_{}", entry.long_class),
-            long_above: entry.long_above,
-            short: entry
-                .short
-                .then(|| (format!("p_{}", entry.short_class), entry.short_above)),
-        }
-    }
-
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let params = &self.params;
         let started = std::time::Instant::now();
@@ -387,7 +329,7 @@ impl Prepared {
             &params.predictions_table,
             &params.interval,
             self.bar_ms,
-            &self.entry_rule(),
+            &self.params.entry.rule(),
         )
         .await
         .map_err(failed)?;

@@ -6,6 +6,7 @@ pub mod command;
 pub mod discover;
 pub mod rate_limits;
 pub mod report;
+pub mod signals;
 pub mod sql;
 pub mod train;
 pub mod validate;
@@ -44,4 +45,57 @@ pub fn write_parquet(path: &Path, batch: &arrow::array::RecordBatch) -> Result<(
     writer.write(batch).map_err(failed)?;
     writer.close().map_err(failed)?;
     Ok(())
+}
+
+/// Writes `batch` to `path` through a temp file in the same directory and a rename: readers
+/// (and a crash) see the old file or the new one, never a torn one.
+pub fn write_parquet_atomic(
+    path: &Path,
+    batch: &arrow::array::RecordBatch,
+) -> Result<(), StageError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| StageError::Io {
+        action: "create",
+        path: parent.to_owned(),
+        source,
+    })?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    write_parquet(&temp, batch)?;
+    std::fs::rename(&temp, path).map_err(|source| {
+        let _ = std::fs::remove_file(&temp);
+        StageError::Io {
+            action: "rename into",
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Every batch of a Parquet file.
+pub fn read_parquet(path: &Path) -> Result<Vec<arrow::array::RecordBatch>, StageError> {
+    let file = std::fs::File::open(path).map_err(|source| StageError::Io {
+        action: "open",
+        path: path.to_owned(),
+        source,
+    })?;
+    let failed = |error: &dyn std::fmt::Display| {
+        StageError::Failed(format!("reading {}: {error}", path.display()))
+    };
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.build())
+        .map_err(|error| failed(&error))?
+        .map(|batch| batch.map_err(|error| failed(&error)))
+        .collect()
+}
+
+/// A JSON file a stage reads.
+pub fn read_json(path: &Path) -> Result<serde_json::Value, StageError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StageError::Io {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|error| StageError::Failed(format!("{}: {error}", path.display())))
 }

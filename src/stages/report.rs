@@ -82,15 +82,6 @@ fn failed(message: impl std::fmt::Display) -> StageError {
     StageError::Failed(message.to_string())
 }
 
-fn read_json(path: &Path) -> Result<serde_json::Value, StageError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StageError::Io {
-        action: "read",
-        path: path.to_owned(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|error| failed(format!("{}: {error}", path.display())))
-}
-
 fn field<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,
     pointer: &str,
@@ -107,7 +98,7 @@ impl Prepared {
         let validation = match context.input_with("validation_report.json") {
             Some(input) => {
                 let path = input.dir.join("validation_report.json");
-                let value = read_json(&path)?;
+                let value = crate::stages::read_json(&path)?;
                 Some(
                     serde_json::from_value::<Validation>(value)
                         .map_err(|error| failed(format!("{}: {error}", path.display())))?,
@@ -154,7 +145,8 @@ impl Prepared {
 
     fn backtest(&self, dir: &Path) -> Result<Backtest, StageError> {
         let metrics = dir.join(crate::stages::backtest::METRICS_FILE);
-        let summary: crate::stages::backtest::Summary = field(&read_json(&metrics)?, "", &metrics)?;
+        let summary: crate::stages::backtest::Summary =
+            field(&crate::stages::read_json(&metrics)?, "", &metrics)?;
         let equity = dir.join(crate::stages::backtest::EQUITY_FILE);
         let full = read_curve(&equity)?;
         let initial = summary.strategy.initial;
@@ -180,7 +172,7 @@ impl Prepared {
 }
 
 fn model(path: &Path) -> Result<Model, StageError> {
-    let value = read_json(path)?;
+    let value = crate::stages::read_json(path)?;
     let folds: Vec<serde_json::Value> = field(&value, "/folds", path)?;
     Ok(Model {
         model: field(&value, "/model", path)?,
@@ -196,18 +188,9 @@ fn model(path: &Path) -> Result<Model, StageError> {
 
 /// The backtest's `equity.parquet`, whole.
 fn read_curve(path: &Path) -> Result<Curve, StageError> {
-    let file = std::fs::File::open(path).map_err(|source| StageError::Io {
-        action: "open",
-        path: path.to_owned(),
-        source,
-    })?;
     let reading = |error: &dyn std::fmt::Display| failed(format!("{}: {error}", path.display()));
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|builder| builder.build())
-        .map_err(|error| reading(&error))?;
     let mut curve = Curve::default();
-    for batch in reader {
-        let batch = batch.map_err(|error| reading(&error))?;
+    for batch in crate::stages::read_parquet(path)? {
         let column = |name: &str| {
             batch
                 .column_by_name(name)
