@@ -218,6 +218,34 @@ pub fn write_part(
             message: "refusing to write an empty part".into(),
         });
     };
+    let name = part_name(first.open_time, last.open_time);
+    let path = dir.join(&name);
+    let batch = klines_batch(symbol, interval, rows, provenance);
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "asterflow.provenance".to_owned(),
+            serde_json::to_string(provenance).unwrap_or_default(),
+        )]))
+        .build();
+    if !publish(&path, &batch, properties)? {
+        return Err(LakeError::Exists(path));
+    }
+    Ok(Part {
+        path,
+        first_open_ms: first.open_time,
+        last_open_ms: last.open_time,
+    })
+}
+
+/// Writes `batch` to `path` once: a synced, read-only temp file in the same directory, hard-
+/// linked into place, so the name appears complete or not at all, and an existing file is never
+/// replaced (`Ok(false)`: it was there already).
+pub fn publish(
+    path: &Path,
+    batch: &arrow::array::RecordBatch,
+    properties: WriterProperties,
+) -> Result<bool, LakeError> {
     let io = |action: &'static str, path: &Path| {
         let path = path.to_owned();
         move |source| LakeError::Io {
@@ -226,61 +254,49 @@ pub fn write_part(
             source,
         }
     };
+    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let name = part_name(first.open_time, last.open_time);
-    let path = dir.join(&name);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");
     static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let nonce = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temp = dir.join(format!(".tmp-{}-{nonce}-{name}", std::process::id()));
-    let batch = klines_batch(symbol, interval, rows, provenance);
-    let file = File::create(&temp).map_err(io("create", &temp))?;
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
-            "asterflow.provenance".to_owned(),
-            serde_json::to_string(provenance).unwrap_or_default(),
-        )]))
-        .build();
-    let parquet_error = |source| LakeError::Parquet {
-        path: temp.clone(),
-        source,
-    };
-    let mut writer =
-        ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(parquet_error)?;
-    writer.write(&batch).map_err(parquet_error)?;
-    let mut file = writer.into_inner().map_err(parquet_error)?;
-    file.flush().map_err(io("write", &temp))?;
-    file.sync_all().map_err(io("sync", &temp))?;
-    drop(file);
-    let mut permissions = std::fs::metadata(&temp)
-        .map_err(io("stat", &temp))?
-        .permissions();
-    permissions.set_readonly(true);
-    std::fs::set_permissions(&temp, permissions).map_err(io("protect", &temp))?;
-    // A hard link fails if the name exists: a part is never replaced.
-    let linked = std::fs::hard_link(&temp, &path);
-    let _ = std::fs::remove_file(&temp);
-    match linked {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(LakeError::Exists(path));
-        }
-        Err(source) => {
-            return Err(LakeError::Io {
+    let written = (|| {
+        let file = File::create(&temp).map_err(io("create", &temp))?;
+        let parquet_error = |source| LakeError::Parquet {
+            path: temp.clone(),
+            source,
+        };
+        let mut writer =
+            ArrowWriter::try_new(file, batch.schema(), Some(properties)).map_err(parquet_error)?;
+        writer.write(batch).map_err(parquet_error)?;
+        let mut file = writer.into_inner().map_err(parquet_error)?;
+        file.flush().map_err(io("write", &temp))?;
+        file.sync_all().map_err(io("sync", &temp))?;
+        drop(file);
+        let mut permissions = std::fs::metadata(&temp)
+            .map_err(io("stat", &temp))?
+            .permissions();
+        permissions.set_readonly(true);
+        std::fs::set_permissions(&temp, permissions).map_err(io("protect", &temp))?;
+        // A hard link fails if the name exists: a published file is never replaced.
+        match std::fs::hard_link(&temp, path) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(LakeError::Io {
                 action: "link into place",
-                path,
+                path: path.to_owned(),
                 source,
-            });
+            }),
         }
+    })();
+    let _ = std::fs::remove_file(&temp);
+    if written? {
+        if let Ok(handle) = File::open(dir) {
+            let _ = handle.sync_all();
+        }
+        return Ok(true);
     }
-    if let Ok(handle) = File::open(dir) {
-        let _ = handle.sync_all();
-    }
-    Ok(Part {
-        path,
-        first_open_ms: first.open_time,
-        last_open_ms: last.open_time,
-    })
+    Ok(false)
 }
 
 fn klines_batch(

@@ -253,13 +253,13 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     print_outcome(&record, &request);
     if status == RunStatus::Succeeded && request.mode != Mode::Quiet && !request.json {
         print_final_outputs(&pipeline, &outcome, &cache, &request.paths.project_root);
+        for line in report.iter().flat_map(|report| &report.key_figures) {
+            println!("{line}");
+        }
+        for line in signal_lines(&pipeline, &outcome, &cache) {
+            println!("{line}");
+        }
         if let Some(report) = report {
-            for line in &report.key_figures {
-                println!("{line}");
-            }
-            for line in signal_lines(&pipeline, &outcome, &cache) {
-                println!("{line}");
-            }
             let html = report
                 .html
                 .strip_prefix(&request.paths.project_root)
@@ -274,8 +274,6 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     })
 }
 
-/// Draws the run's report from the output of its `report` stage (the last, if several), when
-/// that stage finished. A report that cannot be written is a warning: the stages' outputs stand.
 /// The closing lines of each `signals` stage (its `signals.txt` without the banner): the
 /// newest bar's signals and the paper book.
 fn signal_lines(pipeline: &Pipeline, outcome: &RunOutcome, cache: &Cache) -> Vec<String> {
@@ -297,6 +295,8 @@ fn signal_lines(pipeline: &Pipeline, outcome: &RunOutcome, cache: &Cache) -> Vec
         .collect()
 }
 
+/// Draws the run's report from the output of its `report` stage (the last, if several), when
+/// that stage finished. A report that cannot be written is a warning: the stages' outputs stand.
 fn write_report(
     pipeline: &Pipeline,
     outcome: &RunOutcome,

@@ -283,6 +283,22 @@ fn hourly_runs_fetch_new_candles_keep_the_model_and_price_the_paper_book() {
         again.stdout
     );
     assert_eq!(bar_files(project.path()).len(), 2);
+    // Forced at the same hour (a retrained model): the published bar is kept, byte for byte.
+    let published = project.path().join(format!(
+        "data/paper/hourly/signals/bars/bar={second_bar}.parquet"
+    ));
+    let before = std::fs::read(&published).unwrap();
+    let forced = project.run(&["run", "pipelines/hourly.yaml", "--force"]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert!(
+        forced
+            .stderr
+            .contains("already holds signals for this bar: kept them"),
+        "{}",
+        forced.stderr
+    );
+    assert_eq!(std::fs::read(&published).unwrap(), before);
+    assert_eq!(ledger(project.path()).len(), 8);
 
     // 06:00 with a one-second window: the model is older than that, so train runs again.
     std::thread::sleep(Duration::from_millis(1100));
@@ -357,5 +373,27 @@ fn an_overlapping_scheduled_run_exits_75_or_waits_for_the_first() {
         bar_files(project.path()).len(),
         1,
         "one bar, signalled once"
+    );
+}
+
+#[test]
+fn signals_on_the_wrong_interval_fail_naming_it() {
+    let project = common::shipped_project();
+    let text = pipeline("7d");
+    let wrong = text.replacen("      interval: 1h\n", "      interval: 4h\n", 1);
+    assert_ne!(wrong, text);
+    project.write("pipelines/hourly.yaml", &wrong);
+    set_clock(&project, "2025-06-01T00:01:00Z");
+    let run = project.run(&["run", "pipelines/hourly.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("interval: 4h does not match `features`, whose newest bars are 1h apart"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !project.path().join("data/paper").exists(),
+        "nothing published on a failed check"
     );
 }

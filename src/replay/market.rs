@@ -323,7 +323,9 @@ impl SimMarket {
         // itself never follows, so this takes no lock that is held here).
         let lagged = match self.lead_lag {
             Some((leader, beta)) if leader != index && series.len() < needed => {
-                let bars = self.base_bars(leader, 0, to);
+                // Only the bars the new ones follow: k - 1 for each k still to simulate.
+                let from = (asset.listed + series.len() as u64).saturating_sub(1);
+                let bars = self.base_bars(leader, from, to);
                 let first = bars
                     .first()
                     .map(|(time, _)| (time - self.genesis) / self.base.millis());

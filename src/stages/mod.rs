@@ -62,6 +62,13 @@ pub fn write_parquet_atomic(
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let temp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
     write_parquet(&temp, batch)?;
+    std::fs::File::open(&temp)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| StageError::Io {
+            action: "sync",
+            path: temp.clone(),
+            source,
+        })?;
     std::fs::rename(&temp, path).map_err(|source| {
         let _ = std::fs::remove_file(&temp);
         StageError::Io {

@@ -168,6 +168,35 @@ struct TrainedOn {
     to: String,
 }
 
+/// The shapes in `model.json` agree with each other (so predicting cannot index out of bounds).
+fn check_model(model: &ModelFile) -> Result<(), String> {
+    let features = model.features.len();
+    let network = &model.network;
+    if model.scaler.mean.len() != features || model.scaler.scale.len() != features {
+        return Err(format!(
+            "the scaler has {} means and {} scales for {features} features",
+            model.scaler.mean.len(),
+            model.scaler.scale.len()
+        ));
+    }
+    if network.inputs != features || network.classes != model.classes.len() {
+        return Err(format!(
+            "the network maps {} inputs to {} classes; the model lists {features} features and {} classes",
+            network.inputs,
+            network.classes,
+            model.classes.len()
+        ));
+    }
+    let expected = network.layout().param_count();
+    if network.params.len() != expected {
+        return Err(format!(
+            "the network has {} parameters; its layout needs {expected}",
+            network.params.len()
+        ));
+    }
+    Ok(())
+}
+
 /// One symbol's signal at a bar.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Signal {
@@ -224,8 +253,11 @@ pub struct Fills {
 
 /// Prices the non-flat `signals`: entry at the open of bar t+1, exit at the close of bar t+H.
 /// `prices` maps (symbol, open time) to (open, close); `newest` is the newest bar in the lake.
+/// An entry `closed` in the previous ledger stays as it was: a symbol that later leaves the
+/// universe (or the lake) does not reopen its history.
 pub fn ledger(
     signals: &[Signal],
+    previous: &HashMap<(String, i64), Entry>,
     prices: &HashMap<(String, i64), (f64, f64)>,
     newest: i64,
     fills: Fills,
@@ -234,6 +266,12 @@ pub fn ledger(
         .iter()
         .filter(|signal| signal.side != FLAT)
         .map(|signal| {
+            if let Some(closed) = previous
+                .get(&(signal.symbol.clone(), signal.open_time))
+                .filter(|entry| entry.status == Status::Closed && entry.side == signal.side)
+            {
+                return closed.clone();
+            }
             let entry_time = signal.open_time + fills.bar_ms;
             let exit_time = signal.open_time + i64::from(fills.horizon) * fills.bar_ms;
             let mut entry = Entry {
@@ -409,6 +447,36 @@ fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
     RecordBatch::try_new(Arc::new(schema), columns).map_err(failed)
 }
 
+fn column<'b>(batch: &'b RecordBatch, name: &str, file: &Path) -> Result<&'b ArrayRef, StageError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| failed(format!("{}: no column `{name}`", file.display())))
+}
+
+fn text(batch: &RecordBatch, name: &str, file: &Path) -> Result<StringArray, StageError> {
+    arrow::compute::cast(column(batch, name, file)?, &DataType::Utf8)
+        .ok()
+        .and_then(|array| array.as_string_opt::<i32>().cloned())
+        .ok_or_else(|| failed(format!("{}: column `{name}` is not text", file.display())))
+}
+
+fn number<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    name: &str,
+    file: &Path,
+) -> Result<arrow::array::PrimitiveArray<T>, StageError> {
+    arrow::compute::cast(column(batch, name, file)?, &T::DATA_TYPE)
+        .ok()
+        .and_then(|array| array.as_primitive_opt::<T>().cloned())
+        .ok_or_else(|| {
+            failed(format!(
+                "{}: column `{name}` is not {}",
+                file.display(),
+                T::DATA_TYPE
+            ))
+        })
+}
+
 /// Every signal in the book's `bars/` directory, in time order.
 fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -433,14 +501,9 @@ fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
     let mut signals = Vec::new();
     for file in files {
         for batch in crate::stages::read_parquet(&file)? {
-            let column = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .ok_or_else(|| failed(format!("{}: no column `{name}`", file.display())))
-            };
-            let symbol = column("symbol")?.as_string::<i32>().clone();
-            let time = column("open_time")?.as_primitive::<Int64Type>().clone();
-            let side = column("side")?.as_string::<i32>().clone();
+            let symbol = text(&batch, "symbol", &file)?;
+            let time = number::<Int64Type>(&batch, "open_time", &file)?;
+            let side = text(&batch, "side", &file)?;
             for row in 0..batch.num_rows() {
                 signals.push(Signal {
                     symbol: symbol.value(row).to_owned(),
@@ -453,6 +516,48 @@ fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
     }
     signals.sort_by(|a, b| (a.open_time, &a.symbol).cmp(&(b.open_time, &b.symbol)));
     Ok(signals)
+}
+
+/// The closed entries of the book's previous ledger, if there is one.
+fn previous_closed(path: &Path) -> Result<HashMap<(String, i64), Entry>, StageError> {
+    let mut closed = HashMap::new();
+    if !path.exists() {
+        return Ok(closed);
+    }
+    for batch in crate::stages::read_parquet(path)? {
+        let symbol = text(&batch, "symbol", path)?;
+        let time = number::<Int64Type>(&batch, "open_time", path)?;
+        let direction = number::<arrow::datatypes::Int8Type>(&batch, "direction", path)?;
+        let status = text(&batch, "status", path)?;
+        let float = |name: &str| number::<Float64Type>(&batch, name, path);
+        let (entry, exit, gross, net) = (
+            float("entry_price")?,
+            float("exit_price")?,
+            float("gross_return")?,
+            float("net_return")?,
+        );
+        let get = |array: &Float64Array, row: usize| array.is_valid(row).then(|| array.value(row));
+        for row in 0..batch.num_rows() {
+            if status.value(row) != Status::Closed.word() {
+                continue;
+            }
+            let key = (symbol.value(row).to_owned(), time.value(row));
+            closed.insert(
+                key.clone(),
+                Entry {
+                    symbol: key.0,
+                    open_time: key.1,
+                    side: direction.value(row),
+                    status: Status::Closed,
+                    entry_price: get(&entry, row),
+                    exit_price: get(&exit, row),
+                    gross_return: get(&gross, row),
+                    net_return: get(&net, row),
+                },
+            );
+        }
+    }
+    Ok(closed)
 }
 
 impl Prepared {
@@ -473,6 +578,12 @@ impl Prepared {
                 crate::stages::train::MODEL_FORMAT_VERSION
             )));
         }
+        check_model(&model).map_err(|problem| {
+            failed(format!(
+                "{}: {problem}: the file is damaged or was not written by train; re-run train",
+                model_path.display()
+            ))
+        })?;
         let class_index = |class: &str, key: &str| {
             model
                 .classes
@@ -542,10 +653,11 @@ impl Prepared {
             .join(&context.pipeline)
             .join(&context.stage_id);
         let bar_file = book.join("bars").join(format!("bar={newest}.parquet"));
-        let appended = !bar_file.exists();
-        if appended {
-            crate::stages::write_parquet_atomic(&bar_file, &batch)?;
-        } else {
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+            .build();
+        let appended = crate::lake::publish(&bar_file, &batch, properties).map_err(failed)?;
+        if !appended {
             context.warn(&format!(
                 "{} already holds signals for this bar: kept them (a published signal is not rewritten)",
                 bar_file.display()
@@ -558,15 +670,36 @@ impl Prepared {
             .iter()
             .map(|s| s.open_time)
             .min()
-            .unwrap_or(newest);
-        let (prices, lake_newest) = self.prices(&session, first + self.bar_ms).await?;
+            .unwrap_or(newest)
+            .min(newest);
+        let (prices, lake_newest) = self.prices(&session, first).await?;
+        // Symbols with a candle at this bar but no feature row: still inside the warm-up.
+        let featured: std::collections::HashSet<&str> = signals
+            .iter()
+            .map(|s| s.symbol.as_str())
+            .chain(stale.iter().map(String::as_str))
+            .chain(incomplete.iter().map(String::as_str))
+            .collect();
+        let mut warming_up: Vec<String> = prices
+            .keys()
+            .filter(|(symbol, time)| *time == newest && !featured.contains(symbol.as_str()))
+            .map(|(symbol, _)| symbol.clone())
+            .collect();
+        warming_up.sort();
+        let previous = previous_closed(&book.join(LEDGER_FILE))?;
         let fills = Fills {
             bar_ms: self.bar_ms,
             horizon: params.horizon,
             fee: params.fee,
             slippage: params.slippage,
         };
-        let entries = ledger(&book_signals, &prices, lake_newest.max(newest), fills);
+        let entries = ledger(
+            &book_signals,
+            &previous,
+            &prices,
+            lake_newest.max(newest),
+            fills,
+        );
         let ledger = ledger_batch(&entries)?;
         crate::stages::write_parquet_atomic(&book.join(LEDGER_FILE), &ledger)?;
         crate::stages::write_parquet(&context.output_dir.join(LEDGER_FILE), &ledger)?;
@@ -590,6 +723,7 @@ impl Prepared {
                 "flat": count(FLAT),
                 "stale_symbols": stale,
                 "incomplete_symbols": incomplete,
+                "warming_up_symbols": warming_up,
                 "book": shown,
                 "appended": appended,
                 "ledger": summary,
@@ -664,30 +798,51 @@ impl Prepared {
             .iter()
             .map(|name| format!("CAST({} AS DOUBLE)", quoted(name)))
             .collect();
+        // Each symbol's two newest rows: the newest to predict on, the gap between them to check
+        // that the table is on `interval` bars.
         let sql = format!(
-            "SELECT CAST(symbol AS VARCHAR), CAST(open_time AS BIGINT), {} FROM (\
+            "SELECT CAST(symbol AS VARCHAR), CAST(open_time AS BIGINT), newest_rank, {} FROM (\
                SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY open_time DESC) AS newest_rank \
-               FROM {table}) WHERE newest_rank = 1 ORDER BY 1",
+               FROM {table}) WHERE newest_rank <= 2 ORDER BY 1, 2 DESC",
             columns.join(", ")
         );
         let batches = query(session, &sql, &format!("the newest rows of {table}"))
             .await
             .map_err(failed)?;
-        let mut newest_rows = Vec::new();
+        let mut newest_rows: Vec<(String, i64, Vec<Option<f64>>)> = Vec::new();
+        let mut gaps = Vec::new();
         for batch in &batches {
             let symbol = text_column(batch, 0).map_err(failed)?;
             let symbol = symbol.as_string::<i32>();
             let time = batch.column(1).as_primitive::<Int64Type>();
             for row in 0..batch.num_rows() {
+                let (name, at) = (symbol.value(row), time.value(row));
+                match newest_rows.last() {
+                    // The second newest row of the symbol just read.
+                    Some((last, newer, _)) if last == name => {
+                        gaps.push(newer - at);
+                        continue;
+                    }
+                    _ => {}
+                }
                 let values: Vec<Option<f64>> = (0..model.features.len())
                     .map(|c| {
-                        let column = batch.column(c + 2).as_primitive::<Float64Type>();
+                        let column = batch.column(c + 3).as_primitive::<Float64Type>();
                         (column.is_valid(row) && column.value(row).is_finite())
                             .then(|| column.value(row))
                     })
                     .collect();
-                newest_rows.push((symbol.value(row).to_owned(), time.value(row), values));
+                newest_rows.push((name.to_owned(), at, values));
             }
+        }
+        if !gaps.is_empty() && !gaps.contains(&self.bar_ms) {
+            let gap = gaps.iter().min().copied().unwrap_or_default().max(0) as u64;
+            return Err(failed(format!(
+                "interval: {} does not match `{}`, whose newest bars are {} apart: set `interval` to the features' interval",
+                self.params.interval,
+                self.params.features_table,
+                crate::time::human(std::time::Duration::from_millis(gap))
+            )));
         }
         let newest = newest_rows.iter().map(|(_, time, _)| *time).max();
         let (mut rows, mut stale, mut incomplete) = (Vec::new(), Vec::new(), Vec::new());
@@ -775,7 +930,7 @@ mod tests {
             signal("X", 0, FLAT),
             signal("Y", 0, LONG),
         ];
-        let entries = ledger(&signals, &prices, 3 * HOUR, fills);
+        let entries = ledger(&signals, &HashMap::new(), &prices, 3 * HOUR, fills);
         assert_eq!(entries.len(), 4, "flat signals are not trades");
         // Long at bar 0: in at bar 1's open 100, out at bar 2's close 102.
         let long = &entries[0];
@@ -802,5 +957,15 @@ mod tests {
         let summary = book_summary(&entries);
         assert_eq!((summary.closed, summary.open, summary.no_price), (2, 1, 1));
         assert_eq!(summary.hit_rate, Some(1.0));
+
+        // X later leaves the lake: its closed trades stay as the previous ledger had them, the
+        // open one cannot be priced.
+        let previous: HashMap<(String, i64), Entry> = entries
+            .iter()
+            .map(|e| ((e.symbol.clone(), e.open_time), e.clone()))
+            .collect();
+        let later = ledger(&signals, &previous, &HashMap::new(), 9 * HOUR, fills);
+        assert_eq!(later[..2], entries[..2]);
+        assert_eq!(later[2].status, Status::NoPrice);
     }
 }
