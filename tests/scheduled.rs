@@ -397,3 +397,32 @@ fn signals_on_the_wrong_interval_fail_naming_it() {
         "nothing published on a failed check"
     );
 }
+
+#[test]
+fn a_kept_model_missing_a_feature_the_file_dropped_fails_signals_naming_it() {
+    let project = common::shipped_project();
+    project.write("pipelines/hourly.yaml", &pipeline("7d"));
+    set_clock(&project, "2025-06-01T00:01:00Z");
+    run(&project);
+    let path = project.path().join("stages/features/features.sql");
+    let sql = std::fs::read_to_string(&path).unwrap();
+    let line = "  liquidity_score, spread_estimate, price_stability, bars_since_listing\n";
+    assert!(sql.contains(line), "features.sql changed shape");
+    project.write(
+        "stages/features/features.sql",
+        &sql.replace(
+            line,
+            "  liquidity_score, spread_estimate, price_stability\n",
+        ),
+    );
+    let failed = project.run(&["run", "pipelines/hourly.yaml", "--json"]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert_eq!(failed.status_of("train"), "reused");
+    assert!(
+        failed.stderr.contains(
+            "uses features `features` no longer has: `bars_since_listing`; retrain it (`--start-from train`)"
+        ),
+        "{}",
+        failed.stderr
+    );
+}

@@ -612,6 +612,27 @@ impl Prepared {
                 "no input provides a `{table}` table: add the features stage to `needs`"
             )));
         }
+        // A model kept by `reuse_for` may predate an edit of the feature file.
+        let schema = session
+            .table(datafusion::common::TableReference::bare(table.as_str()))
+            .await
+            .map_err(|error| failed(format!("reading `{table}`: {error}")))?
+            .schema()
+            .as_arrow()
+            .clone();
+        let missing: Vec<&str> = model
+            .features
+            .iter()
+            .filter(|name| schema.field_with_name(name).is_err())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(failed(format!(
+                "the model (trained to {}) uses features `{table}` no longer has: `{}`; retrain it (`--start-from train`)",
+                model.trained_on.to,
+                missing.join("`, `")
+            )));
+        }
         let (newest, rows, stale, incomplete) = self.newest_rows(&session, &model).await?;
         let newest = newest.ok_or_else(|| failed(format!("`{table}` has no rows")))?;
 
