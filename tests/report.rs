@@ -78,6 +78,7 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
         "aria-label=\"Drawdown\"",
         "aria-label=\"stage timeline\"",
         "Monthly returns",
+        "P&amp;L before fees (t)",
     ] {
         assert!(html.contains(part), "report.html lacks `{part}`");
     }
@@ -88,6 +89,7 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
     let markdown = std::fs::read_to_string(html_path.with_file_name("report.md")).unwrap();
     assert!(markdown.contains("## Backtest"), "{markdown}");
     assert!(markdown.contains("| total return |"), "{markdown}");
+    assert!(markdown.contains("; before fees P&L "), "{markdown}");
 
     let Some(browser) = chromium() else {
         eprintln!(

@@ -283,7 +283,7 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
     let trades = &summary.trades;
     let _ = write!(
         page,
-        "<table><tr><th>trades</th><th>long / short</th><th>win rate</th><th>profit factor</th><th>expectancy</th><th>average bars</th><th>exposure</th><th>fees paid</th><th>funding paid</th></tr><tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr></table>",
+        "<table><tr><th>trades</th><th>long / short</th><th>win rate</th><th>profit factor</th><th>expectancy</th><th>average bars</th><th>exposure</th><th>fees paid</th><th>funding paid</th><th>P&amp;L before fees (t)</th></tr><tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({})</td></tr></table>",
         trades.trades,
         trades.long,
         trades.short,
@@ -293,7 +293,9 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
         figure(trades.average_bars),
         share(Some(summary.exposure)),
         figure(Some(summary.fees_paid)),
-        figure(Some(summary.funding_paid))
+        figure(Some(summary.funding_paid)),
+        figure(Some(summary.before_fees.pnl)),
+        ratio(summary.before_fees.t_stat)
     );
     let curve = &backtest.curve;
     page.push_str(&time_chart(

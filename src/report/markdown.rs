@@ -86,7 +86,7 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
         let (s, b) = (&summary.strategy, &summary.buy_and_hold);
         let _ = writeln!(
             text,
-            "\n## Backtest\n\n{} symbols, {} to {}: **{}**\n\n| | strategy | buy-and-hold |\n|---|---:|---:|\n| total return | {} | {} |\n| CAGR | {} | {} |\n| Sharpe | {} | {} |\n| Sortino | {} | {} |\n| max drawdown | {} | {} |\n\n{} trades, win rate {}, profit factor {}, exposure {}, fees paid {}.",
+            "\n## Backtest\n\n{} symbols, {} to {}: **{}**\n\n| | strategy | buy-and-hold |\n|---|---:|---:|\n| total return | {} | {} |\n| CAGR | {} | {} |\n| Sharpe | {} | {} |\n| Sortino | {} | {} |\n| max drawdown | {} | {} |\n\n{} trades, win rate {}, profit factor {}, exposure {}, fees paid {}; before fees P&L {} (t = {}).",
             summary.symbols,
             summary.from,
             summary.to,
@@ -105,7 +105,9 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
             share(summary.trades.win_rate),
             ratio(summary.trades.profit_factor),
             share(Some(summary.exposure)),
-            figure(Some(summary.fees_paid))
+            figure(Some(summary.fees_paid)),
+            figure(Some(summary.before_fees.pnl)),
+            ratio(summary.before_fees.t_stat)
         );
     }
     text
