@@ -79,6 +79,8 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
         "aria-label=\"stage timeline\"",
         "Monthly returns",
         "P&amp;L before fees (t)",
+        "<h2>Paper trading</h2>",
+        "BTCUSDT",
     ] {
         assert!(html.contains(part), "report.html lacks `{part}`");
     }

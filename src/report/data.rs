@@ -20,6 +20,24 @@ pub struct ReportData {
     pub features: Option<Features>,
     pub model: Option<Model>,
     pub backtest: Option<Backtest>,
+    /// The newest bar's signals and the paper book, when a `signals` stage is an input.
+    #[serde(default)]
+    pub paper: Option<Paper>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Paper {
+    pub summary: crate::stages::signals::SignalsSummary,
+    /// The probability columns of `latest`, in order.
+    pub classes: Vec<String>,
+    pub latest: Vec<LatestSignal>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatestSignal {
+    pub symbol: String,
+    pub side: String,
+    pub probabilities: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

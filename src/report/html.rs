@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::data::{Backtest, Features, Model, ReportData, Validation};
+use super::data::{Backtest, Features, Model, Paper, ReportData, Validation};
 use super::format::{MONTHS, duration_ms, figure, ratio, share, signed_percent};
 use super::svg::{Series, Span, escape, time_chart, timeline};
 use crate::run_record::{RunRecord, StageStatus};
@@ -54,6 +54,9 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
     }
     if let Some(model) = &data.model {
         model_section(&mut page, model);
+    }
+    if let Some(paper) = &data.paper {
+        paper_section(&mut page, paper);
     }
     run_section(&mut page, record);
     if let Some(validation) = &data.validation {
@@ -165,6 +168,46 @@ fn features_section(page: &mut String, features: &Features) {
             figure(column.min),
             figure(column.max)
         );
+    }
+    page.push_str("</table>");
+}
+
+fn paper_section(page: &mut String, paper: &Paper) {
+    let summary = &paper.summary;
+    let ledger = &summary.ledger;
+    let _ = write!(
+        page,
+        "<h2>Paper trading</h2><p>Signals at {} from the model trained to {}: {} long, {} short, {} flat. Paper book <code>{}</code>: {} paper trades, {} closed (mean net return {}, gross {}, hit rate {}), {} open, {} without prices.</p>",
+        escape(&summary.bar),
+        escape(&summary.model_trained_to),
+        summary.long,
+        summary.short,
+        summary.flat,
+        escape(&summary.book),
+        ledger.signals,
+        ledger.closed,
+        signed_percent(ledger.mean_net_return),
+        signed_percent(ledger.mean_gross_return),
+        share(ledger.hit_rate),
+        ledger.open,
+        ledger.no_price
+    );
+    page.push_str("<table><tr><th class=\"l\">symbol</th><th class=\"l\">signal</th>");
+    for class in &paper.classes {
+        let _ = write!(page, "<th>P({})</th>", escape(class));
+    }
+    page.push_str("</tr>");
+    for signal in &paper.latest {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{}</td><td class=\"l\">{}</td>",
+            escape(&signal.symbol),
+            escape(&signal.side)
+        );
+        for p in &signal.probabilities {
+            let _ = write!(page, "<td>{p:.3}</td>");
+        }
+        page.push_str("</tr>");
     }
     page.push_str("</table>");
 }

@@ -110,6 +110,23 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
             ratio(summary.before_fees.t_stat)
         );
     }
+    if let Some(paper) = &data.paper {
+        let summary = &paper.summary;
+        let _ = writeln!(
+            text,
+            "\n## Paper trading\n\nSignals at {} (model trained to {}): {} long, {} short, {} flat. Paper book `{}`: {} paper trades, {} closed (mean net {}), {} open.",
+            summary.bar,
+            summary.model_trained_to,
+            summary.long,
+            summary.short,
+            summary.flat,
+            summary.book,
+            summary.ledger.signals,
+            summary.ledger.closed,
+            signed_percent(summary.ledger.mean_net_return),
+            summary.ledger.open
+        );
+    }
     text
 }
 

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::location::YamlPath;
 use crate::report::data::{
-    Backtest, ColumnSummary, Curve, Features, Model, Month, ReportData, Validation, thin,
+    Backtest, ColumnSummary, Curve, Features, LatestSignal, Model, Month, Paper, ReportData,
+    Validation, thin,
 };
 use crate::report::{REPORT_DATA_FILE, REPORT_FORMAT_VERSION};
 use crate::sql::{query, quoted};
@@ -59,7 +60,7 @@ impl StageKind for Report {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        2
     }
 
     fn prepare(
@@ -114,6 +115,10 @@ impl Prepared {
             Some(input) => Some(self.backtest(&input.dir)?),
             None => None,
         };
+        let paper = match context.input_with(crate::stages::signals::SIGNALS_FILE) {
+            Some(input) => Some(paper(&input.dir)?),
+            None => None,
+        };
         let session = crate::sql::input_session(&context.inputs, &context.data_dir)
             .await
             .map_err(failed)?;
@@ -127,9 +132,14 @@ impl Prepared {
         } else {
             None
         };
-        if validation.is_none() && features.is_none() && model.is_none() && backtest.is_none() {
+        if validation.is_none()
+            && features.is_none()
+            && model.is_none()
+            && backtest.is_none()
+            && paper.is_none()
+        {
             return Err(failed(
-                "no input holds anything to report: add validate, features, train or backtest stages to `needs`",
+                "no input holds anything to report: add validate, features, train, backtest or signals stages to `needs`",
             ));
         }
         let data = ReportData {
@@ -139,6 +149,7 @@ impl Prepared {
             features,
             model,
             backtest,
+            paper,
         };
         crate::stages::write_json(&context.output_dir.join(REPORT_DATA_FILE), &data)
     }
@@ -169,6 +180,59 @@ impl Prepared {
             monthly,
         })
     }
+}
+
+/// A `signals` stage's summary and its newest bar's signals.
+fn paper(dir: &Path) -> Result<Paper, StageError> {
+    let path = dir.join(crate::stages::signals::SUMMARY_FILE);
+    let summary = field(&crate::stages::read_json(&path)?, "", &path)?;
+    let path = dir.join(crate::stages::signals::SIGNALS_FILE);
+    let reading = |error: &dyn std::fmt::Display| failed(format!("{}: {error}", path.display()));
+    let mut classes = Vec::new();
+    let mut latest = Vec::new();
+    for batch in crate::stages::read_parquet(&path)? {
+        let schema = batch.schema();
+        let columns: Vec<(String, usize)> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(index, field)| {
+                field
+                    .name()
+                    .strip_prefix("p_")
+                    .map(|class| (class.to_owned(), index))
+            })
+            .collect();
+        classes = columns.iter().map(|(class, _)| class.clone()).collect();
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|column| column.as_string_opt::<i32>())
+                .ok_or_else(|| reading(&format!("no text column `{name}`")))
+        };
+        let (symbol, side) = (text("symbol")?, text("side")?);
+        let probabilities: Vec<&arrow::array::Float64Array> = columns
+            .iter()
+            .map(|(_, index)| {
+                batch
+                    .column(*index)
+                    .as_primitive_opt::<Float64Type>()
+                    .ok_or_else(|| reading(&"a probability column is not Float64"))
+            })
+            .collect::<Result<_, _>>()?;
+        for row in 0..batch.num_rows() {
+            latest.push(LatestSignal {
+                symbol: symbol.value(row).to_owned(),
+                side: side.value(row).to_owned(),
+                probabilities: probabilities.iter().map(|p| p.value(row)).collect(),
+            });
+        }
+    }
+    Ok(Paper {
+        summary,
+        classes,
+        latest,
+    })
 }
 
 fn model(path: &Path) -> Result<Model, StageError> {

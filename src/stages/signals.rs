@@ -49,7 +49,7 @@ pub struct Signals;
 
 pub const SIGNALS_FILE: &str = "signals.parquet";
 pub const LEDGER_FILE: &str = "ledger.parquet";
-const SUMMARY_FILE: &str = "summary.json";
+pub const SUMMARY_FILE: &str = "summary.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,7 +96,7 @@ impl StageKind for Signals {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        2
     }
 
     fn prepare(
@@ -309,15 +309,35 @@ pub fn ledger(
 }
 
 /// The book's figures for the summary.
-#[derive(Debug, Clone, Serialize)]
-struct BookSummary {
-    signals: usize,
-    open: usize,
-    closed: usize,
-    no_price: usize,
-    mean_gross_return: Option<f64>,
-    mean_net_return: Option<f64>,
-    hit_rate: Option<f64>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookSummary {
+    /// Paper trades (long or short signals) in the book.
+    pub signals: usize,
+    pub open: usize,
+    pub closed: usize,
+    pub no_price: usize,
+    pub mean_gross_return: Option<f64>,
+    pub mean_net_return: Option<f64>,
+    /// The share of closed trades with a positive net return.
+    pub hit_rate: Option<f64>,
+}
+
+/// `summary.json`: this run's signals and the book, for people and for the `report` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalsSummary {
+    pub bar: String,
+    pub model_trained_to: String,
+    pub symbols: usize,
+    pub long: usize,
+    pub short: usize,
+    pub flat: usize,
+    pub stale_symbols: Vec<String>,
+    pub incomplete_symbols: Vec<String>,
+    pub warming_up_symbols: Vec<String>,
+    pub book: String,
+    pub appended: bool,
+    pub ledger: BookSummary,
+    pub synthetic: bool,
 }
 
 fn book_summary(entries: &[Entry]) -> BookSummary {
@@ -735,21 +755,21 @@ impl Prepared {
         let summary = book_summary(&entries);
         crate::stages::write_json(
             &context.output_dir.join(SUMMARY_FILE),
-            &serde_json::json!({
-                "bar": at,
-                "model_trained_to": model.trained_on.to,
-                "symbols": signals.len(),
-                "long": count(LONG),
-                "short": count(crate::backtest::SHORT),
-                "flat": count(FLAT),
-                "stale_symbols": stale,
-                "incomplete_symbols": incomplete,
-                "warming_up_symbols": warming_up,
-                "book": shown,
-                "appended": appended,
-                "ledger": summary,
-                "synthetic": synthetic,
-            }),
+            &SignalsSummary {
+                bar: at.clone(),
+                model_trained_to: model.trained_on.to.clone(),
+                symbols: signals.len(),
+                long: count(LONG),
+                short: count(crate::backtest::SHORT),
+                flat: count(FLAT),
+                stale_symbols: stale.clone(),
+                incomplete_symbols: incomplete.clone(),
+                warming_up_symbols: warming_up.clone(),
+                book: shown.clone(),
+                appended,
+                ledger: summary.clone(),
+                synthetic,
+            },
         )?;
         let percent =
             |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:+.3}%", v * 100.0));
