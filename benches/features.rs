@@ -59,10 +59,11 @@ fn main() {
         eprintln!("generated {rows_total} rows under {}", root.display());
         return;
     }
-    let measure = |guard: bool, samples: usize| -> (Vec<Duration>, u64) {
+    let measure = |guard: bool, samples: usize| -> (Vec<Duration>, u64, usize) {
         std::fs::write(root.join("pipelines/bench.yaml"), pipeline(guard)).unwrap();
         let mut times = Vec::new();
         let mut out_rows = 0;
+        let mut out_columns = 0;
         for _ in 0..samples {
             let output = Command::new(env!("CARGO_BIN_EXE_asterflow"))
                 .current_dir(root)
@@ -99,11 +100,14 @@ fn main() {
                 )
                 .unwrap();
                 use parquet::file::reader::FileReader;
-                out_rows = reader.metadata().file_metadata().num_rows() as u64;
+                let metadata = reader.metadata().file_metadata();
+                out_rows = metadata.num_rows() as u64;
+                // Every column but the keys and the close the labels and backtest join on.
+                out_columns = metadata.schema_descr().num_columns() - 3;
             }
         }
         times.sort();
-        (times, out_rows)
+        (times, out_rows, out_columns)
     };
 
     // Create the validate output and warm the page cache, then measure.
@@ -114,12 +118,12 @@ fn main() {
         .status()
         .unwrap();
     assert!(first.success(), "the first run failed");
-    let (plain, out_rows) = measure(false, SAMPLES);
+    let (plain, out_rows, out_columns) = measure(false, SAMPLES);
     let peak = children_peak_mib();
-    let (guarded, _) = measure(true, 3);
+    let (guarded, _, _) = measure(true, 3);
     let median = plain[plain.len() / 2];
     println!(
-        "features benchmark: {SYMBOLS} symbols x 1h x 2 years = {rows_total} input rows, {out_rows} output rows, 35 feature columns"
+        "features benchmark: {SYMBOLS} symbols x 1h x 2 years = {rows_total} input rows, {out_rows} output rows, {out_columns} feature columns"
     );
     println!(
         "  features stage: min {:.3} s, median {:.3} s, max {:.3} s ({} runs); {:.2} M input rows/s",
