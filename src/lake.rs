@@ -7,8 +7,9 @@
 //!
 //! A collection writes new parts holding only candles after the last stored one (or before the
 //! first, when the history window grows) and never rewrites a part, so a stage output that lists
-//! parts and their digests stays valid. Parts are written to a temporary name, fsynced, renamed
-//! and made read-only: a part either exists whole or not at all.
+//! parts and their digests stays valid. Parts are written to a temporary name, fsynced, made
+//! read-only and hard-linked into place ([`publish`]): a part either exists whole or not at all,
+//! and an existing one is never replaced.
 
 use std::fs::File;
 use std::io::Write;
@@ -254,6 +255,10 @@ pub fn publish(
             source,
         }
     };
+    // The hard link below decides; this only skips encoding a file that is surely there.
+    if path.exists() {
+        return Ok(false);
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("part");

@@ -80,7 +80,8 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
         "Monthly returns",
         "P&amp;L before fees (t)",
         "<h2>Paper trading</h2>",
-        "BTCUSDT",
+        "<th>P(BUY)</th>",
+        "<td class=\"l\">BTCUSDT</td><td class=\"l\">flat</td>",
     ] {
         assert!(html.contains(part), "report.html lacks `{part}`");
     }
@@ -92,6 +93,7 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
     assert!(markdown.contains("## Backtest"), "{markdown}");
     assert!(markdown.contains("| total return |"), "{markdown}");
     assert!(markdown.contains("; before fees P&L "), "{markdown}");
+    assert!(markdown.contains("## Paper trading"), "{markdown}");
 
     let Some(browser) = chromium() else {
         eprintln!(

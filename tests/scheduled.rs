@@ -288,6 +288,11 @@ fn hourly_runs_fetch_new_candles_keep_the_model_and_price_the_paper_book() {
         "data/paper/hourly/signals/bars/bar={second_bar}.parquet"
     ));
     let before = std::fs::read(&published).unwrap();
+    let inode = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    };
+    let file_before = inode(&published);
     let forced = project.run(&["run", "pipelines/hourly.yaml", "--force"]);
     assert_eq!(forced.code, 0, "{}", forced.stderr);
     assert!(
@@ -298,6 +303,11 @@ fn hourly_runs_fetch_new_candles_keep_the_model_and_price_the_paper_book() {
         forced.stderr
     );
     assert_eq!(std::fs::read(&published).unwrap(), before);
+    assert_eq!(
+        inode(&published),
+        file_before,
+        "the same file, not a rewrite"
+    );
     assert_eq!(ledger(project.path()).len(), 8);
 
     // 06:00 with a one-second window: the model is older than that, so train runs again.

@@ -13,6 +13,8 @@ pub mod validate;
 
 use std::path::Path;
 
+use arrow::array::AsArray;
+
 use crate::stage::StageError;
 
 /// Writes pretty JSON into a stage's output directory.
@@ -37,11 +39,9 @@ pub fn write_parquet(path: &Path, batch: &arrow::array::RecordBatch) -> Result<(
         path: path.to_owned(),
         source,
     })?;
-    let properties = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(properties))
-        .map_err(failed)?;
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(parquet_properties()))
+            .map_err(failed)?;
     writer.write(batch).map_err(failed)?;
     writer.close().map_err(failed)?;
     Ok(())
@@ -76,7 +76,12 @@ pub fn write_parquet_atomic(
             path: path.to_owned(),
             source,
         }
-    })
+    })?;
+    // The rename itself survives a crash once its directory is synced.
+    if let Ok(handle) = std::fs::File::open(parent) {
+        let _ = handle.sync_all();
+    }
+    Ok(())
 }
 
 /// Every batch of a Parquet file.
@@ -105,4 +110,54 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value, StageError> {
     })?;
     serde_json::from_str(&text)
         .map_err(|error| StageError::Failed(format!("{}: {error}", path.display())))
+}
+
+fn column<'b>(
+    batch: &'b arrow::array::RecordBatch,
+    name: &str,
+    file: &Path,
+) -> Result<&'b arrow::array::ArrayRef, StageError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| StageError::Failed(format!("{}: no column `{name}`", file.display())))
+}
+
+/// Column `name` of a batch read from `file`, as Utf8 (whatever string type it was stored as).
+pub fn text_column(
+    batch: &arrow::array::RecordBatch,
+    name: &str,
+    file: &Path,
+) -> Result<arrow::array::StringArray, StageError> {
+    arrow::compute::cast(
+        column(batch, name, file)?,
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .ok()
+    .and_then(|array| array.as_string_opt::<i32>().cloned())
+    .ok_or_else(|| StageError::Failed(format!("{}: column `{name}` is not text", file.display())))
+}
+
+/// Column `name` of a batch read from `file`, cast to `T`.
+pub fn number_column<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &arrow::array::RecordBatch,
+    name: &str,
+    file: &Path,
+) -> Result<arrow::array::PrimitiveArray<T>, StageError> {
+    arrow::compute::cast(column(batch, name, file)?, &T::DATA_TYPE)
+        .ok()
+        .and_then(|array| array.as_primitive_opt::<T>().cloned())
+        .ok_or_else(|| {
+            StageError::Failed(format!(
+                "{}: column `{name}` is not {}",
+                file.display(),
+                T::DATA_TYPE
+            ))
+        })
+}
+
+/// How stages write Parquet: zstd at its default level.
+pub fn parquet_properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build()
 }

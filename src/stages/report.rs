@@ -185,41 +185,26 @@ impl Prepared {
 /// A `signals` stage's summary and its newest bar's signals.
 fn paper(dir: &Path) -> Result<Paper, StageError> {
     let path = dir.join(crate::stages::signals::SUMMARY_FILE);
-    let summary = field(&crate::stages::read_json(&path)?, "", &path)?;
+    let summary = serde_json::from_value(crate::stages::read_json(&path)?)
+        .map_err(|error| failed(format!("{}: {error}", path.display())))?;
     let path = dir.join(crate::stages::signals::SIGNALS_FILE);
-    let reading = |error: &dyn std::fmt::Display| failed(format!("{}: {error}", path.display()));
     let mut classes = Vec::new();
     let mut latest = Vec::new();
     for batch in crate::stages::read_parquet(&path)? {
-        let schema = batch.schema();
-        let columns: Vec<(String, usize)> = schema
+        classes = batch
+            .schema()
             .fields()
             .iter()
-            .enumerate()
-            .filter_map(|(index, field)| {
-                field
-                    .name()
-                    .strip_prefix("p_")
-                    .map(|class| (class.to_owned(), index))
-            })
+            .filter_map(|field| field.name().strip_prefix("p_").map(str::to_owned))
             .collect();
-        classes = columns.iter().map(|(class, _)| class.clone()).collect();
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|column| column.as_string_opt::<i32>())
-                .ok_or_else(|| reading(&format!("no text column `{name}`")))
-        };
-        let (symbol, side) = (text("symbol")?, text("side")?);
-        let probabilities: Vec<&arrow::array::Float64Array> = columns
+        let symbol = crate::stages::text_column(&batch, "symbol", &path)?;
+        let side = crate::stages::text_column(&batch, "side", &path)?;
+        let probabilities = classes
             .iter()
-            .map(|(_, index)| {
-                batch
-                    .column(*index)
-                    .as_primitive_opt::<Float64Type>()
-                    .ok_or_else(|| reading(&"a probability column is not Float64"))
+            .map(|class| {
+                crate::stages::number_column::<Float64Type>(&batch, &format!("p_{class}"), &path)
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows() {
             latest.push(LatestSignal {
                 symbol: symbol.value(row).to_owned(),

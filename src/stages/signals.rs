@@ -187,7 +187,15 @@ fn check_model(model: &ModelFile) -> Result<(), String> {
             model.classes.len()
         ));
     }
-    let expected = network.layout().param_count();
+    // The layout's size, without overflow on a damaged file's huge numbers.
+    let (inputs, hidden, classes) = (network.inputs, network.hidden, network.classes);
+    let fan_in = if hidden > 0 { hidden } else { inputs };
+    let expected = inputs
+        .checked_mul(hidden)
+        .and_then(|w1| w1.checked_add(hidden))
+        .and_then(|sum| sum.checked_add(fan_in.checked_mul(classes)?))
+        .and_then(|sum| sum.checked_add(classes))
+        .ok_or_else(|| format!("the network's sizes ({inputs}, {hidden}, {classes}) overflow"))?;
     if network.params.len() != expected {
         return Err(format!(
             "the network has {} parameters; its layout needs {expected}",
@@ -253,8 +261,8 @@ pub struct Fills {
 
 /// Prices the non-flat `signals`: entry at the open of bar t+1, exit at the close of bar t+H.
 /// `prices` maps (symbol, open time) to (open, close); `newest` is the newest bar in the lake.
-/// An entry `closed` in the previous ledger stays as it was: a symbol that later leaves the
-/// universe (or the lake) does not reopen its history.
+/// An entry `closed` in the previous ledger whose prices are gone now (its symbol left the
+/// universe, or the lake) stays as it closed instead of turning into `no_price`.
 pub fn ledger(
     signals: &[Signal],
     previous: &HashMap<(String, i64), Entry>,
@@ -266,46 +274,58 @@ pub fn ledger(
         .iter()
         .filter(|signal| signal.side != FLAT)
         .map(|signal| {
-            if let Some(closed) = previous
+            let fresh = price(signal, prices, newest, fills);
+            if fresh.status != Status::NoPrice {
+                return fresh;
+            }
+            // Prices gone (the symbol left the universe or the lake): keep the trade as it closed.
+            previous
                 .get(&(signal.symbol.clone(), signal.open_time))
                 .filter(|entry| entry.status == Status::Closed && entry.side == signal.side)
-            {
-                return closed.clone();
-            }
-            let entry_time = signal.open_time + fills.bar_ms;
-            let exit_time = signal.open_time + i64::from(fills.horizon) * fills.bar_ms;
-            let mut entry = Entry {
-                symbol: signal.symbol.clone(),
-                open_time: signal.open_time,
-                side: signal.side,
-                status: Status::Open,
-                entry_price: None,
-                exit_price: None,
-                gross_return: None,
-                net_return: None,
-            };
-            let open = prices
-                .get(&(signal.symbol.clone(), entry_time))
-                .map(|p| p.0);
-            let close = prices.get(&(signal.symbol.clone(), exit_time)).map(|p| p.1);
-            entry.entry_price = open;
-            if exit_time > newest {
-                return entry;
-            }
-            let (Some(open), Some(close)) = (open, close) else {
-                entry.status = Status::NoPrice;
-                return entry;
-            };
-            let side = f64::from(signal.side);
-            let filled_in = open * (1.0 + side * fills.slippage);
-            let filled_out = close * (1.0 - side * fills.slippage);
-            entry.status = Status::Closed;
-            entry.exit_price = Some(close);
-            entry.gross_return = Some(side * (close / open - 1.0));
-            entry.net_return = Some(side * (filled_out / filled_in - 1.0) - 2.0 * fills.fee);
-            entry
+                .cloned()
+                .unwrap_or(fresh)
         })
         .collect()
+}
+
+/// One signal's paper trade from the lake's prices.
+fn price(
+    signal: &Signal,
+    prices: &HashMap<(String, i64), (f64, f64)>,
+    newest: i64,
+    fills: Fills,
+) -> Entry {
+    let entry_time = signal.open_time + fills.bar_ms;
+    let exit_time = signal.open_time + i64::from(fills.horizon) * fills.bar_ms;
+    let open = prices
+        .get(&(signal.symbol.clone(), entry_time))
+        .map(|p| p.0);
+    let close = prices.get(&(signal.symbol.clone(), exit_time)).map(|p| p.1);
+    let mut entry = Entry {
+        symbol: signal.symbol.clone(),
+        open_time: signal.open_time,
+        side: signal.side,
+        status: Status::Open,
+        entry_price: open,
+        exit_price: None,
+        gross_return: None,
+        net_return: None,
+    };
+    if exit_time > newest {
+        return entry;
+    }
+    let (Some(open), Some(close)) = (open, close) else {
+        entry.status = Status::NoPrice;
+        return entry;
+    };
+    let side = f64::from(signal.side);
+    let filled_in = open * (1.0 + side * fills.slippage);
+    let filled_out = close * (1.0 - side * fills.slippage);
+    entry.status = Status::Closed;
+    entry.exit_price = Some(close);
+    entry.gross_return = Some(side * (close / open - 1.0));
+    entry.net_return = Some(side * (filled_out / filled_in - 1.0) - 2.0 * fills.fee);
+    entry
 }
 
 /// The book's figures for the summary.
@@ -467,36 +487,6 @@ fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
     RecordBatch::try_new(Arc::new(schema), columns).map_err(failed)
 }
 
-fn column<'b>(batch: &'b RecordBatch, name: &str, file: &Path) -> Result<&'b ArrayRef, StageError> {
-    batch
-        .column_by_name(name)
-        .ok_or_else(|| failed(format!("{}: no column `{name}`", file.display())))
-}
-
-fn text(batch: &RecordBatch, name: &str, file: &Path) -> Result<StringArray, StageError> {
-    arrow::compute::cast(column(batch, name, file)?, &DataType::Utf8)
-        .ok()
-        .and_then(|array| array.as_string_opt::<i32>().cloned())
-        .ok_or_else(|| failed(format!("{}: column `{name}` is not text", file.display())))
-}
-
-fn number<T: arrow::datatypes::ArrowPrimitiveType>(
-    batch: &RecordBatch,
-    name: &str,
-    file: &Path,
-) -> Result<arrow::array::PrimitiveArray<T>, StageError> {
-    arrow::compute::cast(column(batch, name, file)?, &T::DATA_TYPE)
-        .ok()
-        .and_then(|array| array.as_primitive_opt::<T>().cloned())
-        .ok_or_else(|| {
-            failed(format!(
-                "{}: column `{name}` is not {}",
-                file.display(),
-                T::DATA_TYPE
-            ))
-        })
-}
-
 /// Every signal in the book's `bars/` directory, in time order.
 fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -521,9 +511,9 @@ fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
     let mut signals = Vec::new();
     for file in files {
         for batch in crate::stages::read_parquet(&file)? {
-            let symbol = text(&batch, "symbol", &file)?;
-            let time = number::<Int64Type>(&batch, "open_time", &file)?;
-            let side = text(&batch, "side", &file)?;
+            let symbol = crate::stages::text_column(&batch, "symbol", &file)?;
+            let time = crate::stages::number_column::<Int64Type>(&batch, "open_time", &file)?;
+            let side = crate::stages::text_column(&batch, "side", &file)?;
             for row in 0..batch.num_rows() {
                 signals.push(Signal {
                     symbol: symbol.value(row).to_owned(),
@@ -545,11 +535,12 @@ fn previous_closed(path: &Path) -> Result<HashMap<(String, i64), Entry>, StageEr
         return Ok(closed);
     }
     for batch in crate::stages::read_parquet(path)? {
-        let symbol = text(&batch, "symbol", path)?;
-        let time = number::<Int64Type>(&batch, "open_time", path)?;
-        let direction = number::<arrow::datatypes::Int8Type>(&batch, "direction", path)?;
-        let status = text(&batch, "status", path)?;
-        let float = |name: &str| number::<Float64Type>(&batch, name, path);
+        let symbol = crate::stages::text_column(&batch, "symbol", path)?;
+        let time = crate::stages::number_column::<Int64Type>(&batch, "open_time", path)?;
+        let direction =
+            crate::stages::number_column::<arrow::datatypes::Int8Type>(&batch, "direction", path)?;
+        let status = crate::stages::text_column(&batch, "status", path)?;
+        let float = |name: &str| crate::stages::number_column::<Float64Type>(&batch, name, path);
         let (entry, exit, gross, net) = (
             float("entry_price")?,
             float("exit_price")?,
@@ -694,10 +685,8 @@ impl Prepared {
             .join(&context.pipeline)
             .join(&context.stage_id);
         let bar_file = book.join("bars").join(format!("bar={newest}.parquet"));
-        let properties = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
-            .build();
-        let appended = crate::lake::publish(&bar_file, &batch, properties).map_err(failed)?;
+        let appended = crate::lake::publish(&bar_file, &batch, crate::stages::parquet_properties())
+            .map_err(failed)?;
         if !appended {
             context.warn(&format!(
                 "{} already holds signals for this bar: kept them (a published signal is not rewritten)",
@@ -788,6 +777,7 @@ impl Prepared {
         for (what, symbols) in [
             ("no bar at this time", &stale),
             ("incomplete features", &incomplete),
+            ("still warming up", &warming_up),
         ] {
             if !symbols.is_empty() {
                 text.push_str(&format!("; {what}: {}", symbols.join(", ")));
@@ -876,8 +866,18 @@ impl Prepared {
                 newest_rows.push((name.to_owned(), at, values));
             }
         }
-        if !gaps.is_empty() && !gaps.contains(&self.bar_ms) {
-            let gap = gaps.iter().min().copied().unwrap_or_default().max(0) as u64;
+        // The most common gap between each symbol's two newest rows: one missing candle does
+        // not decide it.
+        let mut counts: HashMap<i64, usize> = HashMap::new();
+        for gap in &gaps {
+            *counts.entry(*gap).or_default() += 1;
+        }
+        let usual = counts
+            .into_iter()
+            .max_by_key(|&(gap, count)| (count, std::cmp::Reverse(gap)))
+            .map(|(gap, _)| gap);
+        if let Some(gap) = usual.filter(|&gap| gap != self.bar_ms) {
+            let gap = gap.max(0) as u64;
             return Err(failed(format!(
                 "interval: {} does not match `{}`, whose newest bars are {} apart: set `interval` to the features' interval",
                 self.params.interval,
@@ -1008,5 +1008,13 @@ mod tests {
         let later = ledger(&signals, &previous, &HashMap::new(), 9 * HOUR, fills);
         assert_eq!(later[..2], entries[..2]);
         assert_eq!(later[2].status, Status::NoPrice);
+        // With its prices still there, a closed trade is priced afresh: a changed fee shows.
+        let dearer = Fills {
+            fee: 0.002,
+            ..fills
+        };
+        let repriced = ledger(&signals, &previous, &prices, 3 * HOUR, dearer);
+        let net = 102.0 * 0.9995 / (100.0 * 1.0005) - 1.0 - 0.004;
+        assert!((repriced[0].net_return.unwrap() - net).abs() < 1e-12);
     }
 }
