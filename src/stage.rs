@@ -252,6 +252,24 @@ impl ParamError {
     }
 }
 
+/// A number param in `[low, high)`; otherwise an error at `at` naming `what` and the bounds.
+pub fn check_range(
+    at: YamlPath,
+    value: f64,
+    low: f64,
+    high: f64,
+    what: &str,
+) -> Result<(), ParamError> {
+    if value.is_finite() && value >= low && value < high {
+        Ok(())
+    } else {
+        Err(ParamError::new(
+            at,
+            format!("{what} must be at least {low} and below {high}, not {value}"),
+        ))
+    }
+}
+
 /// Deserialises a kind's params, keeping the path of whatever is wrong.
 pub fn parse_params<T: DeserializeOwned>(params: &yaml_serde::Value) -> Result<T, ParamError> {
     serde_path_to_error::deserialize(params.clone()).map_err(|error| {

@@ -47,12 +47,13 @@ impl EntryParams {
             ("long_above", self.long_above),
             ("short_above", self.short_above),
         ] {
-            if !(value.is_finite() && (0.0..1.0).contains(&value)) {
-                return Err(ParamError::new(
-                    at.key(key),
-                    format!("a probability threshold must be at least 0 and below 1, not {value}"),
-                ));
-            }
+            crate::stage::check_range(
+                at.clone().key(key),
+                value,
+                0.0,
+                1.0,
+                "a probability threshold",
+            )?;
         }
         Ok(())
     }

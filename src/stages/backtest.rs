@@ -174,16 +174,7 @@ impl StageKind for Backtest {
         let root = YamlPath::root();
         let interval = Interval::parse(&params.interval)
             .map_err(|message| ParamError::new(root.clone().key("interval"), message))?;
-        let fraction = |path: YamlPath, value: f64, low: f64, high: f64, what: &str| {
-            if value.is_finite() && value >= low && value < high {
-                Ok(())
-            } else {
-                Err(ParamError::new(
-                    path,
-                    format!("{what} must be at least {low} and below {high}, not {value}"),
-                ))
-            }
-        };
+        let fraction = crate::stage::check_range;
         params.entry.check(root.clone().key("entry"))?;
         let exit = root.clone().key("exit");
         fraction(

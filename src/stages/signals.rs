@@ -116,12 +116,7 @@ impl StageKind for Signals {
             ));
         }
         for (key, value) in [("fee", params.fee), ("slippage", params.slippage)] {
-            if !(value.is_finite() && (0.0..0.1).contains(&value)) {
-                return Err(ParamError::new(
-                    root.clone().key(key),
-                    format!("{key} must be at least 0 and below 0.1, not {value}"),
-                ));
-            }
+            crate::stage::check_range(root.clone().key(key), value, 0.0, 0.1, key)?;
         }
         Ok(Box::new(Prepared {
             bar_ms: interval.millis() as i64,
