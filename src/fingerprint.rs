@@ -157,15 +157,18 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// blake3 of a file's content, streamed through a memory map for large files.
+/// blake3 of a file's content, read through a small buffer: a memory map would make every page
+/// of a large output count in the process's resident memory while it is hashed.
 pub fn hash_file(path: &Path) -> io::Result<String> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap(path).map_err(|error| {
+    let located = |error: io::Error| {
         io::Error::new(
             error.kind(),
             format!("failed to read {}: {error}", path.display()),
         )
-    })?;
+    };
+    let mut hasher = blake3::Hasher::new();
+    let file = std::fs::File::open(path).map_err(located)?;
+    hasher.update_reader(file).map_err(located)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 
