@@ -219,6 +219,19 @@ pub fn write_part(
             message: "refusing to write an empty part".into(),
         });
     };
+    // Readers rely on it: the SQL stages declare every part sorted by open time.
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|pair| pair[1].open_time <= pair[0].open_time)
+    {
+        return Err(LakeError::Schema {
+            path: dir.to_owned(),
+            message: format!(
+                "refusing to write a part whose open times are not strictly increasing ({} then {})",
+                pair[0].open_time, pair[1].open_time
+            ),
+        });
+    }
     let name = part_name(first.open_time, last.open_time);
     let path = dir.join(&name);
     let batch = klines_batch(symbol, interval, rows, provenance);
@@ -304,7 +317,8 @@ pub fn publish(
     Ok(false)
 }
 
-fn klines_batch(
+/// `rows` of one symbol and interval as a batch in the lake's schema.
+pub fn klines_batch(
     symbol: &str,
     interval: Interval,
     rows: &[Kline],
@@ -643,6 +657,18 @@ mod tests {
             write_part(&dir, "BTCUSDT", hour, &rows, &provenance),
             Err(LakeError::Exists(_))
         ));
+        // Readers rely on sorted parts: rows out of order or repeated are refused, nothing written.
+        for unsorted in [
+            vec![bar(7_200_000), bar(10_800_000), bar(10_800_000)],
+            vec![bar(14_400_000), bar(7_200_000)],
+        ] {
+            let error = write_part(&dir, "BTCUSDT", hour, &unsorted, &provenance).unwrap_err();
+            assert!(
+                error.to_string().contains("not strictly increasing"),
+                "{error}"
+            );
+        }
+        assert_eq!(parts(&dir).unwrap().len(), 1);
         let _held = lock(temp.path(), "aster").unwrap();
         assert!(matches!(
             lock(temp.path(), "aster"),

@@ -146,7 +146,7 @@ fn each_defect_is_caught_once_with_its_reason_and_a_clean_dataset_scores_one() {
 
     let mut duplicate = clean.clone();
     duplicate.insert(300, clean[300]);
-    write(&project, "ex", "DUPUSDT", &duplicate, "exchange");
+    write_unsorted(&project, "ex", "DUPUSDT", &duplicate);
 
     let mut ohlc = clean.clone();
     ohlc[500].high = ohlc[500].open.min(ohlc[500].close) * 0.99;
@@ -426,6 +426,34 @@ fn the_replay_exchanges_simulated_data_is_refused_unless_allowed() {
             .unwrap()
             .starts_with("SYNTHETIC DATA")
     );
+}
+
+/// A part written around the lake's own check (`write_part` refuses rows that are not strictly
+/// increasing in open time): validate must still catch one a damaged or foreign writer left.
+fn write_unsorted(project: &Project, source: &str, symbol: &str, rows: &[Kline]) {
+    let hour = Interval::parse("1h").unwrap();
+    let data = project.path().join("data");
+    let dir = asterflow::lake::partition_dir(&data, source, hour, symbol).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let provenance = Provenance {
+        source: source.into(),
+        base_url: "https://fapi.example".into(),
+        fetched_at_ms: 0,
+        kind: "exchange".into(),
+    };
+    let batch = asterflow::lake::klines_batch(symbol, hour, rows, &provenance);
+    let properties = parquet::file::properties::WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "asterflow.provenance".to_owned(),
+            serde_json::to_string(&provenance).unwrap(),
+        )]))
+        .build();
+    let name = format!(
+        "part-{:013}-{:013}.parquet",
+        rows[0].open_time,
+        rows.last().unwrap().open_time
+    );
+    assert!(asterflow::lake::publish(&dir.join(name), &batch, properties).unwrap());
 }
 
 /// A part that lacks the `trades` column (but records its provenance like any other).
