@@ -170,91 +170,177 @@ impl Rolling {
     }
 }
 
-/// Mean and standard deviations over the last `n` rows.
-pub fn rolling(kind: Rolling, x: &[Option<f64>], n: usize) -> Vec<Option<f64>> {
-    let finish = |count: f64, mean: f64, m2: f64| -> Option<f64> {
-        match kind {
-            Rolling::Mean => (count >= 1.0).then_some(mean),
-            Rolling::Std => (count >= 2.0).then(|| (m2.max(0.0) / (count - 1.0)).sqrt()),
-            _ => (count >= 1.0).then(|| (m2.max(0.0) / count).sqrt()),
-        }
-    };
-    let mut out = Vec::with_capacity(x.len());
-    if n <= 64 {
-        for i in 0..x.len() {
-            let window = &x[i.saturating_sub(n - 1)..=i];
-            let (count, sum) = window
-                .iter()
-                .flatten()
-                .fold((0.0, 0.0), |(c, s), v| (c + 1.0, s + v));
-            let mean = if count > 0.0 { sum / count } else { 0.0 };
-            let m2: f64 = window
-                .iter()
-                .flatten()
-                .map(|v| (v - mean) * (v - mean))
-                .sum();
-            out.push(finish(count, mean, m2));
-        }
-        return out;
+/// The values of `x` with every missing one (null or not finite) as NaN: borrowed when there
+/// is none, which is the usual case for prices and volumes.
+pub fn cleaned(x: &Float64Array) -> std::borrow::Cow<'_, [f64]> {
+    let values = x.values();
+    if x.null_count() == 0 && values.iter().all(|v| v.is_finite()) {
+        return std::borrow::Cow::Borrowed(values);
     }
-    let shift = x.iter().flatten().next().copied().unwrap_or(0.0);
-    let (mut count, mut sum, mut squares) = (0.0, 0.0, 0.0);
-    for i in 0..x.len() {
-        if let Some(v) = x[i] {
-            let d = v - shift;
-            count += 1.0;
-            sum += d;
-            squares += d * d;
-        }
-        if i >= n
-            && let Some(v) = x[i - n]
-        {
-            let d = v - shift;
-            count -= 1.0;
-            sum -= d;
-            squares -= d * d;
-        }
-        let mean = if count > 0.0 { sum / count } else { 0.0 };
-        out.push(finish(count, mean + shift, squares - count * mean * mean));
-    }
-    out
+    (0..x.len())
+        .map(|i| {
+            if x.is_valid(i) && values[i].is_finite() {
+                values[i]
+            } else {
+                f64::NAN
+            }
+        })
+        .collect()
 }
 
-/// Pearson correlation over the pairs among the last `n` rows, once there are `n` of them.
-pub fn rolling_corr(x: &[Option<f64>], y: &[Option<f64>], n: usize) -> Vec<Option<f64>> {
-    let pair = |i: usize| x[i].zip(y[i]);
-    let first = (0..x.len()).find_map(pair).unwrap_or((0.0, 0.0));
-    let (mut c, mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let mut out = Vec::with_capacity(x.len());
-    for i in 0..x.len() {
-        if let Some((a, b)) = pair(i) {
-            let (a, b) = (a - first.0, b - first.1);
-            c += 1.0;
-            sx += a;
-            sy += b;
-            sxx += a * a;
-            syy += b * b;
-            sxy += a * b;
+/// A nullable column from values and whether each is defined.
+fn column(values: Vec<f64>, defined: arrow::array::BooleanBufferBuilder) -> Float64Array {
+    let mut defined = defined;
+    Float64Array::new(values.into(), Some(defined.finish().into()))
+}
+
+/// Mean and standard deviations over the last `n` rows of `x` (NaN: missing), over the values
+/// present. Running sums of deviations from an anchor give the mean (and a long window's
+/// spread); every `n` rows the anchor moves to the newest value and the window is summed
+/// afresh, so the sums never carry more than about `2n` updates, each of a deviation from a
+/// nearby level, however far the series drifts. The spread of a window up to 64 rows is summed
+/// exactly around its mean. A window whose values are all equal has exactly that mean and a
+/// spread of exactly 0, so `NULLIF(sd, 0)` catches a flat stretch however it was reached.
+pub fn rolling(kind: Rolling, x: &[f64], n: usize) -> Float64Array {
+    let minimum = if kind == Rolling::Std { 2 } else { 1 };
+    let mut out = vec![0.0; x.len()];
+    let mut defined = arrow::array::BooleanBufferBuilder::new(x.len());
+    let (mut shift, mut next_anchor) = (0.0, 0);
+    let (mut count, mut sum, mut squares) = (0usize, 0.0, 0.0);
+    // The latest value present, and the row of the last present value that differed from the
+    // one after it: the window is flat when that row is outside it.
+    let (mut latest, mut latest_row, mut changed) = (f64::NAN, 0, None::<usize>);
+    for (i, slot) in out.iter_mut().enumerate() {
+        let v = x[i];
+        let start = (i + 1).saturating_sub(n);
+        if !v.is_nan() && i >= next_anchor {
+            (shift, next_anchor) = (v, i + n);
+            (count, sum, squares) = (0, 0.0, 0.0);
+            for d in x[start..=i]
+                .iter()
+                .filter(|w| !w.is_nan())
+                .map(|w| w - shift)
+            {
+                count += 1;
+                sum += d;
+                squares += d * d;
+            }
+        } else {
+            if !v.is_nan() {
+                let d = v - shift;
+                count += 1;
+                sum += d;
+                squares += d * d;
+            }
+            if i >= n && !x[i - n].is_nan() {
+                let d = x[i - n] - shift;
+                count -= 1;
+                sum -= d;
+                squares -= d * d;
+            }
         }
-        if i >= n
-            && let Some((a, b)) = pair(i - n)
-        {
-            let (a, b) = (a - first.0, b - first.1);
-            c -= 1.0;
-            sx -= a;
-            sy -= b;
-            sxx -= a * a;
-            syy -= b * b;
-            sxy -= a * b;
+        if !v.is_nan() {
+            if !latest.is_nan() && v != latest {
+                changed = Some(latest_row);
+            }
+            (latest, latest_row) = (v, i);
         }
-        let value = (c >= n as f64).then(|| {
-            let cov = c * sxy - sx * sy;
-            let var = (c * sxx - sx * sx) * (c * syy - sy * sy);
-            (var > 0.0).then(|| cov / var.sqrt())
-        });
-        out.push(value.flatten());
+        defined.append(count >= minimum);
+        if count < minimum {
+            continue;
+        }
+        let c = count as f64;
+        let flat = changed.is_none_or(|row| row < start);
+        let mean = if flat { latest } else { shift + sum / c };
+        let m2 = match kind {
+            _ if flat => 0.0,
+            Rolling::Mean => 0.0,
+            _ if n > 64 => squares - sum * sum / c,
+            _ => squared_deviations(&x[start..=i], mean, count),
+        };
+        *slot = match kind {
+            Rolling::Mean => mean,
+            Rolling::Std => (m2.max(0.0) / (c - 1.0)).sqrt(),
+            _ => (m2.max(0.0) / c).sqrt(),
+        };
     }
-    out
+    column(out, defined)
+}
+
+/// The sum of squared deviations from `mean` of the values present in `window` (`present` of
+/// them). A window without holes is summed in four lanes, which the compiler vectorises.
+fn squared_deviations(window: &[f64], mean: f64, present: usize) -> f64 {
+    if present < window.len() {
+        return window
+            .iter()
+            .filter(|v| !v.is_nan())
+            .map(|v| (v - mean) * (v - mean))
+            .sum();
+    }
+    let mut lanes = [0.0; 4];
+    let chunks = window.chunks_exact(4);
+    let rest: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += (v - mean) * (v - mean);
+        }
+    }
+    lanes.iter().sum::<f64>() + rest
+}
+
+/// Pearson correlation over the pairs among the last `n` rows where both are present (NaN:
+/// missing), once there are `n` of them. Running sums of deviations from an anchor pair that
+/// moves to the newest pair every `n` rows, as in [`rolling`].
+pub fn rolling_corr(x: &[f64], y: &[f64], n: usize) -> Float64Array {
+    let pair = |i: usize| (!x[i].is_nan() && !y[i].is_nan()).then(|| (x[i], y[i]));
+    let mut out = vec![0.0; x.len()];
+    let mut defined = arrow::array::BooleanBufferBuilder::new(x.len());
+    let (mut anchor, mut next_anchor) = ((0.0, 0.0), 0);
+    // Count, sums of a and b, of their squares and of their product.
+    let mut sums = [0.0; 6];
+    let update = |sums: &mut [f64; 6], (a, b): (f64, f64), anchor: (f64, f64), sign: f64| {
+        let (a, b) = (a - anchor.0, b - anchor.1);
+        for (sum, term) in sums.iter_mut().zip([1.0, a, b, a * a, b * b, a * b]) {
+            *sum += sign * term;
+        }
+    };
+    for (i, slot) in out.iter_mut().enumerate() {
+        let start = (i + 1).saturating_sub(n);
+        match pair(i) {
+            Some(newest) if i >= next_anchor => {
+                (anchor, next_anchor) = (newest, i + n);
+                sums = [0.0; 6];
+                for row in start..=i {
+                    if let Some(p) = pair(row) {
+                        update(&mut sums, p, anchor, 1.0);
+                    }
+                }
+            }
+            newest => {
+                if let Some(p) = newest {
+                    update(&mut sums, p, anchor, 1.0);
+                }
+                if let Some(p) = i.checked_sub(n).and_then(pair) {
+                    update(&mut sums, p, anchor, -1.0);
+                }
+            }
+        }
+        let [c, sx, sy, sxx, syy, sxy] = sums;
+        let value = (c >= n as f64)
+            .then(|| {
+                let cov = c * sxy - sx * sy;
+                let var = (c * sxx - sx * sx) * (c * syy - sy * sy);
+                (var > 0.0).then(|| cov / var.sqrt())
+            })
+            .flatten();
+        defined.append(value.is_some());
+        *slot = value.unwrap_or(0.0);
+    }
+    column(out, defined)
 }
 
 /// One of asterflow's window functions.
@@ -340,20 +426,15 @@ impl PartitionEvaluator for Evaluator {
         let length = length.value(0) as usize;
         let x = arrow::compute::cast(&values[0], &DataType::Float64)?;
         let x = x.as_primitive::<Float64Type>();
-        let options = |array: &Float64Array| -> Vec<Option<f64>> {
-            (0..num_rows)
-                .map(|i| (!array.is_null(i) && array.value(i).is_finite()).then(|| array.value(i)))
-                .collect()
-        };
         Ok(Arc::new(match self.kind {
             Kind::Smoothing(kind) => smooth(kind, x, length, num_rows),
             Kind::Forward(kind) => forward(kind, x, length, num_rows),
             Kind::Rolling(Rolling::Corr) => {
                 let y = arrow::compute::cast(&values[1], &DataType::Float64)?;
                 let y = y.as_primitive::<Float64Type>();
-                Float64Array::from(rolling_corr(&options(x), &options(y), length))
+                rolling_corr(&cleaned(x), &cleaned(y), length)
             }
-            Kind::Rolling(kind) => Float64Array::from(rolling(kind, &options(x), length)),
+            Kind::Rolling(kind) => rolling(kind, &cleaned(x), length),
         }))
     }
 }
@@ -423,27 +504,42 @@ mod tests {
         let x: Vec<Option<f64>> = (0..300)
             .map(|i| (i % 17 != 3).then(|| 100.0 + (i as f64 * 0.7).sin() * 5.0 + i as f64 * 0.01))
             .collect();
-        for n in [5, 20, 100] {
-            let means = rolling(Rolling::Mean, &x, n);
-            let stds = rolling(Rolling::Std, &x, n);
+        let array = Float64Array::from(x.clone());
+        for n in [1, 5, 20, 100] {
+            let means = values(&rolling(Rolling::Mean, &cleaned(&array), n));
+            let stds = values(&rolling(Rolling::Std, &cleaned(&array), n));
+            let pops = values(&rolling(Rolling::StdPop, &cleaned(&array), n));
             for i in 0..x.len() {
                 let window: Vec<f64> = x[i.saturating_sub(n - 1)..=i]
                     .iter()
                     .flatten()
                     .copied()
                     .collect();
+                if window.is_empty() {
+                    assert_eq!((means[i], pops[i]), (None, None), "n {n} row {i}");
+                    continue;
+                }
                 let mean = window.iter().sum::<f64>() / window.len() as f64;
                 assert!(
-                    (means[i].unwrap() - mean).abs() < 1e-9 * mean.abs(),
+                    (means[i].unwrap() - mean).abs() < 1e-12 * mean.abs(),
+                    "n {n} row {i}"
+                );
+                let m2 = window.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+                let pop = (m2 / window.len() as f64).sqrt();
+                assert!(
+                    (pops[i].unwrap() - pop).abs() < 1e-9 * pop.max(1e-3),
                     "n {n} row {i}"
                 );
                 if window.len() >= 2 {
-                    let sd = (window.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
-                        / (window.len() - 1) as f64)
-                        .sqrt();
+                    let sd = (m2 / (window.len() - 1) as f64).sqrt();
                     assert!(
-                        (stds[i].unwrap() - sd).abs() < 1e-7 * sd.max(1e-12),
+                        (stds[i].unwrap() - sd).abs() < 1e-9 * sd.max(1e-3),
                         "n {n} row {i}"
+                    );
+                } else {
+                    assert_eq!(
+                        stds[i], None,
+                        "n {n} row {i}: one value has no sample spread"
                     );
                 }
             }
@@ -453,7 +549,11 @@ mod tests {
             .enumerate()
             .map(|(i, v)| v.map(|v| v * 0.5 + (i as f64).cos()))
             .collect();
-        let corr = rolling_corr(&x, &y, 12);
+        let corr = values(&rolling_corr(
+            &cleaned(&array),
+            &cleaned(&Float64Array::from(y.clone())),
+            12,
+        ));
         assert!(corr[10].is_none(), "not enough pairs yet");
         let mut checked = 0;
         for (i, got) in corr.iter().enumerate().skip(11) {
@@ -473,6 +573,89 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 50, "{checked}");
+    }
+
+    #[test]
+    fn a_series_that_collapses_keeps_its_precision() {
+        // A price falling a million-fold over 20,000 bars, with noise: sums anchored at the
+        // first value would lose the last bars' digits to the first bars' size.
+        let price: Vec<f64> = (0..20_000)
+            .map(|i| (-(i as f64) * 13.8 / 20_000.0).exp() * (1.0 + 0.01 * (i as f64 * 0.37).sin()))
+            .collect();
+        let other: Vec<f64> = price
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p * (1.0 + 0.02 * (i as f64 * 0.11).cos()))
+            .collect();
+        let array = Float64Array::from(price.clone());
+        for n in [20, 168] {
+            let means = values(&rolling(Rolling::Mean, &cleaned(&array), n));
+            let stds = values(&rolling(Rolling::Std, &cleaned(&array), n));
+            let corr = values(&rolling_corr(&price, &other, n));
+            for i in (price.len() - 500)..price.len() {
+                let window = &price[i + 1 - n..=i];
+                let c = n as f64;
+                let mean = window.iter().sum::<f64>() / c;
+                let sd =
+                    (window.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (c - 1.0)).sqrt();
+                let relative = |got: f64, want: f64| (got - want).abs() / want.abs();
+                assert!(
+                    relative(means[i].unwrap(), mean) < 1e-12,
+                    "mean n {n} row {i}"
+                );
+                assert!(relative(stds[i].unwrap(), sd) < 1e-9, "sd n {n} row {i}");
+                let pairs = &other[i + 1 - n..=i];
+                let my = pairs.iter().sum::<f64>() / c;
+                let cov: f64 = window
+                    .iter()
+                    .zip(pairs)
+                    .map(|(a, b)| (a - mean) * (b - my))
+                    .sum();
+                let vy: f64 = pairs.iter().map(|b| (b - my).powi(2)).sum();
+                let want = cov / (sd * sd * (c - 1.0) * vy).sqrt();
+                assert!((corr[i].unwrap() - want).abs() < 1e-9, "corr n {n} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_flat_window_has_exactly_its_value_and_no_spread() {
+        // Values whose running sums round, then 0.2 five times through a hole and a NaN (both
+        // missing): rows 3 to 9 hold only 0.2 among their present values.
+        let x = Float64Array::from(vec![
+            Some(0.1),
+            Some(0.7),
+            Some(0.3),
+            Some(0.2),
+            Some(0.2),
+            None,
+            Some(0.2),
+            Some(f64::NAN),
+            Some(0.2),
+            Some(0.2),
+        ]);
+        for n in [5, 6, 7] {
+            for kind in [Rolling::Std, Rolling::StdPop] {
+                let spread = values(&rolling(kind, &cleaned(&x), n));
+                assert_eq!(spread[9], Some(0.0), "{kind:?} n {n}");
+                assert!(
+                    spread[4].unwrap() > 0.0,
+                    "{kind:?} n {n}: 0.3 is in row 4's window"
+                );
+            }
+            assert_eq!(
+                values(&rolling(Rolling::Mean, &cleaned(&x), n))[9],
+                Some(0.2),
+                "n {n}"
+            );
+        }
+        let spread = values(&rolling(Rolling::Std, &cleaned(&x), 8));
+        assert!(spread[9].unwrap() > 0.0, "n 8 reaches back to 0.3");
+        // A stretch without volume after some: exactly zero, so NULLIF(sd, 0) leaves no z-score.
+        let volume = Float64Array::from(vec![5.3, 0.7, 2.9, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let sd = values(&rolling(Rolling::Std, &cleaned(&volume), 5));
+        let mean = values(&rolling(Rolling::Mean, &cleaned(&volume), 5));
+        assert_eq!((mean[7], sd[7]), (Some(0.0), Some(0.0)));
     }
 
     #[test]
