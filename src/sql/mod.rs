@@ -3,6 +3,7 @@
 //! into `file:line:column` diagnostics.
 
 pub mod udwf;
+pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext, col};
 
 use crate::lake::{LISTING_FILE, LakeListing};
 
@@ -27,7 +29,20 @@ pub fn session(target_partitions: usize) -> SessionContext {
         .with_target_partitions(target_partitions.max(1))
         .with_batch_size(8192);
     config.options_mut().sql_parser.collect_spans = true;
-    let context = SessionContext::new_with_config(config);
+    // A join keeps its left input whole in memory and streams the right one through, instead of
+    // repartitioning both by the join key: a repartition would lose the per-symbol order the
+    // windows after the join need, and sort every row again. Write the smaller table first (in
+    // the features, the per-bar market table before the per-symbol rows).
+    config.options_mut().optimizer.repartition_joins = false;
+    // Keep an order the input already has (merging sorted streams) rather than sort again:
+    // lake tables arrive sorted by symbol and open time.
+    config.options_mut().optimizer.prefer_existing_sort = true;
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(window::PartitionStreaming))
+        .build();
+    let context = SessionContext::new_with_state(state);
     for function in udwf::functions() {
         context.register_udwf(function);
     }
@@ -113,8 +128,19 @@ pub async fn register(context: &SessionContext, table: &InputTable) -> Result<()
         .iter()
         .map(|file| ListingTableUrl::parse(file.to_string_lossy()))
         .collect::<Result<Vec<_>, _>>()?;
-    let options =
+    let mut options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if table.lake {
+        // A lake part holds one interval and symbol, its rows strictly increasing in open time
+        // (`lake::write_part` refuses anything else). DataFusion keeps this order across the
+        // parts of a scan only where their statistics show they do not overlap, and then a
+        // window over `PARTITION BY symbol ORDER BY open_time` needs no sort.
+        options = options.with_file_sort_order(vec![vec![
+            col("interval").sort(true, false),
+            col("symbol").sort(true, false),
+            col("open_time").sort(true, false),
+        ]]);
+    }
     let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
     let config = if table.lake {
         config.with_schema(crate::lake::klines_schema())

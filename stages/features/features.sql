@@ -10,114 +10,131 @@
 WITH
 -- The validated candles of one interval.
 bars AS (
-  SELECT symbol, open_time, open, high, low, close, volume, quote_volume
+  SELECT symbol, open_time, high, low, close, volume, quote_volume
   FROM klines
   WHERE "interval" = $interval
 ),
 
--- Previous bar, one-bar return, true range, gains and losses, position since the first bar.
--- Lags count rows: across a missing bar (validate keeps them rare) a return spans the gap.
+-- Per symbol, over the raw columns: previous bars, position since the first bar, moving
+-- averages and deviations of price and volume, the MACD line. Lags count rows: across a
+-- missing bar (validate keeps them rare) a return spans the gap.
+raw_windows AS (
+  SELECT symbol, open_time, high, low, close, volume,
+    LAG(close) OVER w AS prev_close,
+    LAG(high) OVER w AS prev_high,
+    LAG(low) OVER w AS prev_low,
+    LAG(close, 24) OVER w AS close_24_ago,
+    ROW_NUMBER() OVER w AS bar_number,
+    rolling_mean(close, 5) OVER w AS sma_5,
+    rolling_mean(close, 10) OVER w AS sma_10,
+    rolling_mean(close, 20) OVER w AS bb_mid,
+    rolling_std_pop(close, 20) OVER w AS bb_sd,
+    ema(close, 12) OVER w - ema(close, 26) OVER w AS macd,
+    rolling_mean(volume, 20) OVER w AS volume_mean_20,
+    rolling_std(volume, 20) OVER w AS volume_sd_20,
+    LN(rolling_mean(quote_volume, 168) OVER w) AS liquidity_score
+  FROM bars
+  WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
+),
+
+-- One-bar return, true range, gains and losses, and the Corwin-Schultz spread of two bars
+-- (beta from their log ranges, gamma from their joint range).
 steps AS (
-  SELECT symbol, open_time, high, low, close, volume, quote_volume, prev_high, prev_low,
-    close_24_ago, bar_number,
+  SELECT *,
     close / prev_close - 1.0 AS ret_1,
     CASE WHEN prev_close IS NULL THEN NULL
          ELSE GREATEST(high - low, ABS(high - prev_close), ABS(low - prev_close)) END AS true_range,
     CASE WHEN prev_close IS NULL THEN NULL ELSE GREATEST(close - prev_close, 0.0) END AS gain,
-    CASE WHEN prev_close IS NULL THEN NULL ELSE GREATEST(prev_close - close, 0.0) END AS loss
+    CASE WHEN prev_close IS NULL THEN NULL ELSE GREATEST(prev_close - close, 0.0) END AS loss,
+    GREATEST(2.0 * (EXP(cs_alpha) - 1.0) / (1.0 + EXP(cs_alpha)), 0.0) AS cs_spread
   FROM (
     SELECT *,
-      LAG(close) OVER w AS prev_close,
-      LAG(high) OVER w AS prev_high,
-      LAG(low) OVER w AS prev_low,
-      LAG(close, 24) OVER w AS close_24_ago,
-      ROW_NUMBER() OVER w AS bar_number
-    FROM bars
-    WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
-  ) AS lagged
+      (SQRT(2.0 * cs_beta) - SQRT(cs_beta)) / (3.0 - 2.0 * SQRT(2.0)) - SQRT(cs_gamma / (3.0 - 2.0 * SQRT(2.0))) AS cs_alpha
+    FROM (
+      SELECT *,
+        POWER(LN(high / low), 2) + POWER(LN(prev_high / prev_low), 2) AS cs_beta,
+        POWER(LN(GREATEST(high, prev_high) / LEAST(low, prev_low)), 2) AS cs_gamma
+      FROM raw_windows
+    ) AS ranges
+  ) AS with_alpha
 ),
 
--- Per-symbol indicators: the original eight, MACD line, Bollinger inputs, ATR, volume z-score,
--- momentum, and the Aster-native ones (liquidity, Corwin-Schultz inputs, stability).
+-- Per symbol, over the returns and the MACD line: volatility, Wilder averages for RSI and ATR,
+-- the MACD signal, stability and the spread estimate.
+return_windows AS (
+  SELECT *,
+    rolling_std(ret_1, 20) OVER w AS volatility_20,
+    wilder(gain, 14) OVER w AS avg_gain_14,
+    wilder(loss, 14) OVER w AS avg_loss_14,
+    wilder(true_range, 14) OVER w AS atr_14,
+    ema(macd, 9) OVER w AS macd_signal,
+    1.0 / (1.0 + 100.0 * rolling_std(ret_1, 24) OVER w) AS price_stability,
+    rolling_mean(cs_spread, 24) OVER w AS spread_estimate
+  FROM steps
+  WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
+),
+
+-- The per-symbol indicators: the original eight, MACD, Bollinger, ATR, volume z-score,
+-- momentum, and the Aster-native ones.
 indicators AS (
   SELECT symbol, open_time, close, ret_1, bar_number,
     ret_1 AS price_change,
     high / low AS high_low_ratio,
     volume / close AS volume_price_ratio,
-    close / rolling_mean(close, 5) OVER w AS sma_ratio_5,
-    close / rolling_mean(close, 10) OVER w AS sma_ratio_10,
-    close / rolling_mean(close, 20) OVER w AS sma_ratio_20,
-    rolling_std(ret_1, 20) OVER w AS volatility_20,
-    wilder(gain, 14) OVER w AS avg_gain_14,
-    wilder(loss, 14) OVER w AS avg_loss_14,
-    ema(close, 12) OVER w - ema(close, 26) OVER w AS macd,
-    rolling_mean(close, 20) OVER w AS bb_mid,
-    rolling_std_pop(close, 20) OVER w AS bb_sd,
-    wilder(true_range, 14) OVER w AS atr_14,
-    (volume - rolling_mean(volume, 20) OVER w) / NULLIF(rolling_std(volume, 20) OVER w, 0.0) AS volume_z,
-    close / close_24_ago - 1.0 AS momentum_24,
-    LN(rolling_mean(quote_volume, 168) OVER w) AS liquidity_score,
-    -- Corwin-Schultz: beta from two bars' log ranges, gamma from their joint range.
-    POWER(LN(high / low), 2) + POWER(LN(prev_high / prev_low), 2) AS cs_beta,
-    POWER(LN(GREATEST(high, prev_high) / LEAST(low, prev_low)), 2) AS cs_gamma,
-    1.0 / (1.0 + 100.0 * rolling_std(ret_1, 24) OVER w) AS price_stability,
-    -- Bars since the symbol's first stored bar: its listing when the history reaches back to it.
-    CAST(bar_number AS BIGINT) - 1 AS bars_since_listing
-  FROM steps
-  WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
-),
-
--- Second-level indicators: RSI, MACD signal and histogram, %B, bandwidth, the spread estimate.
-oscillators AS (
-  SELECT symbol, open_time, close, ret_1, bar_number, price_change, high_low_ratio,
-    volume_price_ratio, sma_ratio_5, sma_ratio_10, sma_ratio_20, volatility_20, macd, bb_mid,
-    atr_14, volume_z, momentum_24, liquidity_score, price_stability, bars_since_listing,
+    close / sma_5 AS sma_ratio_5,
+    close / sma_10 AS sma_ratio_10,
+    close / bb_mid AS sma_ratio_20,
+    volatility_20,
     -- A flat market (no gains, no losses) is neutral, 50; only gains is 100.
     CASE WHEN avg_gain_14 = 0 AND avg_loss_14 = 0 THEN 50.0
          WHEN avg_loss_14 = 0 THEN 100.0
          ELSE 100.0 - 100.0 / (1.0 + avg_gain_14 / avg_loss_14) END AS rsi_14,
-    ema(macd, 9) OVER w AS macd_signal,
-    macd - ema(macd, 9) OVER w AS macd_hist,
+    macd, macd_signal, macd - macd_signal AS macd_hist,
+    bb_mid,
     (close - (bb_mid - 2.0 * bb_sd)) / NULLIF(4.0 * bb_sd, 0.0) AS bb_percent_b,
     4.0 * bb_sd / bb_mid AS bb_bandwidth,
-    rolling_mean(GREATEST(2.0 * (EXP(cs_alpha) - 1.0) / (1.0 + EXP(cs_alpha)), 0.0), 24) OVER w AS spread_estimate
-  FROM (
-    SELECT *,
-      (SQRT(2.0 * cs_beta) - SQRT(cs_beta)) / (3.0 - 2.0 * SQRT(2.0)) - SQRT(cs_gamma / (3.0 - 2.0 * SQRT(2.0))) AS cs_alpha
-    FROM indicators
-  ) AS with_alpha
-  WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
+    atr_14,
+    (volume - volume_mean_20) / NULLIF(volume_sd_20, 0.0) AS volume_z,
+    close / close_24_ago - 1.0 AS momentum_24,
+    liquidity_score, spread_estimate, price_stability,
+    -- Bars since the symbol's first stored bar: its listing when the history reaches back to it.
+    CAST(bar_number AS BIGINT) - 1 AS bars_since_listing
+  FROM return_windows
 ),
 
--- Cross-asset context per bar, over every symbol in that same bar (so joined on identical open
--- time only): the leaders' returns, and the market's breadth. A symbol whose indicator is not
--- defined yet (still warming up) is left out of that share, not counted as a no.
+-- Cross-asset context per bar, over every symbol in that same bar: the leaders' returns, and
+-- the market's breadth. A symbol whose indicator is not defined yet (still warming up) is left
+-- out of that share, not counted as a no.
 market AS (
-  SELECT *,
-    MAX(CASE WHEN symbol = $btc THEN ret_1 END) OVER t AS btc_ret,
-    MAX(CASE WHEN symbol = $eth THEN ret_1 END) OVER t AS eth_ret,
-    AVG(CASE WHEN volume_z IS NULL THEN NULL WHEN volume_z > 2.0 THEN 1.0 ELSE 0.0 END) OVER t AS volume_spike_share,
-    AVG(CASE WHEN rsi_14 IS NULL THEN NULL WHEN rsi_14 > 70.0 THEN 1.0 ELSE 0.0 END) OVER t
-      - AVG(CASE WHEN rsi_14 IS NULL THEN NULL WHEN rsi_14 < 30.0 THEN 1.0 ELSE 0.0 END) OVER t AS rsi_alignment,
-    AVG(CASE WHEN macd_signal IS NULL THEN NULL WHEN macd > macd_signal THEN 1.0 ELSE 0.0 END) OVER t AS macd_alignment,
-    AVG(CASE WHEN bb_mid IS NULL THEN NULL WHEN close > bb_mid THEN 1.0 ELSE 0.0 END) OVER t AS bollinger_alignment,
-    AVG(CASE WHEN momentum_24 IS NULL THEN NULL WHEN momentum_24 > 0.0 THEN 1.0 ELSE 0.0 END) OVER t AS momentum_alignment
-  FROM oscillators
-  WINDOW t AS (PARTITION BY open_time)
+  SELECT open_time,
+    MAX(CASE WHEN symbol = $btc THEN ret_1 END) AS btc_ret,
+    MAX(CASE WHEN symbol = $eth THEN ret_1 END) AS eth_ret,
+    AVG(CASE WHEN volume_z IS NULL THEN NULL WHEN volume_z > 2.0 THEN 1.0 ELSE 0.0 END) AS volume_spike_share,
+    AVG(CASE WHEN rsi_14 IS NULL THEN NULL WHEN rsi_14 > 70.0 THEN 1.0 ELSE 0.0 END)
+      - AVG(CASE WHEN rsi_14 IS NULL THEN NULL WHEN rsi_14 < 30.0 THEN 1.0 ELSE 0.0 END) AS rsi_alignment,
+    AVG(CASE WHEN macd_signal IS NULL THEN NULL WHEN macd > macd_signal THEN 1.0 ELSE 0.0 END) AS macd_alignment,
+    AVG(CASE WHEN bb_mid IS NULL THEN NULL WHEN close > bb_mid THEN 1.0 ELSE 0.0 END) AS bollinger_alignment,
+    AVG(CASE WHEN momentum_24 IS NULL THEN NULL WHEN momentum_24 > 0.0 THEN 1.0 ELSE 0.0 END) AS momentum_alignment
+  FROM indicators
+  GROUP BY open_time
 ),
 
--- Rolling Pearson correlations of returns with the leaders' over 24, 168 and 720 bars, over the
--- rows where both returns exist; null until the window holds that many pairs.
+-- Each symbol's bar beside the market's same bar (joined on open time only), and rolling
+-- Pearson correlations of its returns with the leaders' over 24, 168 and 720 bars, over the
+-- rows where both returns exist; null until the window holds that many pairs. The small
+-- per-bar table comes first: a join holds its left input in memory and streams the right one.
 correlations AS (
-  SELECT *,
-    rolling_corr(ret_1, btc_ret, 24) OVER w AS corr_btc_24,
-    rolling_corr(ret_1, btc_ret, 168) OVER w AS corr_btc_168,
-    rolling_corr(ret_1, btc_ret, 720) OVER w AS corr_btc_720,
-    rolling_corr(ret_1, eth_ret, 24) OVER w AS corr_eth_24,
-    rolling_corr(ret_1, eth_ret, 168) OVER w AS corr_eth_168,
-    rolling_corr(ret_1, eth_ret, 720) OVER w AS corr_eth_720
-  FROM market
-  WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
+  SELECT i.*, m.btc_ret, m.eth_ret, m.volume_spike_share, m.rsi_alignment, m.macd_alignment,
+    m.bollinger_alignment, m.momentum_alignment,
+    rolling_corr(i.ret_1, m.btc_ret, 24) OVER w AS corr_btc_24,
+    rolling_corr(i.ret_1, m.btc_ret, 168) OVER w AS corr_btc_168,
+    rolling_corr(i.ret_1, m.btc_ret, 720) OVER w AS corr_btc_720,
+    rolling_corr(i.ret_1, m.eth_ret, 24) OVER w AS corr_eth_24,
+    rolling_corr(i.ret_1, m.eth_ret, 168) OVER w AS corr_eth_168,
+    rolling_corr(i.ret_1, m.eth_ret, 720) OVER w AS corr_eth_720
+  FROM market AS m
+  JOIN indicators AS i ON i.open_time = m.open_time
+  WINDOW w AS (PARTITION BY i.symbol ORDER BY i.open_time)
 )
 
 SELECT
