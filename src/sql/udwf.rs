@@ -12,9 +12,11 @@
 //! - `rolling_corr(x, y, n)`: Pearson correlation over the rows among the last n where both
 //!   are non-null, null until there are n such pairs.
 //!
-//! Windows of up to 64 rows are recomputed exactly (two-pass) at every row; longer ones keep
-//! running sums of values shifted by the partition's first value, which keeps the
-//! cancellation error small.
+//! Running sums of deviations from an anchor give means (and the spread of windows over 64
+//! rows and the correlations); every `n` rows the anchor moves to the newest value and the
+//! window is summed afresh, so no sum carries more than about `2n` updates however far a series
+//! drifts. The spread of a window up to 64 rows is summed exactly around its mean. A window
+//! whose values are all equal has a spread of exactly 0 and no correlation (null).
 //!
 //! Forward-looking (for labels only: the look-ahead guard rejects them in features), where `k`
 //! may be a `$param` because, unlike a frame bound, it is an argument:
@@ -194,6 +196,34 @@ fn column(values: Vec<f64>, defined: arrow::array::BooleanBufferBuilder) -> Floa
     Float64Array::new(values.into(), Some(defined.finish().into()))
 }
 
+/// Whether the values present in a window are all equal, kept as rows arrive: the latest value
+/// and the row of the last value that differed from the one after it.
+#[derive(Default)]
+struct Flatness {
+    latest: Option<(f64, usize)>,
+    changed: Option<usize>,
+}
+
+impl Flatness {
+    fn see(&mut self, row: usize, value: f64) {
+        if let Some((latest, latest_row)) = self.latest
+            && value != latest
+        {
+            self.changed = Some(latest_row);
+        }
+        self.latest = Some((value, row));
+    }
+
+    /// Whether every value seen at or after `start` equals the latest.
+    fn since(&self, start: usize) -> bool {
+        self.changed.is_none_or(|row| row < start)
+    }
+
+    fn latest(&self) -> f64 {
+        self.latest.map_or(f64::NAN, |(value, _)| value)
+    }
+}
+
 /// Mean and standard deviations over the last `n` rows of `x` (NaN: missing), over the values
 /// present. Running sums of deviations from an anchor give the mean (and a long window's
 /// spread); every `n` rows the anchor moves to the newest value and the window is summed
@@ -207,9 +237,7 @@ pub fn rolling(kind: Rolling, x: &[f64], n: usize) -> Float64Array {
     let mut defined = arrow::array::BooleanBufferBuilder::new(x.len());
     let (mut shift, mut next_anchor) = (0.0, 0);
     let (mut count, mut sum, mut squares) = (0usize, 0.0, 0.0);
-    // The latest value present, and the row of the last present value that differed from the
-    // one after it: the window is flat when that row is outside it.
-    let (mut latest, mut latest_row, mut changed) = (f64::NAN, 0, None::<usize>);
+    let mut flatness = Flatness::default();
     for (i, slot) in out.iter_mut().enumerate() {
         let v = x[i];
         let start = (i + 1).saturating_sub(n);
@@ -240,18 +268,19 @@ pub fn rolling(kind: Rolling, x: &[f64], n: usize) -> Float64Array {
             }
         }
         if !v.is_nan() {
-            if !latest.is_nan() && v != latest {
-                changed = Some(latest_row);
-            }
-            (latest, latest_row) = (v, i);
+            flatness.see(i, v);
         }
         defined.append(count >= minimum);
         if count < minimum {
             continue;
         }
         let c = count as f64;
-        let flat = changed.is_none_or(|row| row < start);
-        let mean = if flat { latest } else { shift + sum / c };
+        let flat = flatness.since(start);
+        let mean = if flat {
+            flatness.latest()
+        } else {
+            shift + sum / c
+        };
         let m2 = match kind {
             _ if flat => 0.0,
             Rolling::Mean => 0.0,
@@ -293,8 +322,9 @@ fn squared_deviations(window: &[f64], mean: f64, present: usize) -> f64 {
 }
 
 /// Pearson correlation over the pairs among the last `n` rows where both are present (NaN:
-/// missing), once there are `n` of them. Running sums of deviations from an anchor pair that
-/// moves to the newest pair every `n` rows, as in [`rolling`].
+/// missing), once there are `n` of them; null when either side is flat in the window. Running
+/// sums of deviations from an anchor pair that moves to the newest pair every `n` rows, as in
+/// [`rolling`].
 pub fn rolling_corr(x: &[f64], y: &[f64], n: usize) -> Float64Array {
     let pair = |i: usize| (!x[i].is_nan() && !y[i].is_nan()).then(|| (x[i], y[i]));
     let mut out = vec![0.0; x.len()];
@@ -308,8 +338,13 @@ pub fn rolling_corr(x: &[f64], y: &[f64], n: usize) -> Float64Array {
             *sum += sign * term;
         }
     };
+    let (mut flat_x, mut flat_y) = (Flatness::default(), Flatness::default());
     for (i, slot) in out.iter_mut().enumerate() {
         let start = (i + 1).saturating_sub(n);
+        if let Some((a, b)) = pair(i) {
+            flat_x.see(i, a);
+            flat_y.see(i, b);
+        }
         match pair(i) {
             Some(newest) if i >= next_anchor => {
                 (anchor, next_anchor) = (newest, i + n);
@@ -330,7 +365,8 @@ pub fn rolling_corr(x: &[f64], y: &[f64], n: usize) -> Float64Array {
             }
         }
         let [c, sx, sy, sxx, syy, sxy] = sums;
-        let value = (c >= n as f64)
+        let flat = flat_x.since(start) || flat_y.since(start);
+        let value = (c >= n as f64 && !flat)
             .then(|| {
                 let cov = c * sxy - sx * sy;
                 let var = (c * sxx - sx * sx) * (c * syy - sy * sy);
@@ -651,6 +687,27 @@ mod tests {
         }
         let spread = values(&rolling(Rolling::Std, &cleaned(&x), 8));
         assert!(spread[9].unwrap() > 0.0, "n 8 reaches back to 0.3");
+        // Returns of exactly 0 for a stretch after noisy ones: no correlation with anything.
+        let returns: Vec<f64> = (0..80)
+            .map(|i| {
+                if i < 40 {
+                    (i as f64 * 0.7).sin() * 0.013
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let leader: Vec<f64> = (0..80).map(|i| (i as f64 * 0.3).cos() * 0.01).collect();
+        let corr = values(&rolling_corr(&returns, &leader, 24));
+        assert!(
+            corr[60].is_some(),
+            "row 60's window still holds noisy returns"
+        );
+        assert_eq!(
+            corr[63..],
+            [None; 17],
+            "from row 63 the window holds only zeros"
+        );
         // A stretch without volume after some: exactly zero, so NULLIF(sd, 0) leaves no z-score.
         let volume = Float64Array::from(vec![5.3, 0.7, 2.9, 0.0, 0.0, 0.0, 0.0, 0.0]);
         let sd = values(&rolling(Rolling::Std, &cleaned(&volume), 5));
