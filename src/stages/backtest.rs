@@ -106,10 +106,10 @@ fn default_true() -> bool {
     true
 }
 fn default_maker() -> f64 {
-    0.0005
+    crate::backtest::DEFAULT_MAKER_FEE
 }
 fn default_taker() -> f64 {
-    0.00075
+    crate::backtest::DEFAULT_TAKER_FEE
 }
 fn default_interval() -> String {
     "1h".into()
@@ -147,7 +147,7 @@ fn default_fees() -> Fees {
     }
 }
 fn default_slippage() -> f64 {
-    0.0002
+    crate::backtest::DEFAULT_SLIPPAGE
 }
 
 #[derive(Debug)]

@@ -78,10 +78,10 @@ fn default_horizon() -> u32 {
     4
 }
 fn default_fee() -> f64 {
-    0.00075
+    crate::backtest::DEFAULT_TAKER_FEE
 }
 fn default_slippage() -> f64 {
-    0.0002
+    crate::backtest::DEFAULT_SLIPPAGE
 }
 
 #[derive(Debug)]
