@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use asterflow::train::network::TrainingSet;
 use asterflow::train::split::{SplitSpec, Window};
-use asterflow::train::{self, Balance, Device, ModelKind, TrainConfig};
+use asterflow::train::{self, Balance, Device, LogisticSolver, ModelKind, TrainConfig};
 use common::Project;
 
 const HOUR: i64 = 3_600_000;
@@ -18,6 +19,7 @@ const HOUR: i64 = 3_600_000;
 fn config(model: ModelKind) -> TrainConfig {
     TrainConfig {
         model,
+        solver: LogisticSolver::Native,
         hidden: 16,
         epochs: 30,
         batch_size: 128,
@@ -58,8 +60,19 @@ fn fit(data: &train::Dataset, config: &TrainConfig, folds: usize) -> train::Outc
 #[test]
 fn logistic_softmax_and_mlp_learn_a_separable_problem_out_of_sample() {
     let data = train::synthetic::separable(400, 5, 6, 4, 1);
-    for model in [ModelKind::Logistic, ModelKind::Softmax, ModelKind::Mlp] {
-        let outcome = fit(&data, &config(model), 3);
+    let linfa = TrainConfig {
+        solver: LogisticSolver::Linfa,
+        ..config(ModelKind::Logistic)
+    };
+    let configs = [
+        config(ModelKind::Logistic),
+        linfa,
+        config(ModelKind::Softmax),
+        config(ModelKind::Mlp),
+    ];
+    for config in configs {
+        let model = config.model;
+        let outcome = fit(&data, &config, 3);
         assert!(
             outcome.overall.balanced_accuracy > 0.9,
             "{model:?}: balanced accuracy {}",
@@ -85,8 +98,112 @@ fn logistic_softmax_and_mlp_learn_a_separable_problem_out_of_sample() {
             let curve = &outcome.folds[0].loss_curve;
             assert_eq!(curve.len(), 30);
             assert!(curve[29] < curve[0] * 0.5, "{model:?}: {curve:?}");
+        } else if config.solver == LogisticSolver::Native {
+            let report = outcome.folds[0].solver.as_ref().unwrap();
+            assert_eq!(report.stopped, "Solver converged", "{report:?}");
         }
     }
+}
+
+/// A standardised training set from the separable problem, with `flip` of its labels redrawn
+/// at random (so the optimum's logits stay small) and the given row weights.
+fn training_set(flip: f64, weights: impl Fn(usize) -> f32) -> TrainingSet {
+    let data = train::synthetic::separable(500, 4, 5, 4, 11);
+    let rows: Vec<usize> = (0..data.rows()).collect();
+    let scaler = train::Scaler::fit(&data.x, data.dim(), &rows);
+    let mut rng = asterflow::rng::Rng::new(5);
+    let y = data
+        .y
+        .iter()
+        .map(|&label| {
+            if (rng.next_u64() % 1000) as f64 / 1000.0 < flip {
+                (rng.next_u64() % 3) as u8
+            } else {
+                label
+            }
+        })
+        .collect();
+    TrainingSet {
+        x: scaler.apply(&data.x, &rows),
+        weights: (0..rows.len()).map(weights).collect(),
+        y,
+        rows: rows.len(),
+        inputs: data.dim(),
+    }
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+fn logistic(solver: LogisticSolver) -> TrainConfig {
+    TrainConfig {
+        solver,
+        max_iterations: 1000,
+        tolerance: 1e-9,
+        ..config(ModelKind::Logistic)
+    }
+}
+
+#[test]
+fn the_native_logistic_solver_agrees_with_linfa_where_linfa_is_exact() {
+    // Noisy labels keep every row's logits within a few units of each other, where linfa's
+    // log-sum-exp (relative to the largest logit in the data) is exact.
+    let set = training_set(0.4, |_| 1.0);
+    let (native, report) = train::fit_logistic(&set, 3, &logistic(LogisticSolver::Native)).unwrap();
+    let (linfa, none) = train::fit_logistic(&set, 3, &logistic(LogisticSolver::Linfa)).unwrap();
+    assert!(none.is_none());
+    let report = report.unwrap();
+    assert_eq!(report.stopped, "Solver converged", "{report:?}");
+    let worst = largest_difference(
+        &native.predict(&set.x, set.rows),
+        &linfa.predict(&set.x, set.rows),
+    );
+    assert!(worst < 1e-4, "largest probability difference {worst}");
+}
+
+#[test]
+fn the_native_logistic_solver_reaches_full_accuracy_on_the_separable_problem() {
+    // Weak regularisation lets the weights grow until the logits spread by hundreds.
+    let set = training_set(0.0, |_| 1.0);
+    let config = TrainConfig {
+        alpha: 0.01,
+        ..logistic(LogisticSolver::Native)
+    };
+    let (model, report) = train::fit_logistic(&set, 3, &config).unwrap();
+    let probs = model.predict(&set.x, set.rows);
+    let correct = (0..set.rows)
+        .filter(|&row| train::metrics::argmax(&probs[row * 3..row * 3 + 3]) == set.y[row] as usize)
+        .count();
+    assert!(
+        correct as f64 / set.rows as f64 > 0.995,
+        "{correct} of {} with {report:?}",
+        set.rows
+    );
+}
+
+#[test]
+fn a_row_weight_of_two_is_the_row_twice() {
+    let weighted = training_set(0.3, |row| if row % 5 == 0 { 2.0 } else { 1.0 });
+    let mut doubled = training_set(0.3, |_| 1.0);
+    for row in (0..weighted.rows).filter(|row| row % 5 == 0) {
+        let start = row * doubled.inputs;
+        let copy = doubled.x[start..start + doubled.inputs].to_vec();
+        doubled.x.extend_from_slice(&copy);
+        doubled.y.push(doubled.y[row]);
+        doubled.weights.push(1.0);
+        doubled.rows += 1;
+    }
+    let config = logistic(LogisticSolver::Native);
+    let (a, _) = train::fit_logistic(&weighted, 3, &config).unwrap();
+    let (b, _) = train::fit_logistic(&doubled, 3, &config).unwrap();
+    let probe = &weighted.x[..50 * weighted.inputs];
+    let worst = largest_difference(&a.predict(probe, 50), &b.predict(probe, 50));
+    assert!(worst < 1e-5, "largest probability difference {worst}");
 }
 
 #[test]
@@ -253,34 +370,19 @@ fn device_gpu_without_a_usable_gpu_fails_with_the_reason_and_auto_falls_back() {
         "pipelines/auto.yaml",
         &train_pipeline("      model: mlp\n      hidden: 8\n      epochs: 5\n      device: auto\n      folds: 2\n"),
     );
-    let output = project
-        .command(&["run", "pipelines/auto.yaml", "--json"])
-        .env("ASTERFLOW_GPU", "off")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let (code, stderr, dir) = run_train(&project, "pipelines/auto.yaml");
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("training on the CPU: GPU not available: disabled by ASTERFLOW_GPU=off"),
         "{stderr}"
     );
     assert!(stderr.contains("verdict: beats the baseline"), "{stderr}");
-    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let train = run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|stage| stage["id"] == "train")
-        .unwrap();
-    let dir = project.path().join(train["output"].as_str().unwrap());
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    let metrics = read_json(&dir.join("metrics.json"));
     assert_eq!(metrics["device"], "cpu");
     // `close` is a price level, left out by default; the three features are used.
     assert_eq!(metrics["features"], serde_json::json!(["f0", "f1", "f2"]));
     assert!(metrics["overall"]["baseline"]["balanced_accuracy"].is_number());
-    let model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+    let model = read_json(&dir.join("model.json"));
     assert_eq!(model["format_version"], 1);
     assert_eq!(model["network"]["hidden"], 8);
     assert_eq!(
@@ -323,25 +425,114 @@ fn device_gpu_without_a_usable_gpu_fails_with_the_reason_and_auto_falls_back() {
     );
 }
 
+/// Runs `pipeline` through the binary with `--json` and no GPU; its exit code, stderr and the
+/// train stage's output directory.
+fn run_train(project: &Project, pipeline: &str) -> (Option<i32>, String, std::path::PathBuf) {
+    let output = project
+        .command(&["run", pipeline, "--json"])
+        .env("ASTERFLOW_GPU", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let run: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let train = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stage| stage["id"] == "train")
+        .unwrap();
+    let dir = project.path().join(train["output"].as_str().unwrap());
+    (output.status.code(), stderr, dir)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn logistic_fits_report_how_they_ended_and_warn_when_they_did_not_converge() {
+    let project = Project::new();
+    write_fixtures(&project);
+    project.write(
+        "pipelines/converged.yaml",
+        &train_pipeline("      model: logistic\n      folds: 2\n"),
+    );
+    let (code, stderr, dir) = run_train(&project, "pipelines/converged.yaml");
+    assert_eq!(code, Some(0), "{stderr}");
+    let metrics = read_json(&dir.join("metrics.json"));
+    assert_eq!(metrics["solver"], "native");
+    assert_eq!(metrics["balance"], "weights");
+    for fold in metrics["folds"].as_array().unwrap() {
+        assert_eq!(fold["solver"]["stopped"], "Solver converged", "{fold}");
+        assert!(fold["solver"]["iterations"].as_u64().unwrap() > 1, "{fold}");
+    }
+    assert!(!stderr.contains("raise `max_iterations`"), "{stderr}");
+
+    project.write(
+        "pipelines/short.yaml",
+        &train_pipeline("      model: logistic\n      folds: 2\n      max_iterations: 2\n"),
+    );
+    let (code, stderr, dir) = run_train(&project, "pipelines/short.yaml");
+    assert_eq!(code, Some(0), "{stderr}");
+    let metrics = read_json(&dir.join("metrics.json"));
+    assert!(
+        stderr.contains(
+            "fold 1/2: L-BFGS stopped after 2 iterations (maximum number of iterations reached); raise `max_iterations`"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        metrics["folds"][0]["solver"]["stopped"],
+        "Maximum number of iterations reached"
+    );
+
+    project.write(
+        "pipelines/linfa.yaml",
+        &train_pipeline("      model: logistic\n      solver: linfa\n      folds: 2\n"),
+    );
+    let (code, stderr, dir) = run_train(&project, "pipelines/linfa.yaml");
+    assert_eq!(code, Some(0), "{stderr}");
+    let metrics = read_json(&dir.join("metrics.json"));
+    assert_eq!(metrics["solver"], "linfa");
+    assert_eq!(metrics["balance"], "undersample");
+    assert!(metrics["folds"][0].get("solver").is_none());
+}
+
 #[test]
 fn train_param_mistakes_are_located_before_anything_runs() {
     let project = Project::new();
     write_fixtures(&project);
-    project.write(
-        "pipelines/bad.yaml",
-        &train_pipeline("      model: logistic\n      hidden: 8\n"),
-    );
-    let run = project.run(&["run", "pipelines/bad.yaml", "--validate-only"]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("pipelines/bad.yaml:16:15"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("`hidden` applies to model mlp, not logistic"),
-        "{}",
-        run.stderr
-    );
+    let cases = [
+        (
+            "      model: logistic\n      hidden: 8\n",
+            "16:15",
+            "`hidden` applies to model mlp, not logistic",
+        ),
+        (
+            "      model: mlp\n      solver: linfa\n",
+            "16:15",
+            "`solver` applies to model logistic, not mlp",
+        ),
+        (
+            "      model: logistic\n      solver: linfa\n      balance: weights\n",
+            "17:16",
+            "linfa's logistic regression takes no sample weights",
+        ),
+        (
+            "      model: logistic\n      solver: sklearn\n",
+            "16:15",
+            "unknown variant `sklearn`",
+        ),
+    ];
+    for (with, at, message) in cases {
+        project.write("pipelines/bad.yaml", &train_pipeline(with));
+        let run = project.run(&["run", "pipelines/bad.yaml", "--validate-only"]);
+        assert_eq!(run.code, 2, "{with}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("pipelines/bad.yaml:{at}")),
+            "{with}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(message), "{with}: {}", run.stderr);
+    }
 }

@@ -6,7 +6,7 @@
 //!   kind: train
 //!   needs: [features, labels]
 //!   with:
-//!     model: mlp            # logistic (linfa, CPU) | softmax | mlp (CPU or GPU)
+//!     model: mlp            # logistic (L-BFGS, CPU) | softmax | mlp (CPU or GPU)
 //!     device: auto          # auto | cpu | gpu
 //!     hidden: 64
 //!     epochs: 10
@@ -35,7 +35,8 @@ use crate::stage::{
 };
 use crate::train::split::{SplitSpec, Window};
 use crate::train::{
-    Balance, Dataset, Device, DeviceChoice, ModelKind, Outcome, TrainConfig, TrainEvent,
+    Balance, Dataset, Device, DeviceChoice, LogisticSolver, ModelKind, Outcome, TrainConfig,
+    TrainEvent,
 };
 
 pub struct Train;
@@ -82,6 +83,8 @@ struct Params {
     batch_size: Option<usize>,
     #[serde(default)]
     learning_rate: Option<f32>,
+    #[serde(default)]
+    solver: Option<LogisticSolver>,
     #[serde(default)]
     alpha: Option<f64>,
     #[serde(default)]
@@ -181,6 +184,7 @@ impl StageKind for Train {
             ("batch_size", params.batch_size.is_some() && !network),
             ("learning_rate", params.learning_rate.is_some() && !network),
             ("kernels", params.kernels.is_some() && !network),
+            ("solver", params.solver.is_some() && network),
             ("alpha", params.alpha.is_some() && network),
             ("max_iterations", params.max_iterations.is_some() && network),
             ("tolerance", params.tolerance.is_some() && network),
@@ -200,16 +204,17 @@ impl StageKind for Train {
         if params.model == ModelKind::Logistic && params.device == DeviceChoice::Gpu {
             return Err(error(
                 "device",
-                "model logistic trains on the CPU (linfa); `device: gpu` applies to mlp and softmax".into(),
+                "model logistic trains on the CPU; `device: gpu` applies to mlp and softmax".into(),
             ));
         }
-        if params.model == ModelKind::Logistic && params.balance == Balance::Weights {
+        let solver = params.solver.unwrap_or(LogisticSolver::Native);
+        if solver == LogisticSolver::Linfa && params.balance == Balance::Weights {
             return Err(error(
                 "balance",
                 "linfa's logistic regression takes no sample weights".into(),
             )
             .with_help(
-                "use `balance: undersample` (what `auto` picks for logistic) or model softmax",
+                "use `balance: undersample` (what `auto` picks with `solver: linfa`), or the native solver",
             ));
         }
         let mut seen = HashSet::new();
@@ -297,6 +302,11 @@ impl StageKind for Train {
         };
         let config = TrainConfig {
             model: params.model,
+            solver: if network {
+                LogisticSolver::Native
+            } else {
+                solver
+            },
             hidden: if params.model == ModelKind::Mlp {
                 hidden
             } else {
@@ -612,6 +622,26 @@ impl Prepared {
                     progress.warn(line.clone());
                     note = Some(line);
                 }
+                TrainEvent::Solved { fold, report } => {
+                    done += 1;
+                    let stage = if fold == 0 {
+                        "final fit".to_owned()
+                    } else {
+                        format!("fold {fold}/{folds}")
+                    };
+                    let line = format!(
+                        "{stage}: L-BFGS stopped after {} iterations ({})",
+                        report.iterations,
+                        report.stopped.to_lowercase()
+                    );
+                    if report.stopped == crate::train::CONVERGED {
+                        progress.update(done.min(total), total, line);
+                    } else {
+                        progress.warn(format!(
+                            "{line}; raise `max_iterations` or `tolerance` for a converged fit"
+                        ));
+                    }
+                }
             };
             let outcome = crate::train::fit(
                 &data,
@@ -724,32 +754,33 @@ impl Prepared {
             outcome.verdict,
             outcome.folds.len()
         );
-        crate::stages::write_json(
-            &context.output_dir.join("metrics.json"),
-            &serde_json::json!({
-                "model": resolved.model,
-                "device": match outcome.device { Device::Cpu => "cpu", Device::Gpu(_) => "gpu" },
-                "classes": classes,
-                "features": columns,
-                "rows": data.rows(),
-                "dropped_rows": data.dropped,
-                "split": {
-                    "folds": split.folds,
-                    "window": split.window,
-                    "train_blocks": resolved.train_blocks,
-                    "embargo_ms": split.embargo_ms,
-                    "purge": "training rows whose label_end_time reaches the test block",
-                },
-                "balance": resolved.config.balance,
-                "overall": {
-                    "model": outcome.overall,
-                    "baseline": outcome.overall_baseline,
-                },
-                "verdict": verdict,
-                "folds": outcome.folds,
-                "synthetic": synthetic,
-            }),
-        )?;
+        let mut metrics = serde_json::json!({
+            "model": resolved.model,
+            "device": match outcome.device { Device::Cpu => "cpu", Device::Gpu(_) => "gpu" },
+            "classes": classes,
+            "features": columns,
+            "rows": data.rows(),
+            "dropped_rows": data.dropped,
+            "split": {
+                "folds": split.folds,
+                "window": split.window,
+                "train_blocks": resolved.train_blocks,
+                "embargo_ms": split.embargo_ms,
+                "purge": "training rows whose label_end_time reaches the test block",
+            },
+            "balance": resolved.config.balance,
+            "overall": {
+                "model": outcome.overall,
+                "baseline": outcome.overall_baseline,
+            },
+            "verdict": verdict,
+            "folds": outcome.folds,
+            "synthetic": synthetic,
+        });
+        if resolved.model == ModelKind::Logistic {
+            metrics["solver"] = serde_json::json!(resolved.config.solver);
+        }
+        crate::stages::write_json(&context.output_dir.join("metrics.json"), &metrics)?;
         let mut text = String::new();
         if synthetic {
             text.push_str(crate::stages::validate::SYNTHETIC_BANNER);

@@ -1,10 +1,12 @@
 //! Model training with honest evaluation: the dataset (features joined to labels by symbol and
 //! bar), walk-forward folds with a purge ([`split`]), standardisation fitted on each training
-//! span only, the models ([`network`]: `logistic` through linfa, `softmax` and `mlp` on the CPU or
-//! through the CUDA kernels of [`crate::gpu`]) and the metrics beside a baseline ([`metrics`]).
+//! span only, the models ([`logistic`]: L-BFGS on the CPU, by default on our own objective, or
+//! through linfa-logistic; [`network`]: `softmax` and `mlp` on the CPU or through the CUDA
+//! kernels of [`crate::gpu`]) and the metrics beside a baseline ([`metrics`]).
 //! The `train` stage (`stages::train`) wires this to the engine; everything here is synchronous
 //! and runs on a blocking thread.
 
+pub mod logistic;
 pub mod metrics;
 pub mod network;
 pub mod split;
@@ -27,12 +29,24 @@ use crate::sql::quoted;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelKind {
-    /// Multinomial logistic regression by L-BFGS (linfa-logistic), on the CPU.
+    /// Multinomial logistic regression by L-BFGS, on the CPU ([`LogisticSolver`]).
     Logistic,
     /// The same linear model trained by minibatch Adam (CPU or GPU).
     Softmax,
     /// One ReLU hidden layer, minibatch Adam (CPU or GPU).
     Mlp,
+}
+
+/// What evaluates the `logistic` objective for argmin's L-BFGS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogisticSolver {
+    /// [`logistic::Objective`]: per-row log-sum-exp, cost and gradient in one pass over the
+    /// cores, row weights.
+    Native,
+    /// linfa-logistic 0.8: no row weights, and its log-sum-exp loses rows whose logits sit
+    /// far below the largest in the data (see [`logistic`]).
+    Linfa,
 }
 
 /// Where a network trains.
@@ -50,7 +64,7 @@ pub enum DeviceChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
-    /// `weights` for `softmax` and `mlp`, `undersample` for `logistic` (which takes no weights).
+    /// `weights`, except `undersample` for `logistic` with `solver: linfa` (no row weights).
     Auto,
     None,
     /// Loss weights `rows / (classes x class rows)`, from the training span.
@@ -63,6 +77,8 @@ pub enum Balance {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainConfig {
     pub model: ModelKind,
+    /// The logistic fit's solver (`native` for the networks, where it means nothing).
+    pub solver: LogisticSolver,
     pub hidden: usize,
     pub epochs: usize,
     pub batch_size: usize,
@@ -80,7 +96,9 @@ impl TrainConfig {
     /// `auto` resolved for this model.
     pub fn balance(&self) -> Balance {
         match (self.balance, self.model) {
-            (Balance::Auto, ModelKind::Logistic) => Balance::Undersample,
+            (Balance::Auto, ModelKind::Logistic) if self.solver == LogisticSolver::Linfa => {
+                Balance::Undersample
+            }
             (Balance::Auto, _) => Balance::Weights,
             (other, _) => other,
         }
@@ -428,6 +446,12 @@ pub enum TrainEvent {
     },
     /// The GPU failed mid-fit under `device: auto`; training goes on on the CPU.
     FellBack(String),
+    /// A logistic fit ended (native solver).
+    Solved {
+        /// 1-based fold; 0 for the final fit on all rows.
+        fold: usize,
+        report: SolverReport,
+    },
 }
 
 /// One fold's results.
@@ -441,9 +465,25 @@ pub struct FoldResult {
     pub scaler: Scaler,
     /// Mean weighted training loss after each epoch (networks only).
     pub loss_curve: Vec<f64>,
+    /// How the L-BFGS fit ended (`logistic` with the native solver only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solver: Option<SolverReport>,
     pub metrics: Metrics,
     pub baseline: Metrics,
     pub verdict: String,
+}
+
+/// argmin's words for an L-BFGS fit that met its tolerance.
+pub const CONVERGED: &str = "Solver converged";
+
+/// How an L-BFGS fit ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SolverReport {
+    pub iterations: u64,
+    /// argmin's reason: "Solver converged", "Maximum number of iterations reached", ...
+    pub stopped: String,
+    /// The objective (mean weighted loss plus the scaled penalty) at the solution.
+    pub cost: f64,
 }
 
 /// Everything a fit produced.
@@ -512,6 +552,7 @@ pub fn fit(
             fitted_rows: fitted.rows,
             scaler: fitted.scaler,
             loss_curve: fitted.loss_curve,
+            solver: fitted.solver,
             metrics: model_metrics,
             baseline,
             verdict,
@@ -550,6 +591,7 @@ struct Fitted {
     network: Network,
     scaler: Scaler,
     loss_curve: Vec<f64>,
+    solver: Option<SolverReport>,
     rows: usize,
 }
 
@@ -603,8 +645,17 @@ fn fit_rows(
     if cancelled() {
         return Err("interrupted".into());
     }
-    let (network, loss_curve) = match config.model {
-        ModelKind::Logistic => (fit_logistic(&set, k, config)?, Vec::new()),
+    let (network, loss_curve, solver) = match config.model {
+        ModelKind::Logistic => {
+            let (network, report) = fit_logistic(&set, k, config)?;
+            if let Some(report) = &report {
+                on_event(TrainEvent::Solved {
+                    fold,
+                    report: report.clone(),
+                });
+            }
+            (network, Vec::new(), report)
+        }
         ModelKind::Softmax | ModelKind::Mlp => {
             let hidden = if config.model == ModelKind::Mlp {
                 config.hidden
@@ -612,7 +663,7 @@ fn fit_rows(
                 0
             };
             let initial = Network::initialised(set.inputs, hidden, k, config.seed);
-            fit_network(
+            let (network, loss_curve) = fit_network(
                 initial,
                 &set,
                 config,
@@ -622,13 +673,15 @@ fn fit_rows(
                 kernels,
                 on_event,
                 cancelled,
-            )?
+            )?;
+            (network, loss_curve, None)
         }
     };
     Ok(Fitted {
         network,
         scaler,
         loss_curve,
+        solver,
         rows: chosen.len(),
     })
 }
@@ -732,13 +785,77 @@ fn undersample(rows: &[usize], y: &[u8], classes: usize, seed: u64) -> Vec<usize
     chosen
 }
 
-/// Multinomial logistic regression by linfa's L-BFGS. Classes absent from the training rows get
-/// a very negative intercept (probability ~0).
+/// Multinomial logistic regression by L-BFGS, through `config.solver`. Classes absent from the
+/// training rows get a very negative intercept (probability ~0). The report says how the
+/// native solver ended (linfa does not say).
 pub fn fit_logistic(
     set: &TrainingSet,
     classes: usize,
     config: &TrainConfig,
-) -> Result<Network, String> {
+) -> Result<(Network, Option<SolverReport>), String> {
+    let present: Vec<u8> = set
+        .y
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<u8>>()
+        .into_iter()
+        .collect();
+    if present.len() < 2 {
+        return Err(format!(
+            "the training rows hold {} class; logistic regression needs at least two",
+            present.len()
+        ));
+    }
+    // Fitted over the present classes, in `present` order.
+    let (fitted_weights, fitted_intercept, report) = match config.solver {
+        LogisticSolver::Native => {
+            let mut dense = [0u8; 256];
+            for (index, &class) in present.iter().enumerate() {
+                dense[usize::from(class)] = index as u8;
+            }
+            let y: Vec<u8> = set
+                .y
+                .iter()
+                .map(|&class| dense[usize::from(class)])
+                .collect();
+            let objective = logistic::Objective::new(
+                &set.x,
+                &y,
+                &set.weights,
+                set.inputs,
+                present.len(),
+                config.alpha,
+            )?;
+            let fit = logistic::minimise(objective, config.max_iterations, config.tolerance)?;
+            let report = SolverReport {
+                iterations: fit.iterations,
+                stopped: fit.stopped,
+                cost: fit.cost,
+            };
+            (fit.weights, fit.intercept, Some(report))
+        }
+        LogisticSolver::Linfa => {
+            let (weights, intercept) = fit_linfa(set, config)?;
+            (weights, intercept, None)
+        }
+    };
+    let mut weights = ndarray::Array2::<f64>::zeros((set.inputs, classes));
+    let mut intercept = ndarray::Array1::<f64>::from_elem(classes, -30.0);
+    for (column, &class) in present.iter().enumerate() {
+        let class = usize::from(class);
+        weights
+            .column_mut(class)
+            .assign(&fitted_weights.column(column));
+        intercept[class] = fitted_intercept[column];
+    }
+    Ok((network::linear(weights.view(), intercept.view()), report))
+}
+
+/// linfa-logistic's fit: weights and intercepts over the classes present, in label order.
+fn fit_linfa(
+    set: &TrainingSet,
+    config: &TrainConfig,
+) -> Result<(ndarray::Array2<f64>, ndarray::Array1<f64>), String> {
     use linfa::traits::Fit;
     let x = ndarray::Array2::from_shape_vec(
         (set.rows, set.inputs),
@@ -751,13 +868,6 @@ pub fn fit_logistic(
             .map(|&class| class as usize)
             .collect::<Vec<_>>(),
     );
-    let present: std::collections::BTreeSet<usize> = y.iter().copied().collect();
-    if present.len() < 2 {
-        return Err(format!(
-            "the training rows hold {} class; logistic regression needs at least two",
-            present.len()
-        ));
-    }
     let dataset = linfa::Dataset::new(x, y);
     // linfa minimises the summed loss: scale the tolerance with the rows so it means the same
     // for any training size.
@@ -766,16 +876,10 @@ pub fn fit_logistic(
         .max_iterations(config.max_iterations)
         .gradient_tolerance(config.tolerance * set.rows as f64)
         .fit(&dataset)
-        .map_err(|error| format!("logistic regression: {error}"))?;
-    let mut weights = ndarray::Array2::<f64>::zeros((set.inputs, classes));
-    let mut intercept = ndarray::Array1::<f64>::from_elem(classes, -30.0);
-    for (column, &class) in fitted.classes().iter().enumerate() {
-        weights
-            .column_mut(class)
-            .assign(&fitted.params().column(column));
-        intercept[class] = fitted.intercept()[column];
-    }
-    Ok(network::linear(weights.view(), intercept.view()))
+        .map_err(|error| format!("logistic regression (linfa): {error}"))?;
+    // linfa's classes are the distinct labels, sorted: the order `fit_logistic` expects.
+    debug_assert!(fitted.classes().windows(2).all(|pair| pair[0] < pair[1]));
+    Ok((fitted.params().clone(), fitted.intercept().clone()))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The one model shape every trainer produces: an optional ReLU hidden layer and a softmax
 //! output layer, its parameters in one flat `f32` vector. `mlp` has the hidden layer; `softmax`
-//! and the linfa `logistic` fit do not. The CPU trainer here and the CUDA kernels in
+//! and the `logistic` fit do not. The CPU trainer here and the CUDA kernels in
 //! `stages/kernels/mlp.cu` share the layout, the initialisation, the minibatch order and the
 //! Adam rule, so the same seed gives the same training on either (to rounding).
 //!
