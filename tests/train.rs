@@ -19,7 +19,7 @@ const HOUR: i64 = 3_600_000;
 fn config(model: ModelKind) -> TrainConfig {
     TrainConfig {
         model,
-        solver: LogisticSolver::Native,
+        solver: None,
         hidden: 16,
         epochs: 30,
         batch_size: 128,
@@ -61,7 +61,7 @@ fn fit(data: &train::Dataset, config: &TrainConfig, folds: usize) -> train::Outc
 fn logistic_softmax_and_mlp_learn_a_separable_problem_out_of_sample() {
     let data = train::synthetic::separable(400, 5, 6, 4, 1);
     let linfa = TrainConfig {
-        solver: LogisticSolver::Linfa,
+        solver: Some(LogisticSolver::Linfa),
         ..config(ModelKind::Logistic)
     };
     let configs = [
@@ -98,7 +98,7 @@ fn logistic_softmax_and_mlp_learn_a_separable_problem_out_of_sample() {
             let curve = &outcome.folds[0].loss_curve;
             assert_eq!(curve.len(), 30);
             assert!(curve[29] < curve[0] * 0.5, "{model:?}: {curve:?}");
-        } else if config.solver == LogisticSolver::Native {
+        } else if config.solver != Some(LogisticSolver::Linfa) {
             let report = outcome.folds[0].solver.as_ref().unwrap();
             assert_eq!(report.stopped, "Solver converged", "{report:?}");
         }
@@ -142,7 +142,7 @@ fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
 
 fn logistic(solver: LogisticSolver) -> TrainConfig {
     TrainConfig {
-        solver,
+        solver: Some(solver),
         max_iterations: 1000,
         tolerance: 1e-9,
         ..config(ModelKind::Logistic)
@@ -184,6 +184,32 @@ fn the_native_logistic_solver_reaches_full_accuracy_on_the_separable_problem() {
         "{correct} of {} with {report:?}",
         set.rows
     );
+}
+
+#[test]
+fn a_class_absent_from_the_training_rows_gets_no_probability() {
+    // The separable problem without its HOLD rows: the fit sees BUY and SELL only.
+    let full = training_set(0.0, |_| 1.0);
+    let keep: Vec<usize> = (0..full.rows).filter(|&row| full.y[row] != 1).collect();
+    let set = TrainingSet {
+        x: keep
+            .iter()
+            .flat_map(|&row| full.x[row * full.inputs..(row + 1) * full.inputs].to_vec())
+            .collect(),
+        y: keep.iter().map(|&row| full.y[row]).collect(),
+        weights: vec![1.0; keep.len()],
+        rows: keep.len(),
+        inputs: full.inputs,
+    };
+    for solver in [LogisticSolver::Native, LogisticSolver::Linfa] {
+        let (model, _) = train::fit_logistic(&set, 3, &logistic(solver)).unwrap();
+        let probs = model.predict(&set.x, set.rows);
+        for row in 0..set.rows {
+            let p = &probs[row * 3..row * 3 + 3];
+            assert!(p[1] < 1e-9, "{solver:?}: row {row}: {p:?}");
+            assert_eq!(train::metrics::argmax(p), set.y[row] as usize, "{solver:?}");
+        }
+    }
 }
 
 #[test]
@@ -522,6 +548,11 @@ fn train_param_mistakes_are_located_before_anything_runs() {
             "      model: logistic\n      solver: sklearn\n",
             "16:15",
             "unknown variant `sklearn`",
+        ),
+        (
+            "      model: logistic\n      max_iterations: 0\n",
+            "16:23",
+            "max_iterations must be at least 1",
         ),
     ];
     for (with, at, message) in cases {

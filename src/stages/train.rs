@@ -35,8 +35,8 @@ use crate::stage::{
 };
 use crate::train::split::{SplitSpec, Window};
 use crate::train::{
-    Balance, Dataset, Device, DeviceChoice, LogisticSolver, ModelKind, Outcome, TrainConfig,
-    TrainEvent,
+    Balance, Dataset, Device, DeviceChoice, Ending, LogisticSolver, ModelKind, Outcome,
+    TrainConfig, TrainEvent,
 };
 
 pub struct Train;
@@ -290,6 +290,12 @@ impl StageKind for Train {
         if !(tolerance.is_finite() && tolerance > 0.0) {
             return Err(error("tolerance", "tolerance must be above 0".into()));
         }
+        if params.max_iterations == Some(0) {
+            return Err(error(
+                "max_iterations",
+                "max_iterations must be at least 1".into(),
+            ));
+        }
         let (kernels, kernels_source) = if network {
             let path = params.kernels.as_deref().unwrap_or(DEFAULT_KERNELS);
             let relative =
@@ -302,11 +308,7 @@ impl StageKind for Train {
         };
         let config = TrainConfig {
             model: params.model,
-            solver: if network {
-                LogisticSolver::Native
-            } else {
-                solver
-            },
+            solver: (!network).then_some(solver),
             hidden: if params.model == ModelKind::Mlp {
                 hidden
             } else {
@@ -634,12 +636,12 @@ impl Prepared {
                         report.iterations,
                         report.stopped.to_lowercase()
                     );
-                    if report.stopped == crate::train::CONVERGED {
-                        progress.update(done.min(total), total, line);
-                    } else {
-                        progress.warn(format!(
+                    match report.ending {
+                        Ending::Converged => progress.update(done.min(total), total, line),
+                        Ending::OutOfIterations => progress.warn(format!(
                             "{line}; raise `max_iterations` or `tolerance` for a converged fit"
-                        ));
+                        )),
+                        Ending::Other => progress.warn(line),
                     }
                 }
             };

@@ -20,13 +20,16 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use argmin::core::{CostFunction, Executor, Gradient, State, TerminationStatus};
+use argmin::core::{CostFunction, Executor, Gradient, State, TerminationReason, TerminationStatus};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use ndarray::{Array1, Array2};
+use serde::Serialize;
 
-/// Below this many rows per thread the spawn costs more than the split saves.
-const ROWS_PER_THREAD: usize = 16_384;
+/// Rows are summed in chunks of this many, and the chunks' sums added in chunk order, so the
+/// result does not depend on how many cores share the chunks (a fit is the same, to the bit, on
+/// any machine).
+const CHUNK_ROWS: usize = 16_384;
 
 /// A fitted linear model and how the solver ended.
 #[derive(Debug, Clone)]
@@ -34,12 +37,30 @@ pub struct LogisticFit {
     /// `inputs x classes`.
     pub weights: Array2<f64>,
     pub intercept: Array1<f64>,
+    pub report: SolverReport,
+}
+
+/// How an L-BFGS fit ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SolverReport {
     pub iterations: u64,
-    /// The scaled objective at the solution.
-    pub cost: f64,
-    /// Why the solver stopped, in argmin's words ("Solver converged", "Maximum number of
-    /// iterations reached", ...).
+    /// argmin's words: "Solver converged", "Maximum number of iterations reached", ...
     pub stopped: String,
+    #[serde(skip)]
+    pub ending: Ending,
+    /// The objective (mean weighted loss plus the scaled penalty) at the solution.
+    pub cost: f64,
+}
+
+/// [`SolverReport::stopped`], for code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The gradient's norm fell below the tolerance, or the cost stopped changing.
+    Converged,
+    /// `max_iterations` ran out first.
+    OutOfIterations,
+    /// Anything else argmin reports (a line search that could not go on, ...).
+    Other,
 }
 
 /// The scaled objective over a row-major `f32` matrix, its labels and row weights.
@@ -87,8 +108,14 @@ impl<'a> Objective<'a> {
                 "logistic regression: label {label} with {classes} classes"
             ));
         }
+        if let Some(row) = weights.iter().position(|&w| !(w.is_finite() && w >= 0.0)) {
+            return Err(format!(
+                "logistic regression: row {row} has weight {}; weights must be finite and not negative",
+                weights[row]
+            ));
+        }
         let total_weight: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-        if !(total_weight.is_finite() && total_weight > 0.0) {
+        if total_weight <= 0.0 {
             return Err("logistic regression: the row weights sum to zero".into());
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -100,7 +127,7 @@ impl<'a> Objective<'a> {
             classes,
             alpha,
             total_weight,
-            threads: cores.min(rows / ROWS_PER_THREAD).max(1),
+            threads: cores.min(rows.div_ceil(CHUNK_ROWS)).max(1),
             last: Mutex::new(None),
         })
     }
@@ -118,30 +145,50 @@ impl<'a> Objective<'a> {
     pub fn evaluate(&self, params: &[f64]) -> (f64, Vec<f64>) {
         assert_eq!(params.len(), self.len(), "parameter vector length");
         let rows = self.y.len();
-        let chunk = rows.div_ceil(self.threads);
-        let (mut loss, mut gradient) = if self.threads == 1 {
-            self.partial(params, 0..rows)
+        let chunks = rows.div_ceil(CHUNK_ROWS);
+        let chunk = |index: usize| index * CHUNK_ROWS..((index + 1) * CHUNK_ROWS).min(rows);
+        // Thread t takes chunks t, t + threads, ...; the sums are then added in chunk order.
+        let mut parts: Vec<(usize, f64, Vec<f64>)> = if self.threads == 1 {
+            (0..chunks)
+                .map(|index| {
+                    let (loss, gradient) = self.partial(params, chunk(index));
+                    (index, loss, gradient)
+                })
+                .collect()
         } else {
             std::thread::scope(|scope| {
-                let parts: Vec<_> = (0..self.threads)
-                    .map(|part| {
-                        let range = part * chunk..((part + 1) * chunk).min(rows);
-                        scope.spawn(move || self.partial(params, range))
+                let workers: Vec<_> = (0..self.threads)
+                    .map(|first| {
+                        scope.spawn(move || {
+                            (first..chunks)
+                                .step_by(self.threads)
+                                .map(|index| {
+                                    let (loss, gradient) = self.partial(params, chunk(index));
+                                    (index, loss, gradient)
+                                })
+                                .collect::<Vec<_>>()
+                        })
                     })
                     .collect();
-                let mut total = (0.0, vec![0.0; params.len()]);
-                for part in parts {
-                    let (loss, gradient) = part
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    total.0 += loss;
-                    for (sum, value) in total.1.iter_mut().zip(gradient) {
-                        *sum += value;
-                    }
-                }
-                total
+                workers
+                    .into_iter()
+                    .flat_map(|worker| {
+                        worker
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
             })
         };
+        parts.sort_unstable_by_key(|part| part.0);
+        let mut loss = 0.0;
+        let mut gradient = vec![0.0; params.len()];
+        for (_, part_loss, part_gradient) in parts {
+            loss += part_loss;
+            for (sum, value) in gradient.iter_mut().zip(part_gradient) {
+                *sum += value;
+            }
+        }
         let penalised = self.inputs * self.classes;
         for (gradient, &weight) in gradient[..penalised].iter_mut().zip(params) {
             loss += 0.5 * self.alpha * weight * weight;
@@ -163,9 +210,8 @@ impl<'a> Objective<'a> {
         let mut loss = 0.0;
         let mut z = vec![0.0; classes];
         let mut x = vec![0.0; inputs];
-        // A product of `block` sums stays below 2^1000, far from overflow.
-        let block = (1000.0 / (classes as f64).log2()).floor().max(1.0) as usize;
-        let (mut product, mut pending) = (1.0f64, 0usize);
+        let mut logs = vec![LogProduct::new(1.0); classes];
+        let block = LogProduct::block(classes);
         for row in rows {
             let weight = f64::from(self.weights[row]);
             if weight == 0.0 {
@@ -203,19 +249,9 @@ impl<'a> Objective<'a> {
                 };
                 sum += *logit;
             }
+            // The row's loss: w (max + ln(sum) - z_label), the logarithm taken in blocks.
             loss += weight * (max - labelled);
-            // The log of each sum, which lies in [1, classes]: unit-weight rows multiply theirs
-            // together and take one logarithm per block (a `ln` per row cost a tenth of the fit).
-            if weight == 1.0 {
-                product *= sum;
-                pending += 1;
-                if pending == block {
-                    loss += product.ln();
-                    (product, pending) = (1.0, 0);
-                }
-            } else {
-                loss += weight * sum.ln();
-            }
+            loss += logs[label].push(weight, sum, block);
             // z becomes w_i (p - onehot(y)), the loss's derivative in the logits.
             let scale = weight / sum;
             for logit in z.iter_mut() {
@@ -233,7 +269,8 @@ impl<'a> Objective<'a> {
                 *b += d;
             }
         }
-        (loss + product.ln(), gradient)
+        let rest: f64 = logs.iter().map(LogProduct::value).sum();
+        (loss + rest, gradient)
     }
 
     fn cached(&self, params: &Array1<f64>) -> (f64, Array1<f64>) {
@@ -302,17 +339,70 @@ pub fn minimise(
     .reversed_axes();
     let intercept =
         Array1::from(params.as_slice().expect("contiguous")[inputs * classes..].to_vec());
-    let stopped = match state.get_termination_status() {
-        TerminationStatus::Terminated(reason) => reason.to_string(),
-        TerminationStatus::NotTerminated => "not terminated".into(),
+    let (stopped, ending) = match state.get_termination_status() {
+        TerminationStatus::Terminated(reason) => (
+            reason.to_string(),
+            match reason {
+                TerminationReason::SolverConverged => Ending::Converged,
+                TerminationReason::MaxItersReached => Ending::OutOfIterations,
+                _ => Ending::Other,
+            },
+        ),
+        TerminationStatus::NotTerminated => ("not terminated".into(), Ending::Other),
     };
     Ok(LogisticFit {
         weights,
         intercept,
-        iterations: state.get_iter(),
-        cost: state.get_best_cost(),
-        stopped,
+        report: SolverReport {
+            iterations: state.get_iter(),
+            stopped,
+            ending,
+            cost: state.get_best_cost(),
+        },
     })
+}
+
+/// `sum of w ln(s)` over rows of one weight `w`, with one logarithm per `block` rows instead of
+/// one per row (a `ln` per row cost a tenth of the fit). Each `s` is a row's sum of
+/// `exp(logit - max)`, in `[1, classes]`, so a product of `block` of them neither underflows
+/// nor overflows. Rows are kept per label because balanced class weights are the same within
+/// a label; rows of a new weight close the product first, so any weights give the right sum.
+#[derive(Debug, Clone, Copy)]
+struct LogProduct {
+    weight: f64,
+    product: f64,
+    count: usize,
+}
+
+impl LogProduct {
+    fn new(weight: f64) -> Self {
+        LogProduct {
+            weight,
+            product: 1.0,
+            count: 0,
+        }
+    }
+
+    /// Rows per logarithm for `classes` classes: the product stays below 2^1000.
+    fn block(classes: usize) -> usize {
+        (1000.0 / (classes as f64).log2()).floor().max(1.0) as usize
+    }
+
+    /// Adds `weight x ln(sum)`; returns the part of the sum now taken out of the product.
+    fn push(&mut self, weight: f64, sum: f64, block: usize) -> f64 {
+        let mut done = 0.0;
+        if weight != self.weight || self.count == block {
+            done = self.value();
+            *self = LogProduct::new(weight);
+        }
+        self.product *= sum;
+        self.count += 1;
+        done
+    }
+
+    fn value(&self) -> f64 {
+        self.weight * self.product.ln()
+    }
 }
 
 /// `a . b` with four running sums, so the compiler may keep them in vector lanes (one sum
@@ -392,41 +482,53 @@ mod tests {
     }
 
     #[test]
-    fn unit_weight_rows_match_the_row_by_row_loss() {
-        // 5,000 unit-weight rows: several blocks of multiplied sums, and a partial one.
+    fn the_blocked_logarithms_match_the_row_by_row_loss() {
+        // 5,000 rows: several blocks of multiplied sums and a partial one, under unit weights,
+        // weights by label (what `balance: weights` gives) and weights that change every row.
         let data = crate::train::synthetic::separable(1000, 5, 4, 2, 8);
-        let w = vec![1.0f32; data.y.len()];
-        let objective = Objective::new(&data.x, &data.y, &w, 4, 3, 0.0).unwrap();
-        let params: Vec<f64> = (0..objective.len())
-            .map(|i| ((i * 5 % 7) as f64 - 3.0) * 0.8)
-            .collect();
-        let (cost, _) = objective.evaluate(&params);
-        let mut loss = 0.0;
-        for row in 0..data.y.len() {
-            let x = &data.x[row * 4..row * 4 + 4];
-            let z: Vec<f64> = (0..3)
-                .map(|class| {
-                    params[12 + class]
-                        + (0..4)
-                            .map(|j| f64::from(x[j]) * params[class * 4 + j])
-                            .sum::<f64>()
-                })
+        let rows = data.y.len();
+        let schemes: [Vec<f32>; 3] = [
+            vec![1.0; rows],
+            data.y
+                .iter()
+                .map(|&label| [0.7, 1.9, 1.1][usize::from(label)])
+                .collect(),
+            (0..rows).map(|row| 0.25 + (row % 7) as f32 * 0.5).collect(),
+        ];
+        for w in &schemes {
+            let objective = Objective::new(&data.x, &data.y, w, 4, 3, 0.0).unwrap();
+            let params: Vec<f64> = (0..objective.len())
+                .map(|i| ((i * 5 % 7) as f64 - 3.0) * 0.8)
                 .collect();
-            let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            loss += lse - z[usize::from(data.y[row])];
+            let (cost, _) = objective.evaluate(&params);
+            let (mut loss, mut total) = (0.0, 0.0);
+            for row in 0..rows {
+                let x = &data.x[row * 4..row * 4 + 4];
+                let z: Vec<f64> = (0..3)
+                    .map(|class| {
+                        params[12 + class]
+                            + (0..4)
+                                .map(|j| f64::from(x[j]) * params[class * 4 + j])
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                loss += f64::from(w[row]) * (lse - z[usize::from(data.y[row])]);
+                total += f64::from(w[row]);
+            }
+            let expected = loss / total;
+            assert!(
+                (cost - expected).abs() < 1e-12 * expected,
+                "{cost} vs {expected}"
+            );
         }
-        let expected = loss / data.y.len() as f64;
-        assert!(
-            (cost - expected).abs() < 1e-12 * expected,
-            "{cost} vs {expected}"
-        );
     }
 
     #[test]
     fn huge_logits_keep_the_loss_finite_and_exact() {
-        // One row whose logits are 1000 apart: a naive exp overflows, a global maximum loses
-        // the other row entirely.
+        // Rows whose logits are 1000 apart: a naive exp overflows, and a maximum taken over
+        // the whole data loses the row whose largest logit is far below it.
         let x = vec![1.0f32, -1.0];
         let y = vec![0, 0];
         let w = vec![1.0, 1.0];
@@ -440,17 +542,19 @@ mod tests {
 
     #[test]
     fn splitting_the_rows_over_threads_changes_nothing() {
+        // 40,000 rows: three chunks, the last one short.
         let data = crate::train::synthetic::separable(400, 100, 5, 4, 3);
-        let w = vec![1.0f32; data.y.len()];
+        let w: Vec<f32> = (0..data.y.len())
+            .map(|row| 0.5 + (row % 3) as f32)
+            .collect();
         let mut objective = Objective::new(&data.x, &data.y, &w, 5, 3, 1.0).unwrap();
         let params: Vec<f64> = (0..objective.len()).map(|i| i as f64 * 0.01).collect();
         objective.threads = 1;
-        let (one, g1) = objective.evaluate(&params);
-        objective.threads = 3;
-        let (three, g3) = objective.evaluate(&params);
-        assert!((one - three).abs() < 1e-12 * one.abs());
-        for (a, b) in g1.iter().zip(&g3) {
-            assert!((a - b).abs() < 1e-10, "{a} vs {b}");
+        let one = objective.evaluate(&params);
+        for threads in [2, 3, 8] {
+            objective.threads = threads;
+            // The same to the bit: the chunks' sums are added in the same order.
+            assert_eq!(objective.evaluate(&params), one, "{threads} threads");
         }
     }
 
@@ -460,7 +564,7 @@ mod tests {
         let w = vec![1.0f32; data.y.len()];
         let objective = Objective::new(&data.x, &data.y, &w, 4, 3, 1.0).unwrap();
         let fit = minimise(objective, 200, 1e-6).unwrap();
-        assert_eq!(fit.stopped, "Solver converged", "{fit:?}");
+        assert_eq!(fit.report.ending, Ending::Converged, "{fit:?}");
         let objective = Objective::new(&data.x, &data.y, &w, 4, 3, 1.0).unwrap();
         let mut params: Vec<f64> = fit.weights.t().iter().copied().collect();
         params.extend(fit.intercept.iter());

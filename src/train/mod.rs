@@ -20,6 +20,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+pub use self::logistic::{Ending, SolverReport};
 use self::metrics::Metrics;
 use self::network::{AdamConfig, CpuTrainer, Network, Trainer, TrainingSet};
 use self::split::{Fold, SplitSpec};
@@ -77,8 +78,10 @@ pub enum Balance {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainConfig {
     pub model: ModelKind,
-    /// The logistic fit's solver (`native` for the networks, where it means nothing).
-    pub solver: LogisticSolver,
+    /// The logistic fit's solver (`native` when `None`); `None` for the networks, and left out
+    /// of the serialised config then, so their cache keys do not depend on it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solver: Option<LogisticSolver>,
     pub hidden: usize,
     pub epochs: usize,
     pub batch_size: usize,
@@ -96,7 +99,7 @@ impl TrainConfig {
     /// `auto` resolved for this model.
     pub fn balance(&self) -> Balance {
         match (self.balance, self.model) {
-            (Balance::Auto, ModelKind::Logistic) if self.solver == LogisticSolver::Linfa => {
+            (Balance::Auto, ModelKind::Logistic) if self.solver == Some(LogisticSolver::Linfa) => {
                 Balance::Undersample
             }
             (Balance::Auto, _) => Balance::Weights,
@@ -473,19 +476,6 @@ pub struct FoldResult {
     pub verdict: String,
 }
 
-/// argmin's words for an L-BFGS fit that met its tolerance.
-pub const CONVERGED: &str = "Solver converged";
-
-/// How an L-BFGS fit ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SolverReport {
-    pub iterations: u64,
-    /// argmin's reason: "Solver converged", "Maximum number of iterations reached", ...
-    pub stopped: String,
-    /// The objective (mean weighted loss plus the scaled penalty) at the solution.
-    pub cost: f64,
-}
-
 /// Everything a fit produced.
 #[derive(Debug)]
 pub struct Outcome {
@@ -807,38 +797,34 @@ pub fn fit_logistic(
         ));
     }
     // Fitted over the present classes, in `present` order.
-    let (fitted_weights, fitted_intercept, report) = match config.solver {
-        LogisticSolver::Native => {
-            let mut dense = [0u8; 256];
-            for (index, &class) in present.iter().enumerate() {
-                dense[usize::from(class)] = index as u8;
+    let (fitted_weights, fitted_intercept, report) =
+        match config.solver.unwrap_or(LogisticSolver::Native) {
+            LogisticSolver::Native => {
+                let mut dense = [0u8; 256];
+                for (index, &class) in present.iter().enumerate() {
+                    dense[usize::from(class)] = index as u8;
+                }
+                let y: Vec<u8> = set
+                    .y
+                    .iter()
+                    .map(|&class| dense[usize::from(class)])
+                    .collect();
+                let objective = logistic::Objective::new(
+                    &set.x,
+                    &y,
+                    &set.weights,
+                    set.inputs,
+                    present.len(),
+                    config.alpha,
+                )?;
+                let fit = logistic::minimise(objective, config.max_iterations, config.tolerance)?;
+                (fit.weights, fit.intercept, Some(fit.report))
             }
-            let y: Vec<u8> = set
-                .y
-                .iter()
-                .map(|&class| dense[usize::from(class)])
-                .collect();
-            let objective = logistic::Objective::new(
-                &set.x,
-                &y,
-                &set.weights,
-                set.inputs,
-                present.len(),
-                config.alpha,
-            )?;
-            let fit = logistic::minimise(objective, config.max_iterations, config.tolerance)?;
-            let report = SolverReport {
-                iterations: fit.iterations,
-                stopped: fit.stopped,
-                cost: fit.cost,
-            };
-            (fit.weights, fit.intercept, Some(report))
-        }
-        LogisticSolver::Linfa => {
-            let (weights, intercept) = fit_linfa(set, config)?;
-            (weights, intercept, None)
-        }
-    };
+            LogisticSolver::Linfa => {
+                let (weights, intercept) = fit_linfa(set, config)?;
+                (weights, intercept, None)
+            }
+        };
     let mut weights = ndarray::Array2::<f64>::zeros((set.inputs, classes));
     let mut intercept = ndarray::Array1::<f64>::from_elem(classes, -30.0);
     for (column, &class) in present.iter().enumerate() {
