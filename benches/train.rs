@@ -99,27 +99,25 @@ fn main() {
     }
     if wants("logistic") {
         // scikit-learn's problem (no weights), then the default `balance: auto` (class weights).
-        let class_weights: Vec<f32> = {
-            let shares =
-                asterflow::train::metrics::class_frequencies(set.y.iter().copied(), CLASSES);
-            set.y
-                .iter()
-                .map(|&class| 1.0 / (CLASSES as f32 * shares[class as usize]))
-                .collect()
-        };
+        let class_weights = asterflow::train::class_weights(&set.y, CLASSES);
         let runs = [
-            (LogisticSolver::Native, "no weights"),
-            (LogisticSolver::Native, "class weights"),
-            (LogisticSolver::Linfa, "no weights"),
+            (LogisticSolver::Native, false),
+            (LogisticSolver::Native, true),
+            (LogisticSolver::Linfa, false),
         ];
-        for (solver, weighting) in runs {
+        for (solver, weighted) in runs {
+            let weighting = if weighted {
+                "class weights"
+            } else {
+                "no weights"
+            };
             if solver == LogisticSolver::Linfa && !args.iter().any(|a| a == "linfa") {
                 println!(
                     "logistic (linfa-logistic L-BFGS): skipped (about 25 s; add `linfa` to run it)"
                 );
                 continue;
             }
-            set.weights = if weighting == "class weights" {
+            set.weights = if weighted {
                 class_weights.clone()
             } else {
                 vec![1.0; set.rows]
@@ -151,7 +149,7 @@ fn main() {
                 format!(", {} iterations ({})", report.iterations, report.stopped)
             });
             let accuracy = correct as f64 / set.rows as f64;
-            let verdict = if weighting == "no weights" {
+            let verdict = if !weighted {
                 // Accuracy to the four places scikit-learn's figure has.
                 let met = seconds <= SKLEARN_SECONDS && accuracy >= SKLEARN_ACCURACY - 0.00005;
                 format!(

@@ -605,14 +605,17 @@ impl Prepared {
             }
             let mut note = note;
             let mut done = 0u64;
+            let fit_name = |fold: usize| {
+                if fold == 0 {
+                    "final fit".to_owned()
+                } else {
+                    format!("fold {fold}/{folds}")
+                }
+            };
             let mut on_event = |event: TrainEvent| match event {
                 TrainEvent::Epoch { fold, epoch, loss } => {
                     done += 1;
-                    let stage = if fold == 0 {
-                        "final fit".to_owned()
-                    } else {
-                        format!("fold {fold}/{folds}")
-                    };
+                    let stage = fit_name(fold);
                     progress.update(
                         done.min(total),
                         total,
@@ -626,11 +629,7 @@ impl Prepared {
                 }
                 TrainEvent::Solved { fold, report } => {
                     done += 1;
-                    let stage = if fold == 0 {
-                        "final fit".to_owned()
-                    } else {
-                        format!("fold {fold}/{folds}")
-                    };
+                    let stage = fit_name(fold);
                     let line = format!(
                         "{stage}: L-BFGS stopped after {} iterations ({})",
                         report.iterations,

@@ -133,42 +133,34 @@ impl<'a> Objective<'a> {
     }
 
     /// Number of parameters: the weights, class by class, then the intercepts.
-    pub fn len(&self) -> usize {
+    pub fn parameters(&self) -> usize {
         (self.inputs + 1) * self.classes
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The scaled cost and its gradient at `params`.
     pub fn evaluate(&self, params: &[f64]) -> (f64, Vec<f64>) {
-        assert_eq!(params.len(), self.len(), "parameter vector length");
+        assert_eq!(params.len(), self.parameters(), "parameter vector length");
         let rows = self.y.len();
         let chunks = rows.div_ceil(CHUNK_ROWS);
         let chunk = |index: usize| index * CHUNK_ROWS..((index + 1) * CHUNK_ROWS).min(rows);
         // Thread t takes chunks t, t + threads, ...; the sums are then added in chunk order.
-        let mut parts: Vec<(usize, f64, Vec<f64>)> = if self.threads == 1 {
-            (0..chunks)
+        let threads = self.threads;
+        let work = |first: usize| -> Vec<(usize, f64, Vec<f64>)> {
+            (first..chunks)
+                .step_by(threads)
                 .map(|index| {
                     let (loss, gradient) = self.partial(params, chunk(index));
                     (index, loss, gradient)
                 })
                 .collect()
+        };
+        let mut parts = if threads == 1 {
+            work(0)
         } else {
+            let work = &work;
             std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..self.threads)
-                    .map(|first| {
-                        scope.spawn(move || {
-                            (first..chunks)
-                                .step_by(self.threads)
-                                .map(|index| {
-                                    let (loss, gradient) = self.partial(params, chunk(index));
-                                    (index, loss, gradient)
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
+                let workers: Vec<_> = (0..threads)
+                    .map(|first| scope.spawn(move || work(first)))
                     .collect();
                 workers
                     .into_iter()
@@ -317,7 +309,7 @@ pub fn minimise(
     tolerance: f64,
 ) -> Result<LogisticFit, String> {
     let (inputs, classes) = (objective.inputs, objective.classes);
-    let start = Array1::zeros(objective.len());
+    let start = Array1::zeros(objective.parameters());
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
         .with_tolerance_grad(tolerance)
         .and_then(|solver| solver.with_tolerance_cost(64.0 * f64::EPSILON))
@@ -443,7 +435,7 @@ mod tests {
     fn the_gradient_matches_finite_differences() {
         let (x, y, w) = problem();
         let objective = Objective::new(&x, &y, &w, 3, 3, 0.7).unwrap();
-        let params: Vec<f64> = (0..objective.len())
+        let params: Vec<f64> = (0..objective.parameters())
             .map(|i| ((i * 7 % 11) as f64 - 5.0) * 0.3)
             .collect();
         let (_, gradient) = objective.evaluate(&params);
@@ -466,7 +458,7 @@ mod tests {
     fn the_cost_is_the_weighted_cross_entropy_plus_the_penalty() {
         let (x, y, w) = problem();
         let objective = Objective::new(&x, &y, &w, 3, 3, 0.5).unwrap();
-        let mut params = vec![0.0; objective.len()];
+        let mut params = vec![0.0; objective.parameters()];
         params[0] = 2.0; // input 0, class 0
         params[10] = 1.0; // intercept of class 1
         let (cost, _) = objective.evaluate(&params);
@@ -497,7 +489,7 @@ mod tests {
         ];
         for w in &schemes {
             let objective = Objective::new(&data.x, &data.y, w, 4, 3, 0.0).unwrap();
-            let params: Vec<f64> = (0..objective.len())
+            let params: Vec<f64> = (0..objective.parameters())
                 .map(|i| ((i * 5 % 7) as f64 - 3.0) * 0.8)
                 .collect();
             let (cost, _) = objective.evaluate(&params);
@@ -548,7 +540,9 @@ mod tests {
             .map(|row| 0.5 + (row % 3) as f32)
             .collect();
         let mut objective = Objective::new(&data.x, &data.y, &w, 5, 3, 1.0).unwrap();
-        let params: Vec<f64> = (0..objective.len()).map(|i| i as f64 * 0.01).collect();
+        let params: Vec<f64> = (0..objective.parameters())
+            .map(|i| i as f64 * 0.01)
+            .collect();
         objective.threads = 1;
         let one = objective.evaluate(&params);
         for threads in [2, 3, 8] {

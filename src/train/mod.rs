@@ -607,27 +607,13 @@ fn fit_rows(
     };
     let scaler = Scaler::fit(&data.x, data.dim(), &chosen);
     let y: Vec<u8> = chosen.iter().map(|&row| data.y[row]).collect();
-    let class_weights: Vec<f32> = if balance == Balance::Weights {
-        let counts = metrics::class_frequencies(y.iter().copied(), k);
-        counts
-            .iter()
-            .map(|&share| {
-                if share > 0.0 {
-                    1.0 / (k as f32 * share)
-                } else {
-                    0.0
-                }
-            })
-            .collect()
-    } else {
-        vec![1.0; k]
-    };
     let set = TrainingSet {
         x: scaler.apply(&data.x, &chosen),
-        weights: y
-            .iter()
-            .map(|&class| class_weights[class as usize])
-            .collect(),
+        weights: if balance == Balance::Weights {
+            class_weights(&y, k)
+        } else {
+            vec![1.0; y.len()]
+        },
         y,
         rows: chosen.len(),
         inputs: data.dim(),
@@ -745,6 +731,16 @@ pub fn epochs(
         });
     }
     Ok((trainer.network()?, curve))
+}
+
+/// `balance: weights`: each row weighs `rows / (classes x rows of its class)`, so every class
+/// carries the same total weight.
+pub fn class_weights(y: &[u8], classes: usize) -> Vec<f32> {
+    let shares = metrics::class_frequencies(y.iter().copied(), classes);
+    // A class present in `y` has a share above zero.
+    y.iter()
+        .map(|&class| 1.0 / (classes as f32 * shares[usize::from(class)]))
+        .collect()
 }
 
 /// An equal number of rows of each present class, drawn with a seed, in their original order.
