@@ -10,7 +10,7 @@ use std::time::Instant;
 use asterflow::backtest::{
     Instrument, LONG, Market, Rules, SHORT, Signals, buy_and_hold, simulate,
 };
-use asterflow::rng::Rng;
+use asterflow::util::rng::Rng;
 
 const SYMBOLS: usize = 100;
 const BARS: usize = 2 * 8760;

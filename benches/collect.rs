@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use asterflow::exchange::model::{Interval, least_weight, weight_optimal_page};
-use asterflow::replay::{ReplayExchange, Scenario};
+use asterflow::market::model::{Interval, least_weight, weight_optimal_page};
+use asterflow::market::replay::{ReplayExchange, Scenario};
 
 const HISTORY_DAYS: u64 = 365;
 const INTERVALS: [&str; 3] = ["1h", "4h", "1d"];

@@ -67,7 +67,7 @@ fn main() {
         );
     }
     if wants("gpu") {
-        match asterflow::gpu::usable() {
+        match asterflow::train::gpu::usable() {
             Err(reason) => println!("mlp gpu: skipped ({reason})"),
             Ok(gpu) => {
                 let kernels = std::fs::read_to_string(
@@ -75,7 +75,7 @@ fn main() {
                 )
                 .unwrap();
                 let built = Instant::now();
-                let mut trainer = asterflow::gpu::trainer::GpuTrainer::new(
+                let mut trainer = asterflow::train::gpu::trainer::GpuTrainer::new(
                     gpu.clone(),
                     &kernels,
                     &initial,

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use asterflow::exchange::model::Interval;
-use asterflow::lake::{LakeListing, Provenance};
-use asterflow::replay::{Market, Scenario};
+use asterflow::market::lake::{LakeListing, Provenance};
+use asterflow::market::model::Interval;
+use asterflow::market::replay::{Market, Scenario};
 
 /// The end of the benchmark data: 2026-01-01, a fixed past instant.
 pub const END_MS: u64 = 1_767_225_600_000;
@@ -39,16 +39,19 @@ pub fn simulated_lake(root: &Path, scenario_yaml: &str) -> usize {
             rows.extend(page);
         }
         total += rows.len();
-        let dir = asterflow::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
+        let dir =
+            asterflow::market::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
         let provenance = Provenance {
             source: "sim".into(),
             base_url: "bench".into(),
             fetched_at_ms: END_MS as i64,
             kind: "simulated".into(),
         };
-        asterflow::lake::write_part(&dir, &symbol.symbol, hour, &rows, &provenance).unwrap();
+        asterflow::market::lake::write_part(&dir, &symbol.symbol, hour, &rows, &provenance)
+            .unwrap();
         parts.extend(
-            asterflow::lake::describe_partition(&data, "sim", hour, &symbol.symbol).unwrap(),
+            asterflow::market::lake::describe_partition(&data, "sim", hour, &symbol.symbol)
+                .unwrap(),
         );
     }
     std::fs::create_dir_all(root.join("fixtures")).unwrap();

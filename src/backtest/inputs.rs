@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{FLAT, Instrument, LONG, SHORT, Signals};
 use super::market::Market;
-use crate::location::YamlPath;
+use crate::diagnostic::location::YamlPath;
+use crate::diagnostic::params::ParamError;
 use crate::sql::{query, quoted};
-use crate::stage::ParamError;
 
 /// The `entry:` param of `backtest` and `signals`: long when P(long_class) is above
 /// `long_above`; with `short`, short when P(short_class) is above `short_above`.
@@ -47,7 +47,7 @@ impl EntryParams {
             ("long_above", self.long_above),
             ("short_above", self.short_above),
         ] {
-            crate::stage::check_range(
+            crate::diagnostic::params::check_range(
                 at.clone().key(key),
                 value,
                 0.0,

@@ -203,7 +203,7 @@ pub fn monthly_returns(times: &[i64], equity: &[f64], initial: f64) -> Vec<(i32,
     let mut start = initial;
     let mut last: Option<(i32, u32, f64)> = None;
     for (&time, &value) in times.iter().zip(equity) {
-        let (year, month) = crate::time::year_month(time);
+        let (year, month) = crate::util::time::year_month(time);
         match last {
             Some((y, m, end)) if (y, m) != (year, month) => {
                 months.push((y, m, end / start - 1.0));

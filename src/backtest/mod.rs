@@ -20,3 +20,26 @@ pub use market::Market;
 pub use metrics::{
     BeforeFees, Performance, TradeStats, before_fees, performance, periods_per_year, trade_stats,
 };
+
+/// The figures of a backtest, as `metrics.json` holds them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub from: String,
+    pub to: String,
+    pub bars: usize,
+    pub symbols: usize,
+    pub periods_per_year: f64,
+    pub strategy: crate::backtest::Performance,
+    pub trades: crate::backtest::TradeStats,
+    /// The share of bars with a position open.
+    pub exposure: f64,
+    pub fees_paid: f64,
+    pub funding_paid: f64,
+    /// The trades' P&L with fees added back, and its t-statistic.
+    #[serde(default)]
+    pub before_fees: crate::backtest::BeforeFees,
+    pub exit_reasons: std::collections::BTreeMap<String, usize>,
+    pub skipped: crate::backtest::Skipped,
+    pub buy_and_hold: crate::backtest::Performance,
+    pub verdict: String,
+}

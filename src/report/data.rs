@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stages::backtest::Summary;
+use crate::backtest::Summary;
 use crate::train::metrics::Metrics;
 
 /// Bump when `report.json` changes shape.
@@ -27,7 +27,7 @@ pub struct ReportData {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Paper {
-    pub summary: crate::stages::signals::SignalsSummary,
+    pub summary: crate::paper::SignalsSummary,
     /// The probability columns of `latest`, in order.
     pub classes: Vec<String>,
     pub latest: Vec<LatestSignal>,

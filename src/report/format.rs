@@ -59,7 +59,7 @@ fn group_thousands(text: &str) -> String {
 
 /// A duration in ms, humanly.
 pub fn duration_ms(ms: u64) -> String {
-    crate::time::human(std::time::Duration::from_millis(ms))
+    crate::util::time::human(std::time::Duration::from_millis(ms))
 }
 
 pub const MONTHS: [&str; 12] = [

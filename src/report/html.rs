@@ -6,7 +6,7 @@ use std::fmt::Write;
 use super::data::{Backtest, Features, Model, Paper, ReportData, Validation};
 use super::format::{MONTHS, duration_ms, figure, ratio, share, signed_percent};
 use super::svg::{Series, Span, escape, time_chart, timeline};
-use crate::run_record::{RunRecord, StageStatus};
+use crate::engine::run_record::{RunRecord, StageStatus};
 
 const STRATEGY: &str = "#1f6feb";
 const BENCHMARK: &str = "#d97706";
@@ -45,7 +45,7 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
         let _ = write!(
             page,
             "<div class=\"banner\">{}</div>",
-            escape(crate::stages::validate::SYNTHETIC_BANNER)
+            escape(crate::provenance::SYNTHETIC_BANNER)
         );
     }
     // Results first: what a reader opens the report for; then how the run got there.
@@ -142,8 +142,8 @@ fn features_section(page: &mut String, features: &Features) {
     let span = match (features.from_ms, features.to_ms) {
         (Some(from), Some(to)) => format!(
             ", {} to {}",
-            crate::time::rfc3339(from.max(0) as u64),
-            crate::time::rfc3339(to.max(0) as u64)
+            crate::util::time::rfc3339(from.max(0) as u64),
+            crate::util::time::rfc3339(to.max(0) as u64)
         ),
         _ => String::new(),
     };

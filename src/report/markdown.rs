@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::data::ReportData;
 use super::format::{duration_ms, figure, ratio, share, signed_percent};
-use crate::run_record::RunRecord;
+use crate::engine::run_record::RunRecord;
 
 /// Markdown text: tables only, no pictures.
 pub fn render(record: &RunRecord, data: &ReportData) -> String {
@@ -20,11 +20,7 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
         duration_ms(record.duration_ms.unwrap_or(0))
     );
     if data.synthetic {
-        let _ = writeln!(
-            text,
-            "> **{}**\n",
-            crate::stages::validate::SYNTHETIC_BANNER
-        );
+        let _ = writeln!(text, "> **{}**\n", crate::provenance::SYNTHETIC_BANNER);
     }
     text.push_str("## Run\n\n| stage | kind | status | duration |\n|---|---|---|---:|\n");
     for stage in &record.stages {
@@ -134,10 +130,7 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
 pub fn key_figures(data: &ReportData) -> Vec<String> {
     let mut lines = Vec::new();
     if data.synthetic {
-        lines.push(format!(
-            "*** {} ***",
-            crate::stages::validate::SYNTHETIC_BANNER
-        ));
+        lines.push(format!("*** {} ***", crate::provenance::SYNTHETIC_BANNER));
     }
     if let Some(validation) = &data.validation {
         lines.push(format!(

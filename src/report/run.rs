@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::data::{REPORT_DATA_FILE, REPORT_FORMAT_VERSION, ReportData};
-use crate::run_record::RunRecord;
+use crate::engine::run_record::RunRecord;
 
 /// Where a run's report went, and the figures to print.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ pub fn write_for_run(
     let html = run_dir.join("report.html");
     let markdown = run_dir.join("report.md");
     let write = |path: &Path, text: String| {
-        crate::store::write_atomic(path, text.as_bytes())
+        crate::util::fsx::write_atomic(path, text.as_bytes())
             .map_err(|error| format!("cannot write {}: {error}", path.display()))
     };
     write(&html, super::html::render(record, &data))?;

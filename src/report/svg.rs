@@ -97,7 +97,7 @@ pub fn time_chart(
     // X labels: the first, middle and last dates.
     for (fraction, anchor) in [(0.0, "start"), (0.5, "middle"), (1.0, "end")] {
         let x = x_min + ((x_max - x_min) as f64 * fraction) as i64;
-        let date = crate::time::rfc3339(x.max(0) as u64);
+        let date = crate::util::time::rfc3339(x.max(0) as u64);
         let _ = write!(
             svg,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="{anchor}" class="axis">{}</text>"##,
@@ -215,7 +215,7 @@ pub fn timeline(spans: &[Span<'_>], total_ms: u64, width: f64) -> String {
         height - 8.0,
         width - RIGHT,
         height - 8.0,
-        crate::time::human(std::time::Duration::from_millis(total_ms))
+        crate::util::time::human(std::time::Duration::from_millis(total_ms))
     );
     svg
 }

@@ -18,7 +18,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
-use crate::lake::{LISTING_FILE, LakeListing};
+use crate::market::lake::{LISTING_FILE, LakeListing};
 
 /// The table every lake listing is also registered as.
 pub const KLINES_TABLE: &str = "klines";
@@ -107,14 +107,14 @@ pub fn input_tables(
 }
 
 /// Every table a running stage's inputs provide, refusing duplicate names.
-pub fn stage_tables(
-    inputs: &[crate::stage::StageInput],
+pub fn stage_tables<'a>(
+    inputs: impl IntoIterator<Item = (&'a str, &'a Path)>,
     data_dir: &Path,
 ) -> Result<Vec<InputTable>, String> {
     let mut tables = Vec::new();
-    for input in inputs {
-        for table in input_tables(&input.id, &input.dir, data_dir)? {
-            tables.push((input.id.clone(), table));
+    for (id, dir) in inputs {
+        for table in input_tables(id, dir, data_dir)? {
+            tables.push((id.to_owned(), table));
         }
     }
     check_unique_names(&tables)?;
@@ -143,7 +143,7 @@ pub async fn register(context: &SessionContext, table: &InputTable) -> Result<()
     }
     let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
     let config = if table.lake {
-        config.with_schema(crate::lake::klines_schema())
+        config.with_schema(crate::market::lake::klines_schema())
     } else {
         config.infer_schema(&context.state()).await?
     };
@@ -156,8 +156,8 @@ pub async fn register(context: &SessionContext, table: &InputTable) -> Result<()
 }
 
 /// A session with every table a running stage's inputs provide registered.
-pub async fn input_session(
-    inputs: &[crate::stage::StageInput],
+pub async fn input_session<'a>(
+    inputs: impl IntoIterator<Item = (&'a str, &'a Path)>,
     data_dir: &Path,
 ) -> Result<SessionContext, String> {
     let tables = stage_tables(inputs, data_dir)?;

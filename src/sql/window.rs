@@ -369,7 +369,7 @@ mod tests {
             Field::new("t", DataType::Int64, false),
             Field::new("x", DataType::Float64, true),
         ]));
-        let mut rng = crate::rng::Rng::new(7);
+        let mut rng = crate::util::rng::Rng::new(7);
         let (mut sym, mut grp, mut t, mut x) = (vec![], vec![], vec![], vec![]);
         for i in 0..rows {
             let pick = rng.next_u64() % 7;

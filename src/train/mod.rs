@@ -2,10 +2,11 @@
 //! bar), walk-forward folds with a purge ([`split`]), standardisation fitted on each training
 //! span only, the models ([`logistic`]: L-BFGS on the CPU, by default on our own objective, or
 //! through linfa-logistic; [`network`]: `softmax` and `mlp` on the CPU or through the CUDA
-//! kernels of [`crate::gpu`]) and the metrics beside a baseline ([`metrics`]).
+//! kernels of [`crate::train::gpu`]) and the metrics beside a baseline ([`metrics`]).
 //! The `train` stage (`stages::train`) wires this to the engine; everything here is synchronous
 //! and runs on a blocking thread.
 
+pub mod gpu;
 pub mod logistic;
 pub mod metrics;
 pub mod network;
@@ -416,7 +417,7 @@ impl Scaler {
 #[derive(Debug, Clone)]
 pub enum Device {
     Cpu,
-    Gpu(Arc<crate::gpu::Gpu>),
+    Gpu(Arc<crate::train::gpu::Gpu>),
 }
 
 impl Device {
@@ -678,7 +679,7 @@ fn fit_network(
 ) -> Result<(Network, Vec<f64>), String> {
     let adam = AdamConfig::new(config.learning_rate);
     if let Device::Gpu(gpu) = device.clone() {
-        let attempt = crate::gpu::trainer::GpuTrainer::new(
+        let attempt = crate::train::gpu::trainer::GpuTrainer::new(
             gpu,
             kernels,
             &initial,
@@ -755,7 +756,7 @@ fn undersample(rows: &[usize], y: &[u8], classes: usize, seed: u64) -> Vec<usize
         .map(Vec::len)
         .min()
         .unwrap_or(0);
-    let mut rng = crate::rng::Rng::new(crate::rng::mix(seed ^ 0x0075_6e64_6572));
+    let mut rng = crate::util::rng::Rng::new(crate::util::rng::mix(seed ^ 0x0075_6e64_6572));
     let mut chosen = Vec::with_capacity(keep * classes);
     for mut members in by_class {
         // A partial Fisher-Yates: the first `keep` become a uniform draw.

@@ -13,7 +13,7 @@ use std::ops::Range;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
-use crate::rng::{Rng, mix};
+use crate::util::rng::{Rng, mix};
 
 /// A trained or initialised network.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -219,7 +219,7 @@ pub struct TrainingSet {
     pub inputs: usize,
 }
 
-/// What trains a [`Network`]: the CPU loop below, or the CUDA kernels (`crate::gpu`).
+/// What trains a [`Network`]: the CPU loop below, or the CUDA kernels (`crate::train::gpu`).
 pub trait Trainer {
     /// One pass over the training rows in `order`, minibatch by minibatch; the mean weighted
     /// cross-entropy of the batches before each update.

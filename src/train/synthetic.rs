@@ -4,7 +4,7 @@
 //! between), so a linear model can reach perfect accuracy and a do-nothing model cannot.
 
 use super::Dataset;
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 
 const HOUR: i64 = 3_600_000;
 

@@ -1,0 +1,565 @@
+//! `asterflow run`: load, select, plan, and then either print the plan (`--validate-only`) or
+//! take the run-root lock, execute, and record the run. Everything before the lock writes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::cache::Cache;
+use crate::engine::dag::Selection;
+use crate::engine::error::Error;
+use crate::engine::executor::{ExecuteOptions, RunOutcome, execute};
+use crate::engine::exit_code;
+use crate::engine::fingerprint::FileDigests;
+use crate::engine::pipeline::Pipeline;
+use crate::engine::plan::{Decision, Plan, plan};
+use crate::engine::reporter::{Mode, report};
+use crate::engine::run_record::{
+    RECORD_FORMAT, RunRecord, RunStatus, StageRecord, StageStatus, new_run_id, run_dir,
+};
+use crate::engine::stage::{Catalog, Closing, ClosingContext};
+use crate::engine::store::Store;
+use crate::util::time::{human, now_ms, rfc3339};
+
+/// Where things live, resolved from the command line and the environment.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub project_root: PathBuf,
+    pub run_root: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Paths {
+    pub fn digest_memo(&self) -> PathBuf {
+        self.run_root.join("cache").join("file-digests.json")
+    }
+}
+
+/// Stage names from the selection flags, before they are checked against the pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct SelectionArgs {
+    pub start_from: Option<String>,
+    pub stop_at: Option<String>,
+    pub only: Vec<String>,
+    pub force: bool,
+}
+
+/// Everything `asterflow run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub pipeline_file: PathBuf,
+    /// The stage kinds the pipeline may name.
+    pub catalog: &'static dyn Catalog,
+    pub paths: Paths,
+    pub selection: SelectionArgs,
+    pub validate_only: bool,
+    pub exit_code_when_stale: bool,
+    pub jobs: usize,
+    pub wait: bool,
+    pub json: bool,
+    pub mode: Mode,
+    pub verbose: bool,
+}
+
+/// The JSON printed by `--json`: the run's outcome, or with `--validate-only` the plan.
+#[derive(Debug, Serialize)]
+pub struct JsonSummary {
+    pub run_id: Option<String>,
+    pub status: String,
+    pub stages: Vec<JsonStage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonStage {
+    pub id: String,
+    pub status: String,
+    pub reason: String,
+    pub duration_ms: u64,
+    pub fingerprint: Option<String>,
+    /// The committed output directory, once there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// Loads a pipeline, with project-relative paths resolved against `paths.project_root`.
+pub fn load(pipeline_file: &Path, paths: &Paths, catalog: &dyn Catalog) -> Result<Pipeline, Error> {
+    Ok(Pipeline::load(pipeline_file, &paths.project_root, catalog)?)
+}
+
+/// Resolves selection flags to stage indices, refusing unknown names with the list of stages.
+pub fn resolve_selection(pipeline: &Pipeline, args: &SelectionArgs) -> Result<Selection, Error> {
+    let find = |flag: &str, name: &str| {
+        pipeline.stage_index(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "{flag} names stage `{name}`, which is not in pipeline `{}`; stages: {}",
+                pipeline.name,
+                pipeline.stage_ids()
+            ))
+        })
+    };
+    let selection = Selection {
+        start_from: args
+            .start_from
+            .as_deref()
+            .map(|name| find("--start-from", name))
+            .transpose()?,
+        stop_at: args
+            .stop_at
+            .as_deref()
+            .map(|name| find("--stop-at", name))
+            .transpose()?,
+        only: args
+            .only
+            .iter()
+            .map(|name| find("--only", name))
+            .collect::<Result<_, _>>()?,
+        force: args.force,
+    };
+    if !pipeline.dag.select(&selection).contains(&true) {
+        return Err(Error::Usage(
+            "the selection is empty: --stop-at is upstream of --start-from, or --only names stages outside them".into(),
+        ));
+    }
+    Ok(selection)
+}
+
+/// Plans the run against the cache as it is now.
+pub async fn make_plan(
+    pipeline: &Pipeline,
+    selection: &Selection,
+    paths: &Paths,
+) -> Result<(Plan, Cache, FileDigests), Error> {
+    let cache = Cache::new(Store::open(&paths.run_root)?, &pipeline.name);
+    let mut digests = FileDigests::load(paths.digest_memo());
+    let plan = plan(pipeline, selection, &cache, &mut digests, now_ms()).await?;
+    Ok((plan, cache, digests))
+}
+
+/// `asterflow run`: returns the exit code.
+pub async fn run(request: RunRequest) -> Result<i32, Error> {
+    let pipeline = load(&request.pipeline_file, &request.paths, request.catalog)?;
+    pipeline.check_shapes().await?;
+    let selection = resolve_selection(&pipeline, &request.selection)?;
+    if request.validate_only {
+        let (plan, _, _) = make_plan(&pipeline, &selection, &request.paths).await?;
+        print_plan(&pipeline, &plan, &request);
+        let would_run = plan.count(Decision::Run) > 0;
+        return Ok(if request.exit_code_when_stale && would_run {
+            exit_code::WOULD_RUN
+        } else {
+            exit_code::OK
+        });
+    }
+
+    let run_root = request.paths.run_root.clone();
+    let mode = request.mode;
+    let _lock = tokio::task::spawn_blocking(move || {
+        crate::engine::lock::acquire(&run_root, request.wait, |holder| {
+            if mode != Mode::Quiet {
+                eprintln!("waiting for the run root lock, held by {holder}");
+            }
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+
+    // Planned under the lock, so no other run changes the cache between plan and execution.
+    let (plan, cache, mut digests) = make_plan(&pipeline, &selection, &request.paths).await?;
+    if request.verbose {
+        for (index, stage_plan) in plan.stages.iter().enumerate() {
+            if let Some(key) = &stage_plan.key {
+                eprintln!(
+                    "key {}: {}",
+                    pipeline.stages[index].id,
+                    serde_json::to_string(key).unwrap_or_default()
+                );
+            }
+        }
+    }
+    let started_at_ms = now_ms();
+    let run_id = new_run_id(started_at_ms);
+    let mut record = RunRecord {
+        format: RECORD_FORMAT,
+        run_id: run_id.clone(),
+        pipeline: pipeline.name.clone(),
+        pipeline_file: pipeline.file.display().to_string(),
+        status: RunStatus::Running,
+        started_at: rfc3339(started_at_ms),
+        started_at_ms,
+        finished_at: None,
+        duration_ms: None,
+        pid: std::process::id(),
+        argv: std::env::args().collect(),
+        stages: Vec::new(),
+    };
+    // From here on a Ctrl-C is recorded as an interruption rather than killing the process.
+    let signals = Signals::install();
+    record.write(&request.paths.run_root)?;
+
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(signals.watch(cancel.clone()));
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let names: Vec<String> = pipeline
+        .stages
+        .iter()
+        .map(|stage| stage.id.clone())
+        .collect();
+    let reporter = tokio::spawn(report(
+        receiver,
+        request.mode,
+        names,
+        plan.count(Decision::Run),
+    ));
+    let options = ExecuteOptions {
+        run_id: run_id.clone(),
+        jobs: request.jobs,
+        data_dir: request.paths.data_dir.clone(),
+        logs_dir: run_dir(&request.paths.run_root, &run_id).join("logs"),
+    };
+    let pipeline = Arc::new(pipeline);
+    let outcome = execute(
+        Arc::clone(&pipeline),
+        plan.clone(),
+        cache.clone(),
+        options,
+        sender,
+        cancel,
+    )
+    .await;
+    let _ = reporter.await;
+    signals.abort();
+
+    let status = if outcome.interrupted {
+        RunStatus::Interrupted
+    } else if outcome.failed() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
+    record.stages = stage_records(
+        &pipeline,
+        &plan,
+        &outcome,
+        &cache,
+        &request.paths.project_root,
+    );
+    record.finish(status);
+    record.write(&request.paths.run_root)?;
+    // The memo only speeds up later runs; failing to save it loses nothing.
+    let _ = digests.save();
+    crate::engine::store::remove_empty_dirs(&request.paths.run_root.join("tmp").join(&run_id));
+
+    let closing = closings(&pipeline, &outcome, &cache, &record, &request);
+    print_outcome(&record, &request);
+    if status == RunStatus::Succeeded && request.mode != Mode::Quiet && !request.json {
+        print_final_outputs(&pipeline, &outcome, &cache, &request.paths.project_root);
+        for line in closing.iter().flat_map(|closing| &closing.figures) {
+            println!("{line}");
+        }
+        for line in closing.iter().flat_map(|closing| &closing.lines) {
+            println!("{line}");
+        }
+        for (label, path) in closing.iter().flat_map(|closing| &closing.files) {
+            let shown = path
+                .strip_prefix(&request.paths.project_root)
+                .unwrap_or(path);
+            println!("{label}: {}", shown.display());
+        }
+    }
+    Ok(match status {
+        RunStatus::Succeeded | RunStatus::Running => exit_code::OK,
+        RunStatus::Failed => exit_code::STAGE_FAILED,
+        RunStatus::Interrupted => exit_code::INTERRUPTED,
+    })
+}
+
+/// What each stage with a committed output adds to the end of the run, in pipeline order. A
+/// stage that cannot say is a warning: the outputs stand.
+fn closings(
+    pipeline: &Pipeline,
+    outcome: &RunOutcome,
+    cache: &Cache,
+    record: &RunRecord,
+    request: &RunRequest,
+) -> Vec<Closing> {
+    let run_dir = run_dir(&request.paths.run_root, &record.run_id);
+    pipeline
+        .stages
+        .iter()
+        .zip(&outcome.stages)
+        .filter_map(|(stage, result)| Some((stage, result.manifest.as_ref()?)))
+        .filter_map(|(stage, manifest)| {
+            let output_dir = cache.entry_dir(manifest);
+            let context = ClosingContext {
+                output_dir: &output_dir,
+                record,
+                run_dir: &run_dir,
+            };
+            stage
+                .prepared
+                .closing(&context)
+                .map_err(|error| eprintln!("warning: stage `{}`: {error}", stage.id))
+                .ok()
+        })
+        .collect()
+}
+
+/// SIGINT and SIGTERM listeners. Created before anything runs: a signal stream is registered
+/// when it is created, so a Ctrl-C during the first milliseconds is caught, not fatal.
+struct Signals {
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        Self {
+            interrupt: signal(SignalKind::interrupt()).ok(),
+            terminate: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Cancels on the first Ctrl-C or SIGTERM; a second one exits at once.
+    async fn watch(mut self, cancel: CancellationToken) {
+        tokio::select! {
+            () = next(&mut self.interrupt) => {}
+            () = next(&mut self.terminate) => {}
+        }
+        eprintln!("interrupted: stopping running stages (press Ctrl-C again to exit at once)");
+        cancel.cancel();
+        tokio::select! {
+            () = next(&mut self.interrupt) => {}
+            () = next(&mut self.terminate) => {}
+        }
+        std::process::exit(exit_code::INTERRUPTED);
+    }
+}
+
+async fn next(stream: &mut Option<Signal>) {
+    match stream {
+        Some(stream) => {
+            stream.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+fn stage_records(
+    pipeline: &Pipeline,
+    plan: &Plan,
+    outcome: &RunOutcome,
+    cache: &Cache,
+    project_root: &Path,
+) -> Vec<StageRecord> {
+    plan.order
+        .iter()
+        .map(|&index| {
+            let stage = &pipeline.stages[index];
+            let result = &outcome.stages[index];
+            let fingerprint = result
+                .manifest
+                .as_ref()
+                .map(|manifest| manifest.fingerprint.0.clone())
+                .or_else(|| {
+                    plan.stages[index]
+                        .fingerprint()
+                        .map(|fingerprint| fingerprint.0)
+                });
+            StageRecord {
+                id: stage.id.clone(),
+                kind: stage.kind.name().to_owned(),
+                status: result.status,
+                reason: result.reason.clone(),
+                duration_ms: result.duration.as_millis() as u64,
+                started_at_ms: Some(result.started_at_ms),
+                fingerprint,
+                output_digest: result
+                    .manifest
+                    .as_ref()
+                    .map(|manifest| manifest.digest.clone()),
+                error: result.error.clone(),
+                output: result.manifest.as_ref().map(|manifest| {
+                    let dir = cache.entry_dir(manifest);
+                    dir.strip_prefix(project_root)
+                        .unwrap_or(&dir)
+                        .display()
+                        .to_string()
+                }),
+                log: result.log.as_ref().map(|log| {
+                    log.strip_prefix(project_root)
+                        .unwrap_or(log)
+                        .display()
+                        .to_string()
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Where the outputs of the pipeline's final stages (those nothing reads) are.
+fn print_final_outputs(
+    pipeline: &Pipeline,
+    outcome: &RunOutcome,
+    cache: &Cache,
+    project_root: &Path,
+) {
+    for (index, stage) in pipeline.stages.iter().enumerate() {
+        let consumed = pipeline
+            .stages
+            .iter()
+            .any(|other| other.needs.contains(&index));
+        if let (false, Some(manifest)) = (consumed, &outcome.stages[index].manifest) {
+            let dir = cache.entry_dir(manifest);
+            let dir = dir.strip_prefix(project_root).unwrap_or(&dir);
+            println!("  {} -> {}/", stage.id, dir.display());
+        }
+    }
+}
+
+fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
+    if request.json {
+        let summary = JsonSummary {
+            run_id: None,
+            status: "valid".to_owned(),
+            stages: plan
+                .order
+                .iter()
+                .map(|&index| {
+                    let stage_plan = &plan.stages[index];
+                    JsonStage {
+                        id: pipeline.stages[index].id.clone(),
+                        status: stage_plan.decision.word().to_owned(),
+                        reason: stage_plan.reason.clone(),
+                        duration_ms: 0,
+                        fingerprint: stage_plan.fingerprint().map(|fingerprint| fingerprint.0),
+                        output: None,
+                    }
+                })
+                .collect(),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+        return;
+    }
+    if request.mode == Mode::Quiet {
+        return;
+    }
+    let width = pipeline
+        .stages
+        .iter()
+        .map(|stage| stage.id.len())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "pipeline `{}` ({}) is valid: {} stages",
+        pipeline.name,
+        pipeline.file.display(),
+        pipeline.stages.len()
+    );
+    println!(
+        "plan: {} to run, {} cached, {} reused, {} skipped",
+        plan.count(Decision::Run),
+        plan.count(Decision::Cached),
+        plan.count(Decision::Reuse),
+        plan.count(Decision::Skip)
+    );
+    for &index in &plan.order {
+        let stage_plan = &plan.stages[index];
+        let fingerprint = stage_plan
+            .fingerprint()
+            .map(|fingerprint| format!("  [{}]", fingerprint.short()))
+            .unwrap_or_default();
+        println!(
+            "  {:<6}  {:<width$}  {}{}",
+            stage_plan.decision.word(),
+            pipeline.stages[index].id,
+            stage_plan.reason,
+            fingerprint,
+        );
+    }
+}
+
+fn print_outcome(record: &RunRecord, request: &RunRequest) {
+    if request.json {
+        let summary = JsonSummary {
+            run_id: Some(record.run_id.clone()),
+            status: match record.status {
+                RunStatus::Succeeded | RunStatus::Running => "succeeded",
+                RunStatus::Failed | RunStatus::Interrupted => "failed",
+            }
+            .to_owned(),
+            stages: record
+                .stages
+                .iter()
+                .map(|stage| JsonStage {
+                    id: stage.id.clone(),
+                    status: stage.status.word().to_owned(),
+                    reason: stage.error.clone().unwrap_or_else(|| stage.reason.clone()),
+                    duration_ms: stage.duration_ms,
+                    fingerprint: stage.fingerprint.clone(),
+                    output: stage.output.clone(),
+                })
+                .collect(),
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    }
+    let duration = human(std::time::Duration::from_millis(
+        record.duration_ms.unwrap_or(0),
+    ));
+    let record_path = run_dir(&request.paths.run_root, &record.run_id).join("run.json");
+    let record_path = record_path
+        .strip_prefix(&request.paths.project_root)
+        .unwrap_or(&record_path);
+    let counts = record.counts();
+    match record.status {
+        RunStatus::Succeeded | RunStatus::Running => {
+            if request.mode != Mode::Quiet && !request.json {
+                println!(
+                    "run {} succeeded in {duration}: {counts} ({})",
+                    record.run_id,
+                    record_path.display()
+                );
+            }
+        }
+        RunStatus::Failed | RunStatus::Interrupted => {
+            // Failures reach stderr even with --quiet: cron mails it.
+            let word = if record.status == RunStatus::Failed {
+                "failed"
+            } else {
+                "was interrupted"
+            };
+            eprintln!(
+                "run {} {word} after {duration}: {counts} ({})",
+                record.run_id,
+                record_path.display()
+            );
+            for stage in record
+                .stages
+                .iter()
+                .filter(|stage| stage.status == StageStatus::Failed)
+            {
+                let log = stage
+                    .log
+                    .as_deref()
+                    .map(|log| format!(" (log: {log})"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "error: stage `{}` failed: {}{log}",
+                    stage.id,
+                    stage.error.as_deref().unwrap_or("unknown error")
+                );
+            }
+            if record.status == RunStatus::Failed {
+                eprintln!("finished stages are cached: fix the cause and run again to resume");
+            }
+        }
+    }
+}

@@ -1,9 +1,0 @@
-//! Talking to Binance-compatible futures exchanges: the vocabulary (`model`), typed sources,
-//! the weight limiter, the HTTP client, and Binance public-dump files.
-
-pub mod client;
-pub mod connections;
-pub mod dump;
-pub mod limiter;
-pub mod model;
-pub mod source;

@@ -1,0 +1,850 @@
+//! `collect`: klines for every symbol x interval into the lake, incrementally.
+//!
+//! ```yaml
+//! collect:
+//!   kind: collect
+//!   needs: [discover, rate_limits]   # the universe, and the budget to obey
+//!   with:
+//!     source: aster                  # an exchange, or a binance-dump source to import
+//!     intervals: [1h, 4h, 1d]        # default
+//!     history: 180d                  # default: the window back from now
+//!     # start: 2024-01-01            # or an absolute start
+//!     # symbols: [BTCUSDT]           # instead of a universe input
+//!     # page_size: 499 / concurrency: 4   # override the recommendation
+//! ```
+//!
+//! For each partition it fetches only candles after the last stored one (and before the first,
+//! when the window grows), paginating with the page size that fetches the most rows per weight,
+//! drops any candle that has not closed, and writes new append-only part files (flushed every
+//! 50,000 rows or 20 s, and on interruption: a rerun resumes where this one stopped). The
+//! output lists every part of the collected partitions with its blake3 (`lake.json`), so
+//! consumers re-run exactly when the data changed; plus `collection_report.json` and
+//! `collection_summary.csv`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostic::location::YamlPath;
+use crate::diagnostic::params::{ParamError, parse_params};
+use crate::engine::stage::{
+    BoxFuture, FileRef, PrepareContext, PreparedStage, StageContext, StageError, StageKind,
+};
+use crate::kinds::discover::{
+    UNIVERSE_FILE, params_with_source, printable, read_universe, source_files,
+};
+use crate::kinds::rate_limits::{RECOMMENDATION_FILE, Recommendation};
+use crate::kinds::write_json;
+use crate::market::exchange::client::{ExchangeClient, ExchangeError};
+use crate::market::exchange::connections::Connections;
+use crate::market::exchange::source::{Source, SourceKind};
+use crate::market::lake::{self, LISTING_FILE, LakeListing, Provenance};
+use crate::market::model::{Interval, Kline, MAX_PAGE, weight_optimal_page};
+
+pub struct Collect;
+
+const FLUSH_ROWS: usize = 50_000;
+const FLUSH_EVERY: Duration = Duration::from_secs(20);
+/// A candle counts as closed only this long after its close time: the server clock is known to
+/// within a round trip, and a candle stored while still open would be wrong for good.
+const CLOSE_MARGIN_MS: u64 = 5_000;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    source: String,
+    #[serde(default = "default_intervals")]
+    intervals: Vec<Interval>,
+    #[serde(default = "default_history")]
+    history: String,
+    #[serde(default)]
+    start: Option<String>,
+    #[serde(default)]
+    symbols: Option<Vec<String>>,
+    #[serde(default)]
+    page_size: Option<u32>,
+    #[serde(default)]
+    concurrency: Option<u32>,
+}
+
+fn default_intervals() -> Vec<Interval> {
+    ["1h", "4h", "1d"]
+        .iter()
+        .map(|name| Interval::parse(name).expect("known interval"))
+        .collect()
+}
+
+fn default_history() -> String {
+    "180d".into()
+}
+
+#[derive(Debug)]
+struct Prepared {
+    params: Params,
+    source: Arc<Source>,
+    history: Duration,
+    start_ms: Option<u64>,
+}
+
+impl StageKind for Collect {
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+
+    fn code_version(&self) -> u32 {
+        // 2: lake.json entries carry their source and provenance.
+        2
+    }
+
+    fn prepare(
+        &self,
+        params: &yaml_serde::Value,
+        context: &PrepareContext<'_>,
+    ) -> Result<Box<dyn PreparedStage>, ParamError> {
+        let params: Params = parse_params(params)?;
+        let source = context.source::<Source>(&params.source, YamlPath::root().key("source"))?;
+        let root = YamlPath::root();
+        if params.intervals.is_empty() {
+            return Err(ParamError::new(
+                root.key("intervals"),
+                "no intervals to collect",
+            ));
+        }
+        let history = crate::util::time::parse_duration(&params.history)
+            .map_err(|message| ParamError::new(root.clone().key("history"), message))?;
+        let start_ms = params
+            .start
+            .as_deref()
+            .map(crate::market::replay::parse_time)
+            .transpose()
+            .map_err(|message| ParamError::new(root.clone().key("start"), message))?;
+        if let Some(symbols) = &params.symbols {
+            for (index, symbol) in symbols.iter().enumerate() {
+                if symbols[..index].contains(symbol) {
+                    return Err(ParamError::new(
+                        root.clone().key("symbols").index(index),
+                        format!("{symbol} is listed twice"),
+                    ));
+                }
+                if !source.accepts_symbol(symbol) {
+                    return Err(ParamError::new(
+                        root.clone().key("symbols").index(index),
+                        format!(
+                            "symbol {} is outside the source's pattern `{}`",
+                            printable(symbol),
+                            source.symbol_pattern.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(page) = params.page_size
+            && !(1..=MAX_PAGE).contains(&page)
+        {
+            return Err(ParamError::new(
+                root.clone().key("page_size"),
+                format!("page_size must be between 1 and {MAX_PAGE}"),
+            ));
+        }
+        if params.concurrency == Some(0) {
+            return Err(ParamError::new(
+                root.key("concurrency"),
+                "concurrency must be at least 1",
+            ));
+        }
+        Ok(Box::new(Prepared {
+            params,
+            source,
+            history,
+            start_ms,
+        }))
+    }
+}
+
+/// One symbol x interval of the collection.
+#[derive(Debug, Clone)]
+struct Partition {
+    symbol: String,
+    interval: Interval,
+    onboard_ms: Option<u64>,
+}
+
+/// What happened to one partition: a row of the report.
+#[derive(Debug, Clone, Default, Serialize)]
+struct PartitionReport {
+    symbol: String,
+    interval: String,
+    new_rows: u64,
+    rows: u64,
+    first_open_ms: Option<i64>,
+    last_open_ms: Option<i64>,
+    requests: u64,
+    retries: u64,
+    rate_limited: u64,
+    parts_written: u64,
+}
+
+/// Where candles come from during one collection.
+enum Feed<'a> {
+    Exchange(&'a ExchangeClient),
+    Dump {
+        store: Arc<dyn object_store::ObjectStore>,
+        files: BTreeMap<(String, Interval), Vec<object_store::path::Path>>,
+    },
+}
+
+struct Collector<'a> {
+    context: &'a StageContext,
+    /// Fired by the first partition that fails, so the others stop too (the stage's own
+    /// cancellation fires it as well).
+    stop: tokio_util::sync::CancellationToken,
+    feed: Feed<'a>,
+    source: &'a Source,
+    provenance: Provenance,
+    page_size: u32,
+    start_ms: u64,
+    done: AtomicU64,
+    total: u64,
+}
+
+impl PreparedStage for Prepared {
+    fn params(&self) -> serde_json::Value {
+        params_with_source(&self.params, &self.source)
+    }
+
+    fn files(&self) -> Vec<FileRef> {
+        source_files(&self.source)
+    }
+
+    fn output_shape<'a>(
+        &'a self,
+        stage_id: &'a str,
+        _inputs: &'a [(String, crate::engine::stage::OutputShape)],
+    ) -> BoxFuture<'a, Result<crate::engine::stage::OutputShape, crate::engine::stage::ShapeError>>
+    {
+        Box::pin(async move { Ok(crate::kinds::listing_shape(stage_id)) })
+    }
+
+    fn reports(&self) -> &'static [&'static str] {
+        &["collection_report.json", "collection_summary.csv"]
+    }
+
+    fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
+        Box::pin(self.collect(context))
+    }
+}
+
+fn failed(error: impl std::fmt::Display) -> StageError {
+    StageError::Failed(error.to_string())
+}
+
+impl Prepared {
+    async fn collect(&self, context: &StageContext) -> Result<(), StageError> {
+        let started = Instant::now();
+        let started_ms = crate::util::time::now_ms();
+        let recommendation = match context.input_with(RECOMMENDATION_FILE) {
+            Some(input) => {
+                let path = input.dir.join(RECOMMENDATION_FILE);
+                let text = fs_err::read_to_string(&path)?;
+                Some(
+                    serde_json::from_str::<Recommendation>(&text)
+                        .map_err(|error| failed(format!("{}: {error}", path.display())))?,
+                )
+            }
+            None => None,
+        };
+        let connection;
+        let (feed, base_url, kind, now_ms) = match &self.source.kind {
+            SourceKind::Exchange { .. } => {
+                connection = context
+                    .resources
+                    .get::<Connections>()
+                    .connect(&self.source, &context.cancel)
+                    .await?;
+                let client = &connection.client;
+                if let Some(rec) = &recommendation {
+                    let declared = crate::market::exchange::client::tightest_weight_limit(
+                        &connection.info.rate_limits,
+                    )
+                    .and_then(|limit| limit.window_ms());
+                    if rec.source != self.source.name {
+                        context.warn(&format!(
+                            "ignoring the rate-limit recommendation measured for source `{}`; this stage collects from `{}`",
+                            rec.source, self.source.name
+                        ));
+                    } else if declared != Some(rec.window_ms) {
+                        context.warn(&format!(
+                            "ignoring the rate-limit recommendation: it is for a {} ms window, the exchange now declares {:?} ms",
+                            rec.window_ms, declared
+                        ));
+                    } else {
+                        client.limiter.configure(rec.window_ms, rec.weight_budget);
+                    }
+                }
+                (
+                    Feed::Exchange(client),
+                    client.base_url().to_owned(),
+                    client.provenance(),
+                    client.limiter.server_now_ms(),
+                )
+            }
+            SourceKind::Dump { url, display } => {
+                let (store, objects) = crate::market::exchange::dump::list_kline_objects(url)
+                    .await
+                    .map_err(failed)?;
+                let mut files: BTreeMap<(String, Interval), Vec<object_store::path::Path>> =
+                    BTreeMap::new();
+                for object in objects {
+                    files
+                        .entry((object.symbol, object.interval))
+                        .or_default()
+                        .push(object.location);
+                }
+                (
+                    Feed::Dump { store, files },
+                    display.clone(),
+                    "binance-dump".to_owned(),
+                    crate::util::time::now_ms(),
+                )
+            }
+        };
+        let concurrency = self
+            .params
+            .concurrency
+            .or(recommendation.as_ref().map(|rec| rec.concurrency))
+            .unwrap_or(4)
+            .max(1) as usize;
+        let page_size = self
+            .params
+            .page_size
+            .or(recommendation.as_ref().map(|rec| rec.page_size))
+            .unwrap_or_else(weight_optimal_page);
+        let symbols = self.symbols(context, &feed)?;
+        let partitions: Vec<Partition> = symbols
+            .iter()
+            .flat_map(|(symbol, onboard)| {
+                self.params
+                    .intervals
+                    .iter()
+                    .map(move |&interval| Partition {
+                        symbol: symbol.clone(),
+                        interval,
+                        onboard_ms: *onboard,
+                    })
+            })
+            .collect();
+        let start_ms = self
+            .start_ms
+            .unwrap_or_else(|| now_ms.saturating_sub(self.history.as_millis() as u64));
+        let _lake_lock = lake::lock(&context.data_dir, &self.source.name).map_err(failed)?;
+        let collector = Collector {
+            context,
+            stop: context.cancel.child_token(),
+            feed,
+            source: &self.source,
+            provenance: Provenance {
+                source: self.source.name.clone(),
+                base_url,
+                fetched_at_ms: started_ms as i64,
+                kind,
+            },
+            page_size,
+            start_ms,
+            done: AtomicU64::new(0),
+            total: partitions.len() as u64,
+        };
+        context.log(&format!(
+            "collecting {} partitions from {} ({}), page {page_size}, concurrency {concurrency}, from {}",
+            partitions.len(),
+            self.source.name,
+            collector.provenance.base_url,
+            crate::util::time::rfc3339(start_ms)
+        ));
+        let tasks: Vec<_> = partitions
+            .iter()
+            .map(|partition| collector.partition(partition))
+            .collect();
+        let results: Vec<Result<Option<PartitionReport>, StageError>> =
+            futures::stream::iter(tasks)
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(Some(report)) => reports.push(report),
+                Ok(None) => {}
+                Err(error) => {
+                    if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
+                        first_error = Some(error);
+                    }
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(if context.cancel.is_cancelled() {
+                StageError::Cancelled
+            } else {
+                error
+            });
+        }
+        reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
+        let listing = self.listing(context, &partitions)?;
+        write_json(&context.output_dir.join(LISTING_FILE), &listing)?;
+        let (requests, retries, rate_limited, weight) = match &collector.feed {
+            Feed::Exchange(client) => (
+                client.counters.requests.load(Ordering::Relaxed),
+                client.counters.retries.load(Ordering::Relaxed),
+                client.counters.rate_limited.load(Ordering::Relaxed),
+                client.counters.weight.load(Ordering::Relaxed),
+            ),
+            Feed::Dump { .. } => (0, 0, 0, 0),
+        };
+        let new_rows: u64 = reports.iter().map(|r| r.new_rows).sum();
+        write_json(
+            &context.output_dir.join("collection_report.json"),
+            &serde_json::json!({
+                "source": self.source.name,
+                "base_url": collector.provenance.base_url,
+                "provenance": collector.provenance.kind,
+                "started_at": crate::util::time::rfc3339(started_ms),
+                "elapsed_ms": started.elapsed().as_millis() as u64,
+                "window_start_ms": start_ms,
+                "page_size": page_size,
+                "concurrency": concurrency,
+                "budget": recommendation.as_ref().map(|rec| serde_json::json!({
+                    "window_ms": rec.window_ms, "weight": rec.weight_budget, "declared_limit": rec.declared_limit
+                })),
+                "new_rows": new_rows,
+                "requests": requests,
+                "retries": retries,
+                "rate_limited": rate_limited,
+                "weight": weight,
+                "partitions": reports,
+            }),
+        )?;
+        write_summary(&context.output_dir.join("collection_summary.csv"), &reports)?;
+        context.progress.message(format!(
+            "{new_rows} new rows in {} partitions, {requests} requests, {rate_limited} x 429",
+            reports.len()
+        ));
+        Ok(())
+    }
+
+    /// The symbols to collect: the explicit list, else the universe input, else (for dumps)
+    /// every symbol present in the files.
+    fn symbols(
+        &self,
+        context: &StageContext,
+        feed: &Feed<'_>,
+    ) -> Result<Vec<(String, Option<u64>)>, StageError> {
+        let listed: Vec<(String, Option<u64>)> = if let Some(symbols) = &self.params.symbols {
+            symbols.iter().map(|s| (s.clone(), None)).collect()
+        } else if let Some(input) = context.input_with(UNIVERSE_FILE) {
+            read_universe(&input.dir.join(UNIVERSE_FILE))
+                .map_err(failed)?
+                .into_iter()
+                .map(|(symbol, onboard)| (symbol, onboard.map(|ms| ms.max(0) as u64)))
+                .collect()
+        } else if let Feed::Dump { files, .. } = feed {
+            let mut symbols: Vec<(String, Option<u64>)> = files
+                .keys()
+                .map(|(symbol, _)| (symbol.clone(), None))
+                .collect();
+            symbols.dedup();
+            symbols
+        } else {
+            return Err(failed(
+                "collect has no symbols: add `needs: [discover]` (a stage writing universe.parquet) or list `symbols:`",
+            ));
+        };
+        let mut accepted: Vec<(String, Option<u64>)> = Vec::new();
+        for (symbol, onboard) in listed {
+            if accepted.iter().any(|(seen, _)| *seen == symbol) {
+                context.warn(&format!("{symbol} is listed twice; collecting it once"));
+                continue;
+            }
+            if self.source.accepts_symbol(&symbol) {
+                accepted.push((symbol, onboard));
+            } else {
+                context.warn(&format!(
+                    "refused symbol {}: outside the source's pattern",
+                    printable(&symbol)
+                ));
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// Every part of the collected partitions, with digests, sorted by path.
+    fn listing(
+        &self,
+        context: &StageContext,
+        partitions: &[Partition],
+    ) -> Result<LakeListing, StageError> {
+        let mut parts = Vec::new();
+        for partition in partitions {
+            parts.extend(
+                lake::describe_partition(
+                    &context.data_dir,
+                    &self.source.name,
+                    partition.interval,
+                    &partition.symbol,
+                )
+                .map_err(failed)?,
+            );
+        }
+        Ok(LakeListing::new(parts))
+    }
+}
+
+/// Buffered new candles of one partition, flushed to part files.
+struct Pending<'a> {
+    dir: PathBuf,
+    partition: &'a Partition,
+    rows: Vec<Kline>,
+    last_flush: Instant,
+    report: PartitionReport,
+}
+
+impl Pending<'_> {
+    fn flush(&mut self, provenance: &Provenance) -> Result<(), StageError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        self.rows.sort_by_key(|row| row.open_time);
+        lake::write_part(
+            &self.dir,
+            &self.partition.symbol,
+            self.partition.interval,
+            &self.rows,
+            provenance,
+        )
+        .map_err(failed)?;
+        self.report.new_rows += self.rows.len() as u64;
+        self.report.parts_written += 1;
+        self.rows.clear();
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    fn due(&self) -> bool {
+        self.rows.len() >= FLUSH_ROWS || self.last_flush.elapsed() >= FLUSH_EVERY
+    }
+}
+
+impl Collector<'_> {
+    /// Collects one partition; `None` when the exchange no longer knows the symbol.
+    async fn partition(
+        &self,
+        partition: &Partition,
+    ) -> Result<Option<PartitionReport>, StageError> {
+        match self.partition_inner(partition).await {
+            Ok(report) => Ok(Some(report)),
+            Err(PartitionError::UnknownSymbol(message)) => {
+                self.context.warn(&format!(
+                    "{} {}: the exchange does not know this symbol ({message}); skipped. Re-run discover if it was delisted",
+                    partition.symbol, partition.interval
+                ));
+                Ok(None)
+            }
+            Err(PartitionError::Stage(StageError::Cancelled)) => Err(StageError::Cancelled),
+            Err(PartitionError::Stage(error)) => {
+                self.stop.cancel();
+                Err(StageError::Failed(format!(
+                    "{} {}: {}",
+                    partition.symbol,
+                    partition.interval,
+                    crate::engine::executor::error_chain(&error)
+                )))
+            }
+        }
+    }
+
+    async fn partition_inner(
+        &self,
+        partition: &Partition,
+    ) -> Result<PartitionReport, PartitionError> {
+        let interval = partition.interval;
+        let step = interval.millis();
+        let dir = lake::partition_dir(
+            &self.context.data_dir,
+            &self.source.name,
+            interval,
+            &partition.symbol,
+        )
+        .map_err(failed)?;
+        let stored = lake::parts(&dir).map_err(failed)?;
+        if let Some(newest) = stored.last()
+            && let Ok(Some(provenance)) = lake::read_provenance(&newest.path)
+            && provenance.kind != self.provenance.kind
+        {
+            return Err(failed(format!(
+                "{} holds `{}` data from {}, and this source now serves `{}` data: refusing to mix them in one partition. Give the source a new name, or move that directory away",
+                dir.display(),
+                provenance.kind,
+                provenance.base_url,
+                self.provenance.kind
+            ))
+            .into());
+        }
+        let now = match &self.feed {
+            Feed::Exchange(client) => client.limiter.server_now_ms(),
+            Feed::Dump { .. } => crate::util::time::now_ms(),
+        };
+        // The newest candle closed (with a margin) by now.
+        let closed_before = now.saturating_sub(CLOSE_MARGIN_MS);
+        let last_closed = interval.floor(closed_before.saturating_sub(step));
+        let mut window_start = interval.floor(self.start_ms);
+        if let Some(onboard) = partition.onboard_ms {
+            window_start = window_start.max(interval.floor(onboard));
+        }
+        let ranges = missing_ranges(window_start, last_closed, step, &stored);
+        let mut pending = Pending {
+            dir,
+            partition,
+            rows: Vec::new(),
+            last_flush: Instant::now(),
+            report: PartitionReport {
+                symbol: partition.symbol.clone(),
+                interval: interval.name().to_owned(),
+                ..PartitionReport::default()
+            },
+        };
+        let mut outcome = Ok(());
+        for (lo, hi) in ranges {
+            outcome = match &self.feed {
+                Feed::Exchange(client) => {
+                    self.fetch(client, &mut pending, lo, hi, closed_before)
+                        .await
+                }
+                Feed::Dump { store, files } => self
+                    .import(store.as_ref(), files, &mut pending, lo, hi)
+                    .await
+                    .map_err(Into::into),
+            };
+            // One part per range, so parts never overlap each other.
+            pending.flush(&self.provenance)?;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        outcome?;
+        let parts = lake::parts(&pending.dir).map_err(failed)?;
+        pending.report.first_open_ms = parts.first().map(|p| p.first_open_ms);
+        pending.report.last_open_ms = parts.iter().map(|p| p.last_open_ms).max();
+        let mut rows = 0;
+        for part in &parts {
+            rows += lake::row_count(&part.path).map_err(failed)?;
+        }
+        pending.report.rows = rows;
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.context.progress.update(
+            done,
+            self.total,
+            format!(
+                "{} {}: +{} rows",
+                partition.symbol, interval, pending.report.new_rows
+            ),
+        );
+        Ok(pending.report)
+    }
+
+    /// Pages through `[lo, hi]` (open times), asking each page for exactly what is left so the
+    /// last page falls in the cheapest weight class.
+    async fn fetch(
+        &self,
+        client: &ExchangeClient,
+        pending: &mut Pending<'_>,
+        lo: u64,
+        hi: u64,
+        closed_before: u64,
+    ) -> Result<(), PartitionError> {
+        let step = pending.partition.interval.millis();
+        let mut cursor = lo;
+        while cursor <= hi {
+            let remaining = (hi - cursor) / step + 1;
+            let limit = (self.page_size as u64).min(remaining) as u32;
+            let (rows, stats) = client
+                .klines(
+                    &pending.partition.symbol,
+                    pending.partition.interval.name(),
+                    cursor,
+                    hi,
+                    limit,
+                    &self.stop,
+                )
+                .await
+                .map_err(|error| match error {
+                    ExchangeError::Api {
+                        code: Some(-1121),
+                        message,
+                        ..
+                    } => PartitionError::UnknownSymbol(message),
+                    other => PartitionError::Stage(other.into()),
+                })?;
+            pending.report.requests += u64::from(stats.attempts);
+            pending.report.retries += u64::from(stats.retries);
+            pending.report.rate_limited += u64::from(stats.rate_limited);
+            let received = rows.len();
+            let mut last_kept = cursor as i64 - 1;
+            for row in rows {
+                // Only closed candles inside the asked range, strictly increasing: no duplicate
+                // and no still-open candle ever reaches the lake.
+                if row.open_time < cursor as i64
+                    || row.open_time > hi as i64
+                    || row.open_time <= last_kept
+                {
+                    continue;
+                }
+                if row.close_time >= closed_before as i64 {
+                    continue;
+                }
+                last_kept = row.open_time;
+                pending.rows.push(row);
+            }
+            if received < limit as usize || last_kept < cursor as i64 {
+                break;
+            }
+            cursor = last_kept as u64 + step;
+            if pending.due() {
+                pending.flush(&self.provenance)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Imports dump files' candles in `[lo, hi]`.
+    async fn import(
+        &self,
+        store: &dyn object_store::ObjectStore,
+        files: &BTreeMap<(String, Interval), Vec<object_store::path::Path>>,
+        pending: &mut Pending<'_>,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), StageError> {
+        let key = (pending.partition.symbol.clone(), pending.partition.interval);
+        let mut rows = Vec::new();
+        for location in files.get(&key).map(Vec::as_slice).unwrap_or_default() {
+            if self.stop.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            rows.extend(
+                crate::market::exchange::dump::read_kline_object(store, location)
+                    .await
+                    .map_err(failed)?,
+            );
+        }
+        rows.retain(|row| row.open_time >= lo as i64 && row.open_time <= hi as i64);
+        rows.sort_by_key(|row| row.open_time);
+        rows.dedup_by_key(|row| row.open_time);
+        pending.rows.extend(rows);
+        Ok(())
+    }
+}
+
+/// Why one partition stopped.
+enum PartitionError {
+    /// The exchange answered -1121 (invalid symbol): skip it, the others go on.
+    UnknownSymbol(String),
+    Stage(StageError),
+}
+
+impl From<StageError> for PartitionError {
+    fn from(error: StageError) -> Self {
+        PartitionError::Stage(error)
+    }
+}
+
+/// The stretches of `[start, end]` (open times, a grid of `step`) no stored part covers,
+/// oldest first. A part covers its first to its last candle.
+fn missing_ranges(start: u64, end: u64, step: u64, stored: &[lake::Part]) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = stored
+        .iter()
+        .map(|part| {
+            (
+                part.first_open_ms.max(0) as u64,
+                part.last_open_ms.max(0) as u64,
+            )
+        })
+        .collect();
+    covered.sort_unstable();
+    let mut ranges = Vec::new();
+    let mut cursor = start;
+    for (first, last) in covered {
+        if first > cursor {
+            let hi = (first - step).min(end);
+            if cursor <= hi {
+                ranges.push((cursor, hi));
+            }
+        }
+        cursor = cursor.max(last + step);
+    }
+    if cursor <= end {
+        ranges.push((cursor, end));
+    }
+    ranges
+}
+
+fn write_summary(path: &Path, reports: &[PartitionReport]) -> Result<(), StageError> {
+    let time = |ms: Option<i64>| {
+        ms.map(|ms| crate::util::time::rfc3339(ms.max(0) as u64))
+            .unwrap_or_default()
+    };
+    let mut text = String::from(
+        "symbol,interval,new_rows,rows,first_open,last_open,requests,retries,rate_limited\n",
+    );
+    for r in reports {
+        text.push_str(&format!(
+            "{},{},{},{},{},{},{},{},{}\n",
+            r.symbol,
+            r.interval,
+            r.new_rows,
+            r.rows,
+            time(r.first_open_ms),
+            time(r.last_open_ms),
+            r.requests,
+            r.retries,
+            r.rate_limited
+        ));
+    }
+    Ok(fs_err::write(path, text)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(first: i64, last: i64) -> lake::Part {
+        lake::Part {
+            path: PathBuf::from("x"),
+            first_open_ms: first,
+            last_open_ms: last,
+        }
+    }
+
+    #[test]
+    fn missing_ranges_fill_every_gap_once() {
+        assert_eq!(missing_ranges(0, 10, 1, &[]), vec![(0, 10)]);
+        // Stored 3..=5 and 8..=9: fetch 0..=2, 6..=7 and 10.
+        assert_eq!(
+            missing_ranges(0, 10, 1, &[part(8, 9), part(3, 5)]),
+            vec![(0, 2), (6, 7), (10, 10)]
+        );
+        // The window starts inside stored data: nothing before it.
+        assert_eq!(missing_ranges(4, 6, 1, &[part(3, 5)]), vec![(6, 6)]);
+        // Everything stored.
+        assert!(missing_ranges(3, 5, 1, &[part(0, 9)]).is_empty());
+        // Grid steps.
+        assert_eq!(
+            missing_ranges(0, 100, 10, &[part(30, 50)]),
+            vec![(0, 20), (60, 100)]
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Binance public-dump kline files (`data.binance.vision`): `SYMBOL-INTERVAL-DATE.csv`, the same
+//! 12 columns as `GET /klines`, with a header row in recent files and none in older ones, and
+//! microsecond timestamps in some (detected by magnitude). Also reads lake-format Parquet files.
+//! Files are found in a local directory, or in any object store this build reads (by URL).
+
+use std::path::{Path, PathBuf};
+
+use crate::market::model::{Interval, Kline};
+
+/// A kline file whose name says what it holds.
+#[derive(Debug, Clone)]
+pub struct KlineFile {
+    pub path: PathBuf,
+    pub symbol: String,
+    pub interval: Interval,
+}
+
+/// Timestamps at or above this are microseconds (year 5138 in ms; 1973 in us).
+const MICROSECONDS_FROM: i64 = 100_000_000_000_000;
+
+/// `BTCUSDT-1h-2024-01-02.csv` -> (`BTCUSDT`, 1h). Names that do not fit are ignored.
+pub fn parse_file_name(name: &str) -> Option<(String, Interval)> {
+    let stem = name
+        .strip_suffix(".csv")
+        .or_else(|| name.strip_suffix(".parquet"))?;
+    let mut parts = stem.splitn(3, '-');
+    let symbol = parts.next()?;
+    let interval = Interval::parse(parts.next()?).ok()?;
+    Some((symbol.to_owned(), interval))
+}
+
+/// Every kline file under `dir` (recursively), sorted by path.
+pub fn find_kline_files(dir: &Path) -> Result<Vec<KlineFile>, String> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|error| format!("cannot list {}: {error}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|error| format!("cannot list {}: {error}", dir.display()))?;
+            let path = entry.path();
+            let file_type = entry
+                .file_type()
+                .map_err(|error| format!("cannot stat {}: {error}", path.display()))?;
+            if file_type.is_dir() {
+                pending.push(path);
+            } else if file_type.is_file()
+                && let Some((symbol, interval)) = path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .and_then(parse_file_name)
+            {
+                files.push(KlineFile {
+                    path,
+                    symbol,
+                    interval,
+                });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// A kline file in an object store.
+#[derive(Debug, Clone)]
+pub struct KlineObject {
+    pub location: object_store::path::Path,
+    pub symbol: String,
+    pub interval: Interval,
+}
+
+/// Every kline file under an object-store URL (`file:///srv/dumps/`), sorted by location.
+pub async fn list_kline_objects(
+    url: &str,
+) -> Result<
+    (
+        std::sync::Arc<dyn object_store::ObjectStore>,
+        Vec<KlineObject>,
+    ),
+    String,
+> {
+    use futures::TryStreamExt;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|error| format!("invalid URL `{url}`: {error}"))?;
+    let (store, prefix) = object_store::parse_url(&parsed)
+        .map_err(|error| format!("cannot open `{url}`: {error}"))?;
+    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::from(store);
+    let listed: Vec<object_store::ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|error| format!("cannot list `{url}`: {error}"))?;
+    let mut objects: Vec<KlineObject> = listed
+        .into_iter()
+        .filter_map(|meta| {
+            let (symbol, interval) = parse_file_name(meta.location.filename()?)?;
+            Some(KlineObject {
+                location: meta.location,
+                symbol,
+                interval,
+            })
+        })
+        .collect();
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok((store, objects))
+}
+
+/// Reads one kline object: dump CSV or lake-format Parquet.
+pub async fn read_kline_object(
+    store: &dyn object_store::ObjectStore,
+    location: &object_store::path::Path,
+) -> Result<Vec<Kline>, String> {
+    use object_store::ObjectStoreExt;
+    let bytes = store
+        .get(location)
+        .await
+        .map_err(|error| format!("{location}: {error}"))?
+        .bytes()
+        .await
+        .map_err(|error| format!("{location}: {error}"))?;
+    if location.extension() == Some("parquet") {
+        let label = Path::new(location.as_ref());
+        return crate::market::lake::read_part_bytes(label, bytes)
+            .map_err(|error| error.to_string());
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{location}: not UTF-8 text"))?;
+    parse_kline_csv(text).map_err(|error| format!("{location}:{error}"))
+}
+
+/// Reads a `.csv` dump file or a lake-format `.parquet` file.
+pub fn read_kline_file(path: &Path) -> Result<Vec<Kline>, String> {
+    if path.extension().is_some_and(|ext| ext == "parquet") {
+        return crate::market::lake::read_part(path).map_err(|error| error.to_string());
+    }
+    let text = fs_err::read_to_string(path).map_err(|error| error.to_string())?;
+    parse_kline_csv(&text).map_err(|error| format!("{}:{error}", path.display()))
+}
+
+/// Parses dump CSV text; errors name the line (`12: ...`).
+pub fn parse_kline_csv(text: &str) -> Result<Vec<Kline>, String> {
+    let mut rows = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if number == 0 && fields.first().is_some_and(|f| f.parse::<f64>().is_err()) {
+            continue; // the header row of recent files
+        }
+        if fields.len() < 11 {
+            return Err(format!(
+                "{}: expected 12 columns, found {}",
+                number + 1,
+                fields.len()
+            ));
+        }
+        let int = |index: usize| -> Result<i64, String> {
+            fields[index]
+                .parse::<i64>()
+                .or_else(|_| fields[index].parse::<f64>().map(|v| v as i64))
+                .map_err(|_| {
+                    format!(
+                        "{}: column {} `{}` is not an integer",
+                        number + 1,
+                        index + 1,
+                        fields[index]
+                    )
+                })
+        };
+        let float = |index: usize| -> Result<f64, String> {
+            fields[index].parse::<f64>().map_err(|_| {
+                format!(
+                    "{}: column {} `{}` is not a number",
+                    number + 1,
+                    index + 1,
+                    fields[index]
+                )
+            })
+        };
+        let mut open_time = int(0)?;
+        let mut close_time = int(6)?;
+        if open_time >= MICROSECONDS_FROM {
+            open_time /= 1000;
+            close_time /= 1000;
+        }
+        rows.push(Kline {
+            open_time,
+            open: float(1)?,
+            high: float(2)?,
+            low: float(3)?,
+            close: float(4)?,
+            volume: float(5)?,
+            close_time,
+            quote_volume: float(7)?,
+            trades: int(8)?,
+            taker_buy_base: float(9)?,
+            taker_buy_quote: float(10)?,
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_headers_and_microseconds() {
+        let with_header = "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,taker_buy_quote_volume,ignore\n\
+            1704067200000,1,2,0.5,1.5,10,1704070799999,15,3,4,6,0\n";
+        let rows = parse_kline_csv(with_header).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].close_time, 1_704_070_799_999);
+        let micros = "1704067200000000,1,2,0.5,1.5,10,1704070799999999,15,3,4,6,0\n";
+        let rows = parse_kline_csv(micros).unwrap();
+        assert_eq!(rows[0].open_time, 1_704_067_200_000);
+        assert_eq!(rows[0].close_time, 1_704_070_799_999);
+        let error = parse_kline_csv("1,2,3\n").unwrap_err();
+        assert!(error.starts_with("1: expected 12 columns"), "{error}");
+    }
+
+    #[test]
+    fn file_names() {
+        let (symbol, interval) = parse_file_name("BTCUSDT-1h-2024-01.csv").unwrap();
+        assert_eq!((symbol.as_str(), interval.name()), ("BTCUSDT", "1h"));
+        assert!(parse_file_name("BTCUSDT-1h-2024-01.zip").is_none());
+        assert!(parse_file_name("notes.csv").is_none());
+    }
+}

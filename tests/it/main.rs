@@ -1,0 +1,16 @@
+//! The integration tests, one binary (DataFusion is linked once): each module drives the real
+//! `asterflow` binary or the library against real servers on 127.0.0.1 and real files.
+
+mod architecture;
+mod backtest;
+mod common;
+mod errors;
+mod exchange;
+mod gpu;
+mod honest;
+mod report;
+mod run;
+mod scheduled;
+mod sql;
+mod train;
+mod validate;
