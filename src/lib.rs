@@ -18,6 +18,7 @@ pub mod kinds;
 pub mod market;
 pub mod paper;
 pub mod provenance;
+pub mod quality;
 pub mod report;
 pub mod sql;
 pub mod train;

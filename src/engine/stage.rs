@@ -313,9 +313,9 @@ impl StageContext {
         };
         let path = input.dir.join(file);
         let text = fs_err::read_to_string(&path)?;
-        serde_json::from_str(&text).map(Some).map_err(|error| {
-            StageError::Failed(format!("{} does not parse: {error}", path.display()))
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|error| StageError::Failed(format!("{}: {error}", path.display())))
     }
 }
 

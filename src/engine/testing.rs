@@ -103,6 +103,12 @@ pub struct Bench {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Bench {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Bench {
     pub fn new() -> Self {
         Self {

@@ -236,10 +236,6 @@ impl StageKind for Backtest {
     }
 }
 
-fn failed(message: impl std::fmt::Display) -> StageError {
-    StageError::Failed(message.to_string())
-}
-
 fn trades_schema() -> SchemaRef {
     let float = |name: &str| Field::new(name, DataType::Float64, false);
     let int = |name: &str| Field::new(name, DataType::Int64, false);
@@ -298,7 +294,7 @@ impl Prepared {
         let synthetic = crate::kinds::sql::mark_provenance(context)?;
         let session = crate::sql::input_session(context.input_dirs(), &context.data_dir)
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         for (table, what) in [
             (
                 params.predictions_table.as_str(),
@@ -310,7 +306,7 @@ impl Prepared {
             ),
         ] {
             if !crate::sql::has_table(&session, table) {
-                return Err(failed(format!(
+                return Err(StageError::failed(format!(
                     "no input provides a table `{table}`: add the stage with the {what} to `needs`"
                 )));
             }
@@ -324,7 +320,7 @@ impl Prepared {
             &self.params.entry.rule(),
         )
         .await
-        .map_err(failed)?;
+        .map_err(StageError::failed)?;
         if loaded.off_grid > 0 {
             context.warn(&format!(
                 "{} prediction(s) are not at a {} bar's open time and were ignored: is `interval` the features' interval?",
@@ -340,7 +336,7 @@ impl Prepared {
         let market = loaded.market;
         let priced = market.close.iter().filter(|close| !close.is_nan()).count();
         if priced == 0 {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "no {} klines cover the predicted symbols and span: check `interval` and the validate stage",
                 params.interval
             )));
@@ -349,7 +345,7 @@ impl Prepared {
             let (instruments, found) =
                 inputs::instruments(&session, &params.universe_table, &market)
                     .await
-                    .map_err(failed)?;
+                    .map_err(StageError::failed)?;
             if found < market.symbols.len() {
                 context.warn(&format!(
                     "`{}` has step sizes for {found} of {} symbols; the others trade unrounded",
@@ -368,7 +364,7 @@ impl Prepared {
         let funding = if crate::sql::has_table(&session, &params.funding_table) {
             let (rates, events) = inputs::funding(&session, &params.funding_table, &market)
                 .await
-                .map_err(failed)?;
+                .map_err(StageError::failed)?;
             context.log(&format!("{events} funding events in the backtest span"));
             Some(rates)
         } else {
@@ -394,15 +390,15 @@ impl Prepared {
                 (market, simulation, benchmark, simulated_in)
             })
             .await
-            .map_err(|error| failed(format!("the simulation stopped: {error}")))?;
+            .map_err(|error| StageError::failed(format!("the simulation stopped: {error}")))?;
 
         let summary = summarise(&market, &simulation, &benchmark, &rules);
         write_trades(context, &market, &simulation)?;
         write_equity(context, &market, &simulation, &benchmark, rules.capital)?;
         let text = render(&summary, &market, synthetic);
-        let mut metrics = serde_json::to_value(&summary).map_err(failed)?;
+        let mut metrics = serde_json::to_value(&summary).map_err(StageError::failed)?;
         metrics["synthetic"] = synthetic.into();
-        metrics["params"] = serde_json::to_value(params).map_err(failed)?;
+        metrics["params"] = serde_json::to_value(params).map_err(StageError::failed)?;
         crate::kinds::write_json(&context.output_dir.join(METRICS_FILE), &metrics)?;
         fs_err::write(context.output_dir.join("metrics.txt"), &text)?;
         context.progress.report(text);
@@ -599,7 +595,7 @@ fn write_trades(
             trades.iter().map(|t| t.exit_reason.word()),
         )),
     ];
-    let batch = RecordBatch::try_new(trades_schema(), columns).map_err(failed)?;
+    let batch = RecordBatch::try_new(trades_schema(), columns).map_err(StageError::failed)?;
     crate::kinds::write_parquet(&context.output_dir.join(TRADES_FILE), &batch)
 }
 
@@ -621,7 +617,7 @@ fn write_equity(
         Arc::new(Float64Array::from(benchmark.to_vec())),
         Arc::new(Float64Array::from(benchmark_drawdown)),
     ];
-    let batch = RecordBatch::try_new(equity_schema(), columns).map_err(failed)?;
+    let batch = RecordBatch::try_new(equity_schema(), columns).map_err(StageError::failed)?;
     crate::kinds::write_parquet(&context.output_dir.join(EQUITY_FILE), &batch)
 }
 

@@ -239,25 +239,12 @@ impl PreparedStage for Prepared {
     }
 }
 
-fn failed(error: impl std::fmt::Display) -> StageError {
-    StageError::Failed(error.to_string())
-}
-
 impl Prepared {
     async fn collect(&self, context: &StageContext) -> Result<(), StageError> {
         let started = Instant::now();
         let started_ms = crate::util::time::now_ms();
-        let recommendation = match context.input_with(RECOMMENDATION_FILE) {
-            Some(input) => {
-                let path = input.dir.join(RECOMMENDATION_FILE);
-                let text = fs_err::read_to_string(&path)?;
-                Some(
-                    serde_json::from_str::<Recommendation>(&text)
-                        .map_err(|error| failed(format!("{}: {error}", path.display())))?,
-                )
-            }
-            None => None,
-        };
+        let recommendation: Option<Recommendation> =
+            context.read_input_json(RECOMMENDATION_FILE)?;
         let connection;
         let (feed, base_url, kind, now_ms) = match &self.source.kind {
             SourceKind::Exchange { .. } => {
@@ -296,7 +283,7 @@ impl Prepared {
             SourceKind::Dump { url, display } => {
                 let (store, objects) = crate::market::exchange::dump::list_kline_objects(url)
                     .await
-                    .map_err(failed)?;
+                    .map_err(StageError::failed)?;
                 let mut files: BTreeMap<(String, Interval), Vec<object_store::path::Path>> =
                     BTreeMap::new();
                 for object in objects {
@@ -341,7 +328,8 @@ impl Prepared {
         let start_ms = self
             .start_ms
             .unwrap_or_else(|| now_ms.saturating_sub(self.history.as_millis() as u64));
-        let _lake_lock = lake::lock(&context.data_dir, &self.source.name).map_err(failed)?;
+        let _lake_lock =
+            lake::lock(&context.data_dir, &self.source.name).map_err(StageError::failed)?;
         let collector = Collector {
             context,
             stop: context.cancel.child_token(),
@@ -448,7 +436,7 @@ impl Prepared {
             symbols.iter().map(|s| (s.clone(), None)).collect()
         } else if let Some(input) = context.input_with(UNIVERSE_FILE) {
             read_universe(&input.dir.join(UNIVERSE_FILE))
-                .map_err(failed)?
+                .map_err(StageError::failed)?
                 .into_iter()
                 .map(|(symbol, onboard)| (symbol, onboard.map(|ms| ms.max(0) as u64)))
                 .collect()
@@ -460,7 +448,7 @@ impl Prepared {
             symbols.dedup();
             symbols
         } else {
-            return Err(failed(
+            return Err(StageError::failed(
                 "collect has no symbols: add `needs: [discover]` (a stage writing universe.parquet) or list `symbols:`",
             ));
         };
@@ -497,7 +485,7 @@ impl Prepared {
                     partition.interval,
                     &partition.symbol,
                 )
-                .map_err(failed)?,
+                .map_err(StageError::failed)?,
             );
         }
         Ok(LakeListing::new(parts))
@@ -526,7 +514,7 @@ impl Pending<'_> {
             &self.rows,
             provenance,
         )
-        .map_err(failed)?;
+        .map_err(StageError::failed)?;
         self.report.new_rows += self.rows.len() as u64;
         self.report.parts_written += 1;
         self.rows.clear();
@@ -579,13 +567,13 @@ impl Collector<'_> {
             interval,
             &partition.symbol,
         )
-        .map_err(failed)?;
-        let stored = lake::parts(&dir).map_err(failed)?;
+        .map_err(StageError::failed)?;
+        let stored = lake::parts(&dir).map_err(StageError::failed)?;
         if let Some(newest) = stored.last()
             && let Ok(Some(provenance)) = lake::read_provenance(&newest.path)
             && provenance.kind != self.provenance.kind
         {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "{} holds `{}` data from {}, and this source now serves `{}` data: refusing to mix them in one partition. Give the source a new name, or move that directory away",
                 dir.display(),
                 provenance.kind,
@@ -636,12 +624,12 @@ impl Collector<'_> {
             }
         }
         outcome?;
-        let parts = lake::parts(&pending.dir).map_err(failed)?;
+        let parts = lake::parts(&pending.dir).map_err(StageError::failed)?;
         pending.report.first_open_ms = parts.first().map(|p| p.first_open_ms);
         pending.report.last_open_ms = parts.iter().map(|p| p.last_open_ms).max();
         let mut rows = 0;
         for part in &parts {
-            rows += lake::row_count(&part.path).map_err(failed)?;
+            rows += lake::row_count(&part.path).map_err(StageError::failed)?;
         }
         pending.report.rows = rows;
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
@@ -738,7 +726,7 @@ impl Collector<'_> {
             rows.extend(
                 crate::market::exchange::dump::read_kline_object(store, location)
                     .await
-                    .map_err(failed)?,
+                    .map_err(StageError::failed)?,
             );
         }
         rows.retain(|row| row.open_time >= lo as i64 && row.open_time <= hi as i64);

@@ -80,10 +80,6 @@ impl StageKind for Report {
     }
 }
 
-fn failed(message: impl std::fmt::Display) -> StageError {
-    StageError::Failed(message.to_string())
-}
-
 fn field<T: serde::de::DeserializeOwned>(
     value: &serde_json::Value,
     pointer: &str,
@@ -91,23 +87,13 @@ fn field<T: serde::de::DeserializeOwned>(
 ) -> Result<T, StageError> {
     let found = value.pointer(pointer).cloned().unwrap_or_default();
     serde_json::from_value(found)
-        .map_err(|error| failed(format!("{} at `{pointer}`: {error}", path.display())))
+        .map_err(|error| StageError::failed(format!("{} at `{pointer}`: {error}", path.display())))
 }
 
 impl Prepared {
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let synthetic = crate::kinds::sql::mark_provenance(context)?;
-        let validation = match context.input_with("validation_report.json") {
-            Some(input) => {
-                let path = input.dir.join("validation_report.json");
-                let value = crate::kinds::read_json(&path)?;
-                Some(
-                    serde_json::from_value::<Validation>(value)
-                        .map_err(|error| failed(format!("{}: {error}", path.display())))?,
-                )
-            }
-            None => None,
-        };
+        let validation: Option<Validation> = context.read_input_json("validation_report.json")?;
         let model = match context.input_with(crate::kinds::train::PREDICTIONS_FILE) {
             Some(input) => Some(model(&input.dir.join("metrics.json"))?),
             None => None,
@@ -122,13 +108,13 @@ impl Prepared {
         };
         let session = crate::sql::input_session(context.input_dirs(), &context.data_dir)
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         let features = if crate::sql::has_table(&session, &self.params.features_table) {
             context.progress.message("summarising the features");
             Some(
                 features(&session, &self.params.features_table)
                     .await
-                    .map_err(failed)?,
+                    .map_err(StageError::failed)?,
             )
         } else {
             None
@@ -139,7 +125,7 @@ impl Prepared {
             && backtest.is_none()
             && paper.is_none()
         {
-            return Err(failed(
+            return Err(StageError::failed(
                 "no input holds anything to report: add validate, features, train, backtest or signals stages to `needs`",
             ));
         }
@@ -187,7 +173,7 @@ impl Prepared {
 fn paper(dir: &Path) -> Result<Paper, StageError> {
     let path = dir.join(crate::kinds::signals::SUMMARY_FILE);
     let summary = serde_json::from_value(crate::kinds::read_json(&path)?)
-        .map_err(|error| failed(format!("{}: {error}", path.display())))?;
+        .map_err(|error| StageError::failed(format!("{}: {error}", path.display())))?;
     let path = dir.join(crate::kinds::signals::SIGNALS_FILE);
     let mut classes = Vec::new();
     let mut latest = Vec::new();
@@ -238,7 +224,8 @@ fn model(path: &Path) -> Result<Model, StageError> {
 
 /// The backtest's `equity.parquet`, whole.
 fn read_curve(path: &Path) -> Result<Curve, StageError> {
-    let reading = |error: &dyn std::fmt::Display| failed(format!("{}: {error}", path.display()));
+    let reading =
+        |error: &dyn std::fmt::Display| StageError::failed(format!("{}: {error}", path.display()));
     let mut curve = Curve::default();
     for batch in crate::kinds::read_parquet(path)? {
         let column = |name: &str| {

@@ -163,10 +163,6 @@ impl PreparedStage for Prepared {
     }
 }
 
-fn failed(message: impl std::fmt::Display) -> StageError {
-    StageError::Failed(message.to_string())
-}
-
 /// What `signals` reads of `model.json`.
 #[derive(Debug, Deserialize)]
 struct ModelFile {
@@ -260,7 +256,7 @@ fn signals_batch(
             signals.iter().map(|s| s.probabilities[class]),
         )));
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(StageError::failed)
 }
 
 fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
@@ -300,7 +296,7 @@ fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
         option(|e| e.gross_return),
         option(|e| e.net_return),
     ];
-    RecordBatch::try_new(Arc::new(schema), columns).map_err(failed)
+    RecordBatch::try_new(Arc::new(schema), columns).map_err(StageError::failed)
 }
 
 /// Every signal in the book's `bars/` directory, in time order.
@@ -393,11 +389,14 @@ impl Prepared {
         let model_path = context
             .input_with("model.json")
             .map(|input| input.dir.join("model.json"))
-            .ok_or_else(|| failed("no input holds a model.json: add a train stage to `needs`"))?;
-        let model: ModelFile = serde_json::from_value(crate::kinds::read_json(&model_path)?)
-            .map_err(|error| failed(format!("{}: {error}", model_path.display())))?;
+            .ok_or_else(|| {
+                StageError::failed("no input holds a model.json: add a train stage to `needs`")
+            })?;
+        let model: ModelFile = context
+            .read_input_json("model.json")?
+            .ok_or_else(|| StageError::failed("no input holds a model.json"))?;
         if model.format_version != crate::kinds::train::MODEL_FORMAT_VERSION {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "{}: model format {} (this build reads {}): re-run train",
                 model_path.display(),
                 model.format_version,
@@ -405,7 +404,7 @@ impl Prepared {
             )));
         }
         check_model(&model).map_err(|problem| {
-            failed(format!(
+            StageError::failed(format!(
                 "{}: {problem}: the file is damaged or was not written by train; re-run train",
                 model_path.display()
             ))
@@ -416,7 +415,7 @@ impl Prepared {
                 .iter()
                 .position(|c| c == class)
                 .ok_or_else(|| {
-                    failed(format!(
+                    StageError::failed(format!(
                         "entry.{key}: the model has no class `{class}` (it has {})",
                         model.classes.join(", ")
                     ))
@@ -431,10 +430,10 @@ impl Prepared {
 
         let session = crate::sql::input_session(context.input_dirs(), &context.data_dir)
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         let table = &params.features_table;
         if !has_table(&session, table) {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "no input provides a `{table}` table: add the features stage to `needs`"
             )));
         }
@@ -442,7 +441,7 @@ impl Prepared {
         let schema = session
             .table(datafusion::common::TableReference::bare(table.as_str()))
             .await
-            .map_err(|error| failed(format!("reading `{table}`: {error}")))?
+            .map_err(|error| StageError::failed(format!("reading `{table}`: {error}")))?
             .schema()
             .as_arrow()
             .clone();
@@ -453,14 +452,14 @@ impl Prepared {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "the model (trained to {}) uses features `{table}` no longer has: `{}`; retrain it (`--start-from train`)",
                 model.trained_on.to,
                 missing.join("`, `")
             )));
         }
         let (newest, rows, stale, incomplete) = self.newest_rows(&session, &model).await?;
-        let newest = newest.ok_or_else(|| failed(format!("`{table}` has no rows")))?;
+        let newest = newest.ok_or_else(|| StageError::failed(format!("`{table}` has no rows")))?;
 
         // The model on the newest bar.
         let dim = model.features.len();
@@ -502,7 +501,7 @@ impl Prepared {
         let bar_file = book.join("bars").join(format!("bar={newest}.parquet"));
         let appended =
             crate::market::lake::publish(&bar_file, &batch, crate::kinds::parquet_properties())
-                .map_err(failed)?;
+                .map_err(StageError::failed)?;
         if !appended {
             context.warn(&format!(
                 "{} already holds signals for this bar: kept them (a published signal is not rewritten)",
@@ -649,11 +648,11 @@ impl Prepared {
         );
         let batches = query(session, &sql, &format!("the newest rows of {table}"))
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         let mut newest_rows: Vec<(String, i64, Vec<Option<f64>>)> = Vec::new();
         let mut gaps = Vec::new();
         for batch in &batches {
-            let symbol = text_column(batch, 0).map_err(failed)?;
+            let symbol = text_column(batch, 0).map_err(StageError::failed)?;
             let symbol = symbol.as_string::<i32>();
             let time = batch.column(1).as_primitive::<Int64Type>();
             for row in 0..batch.num_rows() {
@@ -688,7 +687,7 @@ impl Prepared {
             .map(|(gap, _)| gap);
         if let Some(gap) = usual.filter(|&gap| gap != self.bar_ms) {
             let gap = gap.max(0) as u64;
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "interval: {} does not match `{}`, whose newest bars are {} apart: set `interval` to the features' interval",
                 self.params.interval,
                 self.params.features_table,
@@ -716,7 +715,7 @@ impl Prepared {
         from: i64,
     ) -> Result<(HashMap<(String, i64), (f64, f64)>, i64), StageError> {
         if !has_table(session, "klines") {
-            return Err(failed(
+            return Err(StageError::failed(
                 "no input provides the `klines` table: add the validate stage to `needs`",
             ));
         }
@@ -725,11 +724,13 @@ impl Prepared {
              FROM klines WHERE \"interval\" = '{}' AND open_time >= {from}",
             self.params.interval.replace('\'', "''")
         );
-        let batches = query(session, &sql, "the klines").await.map_err(failed)?;
+        let batches = query(session, &sql, "the klines")
+            .await
+            .map_err(StageError::failed)?;
         let mut prices = HashMap::new();
         let mut newest = i64::MIN;
         for batch in &batches {
-            let symbol = text_column(batch, 0).map_err(failed)?;
+            let symbol = text_column(batch, 0).map_err(StageError::failed)?;
             let symbol = symbol.as_string::<i32>();
             let time = batch.column(1).as_primitive::<Int64Type>();
             let open = batch.column(2).as_primitive::<Float64Type>();

@@ -156,10 +156,6 @@ fn sql_diagnostic(
     crate::diagnostic::Diagnostic::at(file, text, position, 1, message)
 }
 
-fn failed(message: impl std::fmt::Display) -> StageError {
-    StageError::Failed(message.to_string())
-}
-
 impl PreparedStage for Prepared {
     fn params(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
@@ -222,7 +218,7 @@ impl PreparedStage for Prepared {
 
 impl Prepared {
     fn tables(&self, context: &StageContext) -> Result<Vec<InputTable>, StageError> {
-        sql::stage_tables(context.input_dirs(), &context.data_dir).map_err(failed)
+        sql::stage_tables(context.input_dirs(), &context.data_dir).map_err(StageError::failed)
     }
 
     /// Plans the query in `session` with the params bound.
@@ -231,7 +227,7 @@ impl Prepared {
         session: &SessionContext,
     ) -> Result<datafusion::dataframe::DataFrame, StageError> {
         let located = |error: datafusion::error::DataFusionError| {
-            failed(sql_diagnostic(&self.query_file, &self.query, &error))
+            StageError::failed(sql_diagnostic(&self.query_file, &self.query, &error))
         };
         session
             .sql(&self.query)
@@ -246,7 +242,9 @@ impl Prepared {
         mark_provenance(context)?;
         let session = sql::session(parallel);
         for table in &tables {
-            sql::register(&session, table).await.map_err(failed)?;
+            sql::register(&session, table)
+                .await
+                .map_err(StageError::failed)?;
         }
         context
             .progress
@@ -281,7 +279,9 @@ impl Prepared {
                 Some(writer),
             )
             .await
-            .map_err(|error| failed(format!("{}: {error}", self.query_file.display())))?;
+            .map_err(|error| {
+                StageError::failed(format!("{}: {error}", self.query_file.display()))
+            })?;
         if self.params.lookahead_check {
             self.guard(context, &tables, &output, parallel).await?;
         }
@@ -301,9 +301,9 @@ impl Prepared {
         let full = session
             .read_parquet(output.to_string_lossy().as_ref(), Default::default())
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         if full.schema().field_with_unqualified_name(time).is_err() {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "lookahead_check: the output has no `{time}` column to compare rows by; keep it in the SELECT"
             )));
         }
@@ -318,17 +318,17 @@ impl Prepared {
                     datafusion::functions_aggregate::expr_fn::max(col(time)),
                 ],
             )
-            .map_err(failed)?
+            .map_err(StageError::failed)?
             .collect()
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         let span = span.first().and_then(|batch| {
             let low = ScalarValue::try_from_array(batch.column(0), 0).ok()?;
             let high = ScalarValue::try_from_array(batch.column(1), 0).ok()?;
             Some((as_i64(&low)?, as_i64(&high)?))
         });
         let Some((first, last)) = span else {
-            return Err(failed(
+            return Err(StageError::failed(
                 "lookahead_check: the output has no rows, so nothing can be checked",
             ));
         };
@@ -357,43 +357,47 @@ impl Prepared {
                     files: table.files.clone(),
                     lake: table.lake,
                 };
-                sql::register(&truncated, &raw).await.map_err(failed)?;
+                sql::register(&truncated, &raw)
+                    .await
+                    .map_err(StageError::failed)?;
                 for (name, raw_name) in table.names.iter().zip(&raw_names) {
                     let frame = truncated
                         .table(TableReference::bare(raw_name.as_str()))
                         .await
-                        .map_err(failed)?;
+                        .map_err(StageError::failed)?;
                     let frame = if frame.schema().field_with_unqualified_name(time).is_ok() {
-                        frame.filter(col(time).lt(lit(cut))).map_err(failed)?
+                        frame
+                            .filter(col(time).lt(lit(cut)))
+                            .map_err(StageError::failed)?
                     } else {
                         frame
                     };
                     truncated
                         .register_table(TableReference::bare(name.as_str()), frame.into_view())
-                        .map_err(failed)?;
+                        .map_err(StageError::failed)?;
                 }
             }
             let band = |frame: datafusion::dataframe::DataFrame| {
                 frame.filter(col(time).gt_eq(lit(band_start)).and(col(time).lt(lit(cut))))
             };
             let cut_rows = band(self.frame(&truncated).await?)
-                .map_err(failed)?
+                .map_err(StageError::failed)?
                 .collect()
                 .await
-                .map_err(failed)?;
+                .map_err(StageError::failed)?;
             let full_rows = band(full.clone())
-                .map_err(failed)?
+                .map_err(StageError::failed)?
                 .collect()
                 .await
-                .map_err(failed)?;
+                .map_err(StageError::failed)?;
             if full_rows.iter().map(RecordBatch::num_rows).sum::<usize>() == 0 {
-                return Err(failed(format!(
+                return Err(StageError::failed(format!(
                     "lookahead_check: no output row falls in the day before cut {k} ({}); the guard would check nothing. Use fewer cuts or more data",
                     crate::util::time::rfc3339(cut.max(0) as u64)
                 )));
             }
             if let Some(report) = compare(&full_rows, &cut_rows, time)? {
-                return Err(failed(format!(
+                return Err(StageError::failed(format!(
                     "look-ahead in {}: {report} when the inputs stop at {} ({time} = {cut}). A feature may use only rows at or before its own: no LEAD, no FOLLOWING frame, no statistic over a whole column",
                     self.query_file.display(),
                     crate::util::time::rfc3339(cut.max(0) as u64),
@@ -477,7 +481,7 @@ fn compare(
             for row in 0..batch.num_rows() {
                 let key = row_key(batch, row, time);
                 if rows.insert(key.clone(), (b, row)).is_some() {
-                    return Err(failed(format!(
+                    return Err(StageError::failed(format!(
                         "lookahead_check compares rows by symbol and `{time}`, and the output has several rows for {}; keep one row per symbol and time (filter on \"interval\")",
                         key.replace('\u{1f}', " ").trim()
                     )));

@@ -251,13 +251,15 @@ impl StageKind for Train {
         let embargo_ms = match params.embargo.as_deref() {
             None | Some("auto") => None,
             Some(text) => Some(
-                humantime::parse_duration(text)
+                // Zero is a real choice here (no embargo), so zero is accepted.
+                crate::util::duration::HumanDuration::parse(text)
                     .map_err(|cause| {
                         error(
                             "embargo",
                             format!("embargo must be `auto` or a duration such as 4h: {cause}"),
                         )
                     })?
+                    .get()
                     .as_millis() as i64,
             ),
         };
@@ -358,10 +360,6 @@ impl StageKind for Train {
             kernels_source,
         }))
     }
-}
-
-fn failed(message: impl std::fmt::Display) -> StageError {
-    StageError::Failed(message.to_string())
 }
 
 /// The predictions table's schema for `classes`.
@@ -489,7 +487,7 @@ impl Prepared {
         // The inputs as tables, exactly as a sql stage sees them.
         let session = sql::input_session(context.input_dirs(), &context.data_dir)
             .await
-            .map_err(failed)?;
+            .map_err(StageError::failed)?;
         let schema_of = |name: &str| {
             let session = &session;
             let name = name.to_owned();
@@ -498,15 +496,16 @@ impl Prepared {
                     .table(TableReference::bare(name.as_str()))
                     .await
                     .map(|frame| frame.schema().as_arrow().clone())
-                    .map_err(|_| failed(format!("no input provides a table `{name}`")))
+                    .map_err(|_| StageError::failed(format!("no input provides a table `{name}`")))
             }
         };
         let features_schema = schema_of(&resolved.features_table).await?;
         let labels_schema = schema_of(&resolved.labels_table).await?;
         let columns = self
             .columns(&features_schema)
-            .map_err(|error| failed(error.message))?;
-        crate::train::check_labels(&labels_schema, &resolved.labels_table).map_err(failed)?;
+            .map_err(|error| StageError::failed(error.message))?;
+        crate::train::check_labels(&labels_schema, &resolved.labels_table)
+            .map_err(StageError::failed)?;
         context.progress.message("reading features and labels");
         let data = crate::train::load(
             &session,
@@ -516,10 +515,10 @@ impl Prepared {
             &resolved.classes,
         )
         .await
-        .map_err(failed)?;
+        .map_err(StageError::failed)?;
         let loaded = started.elapsed();
         if data.rows() == 0 {
-            return Err(failed(format!(
+            return Err(StageError::failed(format!(
                 "`{}` and `{}` share no (symbol, open_time) row with finite features",
                 resolved.features_table, resolved.labels_table
             )));
@@ -662,8 +661,8 @@ impl Prepared {
         match task.await {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(message)) if message == "interrupted" => Err(StageError::Cancelled),
-            Ok(Err(message)) => Err(failed(message)),
-            Err(join) => Err(failed(format!("training stopped: {join}"))),
+            Ok(Err(message)) => Err(StageError::failed(message)),
+            Err(join) => Err(StageError::failed(format!("training stopped: {join}"))),
         }
     }
 
@@ -712,7 +711,8 @@ impl Prepared {
                 .iter_mut()
                 .map(|builder| Arc::new(builder.finish()) as arrow::array::ArrayRef),
         );
-        let batch = RecordBatch::try_new(predictions_schema(classes), arrays).map_err(failed)?;
+        let batch = RecordBatch::try_new(predictions_schema(classes), arrays)
+            .map_err(StageError::failed)?;
         crate::kinds::write_parquet(&context.output_dir.join(PREDICTIONS_FILE), &batch)?;
 
         // The model.

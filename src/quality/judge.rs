@@ -1,0 +1,504 @@
+//! Judging a measured dataset: a table of checks, each a small function of the figures and the
+//! limits, in the order the report lists them. A check passes or fails with its figure, limit
+//! and reason; the dataset's score is the weighted mean of its checks' scores.
+//!
+//! A passing check scores 1. A failing zero-tolerance check scores 0; a failing check with a
+//! tolerance scores `0.5 * limit / figure` (history: `0.5 * span / min_history`), so a near miss
+//! counts for more than a wild one. Weights: integrity (parts, schema, provenance, rows, order,
+//! grid, close times, OHLC, values, future candles) 2; coverage (missing, longest gap, ends
+//! early, history) 1.5; plausibility (filled bars, stale closes, outliers, source agreement) 1.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::measure::Measured;
+use crate::market::model::Interval;
+use crate::util::time::human;
+
+/// The limits a dataset is judged against (the `validate` stage's params).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub allow_synthetic: bool,
+    pub max_missing: f64,
+    pub max_gap: Duration,
+    pub max_filled: f64,
+    pub max_stale_run: u64,
+    pub outlier_z: f64,
+    pub max_outliers: f64,
+    pub min_history: Duration,
+    pub max_lag: Duration,
+    pub source_tolerance: f64,
+}
+
+/// One check of one dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub figure: f64,
+    pub limit: f64,
+    pub passed: bool,
+    pub score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip)]
+    weight: f64,
+}
+
+/// The verdict on one dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetReport {
+    pub source: String,
+    pub symbol: String,
+    pub interval: String,
+    pub rows: u64,
+    pub first_open_ms: Option<i64>,
+    pub last_open_ms: Option<i64>,
+    pub provenance: Vec<String>,
+    pub passed: bool,
+    pub score: f64,
+    pub failures: Vec<String>,
+    pub checks: Vec<Check>,
+}
+
+/// The key of a dataset.
+pub type DatasetKey = (String, String, String);
+
+/// What every check looks at.
+pub struct Subject<'a> {
+    pub key: &'a DatasetKey,
+    pub m: &'a Measured,
+    /// The largest close difference from another source of the symbol, and that source.
+    pub agreement: Option<&'a (f64, String)>,
+    /// The newest on-grid open time of any dataset of this interval.
+    pub newest: Option<i64>,
+    pub limits: &'a Limits,
+}
+
+impl Subject<'_> {
+    fn step_ms(&self) -> f64 {
+        self.m.interval.map_or(1, Interval::millis) as f64
+    }
+}
+
+/// One check: `None` when it does not apply (source agreement with a single source).
+type Rule = fn(&Subject<'_>) -> Option<Check>;
+
+/// Every check, in report order.
+const RULES: [Rule; 18] = [
+    parts,
+    schema,
+    provenance,
+    rows,
+    order,
+    grid,
+    close_time,
+    ohlc,
+    values,
+    future,
+    history,
+    missing,
+    longest_gap,
+    ends_early,
+    filled,
+    stale,
+    outliers,
+    sources,
+];
+
+/// The verdict on one dataset.
+pub fn judge(
+    key: &DatasetKey,
+    m: &Measured,
+    agreement: Option<&(f64, String)>,
+    newest: Option<i64>,
+    limits: &Limits,
+) -> DatasetReport {
+    let subject = Subject {
+        key,
+        m,
+        agreement,
+        newest,
+        limits,
+    };
+    let checks: Vec<Check> = RULES.iter().filter_map(|rule| rule(&subject)).collect();
+    let total: f64 = checks.iter().map(|c| c.weight).sum();
+    let score = checks.iter().map(|c| c.weight * c.score).sum::<f64>() / total;
+    let failures: Vec<String> = checks.iter().filter_map(|c| c.reason.clone()).collect();
+    DatasetReport {
+        source: key.0.clone(),
+        symbol: key.1.clone(),
+        interval: key.2.clone(),
+        rows: m.rows,
+        first_open_ms: m.first,
+        last_open_ms: m.last,
+        provenance: m.provenance.clone(),
+        passed: failures.is_empty(),
+        score: (score * 10_000.0).round() / 10_000.0,
+        failures,
+        checks,
+    }
+}
+
+fn parts(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!("parts damaged or missing: {}", s.m.damaged.join("; "));
+    exact("parts", s.m.damaged.len() as u64, 2.0, reason)
+}
+
+fn schema(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!("schema: {}", s.m.schema.join("; "));
+    exact("schema", s.m.schema.len() as u64, 2.0, reason)
+}
+
+fn provenance(s: &Subject<'_>) -> Option<Check> {
+    let m = s.m;
+    let simulated = m
+        .provenance
+        .iter()
+        .any(|kind| kind == crate::provenance::SIMULATED);
+    let unknown: Vec<&str> = m
+        .provenance
+        .iter()
+        .map(String::as_str)
+        .filter(|kind| {
+            !crate::provenance::REAL.contains(kind) && *kind != crate::provenance::SIMULATED
+        })
+        .collect();
+    let problem = if m.provenance.len() > 1 {
+        Some(format!(
+            "mixed provenance in one dataset: {}",
+            m.provenance.join(", ")
+        ))
+    } else if !unknown.is_empty() {
+        Some(format!(
+            "provenance `{}` is not a known source of real data (exchange, recorded, binance-dump)",
+            unknown.join(", ")
+        ))
+    } else if simulated && !s.limits.allow_synthetic {
+        Some(
+            "simulated data (set allow_synthetic: true to let it through, labelled synthetic)"
+                .to_owned(),
+        )
+    } else {
+        None
+    };
+    exact(
+        "provenance",
+        u64::from(problem.is_some()),
+        2.0,
+        problem.unwrap_or_default(),
+    )
+}
+
+/// No rows at all, with no damaged part or schema problem to explain it.
+fn rows(s: &Subject<'_>) -> Option<Check> {
+    let m = s.m;
+    let empty = m.rows == 0 && m.damaged.is_empty() && m.schema.is_empty();
+    exact("rows", u64::from(empty), 2.0, "no rows".to_owned())
+}
+
+fn order(s: &Subject<'_>) -> Option<Check> {
+    let m = s.m;
+    exact(
+        "order",
+        m.duplicates + m.out_of_order,
+        2.0,
+        format!(
+            "open times not strictly increasing: {} duplicate(s), {} out of order",
+            m.duplicates, m.out_of_order
+        ),
+    )
+}
+
+fn grid(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!("{} open time(s) off the {} grid", s.m.off_grid, s.key.2);
+    exact("grid", s.m.off_grid, 2.0, reason)
+}
+
+fn close_time(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!(
+        "{} candle(s) with closeTime != openTime + interval - 1 ms",
+        s.m.bad_close_time
+    );
+    exact("close_time", s.m.bad_close_time, 2.0, reason)
+}
+
+fn ohlc(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!(
+        "{} candle(s) break low <= min(open, close) <= max(open, close) <= high",
+        s.m.bad_ohlc
+    );
+    exact("ohlc", s.m.bad_ohlc, 2.0, reason)
+}
+
+fn values(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!(
+        "{} candle(s) with a missing or non-finite value, a non-positive price, a negative volume, quote volume or trade count, or taker volume above volume",
+        s.m.bad_values
+    );
+    exact("values", s.m.bad_values, 2.0, reason)
+}
+
+fn future(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!("{} candle(s) closing in the future", s.m.future);
+    exact("future", s.m.future, 2.0, reason)
+}
+
+fn history(s: &Subject<'_>) -> Option<Check> {
+    let m = s.m;
+    let span_ms = match (m.grid_first, m.grid_last) {
+        (Some(first), Some(last)) => (last - first) as f64 + s.step_ms(),
+        _ => 0.0,
+    };
+    let min_history = s.limits.min_history;
+    let min_history_ms = min_history.as_millis() as f64;
+    let long_enough = m.rows == 0 || span_ms >= min_history_ms;
+    Some(Check {
+        name: "history",
+        figure: span_ms / 86_400_000.0,
+        limit: min_history_ms / 86_400_000.0,
+        passed: long_enough,
+        score: if long_enough {
+            1.0
+        } else {
+            0.5 * (span_ms / min_history_ms).min(1.0)
+        },
+        reason: (!long_enough).then(|| {
+            format!(
+                "too short: {} of history (minimum {})",
+                human(Duration::from_millis(span_ms as u64)),
+                human(min_history)
+            )
+        }),
+        weight: 1.5,
+    })
+}
+
+/// The expected grid runs from the first to the last on-grid candle that has closed.
+fn missing(s: &Subject<'_>) -> Option<Check> {
+    let m = s.m;
+    let expected = match (m.grid_first, m.grid_last) {
+        (Some(first), Some(last)) => ((last - first) as f64 / s.step_ms()) + 1.0,
+        _ => 0.0,
+    };
+    let missing = if expected > 0.0 {
+        ((expected - m.distinct_on_grid as f64) / expected).max(0.0)
+    } else {
+        0.0
+    };
+    let limit = s.limits.max_missing;
+    tolerant(
+        "missing",
+        missing,
+        limit,
+        1.5,
+        format!(
+            "missing candles: {} of the expected grid (limit {})",
+            percent(missing),
+            percent(limit)
+        ),
+    )
+}
+
+/// A gap limit shorter than one candle would refuse any gap at all on long intervals.
+fn longest_gap(s: &Subject<'_>) -> Option<Check> {
+    let step = s.step_ms();
+    let gap_limit = s.limits.max_gap.max(Duration::from_millis(step as u64));
+    let gap = Duration::from_millis((s.m.longest_gap_bars as f64 * step) as u64);
+    tolerant(
+        "longest_gap",
+        gap.as_secs_f64() / 86_400.0,
+        gap_limit.as_secs_f64() / 86_400.0,
+        1.5,
+        format!(
+            "longest gap: {} candle(s) = {} (limit {})",
+            s.m.longest_gap_bars,
+            human(gap),
+            human(gap_limit)
+        ),
+    )
+}
+
+/// A dataset that stopped well before the others of its interval is stale at the end.
+fn ends_early(s: &Subject<'_>) -> Option<Check> {
+    let lag = match (s.newest, s.m.grid_last) {
+        (Some(newest), Some(last)) => Duration::from_millis((newest - last).max(0) as u64),
+        _ => Duration::ZERO,
+    };
+    let lag_limit = s
+        .limits
+        .max_lag
+        .max(Duration::from_millis(s.step_ms() as u64));
+    tolerant(
+        "ends_early",
+        lag.as_secs_f64() / 86_400.0,
+        lag_limit.as_secs_f64() / 86_400.0,
+        1.5,
+        format!(
+            "ends early: its last candle is {} behind the newest {} candle (limit {}; raise max_lag to keep delisted symbols)",
+            human(lag),
+            s.key.2,
+            human(lag_limit)
+        ),
+    )
+}
+
+fn filled(s: &Subject<'_>) -> Option<Check> {
+    let share = s.m.filled as f64 / s.m.rows.max(1) as f64;
+    let limit = s.limits.max_filled;
+    tolerant(
+        "filled",
+        share,
+        limit,
+        1.0,
+        format!(
+            "{} filled-looking bar(s) (no trades, no volume, O=H=L=C): {} (limit {})",
+            s.m.filled,
+            percent(share),
+            percent(limit)
+        ),
+    )
+}
+
+fn stale(s: &Subject<'_>) -> Option<Check> {
+    let (run, limit) = (s.m.longest_stale_run, s.limits.max_stale_run);
+    tolerant(
+        "stale",
+        run as f64,
+        limit as f64,
+        1.0,
+        format!("stale data: {run} identical closes in a row (limit {limit})"),
+    )
+}
+
+fn outliers(s: &Subject<'_>) -> Option<Check> {
+    let (z, limit) = (s.limits.outlier_z, s.limits.max_outliers);
+    let count = s.m.z_sorted.iter().take_while(|value| **value > z).count();
+    let share = count as f64 / s.m.returns.max(1) as f64;
+    tolerant(
+        "outliers",
+        share,
+        limit,
+        1.0,
+        format!(
+            "{count} return outlier(s) with robust |z| > {z} (largest {:.1}): {} of returns (limit {})",
+            s.m.z_sorted.first().copied().unwrap_or(0.0),
+            percent(share),
+            percent(limit)
+        ),
+    )
+}
+
+fn sources(s: &Subject<'_>) -> Option<Check> {
+    let (difference, other) = s.agreement?;
+    let limit = s.limits.source_tolerance;
+    tolerant(
+        "sources",
+        *difference,
+        limit,
+        1.0,
+        format!(
+            "closes differ from source `{other}` by up to {} (limit {})",
+            percent(*difference),
+            percent(limit)
+        ),
+    )
+}
+
+/// A zero-tolerance check: passes when `figure` is 0.
+fn exact(name: &'static str, figure: u64, weight: f64, reason: String) -> Option<Check> {
+    let passed = figure == 0;
+    Some(Check {
+        name,
+        figure: figure as f64,
+        limit: 0.0,
+        passed,
+        score: if passed { 1.0 } else { 0.0 },
+        reason: (!passed).then_some(reason),
+        weight,
+    })
+}
+
+/// A check with a tolerance: passes at or under `limit`; a failure scores half the ratio of
+/// the limit to the figure.
+fn tolerant(
+    name: &'static str,
+    figure: f64,
+    limit: f64,
+    weight: f64,
+    reason: String,
+) -> Option<Check> {
+    let passed = figure <= limit;
+    Some(Check {
+        name,
+        figure,
+        limit,
+        passed,
+        score: if passed {
+            1.0
+        } else {
+            0.5 * (limit / figure).min(1.0)
+        },
+        reason: (!passed).then_some(reason),
+        weight,
+    })
+}
+
+pub fn percent(share: f64) -> String {
+    format!("{:.2}%", share * 100.0)
+}
+
+/// The table printed at the end of the stage.
+pub fn render_table(reports: &[DatasetReport], synthetic: bool) -> String {
+    let mut out = String::new();
+    if synthetic {
+        out.push_str(&format!(
+            "*** {} ***\n",
+            crate::provenance::SYNTHETIC_BANNER
+        ));
+    }
+    let passed = reports.iter().filter(|r| r.passed).count();
+    out.push_str(&format!(
+        "validation: {passed} of {} datasets passed, {} quarantined\n",
+        reports.len(),
+        reports.len() - passed
+    ));
+    let date = |ms: Option<i64>| {
+        ms.map(|ms| crate::util::time::rfc3339(ms.max(0) as u64)[..10].to_owned())
+            .unwrap_or_else(|| "-".into())
+    };
+    let width = reports
+        .iter()
+        .map(|r| r.symbol.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let source_width = reports
+        .iter()
+        .map(|r| r.source.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    out.push_str(&format!(
+        "{:<source_width$}  {:<width$}  {:<8}  {:>8}  {:<10}  {:<10}  {:>5}  verdict\n",
+        "source", "symbol", "interval", "rows", "first", "last", "score"
+    ));
+    for r in reports {
+        let verdict = if r.passed {
+            "ok".to_owned()
+        } else {
+            format!("QUARANTINED: {}", r.failures.join("; "))
+        };
+        out.push_str(&format!(
+            "{:<source_width$}  {:<width$}  {:<8}  {:>8}  {:<10}  {:<10}  {:>5.2}  {verdict}\n",
+            r.source,
+            r.symbol,
+            r.interval,
+            r.rows,
+            date(r.first_open_ms),
+            date(r.last_open_ms),
+            r.score
+        ));
+    }
+    out
+}

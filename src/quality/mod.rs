@@ -1,0 +1,8 @@
+//! Data quality: what `validate` measures in a dataset of the lake (`measure`) and how it judges
+//! it (`judge`, a table of checks with figures, limits and reasons).
+
+pub mod judge;
+pub mod measure;
+
+pub use judge::{Check, DatasetKey, DatasetReport, Limits, judge, render_table};
+pub use measure::{Measured, scan_dataset, source_agreement};
