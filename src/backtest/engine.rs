@@ -193,75 +193,138 @@ pub fn simulate(
 ) -> Simulation {
     let symbols = market.symbols.len();
     let bars = market.times.len();
-    let mut simulation = Simulation {
-        trades: Vec::with_capacity(1024),
-        equity: Vec::with_capacity(bars),
-        positions: Vec::with_capacity(bars),
-        exposure: Vec::with_capacity(bars),
-        ..Simulation::default()
-    };
-    let capacity = rules.max_positions.max(1);
-    let mut book: Vec<Position> = Vec::with_capacity(capacity);
-    let mut held = vec![false; symbols];
-    // Entries decided at a close, to fill at the next open: (symbol, side).
-    let mut orders: Vec<(u32, i8)> = Vec::with_capacity(capacity);
-    let mut candidates: Vec<(f32, u32)> = Vec::with_capacity(symbols);
-    let mut cash = rules.capital;
-    let mut equity = rules.capital;
-    let slip = rules.slippage;
-
+    let mut desk = Desk::new(market, signals, instruments, rules);
     for bar in 0..bars {
         let row = bar * symbols;
         // 1. The open: pending exits, then pending entries.
+        desk.fill_exits(bar, row);
+        desk.fill_entries(bar, row);
+        // 2. Funding, for positions held through this open.
+        if let Some(rates) = funding {
+            desk.charge_funding(bar, row, rates);
+        }
+        // 3. Intrabar stops and targets.
+        desk.stops_and_targets(bar, row);
+        // 4. The close: mark to market; at the end close everything, else decide the next open.
+        let mut gross = desk.mark_to_market(row);
+        if bar + 1 == bars {
+            desk.close_all(bar, row);
+            gross = 0.0;
+        } else {
+            desk.decide(bar, row);
+        }
+        desk.simulation.equity.push(desk.equity);
+        desk.simulation.positions.push(desk.book.len() as u32);
+        desk.simulation.exposure.push(gross);
+    }
+    desk.simulation.bar_steps = (bars * symbols) as u64;
+    desk.simulation
+}
+
+/// The account while `simulate` walks the bars: open positions, orders for the next open,
+/// cash and equity, and what has happened so far.
+struct Desk<'a> {
+    market: &'a Market,
+    signals: &'a Signals,
+    instruments: &'a [Instrument],
+    rules: &'a Rules,
+    symbols: usize,
+    capacity: usize,
+    simulation: Simulation,
+    book: Vec<Position>,
+    held: Vec<bool>,
+    /// Entries decided at a close, to fill at the next open: (symbol, side).
+    orders: Vec<(u32, i8)>,
+    candidates: Vec<(f32, u32)>,
+    cash: f64,
+    equity: f64,
+}
+
+impl<'a> Desk<'a> {
+    fn new(
+        market: &'a Market,
+        signals: &'a Signals,
+        instruments: &'a [Instrument],
+        rules: &'a Rules,
+    ) -> Self {
+        let symbols = market.symbols.len();
+        let bars = market.times.len();
+        let capacity = rules.max_positions.max(1);
+        Self {
+            market,
+            signals,
+            instruments,
+            rules,
+            symbols,
+            capacity,
+            simulation: Simulation {
+                trades: Vec::with_capacity(1024),
+                equity: Vec::with_capacity(bars),
+                positions: Vec::with_capacity(bars),
+                exposure: Vec::with_capacity(bars),
+                ..Simulation::default()
+            },
+            book: Vec::with_capacity(capacity),
+            held: vec![false; symbols],
+            orders: Vec::with_capacity(capacity),
+            candidates: Vec::with_capacity(symbols),
+            cash: rules.capital,
+            equity: rules.capital,
+        }
+    }
+
+    /// Closes `book[index]` at `price` and frees its symbol.
+    fn close(&mut self, index: usize, bar: usize, price: f64, fee_rate: f64, reason: ExitReason) {
+        let position = self.book.swap_remove(index);
+        self.cash += close_position(&mut self.simulation, position, bar, price, fee_rate, reason);
+        self.held[position.symbol as usize] = false;
+    }
+
+    /// Positions marked to leave fill at this open, where their symbol has a bar.
+    fn fill_exits(&mut self, bar: usize, row: usize) {
         let mut index = 0;
-        while index < book.len() {
-            let position = book[index];
-            let cell = row + position.symbol as usize;
-            let open = market.open[cell];
+        while index < self.book.len() {
+            let position = self.book[index];
+            let open = self.market.open[row + position.symbol as usize];
             match position.leaving {
                 Some(reason) if !open.is_nan() => {
-                    let price = open * (1.0 - f64::from(position.side) * slip);
-                    cash += close_position(
-                        &mut simulation,
-                        position,
-                        bar,
-                        price,
-                        rules.taker_fee,
-                        reason,
-                    );
-                    held[position.symbol as usize] = false;
-                    book.swap_remove(index);
+                    let price = open * (1.0 - f64::from(position.side) * self.rules.slippage);
+                    self.close(index, bar, price, self.rules.taker_fee, reason);
                 }
                 _ => index += 1,
             }
         }
-        for &(symbol, side) in &orders {
-            let cell = row + symbol as usize;
-            let open = market.open[cell];
+    }
+
+    /// The orders decided at the last close fill at this open, sized by risk and capped.
+    fn fill_entries(&mut self, bar: usize, row: usize) {
+        let rules = self.rules;
+        for &(symbol, side) in &self.orders {
+            let open = self.market.open[row + symbol as usize];
             if open.is_nan() {
-                simulation.skipped.no_bar += 1;
+                self.simulation.skipped.no_bar += 1;
                 continue;
             }
             // An exit counted on at the close may not have filled (its symbol had no bar).
-            if book.len() >= capacity {
-                simulation.skipped.capacity += 1;
+            if self.book.len() >= self.capacity {
+                self.simulation.skipped.capacity += 1;
                 continue;
             }
-            let price = open * (1.0 + f64::from(side) * slip);
-            let instrument = instruments[symbol as usize];
-            let risk_units = rules.risk_per_trade * equity / (price * rules.stop);
+            let price = open * (1.0 + f64::from(side) * rules.slippage);
+            let instrument = self.instruments[symbol as usize];
+            let risk_units = rules.risk_per_trade * self.equity / (price * rules.stop);
             // No single position is larger than the account.
-            let units = round_to_step(risk_units.min(equity / price), instrument.step_size);
+            let units = round_to_step(risk_units.min(self.equity / price), instrument.step_size);
             let notional = units * price;
             if units <= 0.0 || notional < instrument.min_notional {
-                simulation.skipped.too_small += 1;
+                self.simulation.skipped.too_small += 1;
                 continue;
             }
             let fee = notional * rules.taker_fee;
-            cash -= fee;
-            simulation.fees += fee;
+            self.cash -= fee;
+            self.simulation.fees += fee;
             let direction = f64::from(side);
-            book.push(Position {
+            self.book.push(Position {
                 symbol,
                 side,
                 units,
@@ -276,32 +339,36 @@ pub fn simulate(
                 mark: price,
                 leaving: None,
             });
-            held[symbol as usize] = true;
+            self.held[symbol as usize] = true;
         }
-        orders.clear();
+        self.orders.clear();
+    }
 
-        // 2. Funding, for positions held through this open.
-        if let Some(rates) = funding {
-            for position in book.iter_mut().filter(|p| p.entry_bar < bar) {
-                let cell = row + position.symbol as usize;
-                let rate = rates[cell];
-                // Without a bar, the position is still held: price it at its last close.
-                let open = market.open[cell];
-                let price = if open.is_nan() { position.mark } else { open };
-                if rate != 0.0 {
-                    let paid = f64::from(position.side) * position.units * price * rate;
-                    position.funding += paid;
-                    cash -= paid;
-                    simulation.funding += paid;
-                }
+    /// Funding for positions held through this open (not those that just entered).
+    fn charge_funding(&mut self, bar: usize, row: usize, rates: &[f64]) {
+        for position in self.book.iter_mut().filter(|p| p.entry_bar < bar) {
+            let cell = row + position.symbol as usize;
+            let rate = rates[cell];
+            // Without a bar, the position is still held: price it at its last close.
+            let open = self.market.open[cell];
+            let price = if open.is_nan() { position.mark } else { open };
+            if rate != 0.0 {
+                let paid = f64::from(position.side) * position.units * price * rate;
+                position.funding += paid;
+                self.cash -= paid;
+                self.simulation.funding += paid;
             }
         }
+    }
 
-        // 3. Intrabar stops and targets.
+    /// Stops before targets when one bar reaches both; a gap through a level fills at the open.
+    fn stops_and_targets(&mut self, bar: usize, row: usize) {
+        let slip = self.rules.slippage;
         let mut index = 0;
-        while index < book.len() {
-            let position = book[index];
+        while index < self.book.len() {
+            let position = self.book[index];
             let cell = row + position.symbol as usize;
+            let market = self.market;
             let (open, high, low) = (market.open[cell], market.high[cell], market.low[cell]);
             if open.is_nan() {
                 index += 1;
@@ -324,7 +391,7 @@ pub fn simulate(
                     position.stop_price
                 };
                 let price = level * (1.0 - f64::from(position.side) * slip);
-                Some((price, rules.taker_fee, ExitReason::Stop))
+                Some((price, self.rules.taker_fee, ExitReason::Stop))
             } else if !position.target_price.is_nan()
                 && beyond(favourable, position.target_price, false)
             {
@@ -333,25 +400,24 @@ pub fn simulate(
                 } else {
                     position.target_price
                 };
-                Some((price, rules.maker_fee, ExitReason::Target))
+                Some((price, self.rules.maker_fee, ExitReason::Target))
             } else {
                 None
             };
             match exit {
-                Some((price, fee_rate, reason)) => {
-                    cash += close_position(&mut simulation, position, bar, price, fee_rate, reason);
-                    held[position.symbol as usize] = false;
-                    book.swap_remove(index);
-                }
+                Some((price, fee_rate, reason)) => self.close(index, bar, price, fee_rate, reason),
                 None => index += 1,
             }
         }
+    }
 
-        // 4. The close: mark to market.
+    /// Marks the book at this close (the last close seen where a symbol has no bar); sets the
+    /// equity and returns the gross exposure.
+    fn mark_to_market(&mut self, row: usize) -> f64 {
         let mut unrealised = 0.0;
         let mut gross = 0.0;
-        for position in book.iter_mut() {
-            let close = market.close[row + position.symbol as usize];
+        for position in self.book.iter_mut() {
+            let close = self.market.close[row + position.symbol as usize];
             if !close.is_nan() {
                 position.mark = close;
             }
@@ -359,78 +425,82 @@ pub fn simulate(
                 f64::from(position.side) * position.units * (position.mark - position.entry_price);
             gross += position.units * position.mark;
         }
-        equity = cash + unrealised;
+        self.equity = self.cash + unrealised;
+        gross
+    }
 
-        if bar + 1 == bars {
-            // The end: close what is open at the last close; signals here cannot fill.
-            simulation.skipped.last_bar += signals.side[row..row + symbols]
-                .iter()
-                .filter(|&&side| side != FLAT)
-                .count() as u64;
-            while let Some(position) = book.pop() {
-                let price = position.mark * (1.0 - f64::from(position.side) * slip);
-                cash += close_position(
-                    &mut simulation,
-                    position,
-                    bar,
-                    price,
-                    rules.taker_fee,
-                    ExitReason::End,
-                );
+    /// The end: closes what is open at the last close; signals here cannot fill.
+    fn close_all(&mut self, bar: usize, row: usize) {
+        self.simulation.skipped.last_bar += self.signals.side[row..row + self.symbols]
+            .iter()
+            .filter(|&&side| side != FLAT)
+            .count() as u64;
+        let slip = self.rules.slippage;
+        while let Some(position) = self.book.pop() {
+            let price = position.mark * (1.0 - f64::from(position.side) * slip);
+            self.cash += close_position(
+                &mut self.simulation,
+                position,
+                bar,
+                price,
+                self.rules.taker_fee,
+                ExitReason::End,
+            );
+        }
+        self.equity = self.cash;
+    }
+
+    /// Decisions for the next open: exits by horizon or reversal, then entries, strongest
+    /// first, into the slots that will be free.
+    fn decide(&mut self, bar: usize, row: usize) {
+        let (rules, signals) = (self.rules, self.signals);
+        let mut leaving = 0;
+        for position in self.book.iter_mut() {
+            let cell = row + position.symbol as usize;
+            let held_bars = bar + 1 - position.entry_bar;
+            if position.leaving.is_some() {
+                // Still waiting for a bar to leave at.
+            } else if rules.horizon.is_some_and(|horizon| held_bars >= horizon) {
+                position.leaving = Some(ExitReason::Horizon);
+            } else if rules.reverse && signals.side[cell] == -position.side {
+                position.leaving = Some(ExitReason::Reversal);
             }
-            equity = cash;
-            gross = 0.0;
-        } else {
-            // Decisions for the next open.
-            let mut leaving = 0;
-            for position in book.iter_mut() {
-                let cell = row + position.symbol as usize;
-                let held_bars = bar + 1 - position.entry_bar;
-                if position.leaving.is_some() {
-                    // Still waiting for a bar to leave at.
-                } else if rules.horizon.is_some_and(|horizon| held_bars >= horizon) {
-                    position.leaving = Some(ExitReason::Horizon);
-                } else if rules.reverse && signals.side[cell] == -position.side {
-                    position.leaving = Some(ExitReason::Reversal);
-                }
-                if position.leaving.is_some() {
-                    leaving += 1;
-                }
-            }
-            candidates.clear();
-            let sides = &signals.side[row..row + symbols];
-            for (symbol, (&side, &holding)) in sides.iter().zip(&held).enumerate() {
-                if side == FLAT {
-                    continue;
-                }
-                // A symbol already held takes no second position, unless it is leaving at the
-                // next open because the signal reversed.
-                if holding
-                    && !book.iter().any(|p| {
-                        p.symbol as usize == symbol && p.leaving.is_some() && p.side != side
-                    })
-                {
-                    continue;
-                }
-                candidates.push((signals.score[row + symbol], symbol as u32));
-            }
-            // Strongest first; ties go to the lower symbol index, so runs are reproducible.
-            candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let free = capacity.saturating_sub(book.len() - leaving);
-            for (taken, &(_, symbol)) in candidates.iter().enumerate() {
-                if taken < free {
-                    orders.push((symbol, signals.side[row + symbol as usize]));
-                } else {
-                    simulation.skipped.capacity += 1;
-                }
+            if position.leaving.is_some() {
+                leaving += 1;
             }
         }
-        simulation.equity.push(equity);
-        simulation.positions.push(book.len() as u32);
-        simulation.exposure.push(gross);
+        self.candidates.clear();
+        let sides = &signals.side[row..row + self.symbols];
+        for (symbol, (&side, &holding)) in sides.iter().zip(&self.held).enumerate() {
+            if side == FLAT {
+                continue;
+            }
+            // A symbol already held takes no second position, unless it is leaving at the
+            // next open because the signal reversed.
+            if holding
+                && !self
+                    .book
+                    .iter()
+                    .any(|p| p.symbol as usize == symbol && p.leaving.is_some() && p.side != side)
+            {
+                continue;
+            }
+            self.candidates
+                .push((signals.score[row + symbol], symbol as u32));
+        }
+        // Strongest first; ties go to the lower symbol index, so runs are reproducible.
+        self.candidates
+            .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let free = self.capacity.saturating_sub(self.book.len() - leaving);
+        for (taken, &(_, symbol)) in self.candidates.iter().enumerate() {
+            if taken < free {
+                self.orders
+                    .push((symbol, signals.side[row + symbol as usize]));
+            } else {
+                self.simulation.skipped.capacity += 1;
+            }
+        }
     }
-    simulation.bar_steps = (bars * symbols) as u64;
-    simulation
 }
 
 /// Closes `position` at `price` (slippage already applied), records the trade and returns the

@@ -239,7 +239,93 @@ impl PreparedStage for Prepared {
     }
 }
 
+/// The dump's kline files, grouped by symbol and interval.
+async fn dump_feed(url: &str) -> Result<Feed<'static>, StageError> {
+    let (store, objects) = crate::market::exchange::dump::list_kline_objects(url)
+        .await
+        .map_err(StageError::failed)?;
+    let mut files: BTreeMap<(String, Interval), Vec<object_store::path::Path>> = BTreeMap::new();
+    for object in objects {
+        files
+            .entry((object.symbol, object.interval))
+            .or_default()
+            .push(object.location);
+    }
+    Ok(Feed::Dump { store, files })
+}
+
+impl Collector<'_> {
+    /// Every partition, `concurrency` at a time; the first error stops the others and is the
+    /// stage's (an interruption stays an interruption). Reports in symbol, interval order.
+    async fn run(
+        &self,
+        partitions: &[Partition],
+        concurrency: usize,
+    ) -> Result<Vec<PartitionReport>, StageError> {
+        let tasks: Vec<_> = partitions
+            .iter()
+            .map(|partition| self.partition(partition))
+            .collect();
+        let results: Vec<Result<Option<PartitionReport>, StageError>> =
+            futures::stream::iter(tasks)
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+        let mut reports = Vec::new();
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(Some(report)) => reports.push(report),
+                Ok(None) => {}
+                Err(error) => {
+                    if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
+                        first_error = Some(error);
+                    }
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(if self.context.cancel.is_cancelled() {
+                StageError::Cancelled
+            } else {
+                error
+            });
+        }
+        reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
+        Ok(reports)
+    }
+}
+
 impl Prepared {
+    /// Spends the budget `rate_limits` measured, if it was measured for this source and the
+    /// exchange still declares the same window; otherwise says why not.
+    fn apply_recommendation(
+        &self,
+        context: &StageContext,
+        connection: &crate::market::exchange::connections::Connection,
+        rec: &Recommendation,
+    ) {
+        let declared =
+            crate::market::exchange::client::tightest_weight_limit(&connection.info.rate_limits)
+                .and_then(|limit| limit.window_ms());
+        if rec.source != self.source.name {
+            context.warn(&format!(
+                "ignoring the rate-limit recommendation measured for source `{}`; this stage collects from `{}`",
+                rec.source, self.source.name
+            ));
+        } else if declared != Some(rec.window_ms) {
+            context.warn(&format!(
+                "ignoring the rate-limit recommendation: it is for a {} ms window, the exchange now declares {:?} ms",
+                rec.window_ms, declared
+            ));
+        } else {
+            connection
+                .client
+                .limiter
+                .configure(rec.window_ms, rec.weight_budget);
+        }
+    }
+
     async fn collect(&self, context: &StageContext) -> Result<(), StageError> {
         let started = Instant::now();
         let started_ms = crate::util::time::now_ms();
@@ -255,23 +341,7 @@ impl Prepared {
                     .await?;
                 let client = &connection.client;
                 if let Some(rec) = &recommendation {
-                    let declared = crate::market::exchange::client::tightest_weight_limit(
-                        &connection.info.rate_limits,
-                    )
-                    .and_then(|limit| limit.window_ms());
-                    if rec.source != self.source.name {
-                        context.warn(&format!(
-                            "ignoring the rate-limit recommendation measured for source `{}`; this stage collects from `{}`",
-                            rec.source, self.source.name
-                        ));
-                    } else if declared != Some(rec.window_ms) {
-                        context.warn(&format!(
-                            "ignoring the rate-limit recommendation: it is for a {} ms window, the exchange now declares {:?} ms",
-                            rec.window_ms, declared
-                        ));
-                    } else {
-                        client.limiter.configure(rec.window_ms, rec.weight_budget);
-                    }
+                    self.apply_recommendation(context, &connection, rec);
                 }
                 (
                     Feed::Exchange(client),
@@ -280,25 +350,12 @@ impl Prepared {
                     client.limiter.server_now_ms(),
                 )
             }
-            SourceKind::Dump { url, display } => {
-                let (store, objects) = crate::market::exchange::dump::list_kline_objects(url)
-                    .await
-                    .map_err(StageError::failed)?;
-                let mut files: BTreeMap<(String, Interval), Vec<object_store::path::Path>> =
-                    BTreeMap::new();
-                for object in objects {
-                    files
-                        .entry((object.symbol, object.interval))
-                        .or_default()
-                        .push(object.location);
-                }
-                (
-                    Feed::Dump { store, files },
-                    display.clone(),
-                    "binance-dump".to_owned(),
-                    crate::util::time::now_ms(),
-                )
-            }
+            SourceKind::Dump { url, display } => (
+                dump_feed(url).await?,
+                display.clone(),
+                "binance-dump".to_owned(),
+                crate::util::time::now_ms(),
+            ),
         };
         let concurrency = self
             .params
@@ -353,36 +410,7 @@ impl Prepared {
             collector.provenance.base_url,
             crate::util::time::rfc3339(start_ms)
         ));
-        let tasks: Vec<_> = partitions
-            .iter()
-            .map(|partition| collector.partition(partition))
-            .collect();
-        let results: Vec<Result<Option<PartitionReport>, StageError>> =
-            futures::stream::iter(tasks)
-                .buffer_unordered(concurrency)
-                .collect()
-                .await;
-        let mut reports = Vec::new();
-        let mut first_error = None;
-        for result in results {
-            match result {
-                Ok(Some(report)) => reports.push(report),
-                Ok(None) => {}
-                Err(error) => {
-                    if first_error.is_none() || matches!(first_error, Some(StageError::Cancelled)) {
-                        first_error = Some(error);
-                    }
-                }
-            }
-        }
-        if let Some(error) = first_error {
-            return Err(if context.cancel.is_cancelled() {
-                StageError::Cancelled
-            } else {
-                error
-            });
-        }
-        reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
+        let reports = collector.run(&partitions, concurrency).await?;
         let listing = self.listing(context, &partitions)?;
         write_json(&context.output_dir.join(LISTING_FILE), &listing)?;
         let (requests, retries, rate_limited, weight) = match &collector.feed {

@@ -382,33 +382,78 @@ fn previous_closed(path: &Path) -> Result<HashMap<(String, i64), Entry>, StageEr
     Ok(closed)
 }
 
+/// `model.json` from the train input, checked: the format this build reads, and shapes that
+/// fit (a damaged file is an error naming it, never a panic).
+fn load_model(context: &StageContext) -> Result<ModelFile, StageError> {
+    let model_path = context
+        .input_with("model.json")
+        .map(|input| input.dir.join("model.json"))
+        .ok_or_else(|| {
+            StageError::failed("no input holds a model.json: add a train stage to `needs`")
+        })?;
+    let model: ModelFile = context
+        .read_input_json("model.json")?
+        .ok_or_else(|| StageError::failed("no input holds a model.json"))?;
+    if model.format_version != crate::kinds::train::MODEL_FORMAT_VERSION {
+        return Err(StageError::failed(format!(
+            "{}: model format {} (this build reads {}): re-run train",
+            model_path.display(),
+            model.format_version,
+            crate::kinds::train::MODEL_FORMAT_VERSION
+        )));
+    }
+    check_model(&model).map_err(|problem| {
+        StageError::failed(format!(
+            "{}: {problem}: the file is damaged or was not written by train; re-run train",
+            model_path.display()
+        ))
+    })?;
+    Ok(model)
+}
+
+/// `signals.txt`: the newest bar's signals and the paper book, as the run prints them.
+fn signals_text(summary: &SignalsSummary) -> String {
+    let percent = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:+.3}%", v * 100.0));
+    let mut text = String::new();
+    if summary.synthetic {
+        text.push_str(crate::provenance::SYNTHETIC_BANNER);
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "signals at {} (model trained to {}): {} long, {} short, {} flat",
+        summary.bar, summary.model_trained_to, summary.long, summary.short, summary.flat
+    ));
+    for (what, symbols) in [
+        ("no bar at this time", &summary.stale_symbols),
+        ("incomplete features", &summary.incomplete_symbols),
+        ("still warming up", &summary.warming_up_symbols),
+    ] {
+        if !symbols.is_empty() {
+            text.push_str(&format!("; {what}: {}", symbols.join(", ")));
+        }
+    }
+    text.push('\n');
+    let book = &summary.ledger;
+    text.push_str(&format!(
+        "paper book {}: {} paper trades, {} closed (mean {} net, {} gross, hit rate {}), {} open, {} without prices\n",
+        summary.book,
+        book.signals,
+        book.closed,
+        percent(book.mean_net_return),
+        percent(book.mean_gross_return),
+        book.hit_rate
+            .map_or("n/a".to_owned(), |v| format!("{:.1}%", v * 100.0)),
+        book.open,
+        book.no_price
+    ));
+    text
+}
+
 impl Prepared {
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let params = &self.params;
         let synthetic = crate::kinds::sql::mark_provenance(context)?;
-        let model_path = context
-            .input_with("model.json")
-            .map(|input| input.dir.join("model.json"))
-            .ok_or_else(|| {
-                StageError::failed("no input holds a model.json: add a train stage to `needs`")
-            })?;
-        let model: ModelFile = context
-            .read_input_json("model.json")?
-            .ok_or_else(|| StageError::failed("no input holds a model.json"))?;
-        if model.format_version != crate::kinds::train::MODEL_FORMAT_VERSION {
-            return Err(StageError::failed(format!(
-                "{}: model format {} (this build reads {}): re-run train",
-                model_path.display(),
-                model.format_version,
-                crate::kinds::train::MODEL_FORMAT_VERSION
-            )));
-        }
-        check_model(&model).map_err(|problem| {
-            StageError::failed(format!(
-                "{}: {problem}: the file is damaged or was not written by train; re-run train",
-                model_path.display()
-            ))
-        })?;
+        let model = load_model(context)?;
         let class_index = |class: &str, key: &str| {
             model
                 .classes
@@ -431,64 +476,13 @@ impl Prepared {
         let session = crate::sql::input_session(context.input_dirs(), &context.data_dir)
             .await
             .map_err(StageError::failed)?;
+        self.check_features(&session, &model).await?;
         let table = &params.features_table;
-        if !has_table(&session, table) {
-            return Err(StageError::failed(format!(
-                "no input provides a `{table}` table: add the features stage to `needs`"
-            )));
-        }
-        // A model kept by `reuse_for` may predate an edit of the feature file.
-        let schema = session
-            .table(datafusion::common::TableReference::bare(table.as_str()))
-            .await
-            .map_err(|error| StageError::failed(format!("reading `{table}`: {error}")))?
-            .schema()
-            .as_arrow()
-            .clone();
-        let missing: Vec<&str> = model
-            .features
-            .iter()
-            .filter(|name| schema.field_with_name(name).is_err())
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(StageError::failed(format!(
-                "the model (trained to {}) uses features `{table}` no longer has: `{}`; retrain it (`--start-from train`)",
-                model.trained_on.to,
-                missing.join("`, `")
-            )));
-        }
         let (newest, rows, stale, incomplete) = self.newest_rows(&session, &model).await?;
         let newest = newest.ok_or_else(|| StageError::failed(format!("`{table}` has no rows")))?;
 
         // The model on the newest bar.
-        let dim = model.features.len();
-        let mut x = Vec::with_capacity(rows.len() * dim);
-        for (_, values) in &rows {
-            for (column, value) in values.iter().enumerate() {
-                x.push(((value - model.scaler.mean[column]) / model.scaler.scale[column]) as f32);
-            }
-        }
-        let probabilities = model.network.predict(&x, rows.len());
-        let k = model.classes.len();
-        let rule = params.entry.rule();
-        let signals: Vec<Signal> = rows
-            .iter()
-            .enumerate()
-            .map(|(row, (symbol, _))| {
-                let p: Vec<f64> = probabilities[row * k..(row + 1) * k]
-                    .iter()
-                    .map(|&v| f64::from(v))
-                    .collect();
-                let (side, _) = rule.decide(p[long], short.map_or(0.0, |s| p[s]));
-                Signal {
-                    symbol: symbol.clone(),
-                    open_time: newest,
-                    side,
-                    probabilities: p,
-                }
-            })
-            .collect();
+        let signals = self.predict(&model, &rows, newest, long, short);
         let batch = signals_batch(&signals, &model.classes, self.bar_ms, &model.trained_on.to)?;
         crate::kinds::write_parquet(&context.output_dir.join(SIGNALS_FILE), &batch)?;
 
@@ -554,66 +548,100 @@ impl Prepared {
             .unwrap_or(&book)
             .display()
             .to_string();
-        let at = crate::util::time::rfc3339(newest.max(0) as u64);
         let count = |side: i8| signals.iter().filter(|s| s.side == side).count();
-        let summary = book_summary(&entries);
-        crate::kinds::write_json(
-            &context.output_dir.join(SUMMARY_FILE),
-            &SignalsSummary {
-                bar: at.clone(),
-                model_trained_to: model.trained_on.to.clone(),
-                symbols: signals.len(),
-                long: count(LONG),
-                short: count(crate::backtest::SHORT),
-                flat: count(FLAT),
-                stale_symbols: stale.clone(),
-                incomplete_symbols: incomplete.clone(),
-                warming_up_symbols: warming_up.clone(),
-                book: shown.clone(),
-                appended,
-                ledger: summary.clone(),
-                synthetic,
-            },
-        )?;
-        let percent =
-            |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:+.3}%", v * 100.0));
-        let mut text = String::new();
-        if synthetic {
-            text.push_str(crate::provenance::SYNTHETIC_BANNER);
-            text.push('\n');
-        }
-        text.push_str(&format!(
-            "signals at {at} (model trained to {}): {} long, {} short, {} flat",
-            model.trained_on.to,
-            count(LONG),
-            count(crate::backtest::SHORT),
-            count(FLAT)
-        ));
-        for (what, symbols) in [
-            ("no bar at this time", &stale),
-            ("incomplete features", &incomplete),
-            ("still warming up", &warming_up),
-        ] {
-            if !symbols.is_empty() {
-                text.push_str(&format!("; {what}: {}", symbols.join(", ")));
-            }
-        }
-        text.push('\n');
-        text.push_str(&format!(
-            "paper book {shown}: {} paper trades, {} closed (mean {} net, {} gross, hit rate {}), {} open, {} without prices\n",
-            summary.signals,
-            summary.closed,
-            percent(summary.mean_net_return),
-            percent(summary.mean_gross_return),
-            summary
-                .hit_rate
-                .map_or("n/a".to_owned(), |v| format!("{:.1}%", v * 100.0)),
-            summary.open,
-            summary.no_price
-        ));
+        let summary = SignalsSummary {
+            bar: crate::util::time::rfc3339(newest.max(0) as u64),
+            model_trained_to: model.trained_on.to.clone(),
+            symbols: signals.len(),
+            long: count(LONG),
+            short: count(crate::backtest::SHORT),
+            flat: count(FLAT),
+            stale_symbols: stale,
+            incomplete_symbols: incomplete,
+            warming_up_symbols: warming_up,
+            book: shown,
+            appended,
+            ledger: book_summary(&entries),
+            synthetic,
+        };
+        crate::kinds::write_json(&context.output_dir.join(SUMMARY_FILE), &summary)?;
+        let text = signals_text(&summary);
         fs_err::write(context.output_dir.join("signals.txt"), &text)?;
         context.progress.report(text);
         Ok(())
+    }
+
+    /// Every feature the model uses is still in the features table (a model kept by
+    /// `reuse_for` may predate an edit of the feature file).
+    async fn check_features(
+        &self,
+        session: &datafusion::prelude::SessionContext,
+        model: &ModelFile,
+    ) -> Result<(), StageError> {
+        let table = &self.params.features_table;
+        if !has_table(session, table) {
+            return Err(StageError::failed(format!(
+                "no input provides a `{table}` table: add the features stage to `needs`"
+            )));
+        }
+        let schema = session
+            .table(datafusion::common::TableReference::bare(table.as_str()))
+            .await
+            .map_err(|error| StageError::failed(format!("reading `{table}`: {error}")))?
+            .schema()
+            .as_arrow()
+            .clone();
+        let missing: Vec<&str> = model
+            .features
+            .iter()
+            .filter(|name| schema.field_with_name(name).is_err())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(StageError::failed(format!(
+                "the model (trained to {}) uses features `{table}` no longer has: `{}`; retrain it (`--start-from train`)",
+                model.trained_on.to,
+                missing.join("`, `")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Each symbol's signal at `newest` from the model's class probabilities.
+    fn predict(
+        &self,
+        model: &ModelFile,
+        rows: &[(String, Vec<f64>)],
+        newest: i64,
+        long: usize,
+        short: Option<usize>,
+    ) -> Vec<Signal> {
+        let dim = model.features.len();
+        let mut x = Vec::with_capacity(rows.len() * dim);
+        for (_, values) in rows {
+            for (column, value) in values.iter().enumerate() {
+                x.push(((value - model.scaler.mean[column]) / model.scaler.scale[column]) as f32);
+            }
+        }
+        let probabilities = model.network.predict(&x, rows.len());
+        let k = model.classes.len();
+        let rule = self.params.entry.rule();
+        rows.iter()
+            .enumerate()
+            .map(|(row, (symbol, _))| {
+                let p: Vec<f64> = probabilities[row * k..(row + 1) * k]
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect();
+                let (side, _) = rule.decide(p[long], short.map_or(0.0, |s| p[s]));
+                Signal {
+                    symbol: symbol.clone(),
+                    open_time: newest,
+                    side,
+                    probabilities: p,
+                }
+            })
+            .collect()
     }
 
     /// Each symbol's newest feature row at the newest bar of the table: (newest bar, rows with

@@ -173,132 +173,9 @@ impl StageKind for Train {
         let root = YamlPath::root();
         let error = |key: &str, message: String| ParamError::new(root.clone().key(key), message);
         let network = params.model != ModelKind::Logistic;
-        let model_name = serde_json::to_value(params.model).unwrap_or_default();
-        let model_name = model_name.as_str().unwrap_or("");
-        // Params that belong to another model are mistakes, not silently ignored.
-        let misplaced: &[(&str, bool)] = &[
-            (
-                "hidden",
-                params.hidden.is_some() && params.model != ModelKind::Mlp,
-            ),
-            ("epochs", params.epochs.is_some() && !network),
-            ("batch_size", params.batch_size.is_some() && !network),
-            ("learning_rate", params.learning_rate.is_some() && !network),
-            ("kernels", params.kernels.is_some() && !network),
-            ("solver", params.solver.is_some() && network),
-            ("alpha", params.alpha.is_some() && network),
-            ("max_iterations", params.max_iterations.is_some() && network),
-            ("tolerance", params.tolerance.is_some() && network),
-        ];
-        if let Some((key, _)) = misplaced.iter().find(|(_, wrong)| *wrong) {
-            let owner = match *key {
-                "hidden" => "mlp",
-                "epochs" | "batch_size" | "learning_rate" | "kernels" => "mlp and softmax",
-                _ => "logistic",
-            };
-            return Err(ParamError::new(
-                root.clone().key(*key),
-                format!("`{key}` applies to model {owner}, not {model_name}"),
-            )
-            .with_help("remove it, or change `model`"));
-        }
-        if params.model == ModelKind::Logistic && params.device == DeviceChoice::Gpu {
-            return Err(error(
-                "device",
-                "model logistic trains on the CPU; `device: gpu` applies to mlp and softmax".into(),
-            ));
-        }
-        let solver = params.solver.unwrap_or(LogisticSolver::Native);
-        if solver == LogisticSolver::Linfa && params.balance == Balance::Weights {
-            return Err(error(
-                "balance",
-                "linfa's logistic regression takes no sample weights".into(),
-            )
-            .with_help(
-                "use `balance: undersample` (what `auto` picks with `solver: linfa`), or the native solver",
-            ));
-        }
-        let mut seen = HashSet::new();
-        if !(2..=64).contains(&params.classes.len())
-            || params
-                .classes
-                .iter()
-                .any(|class| class.is_empty() || !seen.insert(class))
-        {
-            return Err(error(
-                "classes",
-                "classes must be 2 to 64 distinct, non-empty labels".into(),
-            ));
-        }
-        if !(1..=50).contains(&params.folds) {
-            return Err(error("folds", "folds must be between 1 and 50".into()));
-        }
-        match (params.window, params.train_blocks) {
-            (Window::Expanding, Some(_)) => {
-                return Err(error(
-                    "train_blocks",
-                    "train_blocks applies to `window: rolling` only".into(),
-                ));
-            }
-            (Window::Rolling, Some(0)) => {
-                return Err(error(
-                    "train_blocks",
-                    "train_blocks must be at least 1".into(),
-                ));
-            }
-            _ => {}
-        }
-        let embargo_ms = match params.embargo.as_deref() {
-            None | Some("auto") => None,
-            Some(text) => Some(
-                // Zero is a real choice here (no embargo), so zero is accepted.
-                crate::util::duration::HumanDuration::parse(text)
-                    .map_err(|cause| {
-                        error(
-                            "embargo",
-                            format!("embargo must be `auto` or a duration such as 4h: {cause}"),
-                        )
-                    })?
-                    .get()
-                    .as_millis() as i64,
-            ),
-        };
-        let hidden = params.hidden.unwrap_or(64);
-        let epochs = params.epochs.unwrap_or(10);
-        let batch_size = params.batch_size.unwrap_or(1024);
-        let learning_rate = params.learning_rate.unwrap_or(1e-3);
-        if !(1..=4096).contains(&hidden) {
-            return Err(error("hidden", "hidden must be between 1 and 4096".into()));
-        }
-        if !(1..=10_000).contains(&epochs) {
-            return Err(error("epochs", "epochs must be between 1 and 10000".into()));
-        }
-        if !(1..=1 << 20).contains(&batch_size) {
-            return Err(error(
-                "batch_size",
-                "batch_size must be between 1 and 1048576".into(),
-            ));
-        }
-        if !(learning_rate.is_finite() && learning_rate > 0.0 && learning_rate < 1.0) {
-            return Err(error(
-                "learning_rate",
-                "learning_rate must be above 0 and below 1".into(),
-            ));
-        }
-        let alpha = params.alpha.unwrap_or(1.0);
-        let tolerance = params.tolerance.unwrap_or(1e-4);
-        if !(alpha.is_finite() && alpha >= 0.0) {
-            return Err(error("alpha", "alpha must be 0 or more".into()));
-        }
-        if !(tolerance.is_finite() && tolerance > 0.0) {
-            return Err(error("tolerance", "tolerance must be above 0".into()));
-        }
-        if params.max_iterations == Some(0) {
-            return Err(error(
-                "max_iterations",
-                "max_iterations must be at least 1".into(),
-            ));
-        }
+        check_model_params(&params)?;
+        let embargo_ms = check_split(&params)?;
+        let config = train_config(&params)?;
         let (kernels, kernels_source) = if network {
             let path = params.kernels.as_deref().unwrap_or(DEFAULT_KERNELS);
             let relative =
@@ -308,31 +185,6 @@ impl StageKind for Train {
             (Some(relative), source)
         } else {
             (None, None)
-        };
-        let config = TrainConfig {
-            model: params.model,
-            solver: (!network).then_some(solver),
-            hidden: if params.model == ModelKind::Mlp {
-                hidden
-            } else {
-                0
-            },
-            epochs: if network { epochs } else { 0 },
-            batch_size: if network { batch_size } else { 0 },
-            learning_rate: if network { learning_rate } else { 0.0 },
-            balance: params.balance,
-            seed: params.seed,
-            alpha: if network { 0.0 } else { alpha },
-            max_iterations: if network {
-                0
-            } else {
-                params.max_iterations.unwrap_or(100)
-            },
-            tolerance: if network { 0.0 } else { tolerance },
-        };
-        let config = TrainConfig {
-            balance: config.balance(),
-            ..config
         };
         Ok(Box::new(Prepared {
             resolved: Resolved {
@@ -360,6 +212,184 @@ impl StageKind for Train {
             kernels_source,
         }))
     }
+}
+
+fn param_error(key: &str, message: String) -> ParamError {
+    ParamError::new(YamlPath::root().key(key), message)
+}
+
+/// Params that belong to another model are mistakes, not silently ignored; and the choices
+/// that exclude each other (logistic on a GPU, linfa with sample weights).
+fn check_model_params(params: &Params) -> Result<(), ParamError> {
+    let root = YamlPath::root();
+    let error = param_error;
+    let network = params.model != ModelKind::Logistic;
+    let model_name = serde_json::to_value(params.model).unwrap_or_default();
+    let model_name = model_name.as_str().unwrap_or("");
+    // Params that belong to another model are mistakes, not silently ignored.
+    let misplaced: &[(&str, bool)] = &[
+        (
+            "hidden",
+            params.hidden.is_some() && params.model != ModelKind::Mlp,
+        ),
+        ("epochs", params.epochs.is_some() && !network),
+        ("batch_size", params.batch_size.is_some() && !network),
+        ("learning_rate", params.learning_rate.is_some() && !network),
+        ("kernels", params.kernels.is_some() && !network),
+        ("solver", params.solver.is_some() && network),
+        ("alpha", params.alpha.is_some() && network),
+        ("max_iterations", params.max_iterations.is_some() && network),
+        ("tolerance", params.tolerance.is_some() && network),
+    ];
+    if let Some((key, _)) = misplaced.iter().find(|(_, wrong)| *wrong) {
+        let owner = match *key {
+            "hidden" => "mlp",
+            "epochs" | "batch_size" | "learning_rate" | "kernels" => "mlp and softmax",
+            _ => "logistic",
+        };
+        return Err(ParamError::new(
+            root.clone().key(*key),
+            format!("`{key}` applies to model {owner}, not {model_name}"),
+        )
+        .with_help("remove it, or change `model`"));
+    }
+    if params.model == ModelKind::Logistic && params.device == DeviceChoice::Gpu {
+        return Err(error(
+            "device",
+            "model logistic trains on the CPU; `device: gpu` applies to mlp and softmax".into(),
+        ));
+    }
+    let solver = params.solver.unwrap_or(LogisticSolver::Native);
+    if solver == LogisticSolver::Linfa && params.balance == Balance::Weights {
+        return Err(error(
+    "balance",
+    "linfa's logistic regression takes no sample weights".into(),
+    )
+    .with_help(
+    "use `balance: undersample` (what `auto` picks with `solver: linfa`), or the native solver",
+    ));
+    }
+    Ok(())
+}
+
+/// The classes and the walk-forward split: folds, window, embargo (`None`: auto).
+fn check_split(params: &Params) -> Result<Option<i64>, ParamError> {
+    let error = param_error;
+    let mut seen = HashSet::new();
+    if !(2..=64).contains(&params.classes.len())
+        || params
+            .classes
+            .iter()
+            .any(|class| class.is_empty() || !seen.insert(class))
+    {
+        return Err(error(
+            "classes",
+            "classes must be 2 to 64 distinct, non-empty labels".into(),
+        ));
+    }
+    if !(1..=50).contains(&params.folds) {
+        return Err(error("folds", "folds must be between 1 and 50".into()));
+    }
+    match (params.window, params.train_blocks) {
+        (Window::Expanding, Some(_)) => {
+            return Err(error(
+                "train_blocks",
+                "train_blocks applies to `window: rolling` only".into(),
+            ));
+        }
+        (Window::Rolling, Some(0)) => {
+            return Err(error(
+                "train_blocks",
+                "train_blocks must be at least 1".into(),
+            ));
+        }
+        _ => {}
+    }
+    let embargo_ms = match params.embargo.as_deref() {
+        None | Some("auto") => None,
+        Some(text) => Some(
+            // Zero is a real choice here (no embargo), so zero is accepted.
+            crate::util::duration::HumanDuration::parse(text)
+                .map_err(|cause| {
+                    error(
+                        "embargo",
+                        format!("embargo must be `auto` or a duration such as 4h: {cause}"),
+                    )
+                })?
+                .get()
+                .as_millis() as i64,
+        ),
+    };
+    Ok(embargo_ms)
+}
+
+/// The fit's numbers, checked, with what does not apply to the model zeroed (so it stays out
+/// of the fingerprint's meaning).
+fn train_config(params: &Params) -> Result<TrainConfig, ParamError> {
+    let error = param_error;
+    let network = params.model != ModelKind::Logistic;
+    let hidden = params.hidden.unwrap_or(64);
+    let epochs = params.epochs.unwrap_or(10);
+    let batch_size = params.batch_size.unwrap_or(1024);
+    let learning_rate = params.learning_rate.unwrap_or(1e-3);
+    if !(1..=4096).contains(&hidden) {
+        return Err(error("hidden", "hidden must be between 1 and 4096".into()));
+    }
+    if !(1..=10_000).contains(&epochs) {
+        return Err(error("epochs", "epochs must be between 1 and 10000".into()));
+    }
+    if !(1..=1 << 20).contains(&batch_size) {
+        return Err(error(
+            "batch_size",
+            "batch_size must be between 1 and 1048576".into(),
+        ));
+    }
+    if !(learning_rate.is_finite() && learning_rate > 0.0 && learning_rate < 1.0) {
+        return Err(error(
+            "learning_rate",
+            "learning_rate must be above 0 and below 1".into(),
+        ));
+    }
+    let alpha = params.alpha.unwrap_or(1.0);
+    let tolerance = params.tolerance.unwrap_or(1e-4);
+    if !(alpha.is_finite() && alpha >= 0.0) {
+        return Err(error("alpha", "alpha must be 0 or more".into()));
+    }
+    if !(tolerance.is_finite() && tolerance > 0.0) {
+        return Err(error("tolerance", "tolerance must be above 0".into()));
+    }
+    if params.max_iterations == Some(0) {
+        return Err(error(
+            "max_iterations",
+            "max_iterations must be at least 1".into(),
+        ));
+    }
+    let solver = params.solver.unwrap_or(LogisticSolver::Native);
+    let config = TrainConfig {
+        model: params.model,
+        solver: (!network).then_some(solver),
+        hidden: if params.model == ModelKind::Mlp {
+            hidden
+        } else {
+            0
+        },
+        epochs: if network { epochs } else { 0 },
+        batch_size: if network { batch_size } else { 0 },
+        learning_rate: if network { learning_rate } else { 0.0 },
+        balance: params.balance,
+        seed: params.seed,
+        alpha: if network { 0.0 } else { alpha },
+        max_iterations: if network {
+            0
+        } else {
+            params.max_iterations.unwrap_or(100)
+        },
+        tolerance: if network { 0.0 } else { tolerance },
+    };
+    Ok(TrainConfig {
+        balance: config.balance(),
+        ..config
+    })
 }
 
 /// The predictions table's schema for `classes`.
