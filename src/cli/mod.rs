@@ -1,4 +1,13 @@
-//! The command line: clap definitions, the dispatch to each subcommand, and the error rendering.
+//! The command line: clap definitions, the dispatch to each subcommand (one module each), and
+//! the error rendering. The only place that hands the built-in kinds (`kinds::BUILTIN`) to the
+//! engine.
+
+mod doctor;
+mod gc;
+mod replay;
+mod run;
+mod runs;
+mod status;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -7,10 +16,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::error::Error;
 use crate::engine::exit_code;
-use crate::engine::reporter::Mode;
-use crate::engine::run_record::{RunStatus, list_runs};
-use crate::engine::runner::{Paths, RunRequest, SelectionArgs};
-use crate::util::time::{human, now_ms};
+use crate::engine::runner::Paths;
 
 /// Reproducible market-data research pipelines: YAML DAGs of stages, cached and resumable.
 #[derive(Debug, Parser)]
@@ -97,7 +103,7 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// The pipeline file, e.g. pipelines/aster.yaml.
     pipeline: PathBuf,
     /// Run this stage (even if cached) and whatever downstream of it is out of date.
@@ -177,235 +183,13 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         project_root,
     };
     match cli.command {
-        Command::Run(args) => {
-            let jobs = args
-                .jobs
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
-                .max(1);
-            let mode = if args.json && cli.quiet {
-                Mode::Quiet
-            } else {
-                Mode::detect(cli.quiet)
-            };
-            crate::engine::runner::run(RunRequest {
-                catalog: &crate::kinds::BUILTIN,
-                pipeline_file: args.pipeline,
-                paths,
-                selection: SelectionArgs {
-                    start_from: args.start_from,
-                    stop_at: args.stop_at,
-                    only: args.only,
-                    force: args.force,
-                },
-                validate_only: args.validate_only,
-                exit_code_when_stale: args.exit_code,
-                jobs,
-                wait: args.wait,
-                json: args.json,
-                mode,
-                verbose: cli.verbose,
-            })
-            .await
+        Command::Run(args) => run::run(args, paths, cli.quiet, cli.verbose).await,
+        Command::Status { pipeline } => status::status(&pipeline, &paths).await,
+        Command::Runs { limit, json } => runs::runs(&paths, limit, json),
+        Command::Gc { keep, dry_run } => gc::gc(&paths, keep, dry_run, cli.quiet).await,
+        Command::ReplayExchange { scenario, port } => {
+            replay::replay_exchange(&scenario, port).await
         }
-        Command::Status { pipeline } => status(&pipeline, &paths).await,
-        Command::Runs { limit, json } => runs(&paths, limit, json),
-        Command::Gc { keep, dry_run } => gc(&paths, keep, dry_run, cli.quiet).await,
-        Command::ReplayExchange { scenario, port } => replay_exchange(&scenario, port).await,
-        Command::Doctor { json } => Ok(doctor(json)),
+        Command::Doctor { json } => Ok(doctor::doctor(json)),
     }
-}
-
-/// `asterflow doctor`: the same examination `train` runs before it trusts a GPU, step by step.
-fn doctor(json: bool) -> i32 {
-    let examination = crate::train::gpu::examine();
-    let verdict = match &examination.outcome {
-        Ok(gpu) => format!("GPU usable: {}", gpu.describe()),
-        Err(unavailable) => format!("{unavailable}; `device: auto` trains on the CPU"),
-    };
-    if json {
-        let checks: Vec<serde_json::Value> = examination
-            .checks
-            .iter()
-            .map(|check| serde_json::json!({"check": check.name, "ok": check.ok, "detail": check.detail}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "usable": examination.outcome.is_ok(),
-                "checks": checks,
-                "verdict": verdict,
-            })
-        );
-    } else {
-        let width = examination
-            .checks
-            .iter()
-            .map(|check| check.name.len())
-            .max()
-            .unwrap_or(0);
-        for check in &examination.checks {
-            let mark = if check.ok { "ok  " } else { "FAIL" };
-            println!("{mark} {:<width$}  {}", check.name, check.detail);
-        }
-        println!("{verdict}");
-    }
-    if examination.outcome.is_ok() {
-        exit_code::OK
-    } else {
-        exit_code::NO_GPU
-    }
-}
-
-async fn replay_exchange(file: &std::path::Path, port: u16) -> Result<i32, Error> {
-    let text = fs_err::read_to_string(file)?;
-    let scenario = crate::market::replay::Scenario::parse(file, &text)
-        .map_err(|diagnostic| Error::Usage(diagnostic.to_string()))?;
-    let prefixes = scenario.path_prefixes.join(", ");
-    let exchange = crate::market::replay::ReplayExchange::start(
-        std::sync::Arc::new(scenario),
-        ([127, 0, 0, 1], port).into(),
-    )
-    .await
-    .map_err(Error::Usage)?;
-    let limit = exchange.declared_limit();
-    println!(
-        "replay exchange at {} (paths {prefixes}): {} symbols, {} data, weight limit {} per {} {}",
-        exchange.url,
-        exchange.market().symbols().len(),
-        exchange.provenance(),
-        limit.limit,
-        limit.interval_num,
-        limit.interval.to_lowercase()
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = tokio::signal::ctrl_c().await;
-    let stats = exchange.stats();
-    eprintln!(
-        "served {} requests ({} weight), {} x 429, {} x 418",
-        stats.requests, stats.weight, stats.rate_limited, stats.banned
-    );
-    Ok(exit_code::OK)
-}
-
-async fn status(pipeline_file: &std::path::Path, paths: &Paths) -> Result<i32, Error> {
-    let pipeline = crate::engine::runner::load(pipeline_file, paths, &crate::kinds::BUILTIN)?;
-    let (plan, cache, _) = crate::engine::runner::make_plan(
-        &pipeline,
-        &crate::engine::dag::Selection::default(),
-        paths,
-    )
-    .await?;
-    let width = pipeline
-        .stages
-        .iter()
-        .map(|stage| stage.id.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let kind_width = pipeline
-        .stages
-        .iter()
-        .map(|stage| stage.kind.name().len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    println!(
-        "{:<width$}  {:<kind_width$}  {:<6}  {:>9}  {:<22}  reason",
-        "stage", "kind", "state", "age", "last run"
-    );
-    let now = now_ms();
-    for &index in &plan.order {
-        let stage = &pipeline.stages[index];
-        let latest = cache.latest(&stage.id).await?;
-        let (age, last_run) = match &latest {
-            Some(manifest) => (
-                human(std::time::Duration::from_millis(
-                    now.saturating_sub(manifest.created_at_ms),
-                )),
-                manifest.run_id.clone(),
-            ),
-            None => ("-".to_owned(), "never".to_owned()),
-        };
-        let stage_plan = &plan.stages[index];
-        let state = match stage_plan.decision.word() {
-            "run" => "stale",
-            other => other,
-        };
-        println!(
-            "{:<width$}  {:<kind_width$}  {:<6}  {:>9}  {:<22}  {}",
-            stage.id,
-            stage.kind.name(),
-            state,
-            age,
-            last_run,
-            stage_plan.reason
-        );
-    }
-    Ok(exit_code::OK)
-}
-
-fn runs(paths: &Paths, limit: usize, json: bool) -> Result<i32, Error> {
-    let records: Vec<_> = list_runs(&paths.run_root).into_iter().take(limit).collect();
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&records).map_err(std::io::Error::other)?
-        );
-        return Ok(exit_code::OK);
-    }
-    if records.is_empty() {
-        println!("no runs yet in {}", paths.run_root.display());
-        return Ok(exit_code::OK);
-    }
-    let lock_free = !crate::engine::lock::is_held(&paths.run_root);
-    println!(
-        "{:<22}  {:<11}  {:<16}  {:>8}  stages",
-        "run", "status", "pipeline", "duration"
-    );
-    for record in records {
-        let status = match record.status {
-            RunStatus::Running if lock_free => "abandoned",
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Interrupted => "interrupted",
-        };
-        let duration = record
-            .duration_ms
-            .map(|ms| human(std::time::Duration::from_millis(ms)))
-            .unwrap_or_else(|| "-".to_owned());
-        println!(
-            "{:<22}  {:<11}  {:<16}  {:>8}  {}",
-            record.run_id,
-            status,
-            record.pipeline,
-            duration,
-            record.counts(),
-        );
-    }
-    Ok(exit_code::OK)
-}
-
-async fn gc(paths: &Paths, keep: usize, dry_run: bool, quiet: bool) -> Result<i32, Error> {
-    if !paths.run_root.is_dir() {
-        println!(
-            "nothing to collect: {} does not exist",
-            paths.run_root.display()
-        );
-        return Ok(exit_code::OK);
-    }
-    let _lock = crate::engine::lock::acquire(&paths.run_root, false, |_| {})?;
-    let store = crate::engine::store::Store::open(&paths.run_root)?;
-    let report = crate::engine::gc::collect(&store, &paths.run_root, keep, dry_run).await?;
-    if !quiet {
-        let verb = if dry_run { "would remove" } else { "removed" };
-        println!(
-            "{verb} {} cache entries and leftovers ({:.1} MiB); kept {} entries",
-            report.entries_removed,
-            report.bytes_freed as f64 / (1024.0 * 1024.0),
-            report.entries_kept
-        );
-    }
-    Ok(exit_code::OK)
 }
