@@ -117,9 +117,12 @@ enum Frame {
 }
 
 impl LocationIndex {
-    /// Indexes `text`, or returns the first syntax error with its position.
+    /// Indexes `text`, or returns the first syntax error with its position. A key given twice
+    /// in one mapping is an error at its second occurrence: a later definition silently
+    /// replacing an earlier one loses the user's work.
     pub fn build(text: &str) -> Result<Self, (Position, String)> {
         let mut nodes = HashMap::new();
+        let mut duplicate: Option<(Position, String)> = None;
         let mut stack: Vec<Frame> = Vec::new();
         for item in Parser::new_from_str(text) {
             let (event, span) = item.map_err(|error| {
@@ -145,28 +148,31 @@ impl LocationIndex {
                         *pending_key = Some((value.into_owned(), start));
                         continue;
                     }
-                    Self::child_path(&mut stack, &mut nodes, start, width);
+                    Self::child_path(&mut stack, &mut nodes, start, width, &mut duplicate);
                 }
                 Event::Alias(_) => {
-                    Self::child_path(&mut stack, &mut nodes, start, width);
+                    Self::child_path(&mut stack, &mut nodes, start, width, &mut duplicate);
                 }
                 Event::MappingStart(..) => {
-                    let path =
-                        Self::child_path(&mut stack, &mut nodes, start, 1).unwrap_or_default();
+                    let path = Self::child_path(&mut stack, &mut nodes, start, 1, &mut duplicate)
+                        .unwrap_or_default();
                     stack.push(Frame::Mapping {
                         path,
                         pending_key: None,
                     });
                 }
                 Event::SequenceStart(..) => {
-                    let path =
-                        Self::child_path(&mut stack, &mut nodes, start, 1).unwrap_or_default();
+                    let path = Self::child_path(&mut stack, &mut nodes, start, 1, &mut duplicate)
+                        .unwrap_or_default();
                     stack.push(Frame::Sequence { path, next: 0 });
                 }
                 Event::MappingEnd | Event::SequenceEnd => {
                     stack.pop();
                 }
                 _ => {}
+            }
+            if let Some(found) = duplicate {
+                return Err(found);
             }
         }
         Ok(Self { nodes })
@@ -178,6 +184,7 @@ impl LocationIndex {
         nodes: &mut HashMap<YamlPath, NodeSpan>,
         value: Position,
         width: usize,
+        duplicate: &mut Option<(Position, String)>,
     ) -> Option<YamlPath> {
         let (path, key) = match stack.last_mut() {
             None => (YamlPath::root(), None),
@@ -190,6 +197,19 @@ impl LocationIndex {
                 (path.clone().index(*next - 1), None)
             }
         };
+        if let (Some(at), Some(first)) = (key, nodes.get(&path)) {
+            let line = first.key.unwrap_or(first.value).line;
+            let name = match path.0.last() {
+                Some(Segment::Key(name)) => name.as_str(),
+                _ => "",
+            };
+            *duplicate = Some((
+                at,
+                format!(
+                    "duplicate key `{name}` (first given on line {line}): keys in a mapping must be unique"
+                ),
+            ));
+        }
         nodes.insert(path.clone(), NodeSpan { key, value, width });
         Some(path)
     }
@@ -219,6 +239,28 @@ impl LocationIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_an_error_at_the_second() {
+        let (at, message) =
+            LocationIndex::build("stages:\n  a: {kind: x}\n  b: 1\n  a:\n    kind: y\n")
+                .unwrap_err();
+        assert_eq!(at, Position { line: 4, column: 3 });
+        assert!(
+            message.contains("duplicate key `a` (first given on line 2)"),
+            "{message}"
+        );
+        let (at, _) = LocationIndex::build("a: {x: 1, x: 2}\n").unwrap_err();
+        assert_eq!(
+            at,
+            Position {
+                line: 1,
+                column: 11
+            }
+        );
+        // The same key in two mappings, or in two items of a list, is fine.
+        LocationIndex::build("a: {x: 1}\nb: {x: 1}\nc: [{x: 1}, {x: 2}]\n").unwrap();
+    }
 
     const DOC: &str = "name: demo\nstages:\n  a:\n    kind: command\n    needs: [b, c]\n  b:\n    needs:\n      - a\n";
 

@@ -71,6 +71,7 @@ struct Prepared {
     query: String,
     output: String,
     values: HashMap<String, ScalarValue>,
+    requirements: Vec<sql::SymbolRequirement>,
 }
 
 impl StageKind for Sql {
@@ -118,6 +119,30 @@ impl StageKind for Sql {
         let values = sql::scalars(&params.params).map_err(|(name, message)| {
             ParamError::new(root.clone().key("params").key(name), message)
         })?;
+        let requirements = sql::symbol_requirements(&query).map_err(|(line, message)| {
+            ParamError::new(
+                root.clone().key("query"),
+                format!("`{}` line {line}: {message}", query_file.display()),
+            )
+        })?;
+        for requirement in &requirements {
+            for name in &requirement.params {
+                if !params
+                    .params
+                    .get(name)
+                    .is_some_and(|value| value.is_string())
+                {
+                    return Err(ParamError::new(
+                        root.clone().key("params"),
+                        format!(
+                            "`{}` line {} requires `${name}` to name a symbol: add `{name}: SYMBOL` here",
+                            query_file.display(),
+                            requirement.line
+                        ),
+                    ));
+                }
+            }
+        }
         if params.lookahead_check && !(1..=20).contains(&params.cuts) {
             return Err(ParamError::new(
                 root.key("cuts"),
@@ -130,8 +155,33 @@ impl StageKind for Sql {
             query,
             output,
             values,
+            requirements,
         }))
     }
+}
+
+/// Why validate left `symbol` out, from a `validation_report.json` among the inputs: its
+/// datasets' first failures.
+fn quarantined(context: &StageContext, symbol: &str) -> Result<Option<String>, StageError> {
+    let Some(report) = context.read_input_json::<serde_json::Value>("validation_report.json")?
+    else {
+        return Ok(None);
+    };
+    let reasons: Vec<String> = report["datasets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|dataset| dataset["symbol"] == symbol && dataset["passed"] == false)
+        .map(|dataset| {
+            format!(
+                "{} {}: {}",
+                symbol,
+                dataset["interval"].as_str().unwrap_or("?"),
+                dataset["failures"][0].as_str().unwrap_or("failed")
+            )
+        })
+        .collect();
+    Ok((!reasons.is_empty()).then(|| reasons.join("; ")))
 }
 
 /// A SQL error as a diagnostic in the SQL file.
@@ -246,6 +296,7 @@ impl Prepared {
                 .await
                 .map_err(StageError::failed)?;
         }
+        self.check_requirements(context, &session).await?;
         context
             .progress
             .message(format!("running {}", self.query_file.display()));
@@ -282,8 +333,85 @@ impl Prepared {
             .map_err(|error| {
                 StageError::failed(format!("{}: {error}", self.query_file.display()))
             })?;
+        let empty = sql::empty_columns(&output).map_err(StageError::failed)?;
+        if !empty.is_empty() {
+            context.warn(&format!(
+                "{}: {} null or non-finite in every row: `{}`",
+                self.output,
+                if empty.len() == 1 {
+                    "this column is"
+                } else {
+                    "these columns are"
+                },
+                empty.join("`, `")
+            ));
+        }
         if self.params.lookahead_check {
             self.guard(context, &tables, &output, parallel).await?;
+        }
+        Ok(())
+    }
+
+    /// Each `-- asterflow: require symbol` of the query: the symbols its params name are in
+    /// the input, or the stage fails naming the param, the symbol and why it is missing.
+    async fn check_requirements(
+        &self,
+        context: &StageContext,
+        session: &SessionContext,
+    ) -> Result<(), StageError> {
+        for requirement in &self.requirements {
+            let condition = requirement
+                .condition
+                .as_ref()
+                .map(|condition| format!(" AND ({condition})"))
+                .unwrap_or_default();
+            for name in &requirement.params {
+                let symbol = self.params.params[name].as_str().unwrap_or_default();
+                let query = format!(
+                    "SELECT COUNT(*) AS n FROM {} WHERE symbol = ${name}{condition}",
+                    sql::quoted(&requirement.table)
+                );
+                let count = session
+                    .sql(&query)
+                    .await
+                    .and_then(|frame| frame.with_param_values(self.values.clone()))
+                    .map_err(|error| {
+                        StageError::failed(format!(
+                            "{} line {}: {}",
+                            self.query_file.display(),
+                            requirement.line,
+                            sql::error_message(&error)
+                        ))
+                    })?
+                    .collect()
+                    .await
+                    .map_err(|error| StageError::failed(sql::error_message(&error)))?
+                    .first()
+                    .and_then(|batch| {
+                        batch
+                            .column(0)
+                            .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                            .map(|counts| counts.value(0))
+                    })
+                    .unwrap_or(0);
+                if count == 0 {
+                    let why = quarantined(context, symbol)?.map_or_else(
+                        || "it was never collected, or not for this interval".to_owned(),
+                        |reason| format!("validate quarantined it ({reason})"),
+                    );
+                    return Err(StageError::failed(format!(
+                        "`params.{name}` names `{symbol}`, which the `{}` input does not hold{} ({} line {}): {why}; pick another symbol for `{name}`, or relax the gate that left it out",
+                        requirement.table,
+                        requirement
+                            .condition
+                            .as_ref()
+                            .map(|condition| format!(" where {condition}"))
+                            .unwrap_or_default(),
+                        self.query_file.display(),
+                        requirement.line
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -549,8 +549,10 @@ impl Prepared {
         let loaded = started.elapsed();
         if data.rows() == 0 {
             return Err(StageError::failed(format!(
-                "`{}` and `{}` share no (symbol, open_time) row with finite features",
-                resolved.features_table, resolved.labels_table
+                "`{}` and `{}` share no (symbol, open_time) row with finite features: {}",
+                resolved.features_table,
+                resolved.labels_table,
+                data.why_empty()
             )));
         }
         let dropped: usize = data.dropped.values().sum();

@@ -14,8 +14,11 @@
 //!     max_gap: 3d                # the longest run of missing candles
 //!     max_filled: 0.01           # share of filled-looking bars (no trades, no volume, O=H=L=C)
 //!     max_stale_run: 24          # identical closes in a row
-//!     outlier_z: 10              # robust z-score (median/MAD) of a return that counts as an outlier
-//!     max_outliers: 0.001        # share of returns
+//!     tick_z: 12                 # a bad tick's jump and return, in local robust scales ...
+//!     min_tick_move: 0.25        # ... and at least 25% (a close that jumps and comes back)
+//!     wick_z: 24                 # a wick beyond its body and its neighbours' ranges ...
+//!     min_wick: 0.5              # ... by at least 50% (a near-zero low, a fat-finger high)
+//!     max_bad_ticks: 0           # bad-tick bars a dataset may have
 //!     min_history: 30d
 //!     max_lag: 3d                # ends this long before the newest dataset of its interval
 //!     source_tolerance: 0.01     # closes of one symbol from two sources agree within this
@@ -37,13 +40,14 @@ use object_store::memory::InMemory;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::location::YamlPath;
-use crate::diagnostic::params::{ParamError, parse_params};
+use crate::diagnostic::params::{ParamError, check_range, parse_params};
 use crate::engine::stage::{
     BoxFuture, PrepareContext, PreparedStage, StageContext, StageError, StageKind,
 };
 use crate::kinds::write_json;
 use crate::market::lake::{LISTING_FILE, LakeListing, PartEntry};
 use crate::quality::measure::MEMORY_URL;
+use crate::quality::ticks::TickRules;
 use crate::quality::{
     DatasetKey, DatasetReport, Limits, Measured, judge, render_table, scan_dataset,
     source_agreement,
@@ -76,10 +80,21 @@ struct Params {
     max_filled: f64,
     #[serde(default = "default_max_stale_run")]
     max_stale_run: u64,
-    #[serde(default = "default_outlier_z")]
-    outlier_z: f64,
-    #[serde(default = "default_max_outliers")]
-    max_outliers: f64,
+    #[serde(default = "default_tick_z")]
+    tick_z: f64,
+    #[serde(default = "default_min_tick_move")]
+    min_tick_move: f64,
+    #[serde(default = "default_wick_z")]
+    wick_z: f64,
+    #[serde(default = "default_min_wick")]
+    min_wick: f64,
+    #[serde(default)]
+    max_bad_ticks: u64,
+    /// Gone: a large return is not bad data. Refused with a pointer to the bad-tick params.
+    #[serde(default, skip_serializing)]
+    outlier_z: Option<serde::de::IgnoredAny>,
+    #[serde(default, skip_serializing)]
+    max_outliers: Option<serde::de::IgnoredAny>,
     #[serde(default = "default_min_history")]
     min_history: String,
     #[serde(default = "default_max_lag")]
@@ -103,11 +118,17 @@ fn default_max_filled() -> f64 {
 fn default_max_stale_run() -> u64 {
     24
 }
-fn default_outlier_z() -> f64 {
-    10.0
+fn default_tick_z() -> f64 {
+    TickRules::default().tick_z
 }
-fn default_max_outliers() -> f64 {
-    0.001
+fn default_min_tick_move() -> f64 {
+    TickRules::default().min_tick_move
+}
+fn default_wick_z() -> f64 {
+    TickRules::default().wick_z
+}
+fn default_min_wick() -> f64 {
+    TickRules::default().min_wick
 }
 fn default_min_history() -> String {
     "30d".into()
@@ -131,7 +152,8 @@ impl StageKind for Validate {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        // 2: bad ticks replace return outliers; flagged bars in the report.
+        2
     }
 
     fn prepare(
@@ -151,7 +173,6 @@ impl StageKind for Validate {
         for (field, value) in [
             ("max_missing", params.max_missing),
             ("max_filled", params.max_filled),
-            ("max_outliers", params.max_outliers),
             ("source_tolerance", params.source_tolerance),
         ] {
             if !(0.0..1.0).contains(&value) {
@@ -161,11 +182,34 @@ impl StageKind for Validate {
                 ));
             }
         }
-        if params.outlier_z.is_nan() || params.outlier_z <= 0.0 {
-            return Err(ParamError::new(
-                root.clone().key("outlier_z"),
-                "outlier_z must be above 0",
-            ));
+        for (field, set) in [
+            ("outlier_z", params.outlier_z.is_some()),
+            ("max_outliers", params.max_outliers.is_some()),
+        ] {
+            if set {
+                return Err(ParamError {
+                    anchor: crate::diagnostic::location::Anchor::Key,
+                    ..ParamError::new(
+                        root.clone().key(field),
+                        format!("`{field}` is gone: a large return is not bad data (crypto returns have fat tails)"),
+                    )
+                }
+                .with_help("bad ticks (a spike that comes back, a wick far outside its neighbours) are judged by tick_z, min_tick_move, wick_z, min_wick and max_bad_ticks; remove this line"));
+            }
+        }
+        for (field, value, high) in [
+            ("tick_z", params.tick_z, 1e6),
+            ("wick_z", params.wick_z, 1e6),
+            ("min_tick_move", params.min_tick_move, 1e6),
+            ("min_wick", params.min_wick, 1e6),
+        ] {
+            check_range(
+                root.clone().key(field),
+                value,
+                f64::MIN_POSITIVE,
+                high,
+                field,
+            )?;
         }
         if params.max_stale_run < 2 {
             return Err(ParamError::new(
@@ -179,8 +223,13 @@ impl StageKind for Validate {
             max_gap,
             max_filled: params.max_filled,
             max_stale_run: params.max_stale_run,
-            outlier_z: params.outlier_z,
-            max_outliers: params.max_outliers,
+            ticks: TickRules {
+                tick_z: params.tick_z,
+                min_tick_move: params.min_tick_move,
+                wick_z: params.wick_z,
+                min_wick: params.min_wick,
+            },
+            max_bad_ticks: params.max_bad_ticks,
             min_history,
             max_lag,
             source_tolerance: params.source_tolerance,
@@ -266,9 +315,11 @@ impl Prepared {
                 let session = session.clone();
                 let store = Arc::clone(&store);
                 let data_dir = context.data_dir.clone();
+                let rules = self.limits.ticks;
                 async move {
                     let measured =
-                        scan_dataset(&session, &store, &data_dir, &key, &parts, now_ms).await;
+                        scan_dataset(&session, &store, &data_dir, &key, &parts, now_ms, &rules)
+                            .await;
                     (key, parts, measured)
                 }
             })

@@ -368,3 +368,37 @@ mod tests {
         assert_eq!(limit.header_suffix(), "10s");
     }
 }
+
+/// Quote assets of Binance-compatible futures and spot pairs, longest first, so a symbol ends
+/// with at most one of them the way it was meant (`FDUSD` before `USD`).
+pub const QUOTE_ASSETS: [&str; 15] = [
+    "FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "BTC", "ETH", "BNB", "DAI", "EUR", "TRY",
+    "BRL", "JPY", "USD",
+];
+
+/// `ADABTC` -> (`ADA`, `BTC`): a symbol split at the known quote asset it ends with, leaving
+/// a non-empty base; `None` when it ends with none of them.
+pub fn split_symbol(symbol: &str) -> Option<(&str, &'static str)> {
+    QUOTE_ASSETS.iter().find_map(|quote| {
+        symbol
+            .strip_suffix(quote)
+            .filter(|base| !base.is_empty())
+            .map(|base| (base, *quote))
+    })
+}
+
+#[cfg(test)]
+mod quote_tests {
+    use super::split_symbol;
+
+    #[test]
+    fn symbols_split_at_their_quote_asset() {
+        assert_eq!(split_symbol("BTCUSDT"), Some(("BTC", "USDT")));
+        assert_eq!(split_symbol("ADABTC"), Some(("ADA", "BTC")));
+        assert_eq!(split_symbol("ETHFDUSD"), Some(("ETH", "FDUSD")));
+        assert_eq!(split_symbol("SOLUSDC"), Some(("SOL", "USDC")));
+        assert_eq!(split_symbol("BNBETH"), Some(("BNB", "ETH")));
+        assert_eq!(split_symbol("USDT"), None);
+        assert_eq!(split_symbol("XYZ123"), None);
+    }
+}

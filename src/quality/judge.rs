@@ -6,7 +6,7 @@
 //! tolerance scores `0.5 * limit / figure` (history: `0.5 * span / min_history`), so a near miss
 //! counts for more than a wild one. Weights: integrity (parts, schema, provenance, rows, order,
 //! grid, close times, OHLC, values, future candles) 2; coverage (missing, longest gap, ends
-//! early, history) 1.5; plausibility (filled bars, stale closes, outliers, source agreement) 1.
+//! early, history) 1.5; plausibility (filled bars, stale closes, bad ticks, source agreement) 1.
 
 use std::time::Duration;
 
@@ -24,8 +24,10 @@ pub struct Limits {
     pub max_gap: Duration,
     pub max_filled: f64,
     pub max_stale_run: u64,
-    pub outlier_z: f64,
-    pub max_outliers: f64,
+    /// What counts as a bad tick (`super::ticks`), used while measuring.
+    pub ticks: super::ticks::TickRules,
+    /// Bad-tick bars a dataset may have and still pass.
+    pub max_bad_ticks: u64,
     pub min_history: Duration,
     pub max_lag: Duration,
     pub source_tolerance: f64,
@@ -59,7 +61,14 @@ pub struct DatasetReport {
     pub score: f64,
     pub failures: Vec<String>,
     pub checks: Vec<Check>,
+    /// The largest one-bar return by robust |z|: shown for people, not judged.
+    pub largest_return_z: f64,
+    /// The worst bad-tick bars (time, value, why), at most [`FLAGGED_SHOWN`].
+    pub flagged: Vec<super::ticks::Flag>,
 }
+
+/// How many flagged bars a report lists per dataset.
+pub const FLAGGED_SHOWN: usize = 10;
 
 /// The key of a dataset.
 pub type DatasetKey = (String, String, String);
@@ -102,7 +111,7 @@ const RULES: [Rule; 18] = [
     ends_early,
     filled,
     stale,
-    outliers,
+    bad_ticks,
     sources,
 ];
 
@@ -137,6 +146,8 @@ pub fn judge(
         score: (score * 10_000.0).round() / 10_000.0,
         failures,
         checks,
+        largest_return_z: (m.largest_z * 100.0).round() / 100.0,
+        flagged: m.bad_ticks.iter().take(FLAGGED_SHOWN).cloned().collect(),
     }
 }
 
@@ -204,8 +215,12 @@ fn order(s: &Subject<'_>) -> Option<Check> {
         m.duplicates + m.out_of_order,
         2.0,
         format!(
-            "open times not strictly increasing: {} duplicate(s), {} out of order",
-            m.duplicates, m.out_of_order
+            "open times not strictly increasing: {} duplicate(s){}, {} out of order",
+            m.duplicates,
+            m.first_duplicate
+                .map(|time| format!(" (first at {})", stamp(time)))
+                .unwrap_or_default(),
+            m.out_of_order
         ),
     )
 }
@@ -367,24 +382,31 @@ fn stale(s: &Subject<'_>) -> Option<Check> {
         run as f64,
         limit as f64,
         1.0,
-        format!("stale data: {run} identical closes in a row (limit {limit})"),
+        format!(
+            "stale data: {run} identical closes in a row{} (limit {limit})",
+            s.m.stale_from
+                .map(|time| format!(" from {}", stamp(time)))
+                .unwrap_or_default()
+        ),
     )
 }
 
-fn outliers(s: &Subject<'_>) -> Option<Check> {
-    let (z, limit) = (s.limits.outlier_z, s.limits.max_outliers);
-    let count = s.m.z_sorted.iter().take_while(|value| **value > z).count();
-    let share = count as f64 / s.m.returns.max(1) as f64;
+/// Prices inconsistent with their neighbours (`super::ticks`): the worst named.
+fn bad_ticks(s: &Subject<'_>) -> Option<Check> {
+    let ticks = &s.m.bad_ticks;
+    let limit = s.limits.max_bad_ticks;
+    let worst = ticks
+        .first()
+        .map(|flag| format!("; worst at {}: {}", flag.time, flag.why))
+        .unwrap_or_default();
     tolerant(
-        "outliers",
-        share,
-        limit,
+        "bad_ticks",
+        ticks.len() as f64,
+        limit as f64,
         1.0,
         format!(
-            "{count} return outlier(s) with robust |z| > {z} (largest {:.1}): {} of returns (limit {})",
-            s.m.z_sorted.first().copied().unwrap_or(0.0),
-            percent(share),
-            percent(limit)
+            "{} bad tick(s), prices inconsistent with their neighbours (limit {limit}){worst}",
+            ticks.len()
         ),
     )
 }
@@ -403,6 +425,10 @@ fn sources(s: &Subject<'_>) -> Option<Check> {
             percent(limit)
         ),
     )
+}
+
+fn stamp(ms: i64) -> String {
+    crate::util::time::rfc3339(ms.max(0) as u64)
 }
 
 /// A zero-tolerance check: passes when `figure` is 0.
@@ -499,6 +525,19 @@ pub fn render_table(reports: &[DatasetReport], synthetic: bool) -> String {
             date(r.last_open_ms),
             r.score
         ));
+        // The bars behind a bad-tick verdict, so a user can look them up.
+        for flag in r.flagged.iter().take(TABLE_FLAGS) {
+            out.push_str(&format!("    bad tick {}: {}\n", flag.time, flag.why));
+        }
+        if r.flagged.len() > TABLE_FLAGS {
+            out.push_str(&format!(
+                "    ... {} more in validation_report.json\n",
+                r.flagged.len() - TABLE_FLAGS
+            ));
+        }
     }
     out
 }
+
+/// Flagged bars the table shows per dataset.
+const TABLE_FLAGS: usize = 3;

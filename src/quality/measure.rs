@@ -11,6 +11,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use object_store::memory::InMemory;
 
 use super::judge::DatasetKey;
+use super::ticks::{Bar, TickRules};
 use crate::market::lake::{Footer, PartEntry};
 use crate::market::model::Interval;
 
@@ -42,9 +43,16 @@ pub struct Measured {
     pub grid_last: Option<i64>,
     pub longest_gap_bars: u64,
     pub longest_stale_run: u64,
+    /// Where the longest run of identical closes starts.
+    pub stale_from: Option<i64>,
+    /// The first open time that appears twice.
+    pub first_duplicate: Option<i64>,
     pub returns: u64,
-    /// Robust |z| of every return, largest first.
-    pub z_sorted: Vec<f64>,
+    /// The largest robust |z| of a one-bar return (|r - median| / 1.4826 MAD): shown, not
+    /// judged (fat tails are not bad data; `bad_ticks` are).
+    pub largest_z: f64,
+    /// Prices inconsistent with their neighbours, worst first.
+    pub bad_ticks: Vec<super::ticks::Flag>,
     /// (open time, close) for cross-source comparison.
     pub closes: Vec<(i64, f64)>,
 }
@@ -77,6 +85,7 @@ pub async fn scan_dataset(
     key: &DatasetKey,
     parts: &[PartEntry],
     now_ms: i64,
+    rules: &TickRules,
 ) -> Measured {
     let interval = Interval::parse(&key.2).ok();
     let mut measured = Measured {
@@ -89,7 +98,7 @@ pub async fn scan_dataset(
             .push(format!("`{}` is not a known interval", key.2));
         return measured;
     }
-    let mut measurer = Measurer::new(interval.expect("checked"), now_ms);
+    let mut measurer = Measurer::new(interval.expect("checked"), now_ms, *rules);
     let columns: Vec<&str> = COLUMNS
         .iter()
         .map(|(name, _)| *name)
@@ -195,12 +204,16 @@ struct Measurer {
     previous_open: Option<i64>,
     previous_close: Option<f64>,
     stale_run: u64,
+    /// Where the current run of identical closes started.
+    stale_start: Option<i64>,
     returns: Vec<f64>,
     opens: Vec<i64>,
+    bars: Vec<Bar>,
+    rules: TickRules,
 }
 
 impl Measurer {
-    fn new(interval: Interval, now_ms: i64) -> Self {
+    fn new(interval: Interval, now_ms: i64, rules: TickRules) -> Self {
         Self {
             interval,
             step: interval.millis() as i64,
@@ -210,8 +223,11 @@ impl Measurer {
             previous_open: None,
             previous_close: None,
             stale_run: 1,
+            stale_start: None,
             returns: Vec::new(),
             opens: Vec::new(),
+            bars: Vec::new(),
+            rules,
         }
     }
 
@@ -307,8 +323,12 @@ impl Measurer {
             if let Some(pc) = self.previous_close {
                 if c == pc {
                     self.stale_run += 1;
-                    m.longest_stale_run = m.longest_stale_run.max(self.stale_run);
+                    if self.stale_run > m.longest_stale_run {
+                        m.longest_stale_run = self.stale_run;
+                        m.stale_from = self.stale_start;
+                    }
                 } else {
+                    self.stale_start = Some(t);
                     self.stale_run = 1;
                 }
                 // One-bar returns only: a return across a gap is not comparable.
@@ -316,6 +336,8 @@ impl Measurer {
                 if self.previous_open.is_some_and(|p| t - p == self.step) && r.is_finite() {
                     self.returns.push(r);
                 }
+            } else {
+                self.stale_start = Some(t);
             }
             self.max_open = Some(self.max_open.map_or(t, |max| max.max(t)));
             self.previous_open = Some(t);
@@ -324,18 +346,30 @@ impl Measurer {
                 self.opens.push(t);
             }
             m.closes.push((t, c));
+            self.bars.push(Bar {
+                open_time: t,
+                open: o,
+                high: h,
+                low: l,
+                close: c,
+            });
         }
     }
 
     fn finish(mut self, measured: &mut Measured) {
         let mut m = std::mem::take(&mut self.counts);
-        if m.rows > 0 {
-            m.longest_stale_run = m.longest_stale_run.max(1);
+        if m.rows > 0 && m.longest_stale_run <= 1 {
+            m.longest_stale_run = 1;
+            m.stale_from = m.first;
         }
         // The grid: distinct aligned open times (future candles aside), the repeats among all
         // open times, and the longest run of missing ones.
         let mut all: Vec<i64> = m.closes.iter().map(|(t, _)| *t).collect();
         all.sort_unstable();
+        m.first_duplicate = all
+            .windows(2)
+            .find(|pair| pair[0] == pair[1])
+            .map(|pair| pair[0]);
         let total = all.len();
         all.dedup();
         m.duplicates = (total - all.len()) as u64;
@@ -352,7 +386,7 @@ impl Measurer {
             .map(|pair| ((pair[1] - pair[0]) / self.step - 1).max(0) as u64)
             .max()
             .unwrap_or(0);
-        // Return outliers by robust z-score: |r - median| / (1.4826 MAD), falling back to
+        // The largest return by robust z-score: |r - median| / (1.4826 MAD), falling back to
         // 1.2533 x the mean absolute deviation when more than half the returns are equal.
         m.returns = self.returns.len() as u64;
         if self.returns.len() >= 10 {
@@ -364,15 +398,10 @@ impl Measurer {
                 scale = 1.2533 * deviations.iter().sum::<f64>() / deviations.len() as f64;
             }
             if scale > 0.0 {
-                let mut z: Vec<f64> = self
-                    .returns
-                    .iter()
-                    .map(|r| (r - median).abs() / scale)
-                    .collect();
-                z.sort_by(|a, b| b.total_cmp(a));
-                m.z_sorted = z;
+                m.largest_z = deviations.iter().fold(0.0f64, |max, d| max.max(d / scale));
             }
         }
+        m.bad_ticks = super::ticks::find(&self.bars, self.step, &self.rules);
         m.interval = measured.interval;
         m.damaged = std::mem::take(&mut measured.damaged);
         m.schema = std::mem::take(&mut measured.schema);

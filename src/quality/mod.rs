@@ -3,6 +3,8 @@
 
 pub mod judge;
 pub mod measure;
+pub mod synthetic;
+pub mod ticks;
 
 pub use judge::{Check, DatasetKey, DatasetReport, Limits, judge, render_table};
 pub use measure::{Measured, scan_dataset, source_agreement};

@@ -321,3 +321,118 @@ mod tests {
         assert!(scalar(&serde_json::json!([1, 2])).is_err());
     }
 }
+
+/// A query file's statement that some params must name symbols its input holds:
+///
+/// ```sql
+/// -- asterflow: require symbol $btc, $eth in klines where "interval" = $interval
+/// ```
+///
+/// A leader that validate quarantined (or that was never collected) would otherwise leave its
+/// columns null in every row without a word.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SymbolRequirement {
+    /// The params (without `$`) whose values must be symbols of `table`.
+    pub params: Vec<String>,
+    pub table: String,
+    /// An extra SQL condition on `table`, params bound as in the query.
+    pub condition: Option<String>,
+    /// The directive's line in the file (1-based).
+    pub line: usize,
+}
+
+const REQUIRE: &str = "-- asterflow: require symbol ";
+
+/// The `-- asterflow: require symbol` lines of `query`; a malformed one is an error with its
+/// line.
+pub fn symbol_requirements(query: &str) -> Result<Vec<SymbolRequirement>, (usize, String)> {
+    let mut found = Vec::new();
+    for (index, line) in query.lines().enumerate() {
+        let Some(rest) = line.trim_start().strip_prefix(REQUIRE) else {
+            continue;
+        };
+        let line = index + 1;
+        let malformed = || {
+            (
+                line,
+                format!("expected `{REQUIRE}$param[, $param] in TABLE [where CONDITION]`"),
+            )
+        };
+        let (names, rest) = rest.split_once(" in ").ok_or_else(malformed)?;
+        let (table, condition) = match rest.split_once(" where ") {
+            Some((table, condition)) => (table.trim(), Some(condition.trim().to_owned())),
+            None => (rest.trim(), None),
+        };
+        let params: Vec<String> = names
+            .split(',')
+            .map(|name| name.trim().strip_prefix('$').map(str::to_owned))
+            .collect::<Option<_>>()
+            .ok_or_else(malformed)?;
+        if table.is_empty() || params.iter().any(String::is_empty) {
+            return Err(malformed());
+        }
+        found.push(SymbolRequirement {
+            params,
+            table: table.to_owned(),
+            condition,
+            line,
+        });
+    }
+    Ok(found)
+}
+
+/// The columns of a written Parquet file that hold no finite value in any row (null, NaN or
+/// infinite everywhere), read from the footer's statistics: no data is scanned. A file with no
+/// rows has none.
+pub fn empty_columns(path: &Path) -> Result<Vec<String>, String> {
+    use parquet::file::reader::FileReader;
+    use parquet::file::statistics::Statistics;
+    let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let reader = parquet::file::reader::SerializedFileReader::new(file)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    let metadata = reader.metadata();
+    let schema = metadata.file_metadata().schema_descr();
+    let mut empty = Vec::new();
+    if metadata.file_metadata().num_rows() == 0 {
+        return Ok(empty);
+    }
+    for column in 0..schema.num_columns() {
+        let all_empty = metadata.row_groups().iter().all(|group| {
+            let chunk = group.column(column);
+            let rows = group.num_rows() as u64;
+            match chunk.statistics() {
+                None => false,
+                Some(statistics) => {
+                    let nulls = statistics.null_count_opt().unwrap_or(0);
+                    nulls == rows
+                        || match statistics {
+                            // Writers leave NaN out of min and max: none at all over non-null
+                            // values means every one is NaN; only infinities are not finite.
+                            Statistics::Double(values) => {
+                                match (values.min_opt(), values.max_opt()) {
+                                    (None, None) => true,
+                                    (Some(low), Some(high)) => {
+                                        low.is_infinite() && high.is_infinite() && low == high
+                                    }
+                                    _ => false,
+                                }
+                            }
+                            Statistics::Float(values) => match (values.min_opt(), values.max_opt())
+                            {
+                                (None, None) => true,
+                                (Some(low), Some(high)) => {
+                                    low.is_infinite() && high.is_infinite() && low == high
+                                }
+                                _ => false,
+                            },
+                            _ => false,
+                        }
+                }
+            }
+        });
+        if all_empty {
+            empty.push(schema.column(column).name().to_owned());
+        }
+    }
+    Ok(empty)
+}

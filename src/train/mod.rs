@@ -123,11 +123,58 @@ pub struct Dataset {
     pub symbols: Vec<String>,
     /// Joined rows dropped because a feature was null, NaN or infinite, by the first such column.
     pub dropped: BTreeMap<String, usize>,
+    /// Joined (labelled) rows read, kept or dropped.
+    pub joined: usize,
+    /// Per feature, the joined rows where it is null, NaN or infinite (every column counted).
+    pub non_finite: BTreeMap<String, usize>,
 }
 
 impl Dataset {
     pub fn rows(&self) -> usize {
         self.y.len()
+    }
+
+    /// Why no row survived: the features null or non-finite in every joined row, and the rows
+    /// each dropped (by the first bad column of a row).
+    pub fn why_empty(&self) -> String {
+        let never: Vec<&str> = self
+            .non_finite
+            .iter()
+            .filter(|(_, count)| **count == self.joined && self.joined > 0)
+            .map(|(column, _)| column.as_str())
+            .collect();
+        let mut dropped: Vec<(&String, &usize)> = self.dropped.iter().collect();
+        dropped.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let dropped: Vec<String> = dropped
+            .iter()
+            .map(|(column, count)| format!("`{column}` {count}"))
+            .collect();
+        if self.joined == 0 {
+            return "no labelled row matches a feature row".to_owned();
+        }
+        let mut text = String::new();
+        if !never.is_empty() {
+            text.push_str(&format!(
+                "{} null or non-finite in every one of the {} joined rows: `{}`; ",
+                if never.len() == 1 {
+                    "this feature is"
+                } else {
+                    "these features are"
+                },
+                self.joined,
+                never.join("`, `")
+            ));
+        }
+        text.push_str(&format!(
+            "rows dropped, by the first bad feature: {}",
+            dropped.join(", ")
+        ));
+        if !never.is_empty() {
+            text.push_str(
+                "; leave them out (`exclude:`), or fix what feeds them (a leader symbol missing from the lake leaves its columns empty)",
+            );
+        }
+        text
     }
 
     pub fn dim(&self) -> usize {
@@ -326,16 +373,28 @@ fn append(
         if symbols.is_null(row) || times.is_null(row) || labels.is_null(row) || ends.is_null(row) {
             continue;
         }
+        data.joined += 1;
+        let bad = |array: &arrow::array::PrimitiveArray<Float64Type>| {
+            array.is_null(row) || !(array.value(row) as f32).is_finite()
+        };
         for (column, array) in values.iter().enumerate() {
-            let value = array.value(row) as f32;
-            if array.is_null(row) || !value.is_finite() {
+            if bad(array) {
                 *data
                     .dropped
                     .entry(data.features[column].clone())
                     .or_default() += 1;
+                // The rest of the row, so a column that is never finite can be named.
+                for (later, array) in values.iter().enumerate().skip(column) {
+                    if bad(array) {
+                        *data
+                            .non_finite
+                            .entry(data.features[later].clone())
+                            .or_default() += 1;
+                    }
+                }
                 continue 'rows;
             }
-            row_values[column] = value;
+            row_values[column] = array.value(row) as f32;
         }
         let label = labels.value(row);
         let Some(class) = data.classes.iter().position(|class| class == label) else {

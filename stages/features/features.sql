@@ -6,6 +6,8 @@
 -- Wilder alpha 1/n, both seeded with the SMA of the first n values (TA-Lib); volatility is the
 -- sample standard deviation of ret_1; Bollinger uses the population standard deviation.
 -- Params: $interval ('1h'), $btc and $eth (leader symbols), $warmup (bars dropped per symbol).
+-- The leaders must be in the input: a quarantined or missing one would leave its columns empty.
+-- asterflow: require symbol $btc, $eth in klines where "interval" = $interval
 
 WITH
 -- The validated candles of one interval.

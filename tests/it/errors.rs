@@ -189,3 +189,50 @@ fn stage_ids_that_name_the_same_input_variable() {
         "pipelines/p.yaml:6:3: stage ids `feat-v2` and `feat_v2` both name ASTERFLOW_INPUT_FEAT_V2",
     );
 }
+
+#[test]
+fn duplicate_stage_ids() {
+    assert_error(
+        "name: t\nstages:\n  a:\n    kind: command\n    with: {run: 'true'}\n  a:\n    kind: command\n    with: {run: 'false'}\n",
+        "pipelines/p.yaml:6:3: invalid YAML: duplicate key `a` (first given on line 3)",
+    );
+}
+
+#[test]
+fn duplicate_sources() {
+    assert_error(
+        "name: t\nsources:\n  ex: {api: binance-futures, base_url: 'https://a.example'}\n  ex: {api: binance-futures, base_url: 'https://b.example'}\nstages:\n  a:\n    kind: command\n    with: {run: 'true'}\n",
+        "pipelines/p.yaml:4:3: invalid YAML: duplicate key `ex` (first given on line 3)",
+    );
+}
+
+#[test]
+fn duplicate_defaults() {
+    assert_error(
+        "name: t\ndefaults:\n  with:\n    command: {env: {A: '1'}}\n    command: {env: {A: '2'}}\nstages:\n  a:\n    kind: command\n    with: {run: 'true'}\n",
+        "pipelines/p.yaml:5:5: invalid YAML: duplicate key `command` (first given on line 4)",
+    );
+}
+
+#[test]
+fn duplicate_keys_in_a_scenario_file() {
+    let project = Project::new();
+    project.write(
+        "data/scenarios/s.yaml",
+        "seed: 1\nseed: 2\nmarket:\n  simulate:\n    genesis: 2024-01-01\n    assets:\n      - {base: BTC, price: 42000, beta: 1.0, vol: 0.12}\n",
+    );
+    project.write(
+        "pipelines/p.yaml",
+        "name: t\nsources:\n  ex: {api: binance-futures, replay: {scenario: data/scenarios/s.yaml}}\nstages:\n  a:\n    kind: discover\n    with: {source: ex}\n",
+    );
+    let run = project.run(&["run", "pipelines/p.yaml", "--validate-only"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "data/scenarios/s.yaml:2:1: invalid YAML: duplicate key `seed` (first given on line 1)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(!project.path().join("runs").exists());
+}

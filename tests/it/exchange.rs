@@ -803,3 +803,63 @@ fn the_replay_exchange_command_serves_the_exchange_endpoints() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("served 2 requests"));
 }
+
+#[test]
+fn recorded_non_usdt_pairs_are_selected_by_their_quote_asset() {
+    let project = Project::new();
+    let hour = 3_600_000i64;
+    let start = 1_735_689_600_000i64; // 2025-01-01
+    let mut csv = String::new();
+    for i in 0..48 {
+        let open = start + i * hour;
+        csv.push_str(&format!(
+            "{open},0.25,0.26,0.24,0.25,100.0,{},25.0,7,50.0,12.5,0\n",
+            open + hour - 1
+        ));
+    }
+    for symbol in ["ADABTC", "ETHBTC", "BTCUSDT", "SOLFDUSD"] {
+        project.write(&format!("data/replay/{symbol}-1h-2025-01.csv"), &csv);
+    }
+    project.write(
+        "data/scenarios/recorded.yaml",
+        "clock: {now: 2025-01-03T00:30:00Z}\nmarket: {files: data/replay}\n",
+    );
+    project.write(
+        "pipelines/x.yaml",
+        "name: x\nsources:\n  rec:\n    api: binance-futures\n    replay: {scenario: data/scenarios/recorded.yaml}\nstages:\n  discover:\n    kind: discover\n    with: {source: rec, quote_assets: [BTC, FDUSD]}\n",
+    );
+    let run = run(&project);
+    let file = std::fs::File::open(output_dir(&project, &run, "discover").join("universe.parquet"))
+        .unwrap();
+    let mut selected = Vec::new();
+    for batch in parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+    {
+        use arrow::array::AsArray;
+        let batch = batch.unwrap();
+        let symbols = batch.column_by_name("symbol").unwrap().as_string::<i32>();
+        let bases = batch
+            .column_by_name("base_asset")
+            .unwrap()
+            .as_string::<i32>();
+        let quotes = batch
+            .column_by_name("quote_asset")
+            .unwrap()
+            .as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            selected.push(format!(
+                "{}={}+{}",
+                symbols.value(row),
+                bases.value(row),
+                quotes.value(row)
+            ));
+        }
+    }
+    selected.sort();
+    assert_eq!(
+        selected,
+        ["ADABTC=ADA+BTC", "ETHBTC=ETH+BTC", "SOLFDUSD=SOL+FDUSD"]
+    );
+}

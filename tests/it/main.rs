@@ -3,6 +3,7 @@
 
 mod architecture;
 mod backtest;
+mod bad_ticks;
 mod common;
 mod errors;
 mod exchange;

@@ -597,3 +597,72 @@ fn labels_skip_horizons_that_cross_a_missing_bar() {
         "only horizons of two whole bars are labelled"
     );
 }
+
+#[test]
+fn a_column_empty_in_every_row_is_a_warning_naming_it() {
+    let project = Project::new();
+    lake(&project, &market(400));
+    project.write(
+        "stages/q.sql",
+        "SELECT symbol, open_time, close, CAST(NULL AS DOUBLE) AS nothing, close / 0.0 - close / 0.0 AS nan\nFROM klines\n",
+    );
+    pipeline(&project, "stages/q.sql", "", "");
+    let run = run(&project);
+    assert!(
+        run.stderr.contains(
+            "out.parquet: these columns are null or non-finite in every row: `nothing`, `nan`"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_feature_file_fails_naming_a_leader_the_input_lacks() {
+    let project = Project::new();
+    let data: Vec<_> = market(400)
+        .into_iter()
+        .filter(|(symbol, _)| *symbol != "ETHUSDT")
+        .collect();
+    lake(&project, &data);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    project.write(
+        "stages/features/features.sql",
+        &std::fs::read_to_string(root.join("stages/features/features.sql")).unwrap(),
+    );
+    pipeline(
+        &project,
+        "stages/features/features.sql",
+        "interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300",
+        "",
+    );
+    let run = project.run(&["run", "pipelines/s.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`params.eth` names `ETHUSDT`, which the `klines` input does not hold where \"interval\" = $interval"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("never collected"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("pick another symbol for `eth`"),
+        "{}",
+        run.stderr
+    );
+
+    // A param the directive needs but the stage does not give is a located pipeline error.
+    pipeline(
+        &project,
+        "stages/features/features.sql",
+        "interval: 1h, btc: BTCUSDT, warmup: 300",
+        "",
+    );
+    let run = project.run(&["run", "pipelines/s.yaml", "--validate-only"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("pipelines/s.yaml:"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("requires `$eth` to name a symbol"),
+        "{}",
+        run.stderr
+    );
+}

@@ -565,3 +565,56 @@ fn train_param_mistakes_are_located_before_anything_runs() {
         assert!(run.stderr.contains(message), "{with}: {}", run.stderr);
     }
 }
+
+#[test]
+fn no_rows_left_names_the_features_that_are_never_finite() {
+    let project = Project::new();
+    write_fixtures(&project);
+    // `f2` null in every row (a leader that was never collected), `f1` in a few.
+    let path = project.path().join("fixtures/features.parquet");
+    let file = std::fs::File::open(&path).unwrap();
+    let batches: Vec<RecordBatch> =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let rows = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    columns[4] = Arc::new(Float64Array::from(
+        (0..rows)
+            .map(|row| (row % 10 != 0).then_some(1.0))
+            .collect::<Vec<_>>(),
+    ));
+    columns[5] = Arc::new(Float64Array::from(vec![None::<f64>; rows]));
+    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    project.write(
+        "pipelines/t.yaml",
+        &train_pipeline("      model: logistic\n      features: [f0, f1, f2]\n      folds: 2\n"),
+    );
+    let run = project.run(&["run", "pipelines/t.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "this feature is null or non-finite in every one of the {rows} joined rows: `f2`"
+        )),
+        "{}",
+        run.stderr
+    );
+    let first_bad_f1 = rows.div_ceil(10);
+    assert!(
+        run.stderr.contains(&format!(
+            "rows dropped, by the first bad feature: `f2` {}, `f1` {first_bad_f1}",
+            rows - first_bad_f1
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("(`exclude:`)"), "{}", run.stderr);
+}

@@ -12,7 +12,7 @@ use asterflow::market::replay::{Market, Scenario};
 const HOUR: i64 = 3_600_000;
 
 /// 45 days of closed hourly candles ending now, from a simulated market on the wall clock.
-fn clean_rows(days: i64) -> Vec<Kline> {
+pub(crate) fn clean_rows(days: i64) -> Vec<Kline> {
     let scenario = Scenario::parse(
         Path::new("s.yaml"),
         "seed: 5\nmarket:\n  simulate:\n    genesis: 2024-01-01\n    assets:\n      - {base: BTC, price: 42000, beta: 1.0, vol: 0.12}\n",
@@ -36,7 +36,7 @@ fn clean_rows(days: i64) -> Vec<Kline> {
     rows
 }
 
-fn write(project: &Project, source: &str, symbol: &str, rows: &[Kline], kind: &str) {
+pub(crate) fn write(project: &Project, source: &str, symbol: &str, rows: &[Kline], kind: &str) {
     let hour = Interval::parse("1h").unwrap();
     let data = project.path().join("data");
     let dir = asterflow::market::lake::partition_dir(&data, source, hour, symbol).unwrap();
@@ -56,7 +56,7 @@ fn write(project: &Project, source: &str, symbol: &str, rows: &[Kline], kind: &s
 }
 
 /// Lists every partition written so far as the fixture `lake.json`, and a pipeline reading it.
-fn finish(project: &Project, validate_with: &str) {
+pub(crate) fn finish(project: &Project, validate_with: &str) {
     let data = project.path().join("data");
     let hour = Interval::parse("1h").unwrap();
     let mut parts = Vec::new();
@@ -88,7 +88,12 @@ fn finish(project: &Project, validate_with: &str) {
     );
 }
 
-fn output(project: &Project, run: &crate::common::Run, stage: &str, file: &str) -> String {
+pub(crate) fn output(
+    project: &Project,
+    run: &crate::common::Run,
+    stage: &str,
+    file: &str,
+) -> String {
     let stages = run.json()["stages"].as_array().unwrap().clone();
     let entry = stages.iter().find(|s| s["id"] == stage).unwrap();
     let dir = project
@@ -236,7 +241,7 @@ fn each_defect_is_caught_once_with_its_reason_and_a_clean_dataset_scores_one() {
         ("FUTUSDT", Some(("future", "closing in the future"))),
         ("FILLUSDT", Some(("filled", "filled-looking"))),
         ("STALEUSDT", Some(("stale", "31 identical closes"))),
-        ("OUTUSDT", Some(("outliers", "return outlier"))),
+        ("OUTUSDT", Some(("bad_ticks", "1 bad tick(s)"))),
         ("SIMUSDT", Some(("provenance", "simulated data"))),
         ("SHORTUSDT", Some(("history", "too short"))),
     ];
@@ -361,7 +366,7 @@ fn two_sources_of_one_symbol_must_agree() {
         bar.high = bar.high.max(bar.close);
     }
     write(&other, "dump", "BTCUSDT", &drifted, "binance-dump");
-    finish(&other, "min_symbols: 1, outlier_z: 1000");
+    finish(&other, "min_symbols: 1");
     let run = other.run(&["run", "pipelines/v.yaml"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
@@ -429,7 +434,7 @@ fn the_replay_exchanges_simulated_data_is_refused_unless_allowed() {
 
 /// A part written around the lake's own check (`write_part` refuses rows that are not strictly
 /// increasing in open time): validate must still catch one a damaged or foreign writer left.
-fn write_unsorted(project: &Project, source: &str, symbol: &str, rows: &[Kline]) {
+pub(crate) fn write_unsorted(project: &Project, source: &str, symbol: &str, rows: &[Kline]) {
     let hour = Interval::parse("1h").unwrap();
     let data = project.path().join("data");
     let dir = asterflow::market::lake::partition_dir(&data, source, hour, symbol).unwrap();

@@ -553,13 +553,14 @@ impl RecordedMarket {
             let index = match symbols.iter().position(|s| s.symbol == symbol) {
                 Some(index) => index,
                 None => {
+                    // The quote asset as the exchange would state it; a symbol that ends
+                    // with none of the known ones has none (and `discover` selects it only
+                    // by name).
+                    let (base, quote) = crate::market::model::split_symbol(&symbol)
+                        .unwrap_or((symbol.as_str(), ""));
                     symbols.push(MarketSymbol {
-                        base: symbol.trim_end_matches("USDT").to_owned(),
-                        quote: if symbol.ends_with("USDT") {
-                            "USDT".into()
-                        } else {
-                            String::new()
-                        },
+                        base: base.to_owned(),
+                        quote: quote.to_owned(),
                         symbol: symbol.clone(),
                         status: "TRADING".into(),
                         onboard_ms: u64::MAX,
