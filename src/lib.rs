@@ -6,7 +6,7 @@
 //! - `engine`: pipelines, the DAG, plans, the cache and the executor; it names no kind and no
 //!   domain module;
 //! - domain libraries: `market` (model, lake, exchange, replay), `quality`, `sql`, `train`,
-//!   `backtest`, `paper`, `report`; they never import the engine's stage traits;
+//!   `backtest`, `paper`, `sweep`, `report`; they never import the engine's stage traits;
 //! - `kinds`: one thin adapter per built-in stage kind, and the catalog of them;
 //! - `cli`: the commands, wiring the catalog into the engine. `main.rs` is a thin shell.
 
@@ -21,5 +21,6 @@ pub mod provenance;
 pub mod quality;
 pub mod report;
 pub mod sql;
+pub mod sweep;
 pub mod train;
 pub mod util;

@@ -114,7 +114,14 @@ pub struct Simulation {
     pub positions: Vec<u32>,
     /// Gross notional of the open positions at each bar's close.
     pub exposure: Vec<f64>,
+    /// Fees paid so far at each bar's close: `equity + fees_paid` is the equity before fees.
+    pub fees_paid: Vec<f64>,
+    /// Slippage paid so far at each bar's close (the fills' distance from the reference price,
+    /// times their size): with `fees_paid`, what trading cost.
+    pub slippage_paid: Vec<f64>,
     pub fees: f64,
+    /// Slippage paid in all.
+    pub slippage: f64,
     pub funding: f64,
     pub skipped: Skipped,
     /// Bars times symbols walked.
@@ -216,6 +223,9 @@ pub fn simulate(
         desk.simulation.equity.push(desk.equity);
         desk.simulation.positions.push(desk.book.len() as u32);
         desk.simulation.exposure.push(gross);
+        let (fees, slipped) = (desk.simulation.fees, desk.simulation.slippage);
+        desk.simulation.fees_paid.push(fees);
+        desk.simulation.slippage_paid.push(slipped);
     }
     desk.simulation.bar_steps = (bars * symbols) as u64;
     desk.simulation
@@ -262,6 +272,8 @@ impl<'a> Desk<'a> {
                 equity: Vec::with_capacity(bars),
                 positions: Vec::with_capacity(bars),
                 exposure: Vec::with_capacity(bars),
+                fees_paid: Vec::with_capacity(bars),
+                slippage_paid: Vec::with_capacity(bars),
                 ..Simulation::default()
             },
             book: Vec::with_capacity(capacity),
@@ -289,6 +301,7 @@ impl<'a> Desk<'a> {
             match position.leaving {
                 Some(reason) if !open.is_nan() => {
                     let price = open * (1.0 - f64::from(position.side) * self.rules.slippage);
+                    self.simulation.slippage += position.units * open * self.rules.slippage;
                     self.close(index, bar, price, self.rules.taker_fee, reason);
                 }
                 _ => index += 1,
@@ -321,6 +334,7 @@ impl<'a> Desk<'a> {
                 continue;
             }
             let fee = notional * rules.taker_fee;
+            self.simulation.slippage += units * open * rules.slippage;
             self.cash -= fee;
             self.simulation.fees += fee;
             let direction = f64::from(side);
@@ -391,6 +405,7 @@ impl<'a> Desk<'a> {
                     position.stop_price
                 };
                 let price = level * (1.0 - f64::from(position.side) * slip);
+                self.simulation.slippage += position.units * level * slip;
                 Some((price, self.rules.taker_fee, ExitReason::Stop))
             } else if !position.target_price.is_nan()
                 && beyond(favourable, position.target_price, false)
@@ -438,6 +453,7 @@ impl<'a> Desk<'a> {
         let slip = self.rules.slippage;
         while let Some(position) = self.book.pop() {
             let price = position.mark * (1.0 - f64::from(position.side) * slip);
+            self.simulation.slippage += position.units * position.mark * slip;
             self.cash += close_position(
                 &mut self.simulation,
                 position,

@@ -106,15 +106,20 @@ enum Command {
 pub(crate) struct RunArgs {
     /// The pipeline file, e.g. pipelines/aster.yaml.
     pipeline: PathBuf,
-    /// Run this stage (even if cached) and whatever downstream of it is out of date.
+    /// Run this stage (even if cached) and whatever downstream of it is out of date. A stage
+    /// id, a matrix stage as written (all its members) or a glob: 'labels@horizon=12', 'train@*'.
     #[arg(long, value_name = "STAGE")]
     start_from: Option<String>,
-    /// Run only this stage and what it needs.
+    /// Run only this stage (or these members) and what it needs.
     #[arg(long, value_name = "STAGE")]
     stop_at: Option<String>,
-    /// Run just this stage, reading its inputs' latest outputs (repeatable).
+    /// Run just this stage, reading its inputs' latest outputs (repeatable; globs match members).
     #[arg(long, value_name = "STAGE")]
     only: Vec<String>,
+    /// Override a param for this run: STAGE.with.PARAM=VALUE (repeatable; VALUE is YAML). It
+    /// is part of the fingerprint, so the variant caches like any other.
+    #[arg(long = "set", value_name = "STAGE.with.PATH=VALUE")]
+    overrides: Vec<String>,
     /// Ignore the cache for every selected stage.
     #[arg(long)]
     force: bool,

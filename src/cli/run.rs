@@ -17,6 +17,7 @@ pub async fn run(args: RunArgs, paths: Paths, quiet: bool, verbose: bool) -> Res
     };
     crate::engine::runner::run(RunRequest {
         catalog: &crate::kinds::BUILTIN,
+        overrides: args.overrides,
         pipeline_file: args.pipeline,
         paths,
         selection: SelectionArgs {

@@ -87,11 +87,32 @@ impl Dag {
                 *keep &= other;
             }
         };
-        if let Some(start) = selection.start_from {
-            intersect(self.descendants(start));
+        let union = |masks: Vec<Vec<bool>>| {
+            let mut out = vec![false; self.len()];
+            for mask in masks {
+                for (keep, other) in out.iter_mut().zip(mask) {
+                    *keep |= other;
+                }
+            }
+            out
+        };
+        if !selection.start_from.is_empty() {
+            intersect(union(
+                selection
+                    .start_from
+                    .iter()
+                    .map(|&start| self.descendants(start))
+                    .collect(),
+            ));
         }
-        if let Some(stop) = selection.stop_at {
-            intersect(self.ancestors(stop));
+        if !selection.stop_at.is_empty() {
+            intersect(union(
+                selection
+                    .stop_at
+                    .iter()
+                    .map(|&stop| self.ancestors(stop))
+                    .collect(),
+            ));
         }
         if !selection.only.is_empty() {
             let mut mask = vec![false; self.len()];
@@ -107,8 +128,10 @@ impl Dag {
 /// Which stages a run considers, by stage index.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    pub start_from: Option<usize>,
-    pub stop_at: Option<usize>,
+    /// `--start-from`: these stages (all members a pattern matched) and what they invalidate.
+    pub start_from: Vec<usize>,
+    /// `--stop-at`: these stages and what they need.
+    pub stop_at: Vec<usize>,
     pub only: Vec<usize>,
     pub force: bool,
 }
@@ -222,22 +245,22 @@ mod tests {
         let select = |selection: Selection| graph.select(&selection);
         assert_eq!(
             select(Selection {
-                start_from: Some(1),
+                start_from: vec![1],
                 ..Default::default()
             }),
             vec![false, true, true, true, true]
         );
         assert_eq!(
             select(Selection {
-                stop_at: Some(2),
+                stop_at: vec![2],
                 ..Default::default()
             }),
             vec![true, true, true, false, false]
         );
         assert_eq!(
             select(Selection {
-                start_from: Some(1),
-                stop_at: Some(2),
+                start_from: vec![1],
+                stop_at: vec![2],
                 ..Default::default()
             }),
             vec![false, true, true, false, false]

@@ -328,10 +328,16 @@ impl StageTask {
             inputs: self
                 .inputs
                 .iter()
-                .map(|manifest| StageInput {
+                .zip(&stage.needs)
+                .map(|(manifest, &input)| StageInput {
                     id: manifest.stage.clone(),
                     dir: self.cache.entry_dir(manifest),
                     digest: manifest.digest.clone(),
+                    matrix: self.pipeline.stages[input]
+                        .matrix
+                        .iter()
+                        .map(|(name, value)| (name.clone(), crate::engine::matrix::display(value)))
+                        .collect(),
                 })
                 .collect(),
             progress: self.progress.clone(),

@@ -23,7 +23,9 @@ pub const INTERRUPTED: i32 = 130;
 /// The exit code for an error that stopped the command before or around a run.
 pub fn for_error(error: &Error) -> i32 {
     match error {
-        Error::Pipeline(PipelineError::Invalid(_) | PipelineError::Read { .. })
+        Error::Pipeline(
+            PipelineError::Invalid(_) | PipelineError::Read { .. } | PipelineError::Override(_),
+        )
         | Error::Usage(_)
         | Error::Plan(PlanError::MissingInput { .. } | PlanError::DamagedInput { .. }) => INVALID,
         Error::Lock(LockError::Held { .. }) => LOCKED,

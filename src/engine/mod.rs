@@ -14,6 +14,7 @@ pub mod exit_code;
 pub mod fingerprint;
 pub mod gc;
 pub mod lock;
+pub mod matrix;
 pub mod pipeline;
 pub mod plan;
 pub mod reporter;

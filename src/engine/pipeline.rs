@@ -19,7 +19,12 @@ use crate::engine::stage::{
 /// A checked stage, ready to plan and run.
 #[derive(Debug)]
 pub struct Stage {
+    /// The stage's id; a matrix member's is `template@name=value,...`.
     pub id: String,
+    /// The stage as written in the file (its own id outside a sweep).
+    pub template: String,
+    /// The member's matrix values, inherited ones first; empty outside a sweep.
+    pub matrix: crate::engine::matrix::Values,
     pub kind: &'static dyn StageKind,
     pub prepared: Box<dyn PreparedStage>,
     /// Indices of the stages this one reads, in `needs` order.
@@ -54,6 +59,54 @@ pub enum PipelineError {
     },
     #[error("{}", render(.0))]
     Invalid(Vec<Diagnostic>),
+    /// A `--set` that names no stage or param path.
+    #[error("--set {0}")]
+    Override(String),
+}
+
+/// Applies `STAGE.with.PATH=VALUE` (VALUE read as YAML: `4` is a number, `mlp` a string) to the
+/// stage as written, so every member of a matrix stage gets it.
+fn apply_override(spec: &mut PipelineSpec, text: &str) -> Result<(), String> {
+    let usage = || format!("{text}: expected STAGE.with.PARAM[.KEY...]=VALUE");
+    let (path, value) = text.split_once('=').ok_or_else(usage)?;
+    let mut parts = path.split('.');
+    let (Some(stage), Some("with")) = (parts.next(), parts.next()) else {
+        return Err(usage());
+    };
+    let keys: Vec<&str> = parts.collect();
+    if keys.is_empty() || keys.iter().any(|key| key.is_empty()) {
+        return Err(usage());
+    }
+    let stages: Vec<String> = spec.stages.keys().cloned().collect();
+    let stage_spec = spec.stages.get_mut(stage).ok_or_else(|| {
+        format!(
+            "{text}: `{stage}` is not a stage of this pipeline; stages: {}",
+            stages.join(", ")
+        )
+    })?;
+    let value: yaml_serde::Value = yaml_serde::from_str(value)
+        .map_err(|error| format!("{text}: the value is not YAML: {error}"))?;
+    let mut node = stage_spec
+        .params
+        .get_or_insert_with(|| yaml_serde::Value::Mapping(yaml_serde::Mapping::new()));
+    for (depth, key) in keys.iter().enumerate() {
+        if node.is_null() {
+            *node = yaml_serde::Value::Mapping(yaml_serde::Mapping::new());
+        }
+        let yaml_serde::Value::Mapping(mapping) = node else {
+            return Err(format!(
+                "{text}: `{}` is not a mapping",
+                keys[..depth].join(".")
+            ));
+        };
+        let key = yaml_serde::Value::String((*key).to_owned());
+        if depth + 1 == keys.len() {
+            mapping.insert(key, value);
+            return Ok(());
+        }
+        node = mapping.entry(key).or_insert(yaml_serde::Value::Null);
+    }
+    Ok(())
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
@@ -92,6 +145,21 @@ impl Pipeline {
         Self::parse(file, &text, project_root, catalog)
     }
 
+    /// [`load`](Self::load) with `--set STAGE.with.PATH=VALUE` overrides applied to the stages'
+    /// params before anything is checked (so they are part of the fingerprint).
+    pub fn load_with(
+        file: &Path,
+        project_root: &Path,
+        catalog: &dyn Catalog,
+        overrides: &[String],
+    ) -> Result<Self, PipelineError> {
+        let text = fs_err::read_to_string(file).map_err(|source| PipelineError::Read {
+            path: file.to_owned(),
+            source,
+        })?;
+        Self::parse_with(file, &text, project_root, catalog, overrides)
+    }
+
     /// Validates pipeline `text`, reporting errors against `file`.
     pub fn parse(
         file: &Path,
@@ -99,17 +167,40 @@ impl Pipeline {
         project_root: &Path,
         catalog: &dyn Catalog,
     ) -> Result<Self, PipelineError> {
+        Self::parse_with(file, text, project_root, catalog, &[])
+    }
+
+    /// [`parse`](Self::parse) with `--set` overrides.
+    pub fn parse_with(
+        file: &Path,
+        text: &str,
+        project_root: &Path,
+        catalog: &dyn Catalog,
+        overrides: &[String],
+    ) -> Result<Self, PipelineError> {
         // Syntax first, so a broken file is reported as such rather than as a type mismatch.
         let index = LocationIndex::build(text).map_err(|(position, message)| {
-            PipelineError::Invalid(vec![Diagnostic::at(
+            let mut diagnostic = Diagnostic::at(
                 file,
                 text,
                 Some(position),
                 1,
                 format!("invalid YAML: {message}"),
-            )])
+            );
+            // `{model: ${matrix.model}}`: in a flow mapping `{` opens a mapping.
+            let line = text
+                .lines()
+                .nth(position.line.saturating_sub(1))
+                .unwrap_or("");
+            if line.contains("${") {
+                diagnostic.help = Some(
+                    "inside `{ }` or `[ ]`, quote a matrix reference: \"${matrix.model}\""
+                        .to_owned(),
+                );
+            }
+            PipelineError::Invalid(vec![diagnostic])
         })?;
-        let spec: PipelineSpec = yaml_serde::from_str(text).map_err(|error| {
+        let mut spec: PipelineSpec = yaml_serde::from_str(text).map_err(|error| {
             let position = error.location().map(|location| Position {
                 line: location.line(),
                 column: location.column(),
@@ -123,6 +214,9 @@ impl Pipeline {
                 strip_yaml_location(&message),
             )])
         })?;
+        for text in overrides {
+            apply_override(&mut spec, text).map_err(PipelineError::Override)?;
+        }
         Checker {
             file,
             text,
@@ -201,6 +295,28 @@ impl Pipeline {
     }
 }
 
+/// A member being built: inherited values, the stage's own values, and its inputs as
+/// (template, member number).
+type Combo = (
+    crate::engine::matrix::Values,
+    crate::engine::matrix::Values,
+    Vec<(usize, usize)>,
+);
+
+/// One member of a template, before its stage is prepared.
+#[derive(Debug, Clone)]
+struct Member {
+    id: String,
+    template: usize,
+    values: crate::engine::matrix::Values,
+    /// (template, member number) of each input.
+    needs: Vec<(usize, usize)>,
+}
+
+fn ids_of(spec: &PipelineSpec) -> Vec<&String> {
+    spec.stages.keys().collect()
+}
+
 struct Checker<'a> {
     file: &'a Path,
     text: &'a str,
@@ -251,25 +367,9 @@ impl Checker<'_> {
                 .help = Some(known_kinds(self.catalog));
             }
         }
-        // Stage ids name environment variables; two ids must not map to the same one.
-        let mut variables: std::collections::HashMap<String, &str> =
-            std::collections::HashMap::new();
-        for id in spec.stages.keys() {
-            if let Some(first) = variables.insert(stage::input_variable(id), id) {
-                self.error(
-                    YamlPath::of(&["stages"]).key(id.clone()),
-                    Anchor::Key,
-                    format!(
-                        "stage ids `{first}` and `{id}` both name {}",
-                        stage::input_variable(id)
-                    ),
-                )
-                .help =
-                    Some("rename one: ids differing only in case, `-` or `_` collide".to_owned());
-            }
-        }
         let sources = self.check_sources(&spec);
-        let mut stages = Vec::new();
+        // The stages as written: ids, needs and cycles.
+        let mut template_needs: Vec<Vec<usize>> = Vec::new();
         let mut edges = Vec::new();
         for (position, (id, stage_spec)) in spec.stages.iter().enumerate() {
             let base = YamlPath::of(&["stages"]).key(id.clone());
@@ -306,12 +406,10 @@ impl Checker<'_> {
                     }
                 }
             }
-            if let Some(stage) = self.check_stage(id, stage_spec, &base, &spec, &sources, needs) {
-                stages.push(stage);
-            }
+            template_needs.push(needs);
         }
-        let dag = match Dag::build(spec.stages.len(), &edges) {
-            Ok(dag) => Some(dag),
+        let templates = match Dag::build(spec.stages.len(), &edges) {
+            Ok(dag) => dag,
             Err(cycle) => {
                 let names: Vec<&str> = cycle.iter().map(|&index| ids[index].as_str()).collect();
                 // Point at the `needs` entry that closes the loop.
@@ -332,23 +430,261 @@ impl Checker<'_> {
                 .help = Some(
                     "a stage cannot depend on its own output; remove one of these needs".into(),
                 );
-                None
+                return Err(PipelineError::Invalid(self.diagnostics));
             }
         };
-        match dag {
-            Some(dag) if self.diagnostics.is_empty() && stages.len() == spec.stages.len() => {
-                Ok(Pipeline {
-                    name: spec.name,
-                    description: spec.description,
-                    file: self.file.to_owned(),
-                    project_root: self.project_root.to_owned(),
-                    stages,
-                    dag,
-                    sources,
-                })
+        // The members: matrices expanded, fanned out downstream, gathered where a kind gathers.
+        let Some(members) = self.expand(&spec, &templates, &template_needs) else {
+            return Err(PipelineError::Invalid(self.diagnostics));
+        };
+        // Stage ids name environment variables; two ids must not map to the same one.
+        let mut variables: std::collections::HashMap<String, &str> =
+            std::collections::HashMap::new();
+        for member in members.iter().flatten() {
+            if let Some(first) = variables.insert(stage::input_variable(&member.id), &member.id) {
+                self.error(
+                    YamlPath::of(&["stages"]).key(ids[member.template].clone()),
+                    Anchor::Key,
+                    format!(
+                        "stage ids `{first}` and `{}` both name {}",
+                        member.id,
+                        stage::input_variable(&member.id)
+                    ),
+                )
+                .help =
+                    Some("rename one: ids differing only in case, `-` or `_` collide".to_owned());
             }
+        }
+        // In file order, each template's members together.
+        let mut index_of: Vec<Vec<usize>> = Vec::new();
+        let mut count = 0;
+        for list in &members {
+            index_of.push((count..count + list.len()).collect());
+            count += list.len();
+        }
+        let mut stages = Vec::new();
+        let mut member_edges = Vec::new();
+        for (template, list) in members.iter().enumerate() {
+            let (id, stage_spec) = spec.stages.get_index(template).expect("a template");
+            let base = YamlPath::of(&["stages"]).key(id.clone());
+            for member in list {
+                let needs: Vec<usize> = member
+                    .needs
+                    .iter()
+                    .map(|&(input, number)| index_of[input][number])
+                    .collect();
+                let index = stages.len();
+                member_edges.extend(needs.iter().map(|&input| (input, index)));
+                let mut member_spec = stage_spec.clone();
+                {
+                    match member_spec
+                        .params
+                        .as_ref()
+                        .map(|params| {
+                            crate::engine::matrix::substitute(
+                                params,
+                                &member.values,
+                                &base.clone().key("with"),
+                            )
+                        })
+                        .transpose()
+                    {
+                        Ok(params) => member_spec.params = params,
+                        Err(error) => {
+                            self.error(
+                                error.path,
+                                Anchor::Value,
+                                format!("stage `{}`: {}", member.id, error.message),
+                            );
+                            continue;
+                        }
+                    }
+                }
+                if let Some(mut stage) =
+                    self.check_stage(&member.id, &member_spec, &base, &spec, &sources, needs)
+                {
+                    stage.template = id.clone();
+                    stage.matrix = member.values.clone();
+                    stages.push(stage);
+                }
+            }
+        }
+        match Dag::build(count, &member_edges) {
+            Ok(dag) if self.diagnostics.is_empty() && stages.len() == count => Ok(Pipeline {
+                name: spec.name,
+                description: spec.description,
+                file: self.file.to_owned(),
+                project_root: self.project_root.to_owned(),
+                stages,
+                dag,
+                sources,
+            }),
             _ => Err(PipelineError::Invalid(self.diagnostics)),
         }
+    }
+
+    /// Each template's members, in topological order of the templates: its own matrix's
+    /// members crossed with the members of what it needs (agreeing on shared names), or, for a
+    /// gathering kind, its own members with every agreeing member of each need.
+    fn expand(
+        &mut self,
+        spec: &PipelineSpec,
+        templates: &Dag,
+        template_needs: &[Vec<usize>],
+    ) -> Option<Vec<Vec<Member>>> {
+        use crate::engine::matrix::{self, Values};
+        let mut members: Vec<Vec<Member>> = vec![Vec::new(); spec.stages.len()];
+        let mut failed = false;
+        for &template in templates.topological_order() {
+            let (id, stage_spec) = spec.stages.get_index(template).expect("a template");
+            let base = YamlPath::of(&["stages"]).key(id.clone());
+            let (own, name) = match &stage_spec.matrix {
+                None => (vec![Values::new()], None),
+                Some(value) => match matrix::parse(value, &base)
+                    .and_then(|parsed| Ok((matrix::members(&parsed, &base)?, parsed.name)))
+                {
+                    Ok(found) => found,
+                    Err(error) => {
+                        self.error(error.path, Anchor::Value, error.message);
+                        failed = true;
+                        continue;
+                    }
+                },
+            };
+            let gathers = self
+                .catalog
+                .kind(&stage_spec.kind)
+                .is_some_and(|kind| kind.gathers());
+            // (inherited values, own values, needs as (template, member number)); the inputs'
+            // members vary slowest, the stage's own lists fastest.
+            let mut combos: Vec<Combo> = if gathers {
+                own.iter()
+                    .map(|values| (Values::new(), values.clone(), Vec::new()))
+                    .collect()
+            } else {
+                vec![(Values::new(), Values::new(), Vec::new())]
+            };
+            for &input in &template_needs[template] {
+                let upstream = &members[input];
+                if gathers {
+                    for (_, own, needs) in &mut combos {
+                        needs.extend(
+                            upstream
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, member)| matrix::consistent(own, &member.values))
+                                .map(|(number, _)| (input, number)),
+                        );
+                    }
+                    continue;
+                }
+                let mut next = Vec::new();
+                for (inherited, own, needs) in &combos {
+                    for (number, member) in upstream.iter().enumerate() {
+                        if !matrix::consistent(inherited, &member.values) {
+                            continue;
+                        }
+                        let mut merged = inherited.clone();
+                        for (name, value) in &member.values {
+                            merged.entry(name.clone()).or_insert_with(|| value.clone());
+                        }
+                        let mut needs = needs.clone();
+                        needs.push((input, number));
+                        next.push((merged, own.clone(), needs));
+                    }
+                }
+                if next.is_empty() {
+                    let position = stage_spec
+                        .needs
+                        .iter()
+                        .position(|need| need == ids_of(spec)[input])
+                        .unwrap_or(0);
+                    self.error(
+                        base.clone().key("needs").index(position),
+                        Anchor::Value,
+                        format!(
+                            "no member of `{}` agrees with the matrix values of `{id}`",
+                            ids_of(spec)[input]
+                        ),
+                    );
+                    failed = true;
+                }
+                combos = next;
+            }
+            if !gathers {
+                combos = combos
+                    .into_iter()
+                    .flat_map(|(inherited, _, needs)| {
+                        own.iter()
+                            .filter(|values| matrix::consistent(&inherited, values))
+                            .map(|values| (inherited.clone(), values.clone(), needs.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if combos.is_empty() && !failed {
+                    self.error(
+                        base.clone().key("matrix"),
+                        Anchor::Key,
+                        format!("no member of `{id}` agrees with the matrix values of its inputs"),
+                    );
+                    failed = true;
+                }
+            }
+            let mut seen: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::new();
+            for (inherited, own, needs) in combos {
+                let mut values = inherited;
+                for (name, value) in own {
+                    values.entry(name).or_insert(value);
+                }
+                let member_id = match matrix::member_id(id, &values, name.as_deref()) {
+                    Ok(member_id) => member_id,
+                    Err(message) => {
+                        self.error(
+                            base.clone().key("matrix").key("name"),
+                            Anchor::Value,
+                            message,
+                        );
+                        failed = true;
+                        continue;
+                    }
+                };
+                if member_id.len() > 200 {
+                    self.error(
+                        base.clone().key("matrix"),
+                        Anchor::Key,
+                        format!("member id `{member_id}` is longer than 200 characters"),
+                    )
+                    .help = Some("give the matrix a shorter `name:` template".to_owned());
+                    failed = true;
+                    continue;
+                }
+                if let Some(&first) = seen.get(&member_id) {
+                    let other = &members[template][first];
+                    self.error(
+                        base.clone().key("matrix"),
+                        Anchor::Key,
+                        format!(
+                            "two members of `{id}` are both `{member_id}` ({} and {})",
+                            matrix::describe(&other.values),
+                            matrix::describe(&values)
+                        ),
+                    )
+                    .help =
+                        Some("make the `name:` template use every value that varies".to_owned());
+                    failed = true;
+                    continue;
+                }
+                seen.insert(member_id.clone(), members[template].len());
+                members[template].push(Member {
+                    id: member_id,
+                    template,
+                    values,
+                    needs,
+                });
+            }
+        }
+        (!failed).then_some(members)
     }
 
     fn check_stage(
@@ -431,6 +767,8 @@ impl Checker<'_> {
         let (ttl, reuse_for) = (ttl.ok()?, reuse_for.ok()?);
         Some(Stage {
             id: id.to_owned(),
+            template: id.to_owned(),
+            matrix: crate::engine::matrix::Values::new(),
             kind,
             prepared,
             needs,

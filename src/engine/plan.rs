@@ -165,7 +165,7 @@ pub async fn plan(
             let files = file_digests(pipeline, stage, digests)?;
             let forced = if selection.force {
                 Some("forced (--force)")
-            } else if selection.start_from == Some(index) {
+            } else if selection.start_from.contains(&index) {
                 Some("forced (--start-from)")
             } else {
                 None
@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(plan.stages[1].decision, Decision::Cached);
         assert_eq!(plan.stages[2].decision, Decision::Skip);
         let forced = Selection {
-            start_from: Some(0),
+            start_from: vec![0],
             ..Selection::default()
         };
         let plan = bench.plan(&pipeline, &forced).await;

@@ -53,6 +53,8 @@ pub struct RunRequest {
     pub pipeline_file: PathBuf,
     /// The stage kinds the pipeline may name.
     pub catalog: &'static dyn Catalog,
+    /// `--set STAGE.with.PATH=VALUE`, in order.
+    pub overrides: Vec<String>,
     pub paths: Paths,
     pub selection: SelectionArgs,
     pub validate_only: bool,
@@ -86,36 +88,64 @@ pub struct JsonStage {
 
 /// Loads a pipeline, with project-relative paths resolved against `paths.project_root`.
 pub fn load(pipeline_file: &Path, paths: &Paths, catalog: &dyn Catalog) -> Result<Pipeline, Error> {
-    Ok(Pipeline::load(pipeline_file, &paths.project_root, catalog)?)
+    load_with(pipeline_file, paths, catalog, &[])
+}
+
+/// [`load`] with `--set` overrides.
+pub fn load_with(
+    pipeline_file: &Path,
+    paths: &Paths,
+    catalog: &dyn Catalog,
+    overrides: &[String],
+) -> Result<Pipeline, Error> {
+    Ok(Pipeline::load_with(
+        pipeline_file,
+        &paths.project_root,
+        catalog,
+        overrides,
+    )?)
 }
 
 /// Resolves selection flags to stage indices, refusing unknown names with the list of stages.
+/// A name is a stage id, a stage as written (all its matrix members), or a glob over ids
+/// (`train@*`, `*model=mlp*`).
 pub fn resolve_selection(pipeline: &Pipeline, args: &SelectionArgs) -> Result<Selection, Error> {
-    let find = |flag: &str, name: &str| {
-        pipeline.stage_index(name).ok_or_else(|| {
-            Error::Usage(format!(
+    let find = |flag: &str, name: &str| -> Result<Vec<usize>, Error> {
+        let matches: Vec<usize> = pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .filter(|(_, stage)| {
+                stage.id == name
+                    || stage.template == name
+                    || crate::engine::matrix::glob_match(name, &stage.id)
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if matches.is_empty() {
+            return Err(Error::Usage(format!(
                 "{flag} names stage `{name}`, which is not in pipeline `{}`; stages: {}",
                 pipeline.name,
                 pipeline.stage_ids()
-            ))
-        })
+            )));
+        }
+        Ok(matches)
+    };
+    let many = |flag: &str, names: &[String]| -> Result<Vec<usize>, Error> {
+        let mut out = Vec::new();
+        for name in names {
+            for index in find(flag, name)? {
+                if !out.contains(&index) {
+                    out.push(index);
+                }
+            }
+        }
+        Ok(out)
     };
     let selection = Selection {
-        start_from: args
-            .start_from
-            .as_deref()
-            .map(|name| find("--start-from", name))
-            .transpose()?,
-        stop_at: args
-            .stop_at
-            .as_deref()
-            .map(|name| find("--stop-at", name))
-            .transpose()?,
-        only: args
-            .only
-            .iter()
-            .map(|name| find("--only", name))
-            .collect::<Result<_, _>>()?,
+        start_from: many("--start-from", args.start_from.as_slice())?,
+        stop_at: many("--stop-at", args.stop_at.as_slice())?,
+        only: many("--only", &args.only)?,
         force: args.force,
     };
     if !pipeline.dag.select(&selection).contains(&true) {
@@ -140,7 +170,12 @@ pub async fn make_plan(
 
 /// `asterflow run`: returns the exit code.
 pub async fn run(request: RunRequest) -> Result<i32, Error> {
-    let pipeline = load(&request.pipeline_file, &request.paths, request.catalog)?;
+    let pipeline = load_with(
+        &request.pipeline_file,
+        &request.paths,
+        request.catalog,
+        &request.overrides,
+    )?;
     pipeline.check_shapes().await?;
     let selection = resolve_selection(&pipeline, &request.selection)?;
     if request.validate_only {

@@ -33,7 +33,7 @@ pub struct DefaultsSpec {
 }
 
 /// One stage as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
     pub kind: String,
@@ -48,6 +48,9 @@ pub struct StageSpec {
     /// Bump to invalidate this stage's cached outputs by hand.
     #[serde(default)]
     pub version: Option<u32>,
+    /// Run once per member of these lists' product (`engine::matrix`).
+    #[serde(default)]
+    pub matrix: Option<yaml_serde::Value>,
 }
 
 /// A stage's cache policy.

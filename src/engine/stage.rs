@@ -138,6 +138,11 @@ pub trait StageKind: Sync {
     fn name(&self) -> &'static str;
     /// Bump when the kind's implementation changes what it writes: part of every fingerprint.
     fn code_version(&self) -> u32;
+    /// A gathering kind (`compare`, `report`) downstream of a matrix stage runs once and gets
+    /// every member as an input; any other kind runs once per member.
+    fn gathers(&self) -> bool {
+        false
+    }
     /// Checks `params` (the stage's `with`, defaults merged) without side effects.
     fn prepare(
         &self,
@@ -246,6 +251,8 @@ pub struct StageInput {
     pub id: String,
     pub dir: PathBuf,
     pub digest: String,
+    /// The input's matrix values (`model` -> `mlp`), empty outside a sweep.
+    pub matrix: Vec<(String, String)>,
 }
 
 /// Everything a running stage gets from the engine.

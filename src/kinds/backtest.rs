@@ -163,7 +163,8 @@ impl StageKind for Backtest {
     }
 
     fn code_version(&self) -> u32 {
-        2
+        // 3: equity.parquet gains the fees and slippage paid so far.
+        3
     }
 
     fn prepare(
@@ -268,6 +269,9 @@ fn equity_schema() -> SchemaRef {
         float("exposure"),
         float("buy_and_hold"),
         float("buy_and_hold_drawdown"),
+        // Fees and slippage paid so far: equity + fees + slippage is the equity before costs.
+        float("fees"),
+        float("slippage"),
     ]))
 }
 
@@ -616,6 +620,8 @@ fn write_equity(
         Arc::new(Float64Array::from(simulation.exposure.clone())),
         Arc::new(Float64Array::from(benchmark.to_vec())),
         Arc::new(Float64Array::from(benchmark_drawdown)),
+        Arc::new(Float64Array::from(simulation.fees_paid.clone())),
+        Arc::new(Float64Array::from(simulation.slippage_paid.clone())),
     ];
     let batch = RecordBatch::try_new(equity_schema(), columns).map_err(StageError::failed)?;
     crate::kinds::write_parquet(&context.output_dir.join(EQUITY_FILE), &batch)

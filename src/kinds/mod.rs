@@ -5,6 +5,7 @@
 pub mod backtest;
 pub mod collect;
 pub mod command;
+pub mod compare;
 pub mod discover;
 pub mod rate_limits;
 pub mod report;
@@ -30,6 +31,7 @@ pub static KINDS: &[&dyn StageKind] = &[
     &sql::Sql,
     &train::Train,
     &backtest::Backtest,
+    &compare::Compare,
     &report::Report,
     &signals::Signals,
 ];

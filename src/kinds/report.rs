@@ -22,7 +22,7 @@ use crate::diagnostic::location::YamlPath;
 use crate::diagnostic::params::{ParamError, parse_params};
 use crate::engine::stage::{
     BoxFuture, Closing, ClosingContext, OutputShape, PrepareContext, PreparedStage, ShapeError,
-    StageContext, StageError, StageKind,
+    StageContext, StageError, StageInput, StageKind,
 };
 use crate::report::data::{
     Backtest, ColumnSummary, Curve, Features, LatestSignal, Model, Month, Paper, ReportData,
@@ -61,7 +61,13 @@ impl StageKind for Report {
     }
 
     fn code_version(&self) -> u32 {
-        2
+        // 3: a sweep section from a compare input.
+        3
+    }
+
+    /// After a sweep, one report over every member (it prefers the `compare` winner's).
+    fn gathers(&self) -> bool {
+        true
     }
 
     fn prepare(
@@ -94,21 +100,33 @@ impl Prepared {
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
         let synthetic = crate::kinds::sql::mark_provenance(context)?;
         let validation: Option<Validation> = context.read_input_json("validation_report.json")?;
-        let model = match context.input_with(crate::kinds::train::PREDICTIONS_FILE) {
+        let inputs = chosen_inputs(context)?;
+        let input_with = |file: &str| {
+            inputs
+                .iter()
+                .copied()
+                .find(|input| input.dir.join(file).is_file())
+        };
+        let model = match input_with(crate::kinds::train::PREDICTIONS_FILE) {
             Some(input) => Some(model(&input.dir.join("metrics.json"))?),
             None => None,
         };
-        let backtest = match context.input_with(crate::kinds::backtest::TRADES_FILE) {
+        let backtest = match input_with(crate::kinds::backtest::TRADES_FILE) {
             Some(input) => Some(self.backtest(&input.dir)?),
             None => None,
         };
-        let paper = match context.input_with(crate::kinds::signals::SIGNALS_FILE) {
+        let paper = match input_with(crate::kinds::signals::SIGNALS_FILE) {
             Some(input) => Some(paper(&input.dir)?),
             None => None,
         };
-        let session = crate::sql::input_session(context.input_dirs(), &context.data_dir)
-            .await
-            .map_err(StageError::failed)?;
+        let session = crate::sql::input_session(
+            inputs
+                .iter()
+                .map(|input| (input.id.as_str(), input.dir.as_path())),
+            &context.data_dir,
+        )
+        .await
+        .map_err(StageError::failed)?;
         let features = if crate::sql::has_table(&session, &self.params.features_table) {
             context.progress.message("summarising the features");
             Some(
@@ -119,11 +137,16 @@ impl Prepared {
         } else {
             None
         };
+        let sweep = match input_with(crate::kinds::compare::SUMMARY_FILE) {
+            Some(input) => Some(sweep(&input.dir)?),
+            None => None,
+        };
         if validation.is_none()
             && features.is_none()
             && model.is_none()
             && backtest.is_none()
             && paper.is_none()
+            && sweep.is_none()
         {
             return Err(StageError::failed(
                 "no input holds anything to report: add validate, features, train, backtest or signals stages to `needs`",
@@ -137,6 +160,7 @@ impl Prepared {
             model,
             backtest,
             paper,
+            sweep,
         };
         crate::kinds::write_json(&context.output_dir.join(REPORT_DATA_FILE), &data)
     }
@@ -205,6 +229,83 @@ fn paper(dir: &Path) -> Result<Paper, StageError> {
         classes,
         latest,
     })
+}
+
+/// A `compare` output: its summary and each member's equity curve, thinned for drawing.
+fn sweep(dir: &Path) -> Result<crate::report::data::Sweep, StageError> {
+    let path = dir.join(crate::kinds::compare::SUMMARY_FILE);
+    let comparison: crate::sweep::Summary = serde_json::from_value(crate::kinds::read_json(&path)?)
+        .map_err(|error| StageError::failed(format!("{}: {error}", path.display())))?;
+    let mut curves: Vec<crate::report::data::MemberCurve> = Vec::new();
+    for batch in crate::kinds::read_parquet(&dir.join(crate::kinds::compare::CURVES_FILE))? {
+        let (Some(member), Some(time), Some(equity)) = (
+            batch.column_by_name("member"),
+            batch.column_by_name("open_time"),
+            batch.column_by_name("equity"),
+        ) else {
+            return Err(StageError::failed(
+                "curves.parquet lacks member, open_time or equity",
+            ));
+        };
+        let member = member.as_string::<i32>();
+        let time = time.as_primitive::<Int64Type>();
+        let equity = equity.as_primitive::<arrow::datatypes::Float64Type>();
+        for row in 0..batch.num_rows() {
+            let name = member.value(row);
+            if curves.last().is_none_or(|curve| curve.member != name) {
+                curves.push(crate::report::data::MemberCurve {
+                    member: name.to_owned(),
+                    time: Vec::new(),
+                    equity: Vec::new(),
+                });
+            }
+            let curve = curves.last_mut().expect("pushed");
+            curve.time.push(time.value(row));
+            curve.equity.push(equity.value(row));
+        }
+    }
+    for curve in &mut curves {
+        let step = curve.time.len().div_ceil(400).max(1);
+        curve.time = curve.time.iter().step_by(step).copied().collect();
+        curve.equity = curve.equity.iter().step_by(step).copied().collect();
+    }
+    curves.sort_by_key(|curve| curve.member != comparison.winner);
+    Ok(crate::report::data::Sweep { comparison, curves })
+}
+
+/// The inputs the report describes: outside a sweep, all of them; after one, of each stage's
+/// members only the `compare` winner's (the member whose matrix values are all the winner's),
+/// or the first when no `compare` says.
+fn chosen_inputs(context: &StageContext) -> Result<Vec<&StageInput>, StageError> {
+    let summary: Option<crate::sweep::Summary> =
+        context.read_input_json(crate::kinds::compare::SUMMARY_FILE)?;
+    let winner: Vec<(String, String)> = summary
+        .and_then(|summary| {
+            summary
+                .leaderboard
+                .into_iter()
+                .find(|row| row.member == summary.winner)
+                .map(|row| row.values)
+        })
+        .unwrap_or_default();
+    let template = |id: &str| id.split('@').next().unwrap_or(id).to_owned();
+    let mut chosen: Vec<&StageInput> = Vec::new();
+    for input in &context.inputs {
+        let agrees = input.matrix.iter().all(|pair| winner.contains(pair));
+        match chosen
+            .iter()
+            .position(|other| template(&other.id) == template(&input.id))
+        {
+            None => chosen.push(input),
+            Some(at) => {
+                let current = chosen[at].matrix.iter().all(|pair| winner.contains(pair));
+                if agrees && !current {
+                    chosen[at] = input;
+                }
+            }
+        }
+    }
+    Ok(chosen)
 }
 
 fn model(path: &Path) -> Result<Model, StageError> {

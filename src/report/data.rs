@@ -23,6 +23,23 @@ pub struct ReportData {
     /// The newest bar's signals and the paper book, when a `signals` stage is an input.
     #[serde(default)]
     pub paper: Option<Paper>,
+    /// A sweep's leaderboard, selection correction and curves, when a `compare` is an input.
+    #[serde(default)]
+    pub sweep: Option<Sweep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sweep {
+    pub comparison: crate::sweep::Summary,
+    /// Each member's equity by bar (thinned to at most a few hundred points), winner first.
+    pub curves: Vec<MemberCurve>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberCurve {
+    pub member: String,
+    pub time: Vec<i64>,
+    pub equity: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::data::{Backtest, Features, Model, Paper, ReportData, Validation};
+use super::data::{Backtest, Features, Model, Paper, ReportData, Sweep, Validation};
 use super::format::{MONTHS, duration_ms, figure, ratio, share, signed_percent};
 use super::svg::{Series, Span, escape, time_chart, timeline};
 use crate::engine::run_record::{RunRecord, StageStatus};
@@ -49,6 +49,9 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
         );
     }
     // Results first: what a reader opens the report for; then how the run got there.
+    if let Some(sweep) = &data.sweep {
+        sweep_section(&mut page, sweep);
+    }
     if let Some(backtest) = &data.backtest {
         backtest_section(&mut page, backtest);
     }
@@ -170,6 +173,90 @@ fn features_section(page: &mut String, features: &Features) {
         );
     }
     page.push_str("</table>");
+}
+
+/// A sweep: the verdict, the selection correction with its inputs, every member's equity faint
+/// behind the winner's, and the leaderboard.
+fn sweep_section(page: &mut String, sweep: &Sweep) {
+    let c = &sweep.comparison;
+    let _ = write!(
+        page,
+        "<h2>Sweep: {} members</h2><p class=\"verdict\"><b>{}</b></p>",
+        c.members,
+        escape(&c.verdict)
+    );
+    if let Some(d) = &c.deflated {
+        let _ = write!(
+            page,
+            "<p>Deflated Sharpe Ratio {:.3}: the winner's per-bar Sharpe {:.4} against {:.4}, the best that N = {} members would show by luck (variance of their Sharpes V = {:.3e}), over T = {} bars with skewness {:.2} and kurtosis {:.2}.</p>",
+            d.dsr,
+            d.sharpe,
+            d.expected_max,
+            d.trials,
+            d.variance,
+            d.periods,
+            d.skewness,
+            d.kurtosis
+        );
+    }
+    match &c.overfitting {
+        Some(o) => {
+            let _ = write!(
+                page,
+                "<p>Probability of Backtest Overfitting {:.3}: over {} splits of S = {} blocks of {} bars into halves, the share in which the in-sample best ranks at or below the median out of sample.</p>",
+                o.pbo, o.splits, o.blocks, o.block_periods
+            );
+        }
+        None => page.push_str("<p>Probability of Backtest Overfitting: n/a (fewer than two members or too short a track).</p>"),
+    }
+    let series: Vec<Series<'_>> = sweep
+        .curves
+        .iter()
+        .map(|curve| {
+            let winner = curve.member == c.winner;
+            Series {
+                name: if winner { "winner" } else { &curve.member },
+                color: if winner { STRATEGY } else { "#59636e" },
+                x: &curve.time,
+                y: &curve.equity,
+                dashed: false,
+                filled: false,
+                faint: !winner,
+            }
+        })
+        .rev()
+        .collect();
+    page.push_str(&time_chart(
+        "Equity of every member",
+        1000.0,
+        320.0,
+        &series,
+        &|v| figure(Some(v)),
+    ));
+    page.push_str("<table><tr><th>rank</th><th class=\"l\">member</th><th>Sharpe</th><th>return</th><th>max drawdown</th><th>trades</th><th>t before fees</th><th>balanced accuracy</th><th>baseline</th></tr>");
+    for row in c.leaderboard.iter().take(40) {
+        let _ = write!(
+            page,
+            "<tr><td>{}</td><td class=\"l\"><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            row.rank,
+            escape(&row.member),
+            ratio(row.sharpe),
+            signed_percent(Some(row.total_return)),
+            signed_percent(Some(row.max_drawdown)),
+            row.trades,
+            ratio(row.t_before_fees),
+            ratio(row.balanced_accuracy),
+            ratio(row.baseline_balanced_accuracy)
+        );
+    }
+    page.push_str("</table>");
+    if c.leaderboard.len() > 40 {
+        let _ = write!(
+            page,
+            "<p>{} more in leaderboard.csv.</p>",
+            c.leaderboard.len() - 40
+        );
+    }
 }
 
 fn paper_section(page: &mut String, paper: &Paper) {
@@ -353,6 +440,7 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
                 y: &curve.equity,
                 dashed: false,
                 filled: false,
+                faint: false,
             },
             Series {
                 name: "buy-and-hold",
@@ -361,6 +449,7 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
                 y: &curve.buy_and_hold,
                 dashed: true,
                 filled: false,
+                faint: false,
             },
         ],
         &|v| figure(Some(v)),
@@ -377,6 +466,7 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
                 y: &curve.drawdown,
                 dashed: false,
                 filled: true,
+                faint: false,
             },
             Series {
                 name: "buy-and-hold",
@@ -385,6 +475,7 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
                 y: &curve.buy_and_hold_drawdown,
                 dashed: true,
                 filled: false,
+                faint: false,
             },
         ],
         &|v| format!("{:.0}%", v * 100.0),

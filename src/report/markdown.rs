@@ -33,6 +33,27 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
             duration_ms(stage.duration_ms)
         );
     }
+    if let Some(sweep) = &data.sweep {
+        let c = &sweep.comparison;
+        let _ = writeln!(
+            text,
+            "\n## Sweep\n\n**{}**\n\n| rank | member | Sharpe | return | max drawdown | trades | t before fees |\n|---:|---|---:|---:|---:|---:|---:|",
+            c.verdict
+        );
+        for row in c.leaderboard.iter().take(20) {
+            let _ = writeln!(
+                text,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.rank,
+                cell(&row.member),
+                ratio(row.sharpe),
+                signed_percent(Some(row.total_return)),
+                signed_percent(Some(row.max_drawdown)),
+                row.trades,
+                ratio(row.t_before_fees)
+            );
+        }
+    }
     if let Some(validation) = &data.validation {
         let _ = writeln!(
             text,

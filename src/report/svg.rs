@@ -13,6 +13,8 @@ pub struct Series<'a> {
     pub dashed: bool,
     /// Fill between the line and zero (a drawdown).
     pub filled: bool,
+    /// Drawn thin and pale behind the others, and left out of the legend (a sweep's members).
+    pub faint: bool,
 }
 
 /// Escapes text for HTML and SVG content and attribute values.
@@ -138,16 +140,17 @@ pub fn time_chart(
         } else {
             ""
         };
+        let (width, opacity) = if line.faint { (1.0, 0.25) } else { (1.5, 1.0) };
         let _ = write!(
             svg,
-            r##"<polyline points="{path}" fill="none" stroke="{}" stroke-width="1.5"{dash}><title>{}</title></polyline>"##,
+            r##"<polyline points="{path}" fill="none" stroke="{}" stroke-width="{width}" stroke-opacity="{opacity}"{dash}><title>{}</title></polyline>"##,
             line.color,
             escape(line.name)
         );
     }
     // Legend, top right.
     let mut x = width - RIGHT;
-    for line in series.iter().rev() {
+    for line in series.iter().rev().filter(|line| !line.faint) {
         let label_width = 7.0 * line.name.chars().count() as f64 + 26.0;
         x -= label_width;
         let _ = write!(
@@ -241,6 +244,7 @@ mod tests {
                 y: &[1.0, 2.0],
                 dashed: false,
                 filled: false,
+                faint: false,
             }],
             &|v| format!("{v:.0}"),
         );
@@ -261,6 +265,7 @@ mod tests {
                 y: &[0.0, 1.0],
                 dashed: false,
                 filled: false,
+                faint: false,
             }],
             &|v| format!("{v}"),
         );

@@ -160,3 +160,90 @@ fn a_leaking_feature_on_the_null_market_shows_up_as_an_edge() {
     assert!(h.excess > 2.0 * h.noise, "the leak went unnoticed: {h:?}");
     assert!(h.before_fees_t > 4.0, "the leak went unnoticed: {h:?}");
 }
+
+/// The shipped pipeline `name` as a sweep: with and without BTC's last return (the planted edge's
+/// carrier) x eight other features left out in turn = 16 logistic models, each backtested with
+/// the shipped rules (members that differ only in what they saw, not in how often they trade),
+/// judged by two `compare` stages, on net returns and on returns before fees. Half a year, CPU.
+fn run_sweep(name: &str) -> (Project, Run) {
+    let project = crate::common::shipped_project();
+    let path = format!("pipelines/{name}.yaml");
+    let text = std::fs::read_to_string(project.path().join(&path)).unwrap();
+    let train = "    with: {model: mlp, device: auto, hidden: 64, epochs: 10, folds: 4}\n";
+    let entry = "      entry: {long_above: 0.4, short: false}\n";
+    let report = "  report:\n    kind: report\n";
+    for shape in [train, entry, report, "history: 365d"] {
+        assert!(text.contains(shape), "{path} changed shape: {shape}");
+    }
+    let text = text
+        .replace("history: 365d", "history: 180d")
+        .replace(
+            train,
+            "    matrix:\n      drop: [nothing, btc_ret]\n      other: [rsi_14, macd_hist, atr_14, volume_z, momentum_24, bb_percent_b, sma_ratio_20, volatility_20]\n    with: {model: logistic, device: cpu, folds: 4, exclude: [close, \"${matrix.drop}\", \"${matrix.other}\"]}\n",
+        )
+        .replace(
+            report,
+            "  compare_net:\n    kind: compare\n    needs: [train, backtest]\n    with: {returns: net}\n  compare_gross:\n    kind: compare\n    needs: [train, backtest]\n    with: {returns: gross}\n  report:\n    kind: report\n",
+        );
+    project.write(&path, &text);
+    let run = project.run(&["run", &path, "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    (project, run)
+}
+
+/// (DSR, PBO, winner) of a compare stage.
+fn judged(project: &Project, run: &Run, stage: &str) -> (f64, f64, String) {
+    let summary = run.output_json(project, stage, "compare.json");
+    let board = run.output_of(project, stage).join("leaderboard.txt");
+    eprintln!(
+        "{stage}:\n{}",
+        std::fs::read_to_string(board).unwrap_or_default()
+    );
+    assert_eq!(summary["members"], 16, "{summary}");
+    (
+        summary["deflated"]["dsr"].as_f64().unwrap(),
+        summary["overfitting"]["pbo"].as_f64().unwrap(),
+        summary["winner"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn on_the_null_market_compare_refuses_the_best_of_the_sweep() {
+    let (project, run) = run_sweep("null");
+    let (dsr, _, winner) = judged(&project, &run, "compare_net");
+    assert!(
+        dsr < 0.95,
+        "net: the best of 16 ({winner}) passes with DSR {dsr} on a null market"
+    );
+    // Before fees the best member still does not survive the correction.
+    let (dsr, pbo, winner) = judged(&project, &run, "compare_gross");
+    assert!(
+        dsr < 0.95,
+        "gross: the best of 16 ({winner}) passes with DSR {dsr} on a null market"
+    );
+    // Not asserted: PBO >= 0.3. On this null market the feature sets trade differently in a
+    // way that persists across time blocks (members that never saw `btc_ret` keep beating those
+    // that did, before fees), so PBO comes out near 0.07 (0.13 to 0.54 in the other sweep
+    // designs tried; see BENCHMARKS.md). It is printed; the verdict does not rest on it.
+    eprintln!("gross PBO on the null market: {pbo}");
+}
+
+#[test]
+fn on_the_planted_market_the_best_of_the_sweep_survives() {
+    let (project, run) = run_sweep("planted");
+    // The planted edge is small next to the fees (the single backtest above loses after fees
+    // while earning before them), so the sweep is judged on returns before fees.
+    let (dsr, pbo, winner) = judged(&project, &run, "compare_gross");
+    assert!(
+        !winner.contains("drop=btc_ret"),
+        "the winner ({winner}) cannot see the edge"
+    );
+    assert!(
+        dsr >= 0.95,
+        "gross: the planted edge's best ({winner}) has DSR {dsr}"
+    );
+    assert!(
+        pbo < 0.2,
+        "gross: PBO {pbo}: the in-sample best does not keep winning"
+    );
+}

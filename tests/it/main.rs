@@ -13,5 +13,6 @@ mod report;
 mod run;
 mod scheduled;
 mod sql;
+mod sweep;
 mod train;
 mod validate;
