@@ -9,9 +9,9 @@
 //!   with:
 //!     by: sharpe                 # sharpe | total_return | max_drawdown | trades | t_before_fees
 //!                                # | balanced_accuracy | log_loss
-//!     returns: net               # net | gross: per-bar returns after costs, or before fees
-//!                                # (where fee drag no longer separates members that trade more
-//!                                # or less often); slippage stays in the fills either way
+//!     returns: net               # net | gross: per-bar returns after trading costs, or before
+//!                                # them (fees and slippage), where cost drag no longer
+//!                                # separates members that trade more or less often
 //!     blocks: 16                 # time blocks of the PBO's cross-validation (even)
 //!     min_dsr: 0.95              # the winner survives at this DSR or above ...
 //!     max_pbo: 0.5               # ... and a PBO below this
@@ -129,7 +129,7 @@ struct Member<'a> {
     summary: crate::backtest::Summary,
     time: Vec<i64>,
     equity: Vec<f64>,
-    /// Fees paid so far, per bar.
+    /// Fees and slippage paid so far, per bar: trading costs, which `gross` adds back.
     fees: Vec<f64>,
     model: Option<serde_json::Value>,
 }
@@ -381,7 +381,7 @@ fn verdict(
     (survives, line)
 }
 
-/// Open times, equity, and the fees paid so far.
+/// Open times, equity, and the fees and slippage paid so far.
 type EquityColumns = (Vec<i64>, Vec<f64>, Vec<f64>);
 
 fn read_equity(path: &Path) -> Result<EquityColumns, StageError> {
@@ -407,10 +407,13 @@ fn read_equity(path: &Path) -> Result<EquityColumns, StageError> {
             .ok_or_else(|| missing("slippage"))?;
         out.0.extend(time.as_primitive::<Int64Type>().values());
         out.1.extend(equity.as_primitive::<Float64Type>().values());
-        // Slippage is part of the price a fill gets, as in the backtest's own P&L before
-        // fees: only the fees come back.
-        let _ = slippage;
-        out.2.extend(fees.as_primitive::<Float64Type>().values());
+        out.2.extend(
+            fees.as_primitive::<Float64Type>()
+                .values()
+                .iter()
+                .zip(slippage.as_primitive::<Float64Type>().values())
+                .map(|(fees, slippage)| fees + slippage),
+        );
     }
     Ok(out)
 }

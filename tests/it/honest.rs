@@ -161,9 +161,9 @@ fn a_leaking_feature_on_the_null_market_shows_up_as_an_edge() {
     assert!(h.before_fees_t > 4.0, "the leak went unnoticed: {h:?}");
 }
 
-/// The shipped pipeline `name` as a sweep: with and without BTC's last return (the planted edge's
-/// carrier) x eight other features left out in turn = 16 logistic models, each backtested with
-/// the shipped rules (members that differ only in what they saw, not in how often they trade),
+/// The shipped pipeline `name` as a sweep: the shipped mlp with and without BTC's last return
+/// (the planted edge's carrier) x eight seeds = 16 models, each backtested with the shipped
+/// rules,
 /// judged by two `compare` stages, on net returns and on returns before fees. Half a year, CPU.
 fn run_sweep(name: &str) -> (Project, Run) {
     let project = crate::common::shipped_project();
@@ -179,7 +179,7 @@ fn run_sweep(name: &str) -> (Project, Run) {
         .replace("history: 365d", "history: 180d")
         .replace(
             train,
-            "    matrix:\n      drop: [nothing, btc_ret]\n      other: [rsi_14, macd_hist, atr_14, volume_z, momentum_24, bb_percent_b, sma_ratio_20, volatility_20]\n    with: {model: logistic, device: cpu, folds: 4, exclude: [close, \"${matrix.drop}\", \"${matrix.other}\"]}\n",
+            "    matrix:\n      drop: [nothing, btc_ret]\n      seed: [1, 2, 3, 4, 5, 6, 7, 8]\n    with: {model: mlp, device: cpu, hidden: 64, epochs: 10, folds: 4, seed: \"${matrix.seed}\", exclude: [close, \"${matrix.drop}\"]}\n",
         )
         .replace(
             report,
@@ -215,24 +215,23 @@ fn on_the_null_market_compare_refuses_the_best_of_the_sweep() {
         dsr < 0.95,
         "net: the best of 16 ({winner}) passes with DSR {dsr} on a null market"
     );
-    // Before fees the best member still does not survive the correction.
+    // Before costs, cost drag no longer separates the members: luck alone ranks them.
     let (dsr, pbo, winner) = judged(&project, &run, "compare_gross");
     assert!(
         dsr < 0.95,
         "gross: the best of 16 ({winner}) passes with DSR {dsr} on a null market"
     );
-    // Not asserted: PBO >= 0.3. On this null market the feature sets trade differently in a
-    // way that persists across time blocks (members that never saw `btc_ret` keep beating those
-    // that did, before fees), so PBO comes out near 0.07 (0.13 to 0.54 in the other sweep
-    // designs tried; see BENCHMARKS.md). It is printed; the verdict does not rest on it.
-    eprintln!("gross PBO on the null market: {pbo}");
+    assert!(
+        pbo >= 0.3,
+        "gross: PBO {pbo} on a null market: the in-sample best keeps winning"
+    );
 }
 
 #[test]
 fn on_the_planted_market_the_best_of_the_sweep_survives() {
     let (project, run) = run_sweep("planted");
-    // The planted edge is small next to the fees (the single backtest above loses after fees
-    // while earning before them), so the sweep is judged on returns before fees.
+    // The planted edge is small next to the costs (the single backtest above loses after fees
+    // while earning before them), so the sweep is judged on returns before costs.
     let (dsr, pbo, winner) = judged(&project, &run, "compare_gross");
     assert!(
         !winner.contains("drop=btc_ret"),

@@ -129,6 +129,9 @@ stages:
   compare:
     kind: compare
     needs: [backtest]
+  report:
+    kind: report
+    needs: [train, compare]
 ";
 
 fn ids(run: &crate::common::Run) -> Vec<String> {
@@ -180,16 +183,21 @@ fn matrices_expand_fan_out_through_two_levels_and_gather_once() {
         }
     }
     want.push("compare".into());
+    want.push("report".into());
     assert_eq!(ids, want);
-    // The gathering stage waits for every member.
-    let compare = plan.json()["stages"]
-        .as_array()
+    // The gathering stages wait for every member, once.
+    let stages = plan.json()["stages"].as_array().unwrap().clone();
+    let reason = stages[stages.len() - 2]["reason"]
+        .as_str()
         .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    let reason = compare["reason"].as_str().unwrap();
+        .to_owned();
     assert_eq!(reason.matches("`backtest@").count(), 8, "{reason}");
+    let reason = stages[stages.len() - 1]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(reason.matches("`train@").count(), 8, "{reason}");
+    assert!(reason.contains("`compare`"), "{reason}");
 
     // Run the members (compare has nothing to compare: commands write no backtest).
     let run = project.run(&["run", "pipelines/m.yaml", "--json", "--stop-at", "backtest"]);
@@ -257,7 +265,7 @@ fn matrices_expand_fan_out_through_two_levels_and_gather_once() {
         let downstream = id.contains("horizon=12");
         if id == "labels@horizon=12" {
             assert_eq!(status, "ran");
-        } else if !downstream && id != "compare" {
+        } else if !downstream && id != "compare" && id != "report" {
             assert_ne!(status, "ran", "{id} is not downstream of labels@horizon=12");
         }
     }
