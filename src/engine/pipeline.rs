@@ -101,6 +101,16 @@ fn apply_override(spec: &mut PipelineSpec, text: &str) -> Result<(), String> {
         };
         let key = yaml_serde::Value::String((*key).to_owned());
         if depth + 1 == keys.len() {
+            if let Some(old) = mapping.get(&key) {
+                let varies =
+                    yaml_serde::to_string(old).is_ok_and(|text| text.contains("${matrix."));
+                if varies {
+                    return Err(format!(
+                        "{text}: `{}` is set by the stage's matrix; change the matrix's list instead",
+                        keys.join(".")
+                    ));
+                }
+            }
             mapping.insert(key, value);
             return Ok(());
         }
@@ -248,7 +258,7 @@ impl Pipeline {
                     // Located in the pipeline file, as prepare's errors are.
                     let text = std::fs::read_to_string(&self.file).unwrap_or_default();
                     let path = YamlPath::of(&["stages"])
-                        .key(stage.id.clone())
+                        .key(stage.template.clone())
                         .key("with")
                         .join(&error.path);
                     let message = format!(
@@ -535,9 +545,15 @@ impl Checker<'_> {
         use crate::engine::matrix::{self, Values};
         let mut members: Vec<Vec<Member>> = vec![Vec::new(); spec.stages.len()];
         let mut failed = false;
+        // Templates whose members could not be made: their consumers are not judged again.
+        let mut broken = vec![false; spec.stages.len()];
         for &template in templates.topological_order() {
             let (id, stage_spec) = spec.stages.get_index(template).expect("a template");
             let base = YamlPath::of(&["stages"]).key(id.clone());
+            if template_needs[template].iter().any(|&input| broken[input]) {
+                broken[template] = true;
+                continue;
+            }
             let (own, name) = match &stage_spec.matrix {
                 None => (vec![Values::new()], None),
                 Some(value) => match matrix::parse(value, &base)
@@ -547,6 +563,7 @@ impl Checker<'_> {
                     Err(error) => {
                         self.error(error.path, Anchor::Value, error.message);
                         failed = true;
+                        broken[template] = true;
                         continue;
                     }
                 },
@@ -649,6 +666,24 @@ impl Checker<'_> {
                         continue;
                     }
                 };
+                if let Some(bad) = member_id
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || "_.=,@+-".contains(*c)))
+                {
+                    self.error(
+                        base.clone().key("matrix"),
+                        Anchor::Key,
+                        format!(
+                            "member id `{member_id}` has `{bad}`: ids name directories and files, so they use letters, digits and _ . = , @ + -"
+                        ),
+                    )
+                    .help = Some(
+                        "give the matrix a `name:` template that leaves such values out (\"{model}-{hidden}\")".to_owned(),
+                    );
+                    failed = true;
+                    broken[template] = true;
+                    continue;
+                }
                 if member_id.len() > 200 {
                     self.error(
                         base.clone().key("matrix"),

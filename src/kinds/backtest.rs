@@ -163,8 +163,8 @@ impl StageKind for Backtest {
     }
 
     fn code_version(&self) -> u32 {
-        // 3: equity.parquet gains the fees and slippage paid so far.
-        3
+        // 4: equity.parquet gains the fees and the slippage paid so far.
+        4
     }
 
     fn prepare(

@@ -164,7 +164,13 @@ impl Prepared {
                 "no input holds a backtest (equity.parquet and metrics.json): add the backtest stage to `needs`",
             ));
         }
-        let returns: Vec<Vec<f64>> = members.iter().map(|m| self.returns_of(m)).collect();
+        // Members are compared bar by bar on the bars they all cover (purges and embargoes that
+        // depend on a member's label horizon shift its first out-of-sample bar a little).
+        let common = common_bars(&members)?;
+        let returns: Vec<Vec<f64>> = members
+            .iter()
+            .map(|m| self.returns_of(m, &common))
+            .collect();
         let mut rows: Vec<Row> = members
             .iter()
             .zip(&returns)
@@ -202,11 +208,7 @@ impl Prepared {
                 &sharpes,
             )
         });
-        let length = returns.iter().map(Vec::len).min().unwrap_or(0);
-        let aligned: Vec<Vec<f64>> = returns
-            .iter()
-            .map(|r| r[r.len() - length..].to_vec())
-            .collect();
+        let aligned = returns.clone();
         let overfitting = crate::sweep::overfitting(&aligned, self.params.blocks);
         let winner_id = rows[winner].member.clone();
         let n = members.len();
@@ -296,12 +298,16 @@ impl Prepared {
     }
 
     /// Per-bar returns of a member's equity, net or before fees.
-    fn returns_of(&self, member: &Member<'_>) -> Vec<f64> {
+    fn returns_of(&self, member: &Member<'_>, common: &[i64]) -> Vec<f64> {
+        let at: Vec<usize> = common
+            .iter()
+            .filter_map(|time| member.time.binary_search(time).ok())
+            .collect();
         let level = |i: usize| match self.params.returns {
-            Returns::Net => member.equity[i],
-            Returns::Gross => member.equity[i] + member.fees[i],
+            Returns::Net => member.equity[at[i]],
+            Returns::Gross => member.equity[at[i]] + member.fees[at[i]],
         };
-        (1..member.equity.len())
+        (1..at.len())
             .map(|i| {
                 let before = level(i - 1);
                 if before > 0.0 {
@@ -341,6 +347,28 @@ fn row(member: &Member<'_>, returns: &[f64]) -> Row {
     }
 }
 
+/// The open times every member's equity covers; an error when that is under half of the
+/// shortest member's (members of different intervals or spans do not compare bar by bar).
+fn common_bars(members: &[Member<'_>]) -> Result<Vec<i64>, StageError> {
+    let mut common: Vec<i64> = members[0].time.clone();
+    for member in &members[1..] {
+        common.retain(|time| member.time.binary_search(time).is_ok());
+    }
+    let shortest = members
+        .iter()
+        .min_by_key(|m| m.time.len())
+        .expect("members");
+    if common.len() * 2 < shortest.time.len() || common.len() < 3 {
+        return Err(StageError::failed(format!(
+            "the members share {} bars, and `{}` alone has {}: compare members of one interval and span",
+            common.len(),
+            shortest.input.id,
+            shortest.time.len()
+        )));
+    }
+    Ok(common)
+}
+
 /// The verdict line.
 fn verdict(
     winner: &str,
@@ -370,7 +398,8 @@ fn verdict(
             ),
         );
     }
-    let survives = dsr.is_some_and(|d| d >= min_dsr) && pbo.is_none_or(|p| p < max_pbo);
+    // Both figures are needed: a track too short for the PBO's blocks does not survive.
+    let survives = dsr.is_some_and(|d| d >= min_dsr) && pbo.is_some_and(|p| p < max_pbo);
     let line = if survives {
         format!("the best of {members} (`{winner}`) survives the selection correction ({figures})")
     } else {

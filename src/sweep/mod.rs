@@ -169,6 +169,11 @@ pub fn normal_quantile(p: f64) -> f64 {
     x
 }
 
+/// serde_json writes NaN as null: read it back as NaN.
+fn nan_for_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
 /// The Deflated Sharpe Ratio of the best of `trials` members, with its inputs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Deflated {
@@ -184,7 +189,9 @@ pub struct Deflated {
     pub skewness: f64,
     /// Kurtosis, not excess (3 for a normal distribution).
     pub kurtosis: f64,
-    /// The probability that the true Sharpe exceeds `expected_max`.
+    /// The probability that the true Sharpe exceeds `expected_max`; NaN (written as null)
+    /// when the track is too short to say.
+    #[serde(deserialize_with = "nan_for_null")]
     pub dsr: f64,
 }
 

@@ -324,6 +324,13 @@ fn a_changed_member_reruns_alone() {
         statuses(&fourth)[0],
         ("prep".to_owned(), "cached".to_owned())
     );
+    let varies = project.run(&["run", "pipelines/m.yaml", "--set", "labels.with.run=true"]);
+    assert_eq!(varies.code, 2);
+    assert!(
+        varies.stderr.contains("`run` is set by the stage's matrix"),
+        "{}",
+        varies.stderr
+    );
     let bad = project.run(&["run", "pipelines/m.yaml", "--set", "nothere.with.x=1"]);
     assert_eq!(bad.code, 2);
     assert!(
@@ -378,6 +385,11 @@ fn matrix_mistakes_are_located_errors() {
         &stage("{x: [1, 2], y: [a, b], name: '{x}'}", "{run: 'true'}"),
         "pipelines/m.yaml:5:",
         "two members of `a` are both `a@1`",
+    );
+    assert_error(
+        &stage("{q: [a/b.sql, c.sql]}", "{run: 'true'}"),
+        "pipelines/m.yaml:5:",
+        "member id `a@q=a/b.sql` has `/`",
     );
     assert_error(
         "name: m\nstages:\n  a:\n    kind: command\n    with: {run: 'echo ${matrix.x}'}\n",
