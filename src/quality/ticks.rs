@@ -40,7 +40,7 @@ impl Default for TickRules {
         Self {
             tick_z: 12.0,
             min_tick_move: 0.25,
-            wick_z: 24.0,
+            wick_z: 16.0,
             min_wick: 0.5,
         }
     }
