@@ -16,9 +16,18 @@ use asterflow::train::network::{self, AdamConfig, CpuTrainer, Network, Trainer, 
 const LOSS_TOLERANCE: f64 = 1e-3;
 const PROBABILITY_TOLERANCE: f32 = 2e-3;
 
+/// With `ASTERFLOW_REQUIRE_GPU=1` (what `.ci/gpu-run` sets on the GPU machine) a test that
+/// would skip fails instead, so a green run there means the GPU tests ran.
+fn gpu_required() -> bool {
+    std::env::var_os("ASTERFLOW_REQUIRE_GPU").is_some_and(|value| value == "1")
+}
+
 fn usable_gpu() -> Option<std::sync::Arc<gpu::Gpu>> {
     match gpu::usable() {
         Ok(gpu) => Some(gpu),
+        Err(reason) if gpu_required() => {
+            panic!("ASTERFLOW_REQUIRE_GPU=1, and no GPU is usable: {reason}")
+        }
         Err(reason) => {
             eprintln!("skipped: {reason}");
             None
@@ -134,6 +143,11 @@ fn doctor_reports_every_check_it_ran() {
         assert!(checks.iter().all(|c| c["ok"] == true));
     } else {
         // No usable GPU here: exit 11, and the failing check says why.
+        assert!(
+            !gpu_required(),
+            "ASTERFLOW_REQUIRE_GPU=1, and doctor finds no usable GPU: {}",
+            report["verdict"]
+        );
         eprintln!("no usable GPU: {}", report["verdict"]);
         assert_eq!(run.code, 11);
         assert!(

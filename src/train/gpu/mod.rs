@@ -427,6 +427,10 @@ mod tests {
         .unwrap();
         match compile_only(SMOKE_SOURCE, "smoke.cu", "sm_90") {
             Err(reason) if reason.contains("was not found") => {
+                assert!(
+                    std::env::var_os("ASTERFLOW_REQUIRE_GPU").is_none_or(|value| value != "1"),
+                    "ASTERFLOW_REQUIRE_GPU=1, and NVRTC is missing: {reason}"
+                );
                 eprintln!("skipped: {reason}");
             }
             result => {
