@@ -87,32 +87,23 @@ impl Dag {
                 *keep &= other;
             }
         };
-        let union = |masks: Vec<Vec<bool>>| {
+        // The stages any of `stages` reaches (each a mask from `reach`).
+        let union = |stages: &[usize], reach: &dyn Fn(usize) -> Vec<bool>| {
             let mut out = vec![false; self.len()];
-            for mask in masks {
-                for (keep, other) in out.iter_mut().zip(mask) {
+            for &stage in stages {
+                for (keep, other) in out.iter_mut().zip(reach(stage)) {
                     *keep |= other;
                 }
             }
             out
         };
         if !selection.start_from.is_empty() {
-            intersect(union(
-                selection
-                    .start_from
-                    .iter()
-                    .map(|&start| self.descendants(start))
-                    .collect(),
-            ));
+            intersect(union(&selection.start_from, &|stage| {
+                self.descendants(stage)
+            }));
         }
         if !selection.stop_at.is_empty() {
-            intersect(union(
-                selection
-                    .stop_at
-                    .iter()
-                    .map(|&stop| self.ancestors(stop))
-                    .collect(),
-            ));
+            intersect(union(&selection.stop_at, &|stage| self.ancestors(stage)));
         }
         if !selection.only.is_empty() {
             let mut mask = vec![false; self.len()];

@@ -171,7 +171,7 @@ impl Prepared {
             .iter()
             .map(|m| self.returns_of(m, &common))
             .collect();
-        let mut rows: Vec<Row> = members
+        let rows: Vec<Row> = members
             .iter()
             .zip(&returns)
             .map(|(member, returns)| row(member, returns))
@@ -193,9 +193,6 @@ impl Prepared {
                 .total_cmp(&key(&rows[a]))
                 .then(rows[a].member.cmp(&rows[b].member))
         });
-        for (rank, &index) in order.iter().enumerate() {
-            rows[index].rank = rank + 1;
-        }
         let winner = order[0];
         let sharpes: Vec<f64> = rows.iter().map(|row| row.sharpe_per_bar).collect();
         let (skew, kurtosis) = crate::sweep::skew_kurtosis(&returns[winner]);
@@ -208,8 +205,7 @@ impl Prepared {
                 &sharpes,
             )
         });
-        let aligned = returns.clone();
-        let overfitting = crate::sweep::overfitting(&aligned, self.params.blocks);
+        let overfitting = crate::sweep::overfitting(&returns, self.params.blocks);
         let winner_id = rows[winner].member.clone();
         let n = members.len();
         let (survives, verdict) = verdict(

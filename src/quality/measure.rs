@@ -53,8 +53,8 @@ pub struct Measured {
     pub largest_z: f64,
     /// Prices inconsistent with their neighbours, worst first.
     pub bad_ticks: Vec<super::ticks::Flag>,
-    /// (open time, close) for cross-source comparison.
-    pub closes: Vec<(i64, f64)>,
+    /// Every row's prices in stored order: for the bad-tick rule and cross-source comparison.
+    pub bars: Vec<Bar>,
 }
 
 pub const COLUMNS: [(&str, DataType); 12] = [
@@ -208,7 +208,6 @@ struct Measurer {
     stale_start: Option<i64>,
     returns: Vec<f64>,
     opens: Vec<i64>,
-    bars: Vec<Bar>,
     rules: TickRules,
 }
 
@@ -226,7 +225,6 @@ impl Measurer {
             stale_start: None,
             returns: Vec::new(),
             opens: Vec::new(),
-            bars: Vec::new(),
             rules,
         }
     }
@@ -345,8 +343,7 @@ impl Measurer {
             if on_grid && !in_future {
                 self.opens.push(t);
             }
-            m.closes.push((t, c));
-            self.bars.push(Bar {
+            m.bars.push(Bar {
                 open_time: t,
                 open: o,
                 high: h,
@@ -364,7 +361,7 @@ impl Measurer {
         }
         // The grid: distinct aligned open times (future candles aside), the repeats among all
         // open times, and the longest run of missing ones.
-        let mut all: Vec<i64> = m.closes.iter().map(|(t, _)| *t).collect();
+        let mut all: Vec<i64> = m.bars.iter().map(|bar| bar.open_time).collect();
         all.sort_unstable();
         m.first_duplicate = all
             .windows(2)
@@ -401,7 +398,7 @@ impl Measurer {
                 m.largest_z = deviations.iter().fold(0.0f64, |max, d| max.max(d / scale));
             }
         }
-        m.bad_ticks = super::ticks::find(&self.bars, self.step, &self.rules);
+        m.bad_ticks = super::ticks::find(&m.bars, self.step, &self.rules);
         m.interval = measured.interval;
         m.damaged = std::mem::take(&mut measured.damaged);
         m.schema = std::mem::take(&mut measured.schema);
@@ -439,14 +436,18 @@ pub fn source_agreement(
             if key_a.1 != key_b.1 || key_a.2 != key_b.2 || key_a.0 == key_b.0 {
                 continue;
             }
-            let closes_b: BTreeMap<i64, f64> = measured_b.closes.iter().copied().collect();
-            let worst = measured_a
-                .closes
+            let closes_b: BTreeMap<i64, f64> = measured_b
+                .bars
                 .iter()
+                .map(|bar| (bar.open_time, bar.close))
+                .collect();
+            let worst = measured_a
+                .bars
+                .iter()
+                .map(|bar| (bar.open_time, bar.close))
                 .filter_map(|(time, close)| {
-                    let other = closes_b.get(time)?;
-                    (*other > 0.0 && *close > 0.0)
-                        .then(|| (close - other).abs() / close.min(*other))
+                    let other = closes_b.get(&time)?;
+                    (*other > 0.0 && close > 0.0).then(|| (close - other).abs() / close.min(*other))
                 })
                 .fold(0.0f64, f64::max);
             for (key, other) in [(key_a, &key_b.0), (key_b, &key_a.0)] {

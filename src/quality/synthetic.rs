@@ -35,126 +35,79 @@ pub struct Recipe {
     pub flash_wicks: f64,
 }
 
+/// The common case: Student-t(3) shocks, 1% volatility, GARCH persistence 0.98, nothing else.
+const BASE: Recipe = Recipe {
+    seed: 0,
+    shocks: Shocks::StudentT(3),
+    vol: 0.01,
+    persistence: 0.98,
+    regimes: 0,
+    jumps: &[],
+    overreactions: 0.0,
+    flash_wicks: 0.0,
+};
+
 pub const RECIPES: [Recipe; 12] = [
-    Recipe {
-        seed: 1,
-        shocks: Shocks::StudentT(3),
-        vol: 0.01,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
-    },
-    Recipe {
-        seed: 2,
-        shocks: Shocks::StudentT(3),
-        vol: 0.01,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
-    },
+    Recipe { seed: 1, ..BASE },
+    Recipe { seed: 2, ..BASE },
     Recipe {
         seed: 3,
-        shocks: Shocks::StudentT(3),
         vol: 0.03,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 4,
-        shocks: Shocks::StudentT(3),
         vol: 0.003,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 5,
         shocks: Shocks::StudentT(4),
         vol: 0.015,
         persistence: 0.97,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 6,
         shocks: Shocks::StudentT(4),
         vol: 0.02,
         persistence: 0.0,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 7,
         shocks: Shocks::Laplace,
-        vol: 0.01,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 8,
         shocks: Shocks::Normal,
-        vol: 0.01,
         persistence: 0.0,
         regimes: 500,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 9,
-        shocks: Shocks::StudentT(3),
         vol: 0.012,
-        persistence: 0.98,
-        regimes: 0,
         jumps: &[(3000, 0.6), (6000, 1.45)],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 10,
-        shocks: Shocks::StudentT(3),
         vol: 0.02,
         persistence: 0.995,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
-        flash_wicks: 0.0,
+        ..BASE
     },
     Recipe {
         seed: 11,
-        shocks: Shocks::StudentT(3),
         vol: 0.004,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
-        overreactions: 0.0,
         flash_wicks: 0.002,
+        ..BASE
     },
     Recipe {
         seed: 12,
-        shocks: Shocks::StudentT(3),
-        vol: 0.01,
-        persistence: 0.98,
-        regimes: 0,
-        jumps: &[],
         overreactions: 0.002,
-        flash_wicks: 0.0,
+        ..BASE
     },
 ];
 

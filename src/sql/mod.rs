@@ -381,12 +381,26 @@ pub fn symbol_requirements(query: &str) -> Result<Vec<SymbolRequirement>, (usize
     Ok(found)
 }
 
+/// The min and max statistics of a float column, as `f64`; `None` for other types.
+fn float_bounds(
+    statistics: &parquet::file::statistics::Statistics,
+) -> Option<(Option<f64>, Option<f64>)> {
+    use parquet::file::statistics::Statistics;
+    match statistics {
+        Statistics::Double(values) => Some((values.min_opt().copied(), values.max_opt().copied())),
+        Statistics::Float(values) => Some((
+            values.min_opt().map(|v| f64::from(*v)),
+            values.max_opt().map(|v| f64::from(*v)),
+        )),
+        _ => None,
+    }
+}
+
 /// The columns of a written Parquet file that hold no finite value in any row (null, NaN or
 /// infinite everywhere), read from the footer's statistics: no data is scanned. A file with no
 /// rows has none.
 pub fn empty_columns(path: &Path) -> Result<Vec<String>, String> {
     use parquet::file::reader::FileReader;
-    use parquet::file::statistics::Statistics;
     let file = std::fs::File::open(path).map_err(|error| format!("{}: {error}", path.display()))?;
     let reader = parquet::file::reader::SerializedFileReader::new(file)
         .map_err(|error| format!("{}: {error}", path.display()))?;
@@ -405,28 +419,15 @@ pub fn empty_columns(path: &Path) -> Result<Vec<String>, String> {
                 Some(statistics) => {
                     let nulls = statistics.null_count_opt().unwrap_or(0);
                     nulls == rows
-                        || match statistics {
+                        || float_bounds(statistics).is_some_and(|bounds| match bounds {
                             // Writers leave NaN out of min and max: none at all over non-null
                             // values means every one is NaN; only infinities are not finite.
-                            Statistics::Double(values) => {
-                                match (values.min_opt(), values.max_opt()) {
-                                    (None, None) => true,
-                                    (Some(low), Some(high)) => {
-                                        low.is_infinite() && high.is_infinite() && low == high
-                                    }
-                                    _ => false,
-                                }
+                            (None, None) => true,
+                            (Some(low), Some(high)) => {
+                                low.is_infinite() && high.is_infinite() && low == high
                             }
-                            Statistics::Float(values) => match (values.min_opt(), values.max_opt())
-                            {
-                                (None, None) => true,
-                                (Some(low), Some(high)) => {
-                                    low.is_infinite() && high.is_infinite() && low == high
-                                }
-                                _ => false,
-                            },
                             _ => false,
-                        }
+                        })
                 }
             }
         });
