@@ -1,4 +1,4 @@
-//! `collect`: klines for every symbol x interval into the lake, incrementally.
+//! `collect`: the perpetuals' data for every symbol (x interval) into the lake, incrementally.
 //!
 //! ```yaml
 //! collect:
@@ -6,17 +6,22 @@
 //!   needs: [discover, rate_limits]   # the universe, and the budget to obey
 //!   with:
 //!     source: aster                  # an exchange, or a binance-dump source to import
-//!     intervals: [1h, 4h, 1d]        # default
+//!     datasets: [klines, funding]    # default; also mark_klines, index_klines, premium_klines
+//!     intervals: [1h, 4h, 1d]        # default (for the kline-shaped datasets)
 //!     history: 180d                  # default: the window back from now
 //!     # start: 2024-01-01            # or an absolute start
 //!     # symbols: [BTCUSDT]           # instead of a universe input
 //!     # page_size: 499 / concurrency: 4   # override the recommendation
 //! ```
 //!
-//! For each partition it fetches only candles after the last stored one (and before the first,
-//! when the window grows), paginating with the page size that fetches the most rows per weight,
-//! drops any candle that has not closed, and writes new append-only part files (flushed every
-//! 50,000 rows or 20 s, and on interruption: a rerun resumes where this one stopped). The
+//! A partition is one dataset x symbol (x interval). For each it fetches only rows after the
+//! last stored one (and before the first, when the window grows), paginating with the page size
+//! that fetches the most rows per weight, drops any candle that has not closed (and any funding
+//! not yet settled), and writes new append-only part files (flushed every 50,000 rows or 20 s,
+//! and on interruption: a rerun resumes where this one stopped). Funding rows also record the
+//! symbol's interval, cap and floor from `fundingInfo` (8 hours when it does not list the
+//! symbol). A dataset the source does not serve (HTTP 404, as Aster answers
+//! `premiumIndexKlines`; a dump without its files) is skipped with one warning naming it. The
 //! output lists every part of the collected partitions with its blake3 (`lake.json`), so
 //! consumers re-run exactly when the data changed; plus `collection_report.json` and
 //! `collection_summary.csv`.
@@ -44,7 +49,9 @@ use crate::market::exchange::client::{ExchangeClient, ExchangeError};
 use crate::market::exchange::connections::Connections;
 use crate::market::exchange::source::{Source, SourceKind};
 use crate::market::lake::{self, LISTING_FILE, LakeListing, Provenance};
-use crate::market::model::{Interval, Kline, MAX_PAGE, weight_optimal_page};
+use crate::market::model::{
+    DEFAULT_FUNDING_HOURS, Dataset, Funding, Interval, Kline, MAX_PAGE, weight_optimal_page,
+};
 
 pub struct Collect;
 
@@ -58,6 +65,8 @@ const CLOSE_MARGIN_MS: u64 = 5_000;
 #[serde(deny_unknown_fields)]
 struct Params {
     source: String,
+    #[serde(default = "default_datasets")]
+    datasets: Vec<Dataset>,
     #[serde(default = "default_intervals")]
     intervals: Vec<Interval>,
     #[serde(default = "default_history")]
@@ -79,6 +88,10 @@ fn default_intervals() -> Vec<Interval> {
         .collect()
 }
 
+fn default_datasets() -> Vec<Dataset> {
+    vec![Dataset::Klines, Dataset::Funding]
+}
+
 fn default_history() -> String {
     "180d".into()
 }
@@ -98,7 +111,8 @@ impl StageKind for Collect {
 
     fn code_version(&self) -> u32 {
         // 2: lake.json entries carry their source and provenance.
-        2
+        // 3: datasets beyond klines; lake.json entries name their table.
+        3
     }
 
     fn prepare(
@@ -114,6 +128,20 @@ impl StageKind for Collect {
                 root.key("intervals"),
                 "no intervals to collect",
             ));
+        }
+        if params.datasets.is_empty() {
+            return Err(ParamError::new(
+                root.key("datasets"),
+                "no datasets to collect",
+            ));
+        }
+        for (index, dataset) in params.datasets.iter().enumerate() {
+            if params.datasets[..index].contains(dataset) {
+                return Err(ParamError::new(
+                    root.clone().key("datasets").index(index),
+                    format!("{dataset} is listed twice"),
+                ));
+            }
         }
         let history = crate::util::time::parse_duration(&params.history)
             .map_err(|message| ParamError::new(root.clone().key("history"), message))?;
@@ -166,18 +194,31 @@ impl StageKind for Collect {
     }
 }
 
-/// One symbol x interval of the collection.
+/// One dataset x symbol (x interval, for kline-shaped datasets) of the collection.
 #[derive(Debug, Clone)]
 struct Partition {
+    dataset: Dataset,
     symbol: String,
-    interval: Interval,
+    interval: Option<Interval>,
     onboard_ms: Option<u64>,
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.dataset, self.symbol)?;
+        if let Some(interval) = self.interval {
+            write!(f, " {interval}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What happened to one partition: a row of the report.
 #[derive(Debug, Clone, Default, Serialize)]
 struct PartitionReport {
+    table: String,
     symbol: String,
+    /// Empty for funding.
     interval: String,
     new_rows: u64,
     rows: u64,
@@ -189,12 +230,15 @@ struct PartitionReport {
     parts_written: u64,
 }
 
+/// Which dump files hold one partition's rows.
+type DumpKey = (Dataset, String, Option<Interval>);
+
 /// Where candles come from during one collection.
 enum Feed<'a> {
     Exchange(&'a ExchangeClient),
     Dump {
         store: Arc<dyn object_store::ObjectStore>,
-        files: BTreeMap<(String, Interval), Vec<object_store::path::Path>>,
+        files: BTreeMap<DumpKey, Vec<object_store::path::Path>>,
     },
 }
 
@@ -210,6 +254,10 @@ struct Collector<'a> {
     start_ms: u64,
     done: AtomicU64,
     total: u64,
+    /// Each symbol's funding schedule from `fundingInfo`: (interval hours, cap, floor).
+    schedules: BTreeMap<String, (i64, Option<f64>, Option<f64>)>,
+    /// Datasets the source answered 404 for: skipped, with one warning each.
+    unserved: std::sync::Mutex<std::collections::BTreeSet<Dataset>>,
 }
 
 impl PreparedStage for Prepared {
@@ -244,10 +292,10 @@ async fn dump_feed(url: &str) -> Result<Feed<'static>, StageError> {
     let (store, objects) = crate::market::exchange::dump::list_kline_objects(url)
         .await
         .map_err(StageError::failed)?;
-    let mut files: BTreeMap<(String, Interval), Vec<object_store::path::Path>> = BTreeMap::new();
+    let mut files: BTreeMap<DumpKey, Vec<object_store::path::Path>> = BTreeMap::new();
     for object in objects {
         files
-            .entry((object.symbol, object.interval))
+            .entry((object.dataset, object.symbol, object.interval))
             .or_default()
             .push(object.location);
     }
@@ -291,7 +339,9 @@ impl Collector<'_> {
                 error
             });
         }
-        reports.sort_by(|a, b| (&a.symbol, &a.interval).cmp(&(&b.symbol, &b.interval)));
+        reports.sort_by(|a, b| {
+            (&a.table, &a.symbol, &a.interval).cmp(&(&b.table, &b.symbol, &b.interval))
+        });
         Ok(reports)
     }
 }
@@ -369,19 +419,46 @@ impl Prepared {
             .or(recommendation.as_ref().map(|rec| rec.page_size))
             .unwrap_or_else(weight_optimal_page);
         let symbols = self.symbols(context, &feed)?;
-        let partitions: Vec<Partition> = symbols
-            .iter()
-            .flat_map(|(symbol, onboard)| {
-                self.params
-                    .intervals
-                    .iter()
-                    .map(move |&interval| Partition {
+        let mut partitions: Vec<Partition> = Vec::new();
+        for &dataset in &self.params.datasets {
+            let intervals: Vec<Option<Interval>> = if dataset.is_kline_shaped() {
+                self.params.intervals.iter().copied().map(Some).collect()
+            } else {
+                vec![None]
+            };
+            for (symbol, onboard) in &symbols {
+                for &interval in &intervals {
+                    partitions.push(Partition {
+                        dataset,
                         symbol: symbol.clone(),
                         interval,
                         onboard_ms: *onboard,
-                    })
-            })
-            .collect();
+                    });
+                }
+            }
+        }
+        let schedules = match &feed {
+            Feed::Exchange(client) if self.params.datasets.contains(&Dataset::Funding) => {
+                funding_schedules(context, client).await?
+            }
+            _ => BTreeMap::new(),
+        };
+        let unserved = match &feed {
+            // A dump serves what it has files for.
+            Feed::Dump { files, .. } => self
+                .params
+                .datasets
+                .iter()
+                .copied()
+                .filter(|dataset| !files.keys().any(|(held, _, _)| held == dataset))
+                .inspect(|dataset| {
+                    context.warn(&format!(
+                        "skipping {dataset}: the dump holds no {dataset} files"
+                    ))
+                })
+                .collect(),
+            Feed::Exchange(_) => Default::default(),
+        };
         let start_ms = self
             .start_ms
             .unwrap_or_else(|| now_ms.saturating_sub(self.history.as_millis() as u64));
@@ -402,6 +479,8 @@ impl Prepared {
             start_ms,
             done: AtomicU64::new(0),
             total: partitions.len() as u64,
+            schedules,
+            unserved: std::sync::Mutex::new(unserved),
         };
         context.log(&format!(
             "collecting {} partitions from {} ({}), page {page_size}, concurrency {concurrency}, from {}",
@@ -469,12 +548,9 @@ impl Prepared {
                 .map(|(symbol, onboard)| (symbol, onboard.map(|ms| ms.max(0) as u64)))
                 .collect()
         } else if let Feed::Dump { files, .. } = feed {
-            let mut symbols: Vec<(String, Option<u64>)> = files
-                .keys()
-                .map(|(symbol, _)| (symbol.clone(), None))
-                .collect();
-            symbols.dedup();
-            symbols
+            let symbols: std::collections::BTreeSet<&String> =
+                files.keys().map(|(_, symbol, _)| symbol).collect();
+            symbols.into_iter().map(|s| (s.clone(), None)).collect()
         } else {
             return Err(StageError::failed(
                 "collect has no symbols: add `needs: [discover]` (a stage writing universe.parquet) or list `symbols:`",
@@ -507,8 +583,9 @@ impl Prepared {
         let mut parts = Vec::new();
         for partition in partitions {
             parts.extend(
-                lake::describe_partition(
+                lake::describe_table_partition(
                     &context.data_dir,
+                    partition.dataset,
                     &self.source.name,
                     partition.interval,
                     &partition.symbol,
@@ -520,38 +597,106 @@ impl Prepared {
     }
 }
 
-/// Buffered new candles of one partition, flushed to part files.
+/// New rows of one partition, in the dataset's shape.
+enum Rows {
+    Klines(Vec<Kline>),
+    Funding(Vec<Funding>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Klines(rows) => rows.len(),
+            Rows::Funding(rows) => rows.len(),
+        }
+    }
+}
+
+/// Buffered new rows of one partition, flushed to part files.
 struct Pending<'a> {
     dir: PathBuf,
     partition: &'a Partition,
-    rows: Vec<Kline>,
+    rows: Rows,
     last_flush: Instant,
     report: PartitionReport,
 }
 
 impl Pending<'_> {
     fn flush(&mut self, provenance: &Provenance) -> Result<(), StageError> {
-        if self.rows.is_empty() {
+        let written = self.rows.len();
+        if written == 0 {
             return Ok(());
         }
-        self.rows.sort_by_key(|row| row.open_time);
-        lake::write_part(
-            &self.dir,
-            &self.partition.symbol,
-            self.partition.interval,
-            &self.rows,
-            provenance,
-        )
-        .map_err(StageError::failed)?;
-        self.report.new_rows += self.rows.len() as u64;
+        let symbol = &self.partition.symbol;
+        match &mut self.rows {
+            Rows::Klines(rows) => {
+                rows.sort_by_key(|row| row.open_time);
+                let interval = self.partition.interval.expect("kline-shaped partitions have one");
+                lake::write_part(&self.dir, symbol, interval, rows, provenance)
+                    .map_err(StageError::failed)?;
+                rows.clear();
+            }
+            Rows::Funding(rows) => {
+                rows.sort_by_key(|row| row.funding_time);
+                lake::write_funding_part(&self.dir, symbol, rows, provenance)
+                    .map_err(StageError::failed)?;
+                rows.clear();
+            }
+        }
+        self.report.new_rows += written as u64;
         self.report.parts_written += 1;
-        self.rows.clear();
         self.last_flush = Instant::now();
         Ok(())
     }
 
     fn due(&self) -> bool {
         self.rows.len() >= FLUSH_ROWS || self.last_flush.elapsed() >= FLUSH_EVERY
+    }
+
+    fn klines(&mut self) -> &mut Vec<Kline> {
+        match &mut self.rows {
+            Rows::Klines(rows) => rows,
+            Rows::Funding(_) => unreachable!("a kline partition buffers klines"),
+        }
+    }
+
+    fn funding(&mut self) -> &mut Vec<Funding> {
+        match &mut self.rows {
+            Rows::Funding(rows) => rows,
+            Rows::Klines(_) => unreachable!("a funding partition buffers funding"),
+        }
+    }
+}
+
+/// Each symbol's funding schedule from `fundingInfo` (one call); an exchange that does not
+/// serve it leaves every symbol on the default interval, with a warning.
+async fn funding_schedules(
+    context: &StageContext,
+    client: &ExchangeClient,
+) -> Result<BTreeMap<String, (i64, Option<f64>, Option<f64>)>, StageError> {
+    match client.funding_info(&context.cancel).await {
+        Ok(rows) => Ok(rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row.symbol,
+                    (
+                        row.funding_interval_hours
+                            .filter(|hours| *hours > 0)
+                            .unwrap_or(DEFAULT_FUNDING_HOURS),
+                        row.adjusted_funding_rate_cap.map(|cap| cap.0),
+                        row.adjusted_funding_rate_floor.map(|floor| floor.0),
+                    ),
+                )
+            })
+            .collect()),
+        Err(ExchangeError::Api { status: 404, .. }) => {
+            context.warn(&format!(
+                "the source does not serve fundingInfo: funding intervals are recorded as the default {DEFAULT_FUNDING_HOURS} hours"
+            ));
+            Ok(BTreeMap::new())
+        }
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -565,18 +710,30 @@ impl Collector<'_> {
             Ok(report) => Ok(Some(report)),
             Err(PartitionError::UnknownSymbol(message)) => {
                 self.context.warn(&format!(
-                    "{} {}: the exchange does not know this symbol ({message}); skipped. Re-run discover if it was delisted",
-                    partition.symbol, partition.interval
+                    "{partition}: the exchange does not know this symbol ({message}); skipped. Re-run discover if it was delisted"
                 ));
+                Ok(None)
+            }
+            Err(PartitionError::Unserved(message)) => {
+                let first = self
+                    .unserved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(partition.dataset);
+                if first {
+                    self.context.warn(&format!(
+                        "skipping {}: the source does not serve {} ({message})",
+                        partition.dataset,
+                        partition.dataset.endpoint()
+                    ));
+                }
                 Ok(None)
             }
             Err(PartitionError::Stage(StageError::Cancelled)) => Err(StageError::Cancelled),
             Err(PartitionError::Stage(error)) => {
                 self.stop.cancel();
                 Err(StageError::Failed(format!(
-                    "{} {}: {}",
-                    partition.symbol,
-                    partition.interval,
+                    "{partition}: {}",
                     crate::engine::executor::error_chain(&error)
                 )))
             }
@@ -587,12 +744,19 @@ impl Collector<'_> {
         &self,
         partition: &Partition,
     ) -> Result<PartitionReport, PartitionError> {
-        let interval = partition.interval;
-        let step = interval.millis();
-        let dir = lake::partition_dir(
+        if self
+            .unserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&partition.dataset)
+        {
+            return Err(PartitionError::Unserved("answered before".into()));
+        }
+        let dir = lake::table_partition_dir(
             &self.context.data_dir,
+            partition.dataset,
             &self.source.name,
-            interval,
+            partition.interval,
             &partition.symbol,
         )
         .map_err(StageError::failed)?;
@@ -614,33 +778,57 @@ impl Collector<'_> {
             Feed::Exchange(client) => client.limiter.server_now_ms(),
             Feed::Dump { .. } => crate::util::time::now_ms(),
         };
-        // The newest candle closed (with a margin) by now.
+        // The newest candle closed (with a margin) by now; funding settled by then.
         let closed_before = now.saturating_sub(CLOSE_MARGIN_MS);
-        let last_closed = interval.floor(closed_before.saturating_sub(step));
-        let mut window_start = interval.floor(self.start_ms);
-        if let Some(onboard) = partition.onboard_ms {
-            window_start = window_start.max(interval.floor(onboard));
-        }
-        let ranges = missing_ranges(window_start, last_closed, step, &stored);
+        let (ranges, rows) = match partition.interval {
+            Some(interval) => {
+                let step = interval.millis();
+                let last_closed = interval.floor(closed_before.saturating_sub(step));
+                let mut window_start = interval.floor(self.start_ms);
+                if let Some(onboard) = partition.onboard_ms {
+                    window_start = window_start.max(interval.floor(onboard));
+                }
+                (
+                    missing_ranges(window_start, last_closed, step, &stored),
+                    Rows::Klines(Vec::new()),
+                )
+            }
+            None => {
+                // Funding times are not on an exact grid: the stored span is covered to the
+                // millisecond.
+                let window_start = self.start_ms.max(partition.onboard_ms.unwrap_or(0));
+                (
+                    missing_ranges(window_start, closed_before, 1, &stored),
+                    Rows::Funding(Vec::new()),
+                )
+            }
+        };
         let mut pending = Pending {
             dir,
             partition,
-            rows: Vec::new(),
+            rows,
             last_flush: Instant::now(),
             report: PartitionReport {
+                table: partition.dataset.table().to_owned(),
                 symbol: partition.symbol.clone(),
-                interval: interval.name().to_owned(),
+                interval: partition
+                    .interval
+                    .map(|i| i.name().to_owned())
+                    .unwrap_or_default(),
                 ..PartitionReport::default()
             },
         };
         let mut outcome = Ok(());
         for (lo, hi) in ranges {
-            outcome = match &self.feed {
-                Feed::Exchange(client) => {
+            outcome = match (&self.feed, partition.interval) {
+                (Feed::Exchange(client), Some(_)) => {
                     self.fetch(client, &mut pending, lo, hi, closed_before)
                         .await
                 }
-                Feed::Dump { store, files } => self
+                (Feed::Exchange(client), None) => {
+                    self.fetch_funding(client, &mut pending, lo, hi).await
+                }
+                (Feed::Dump { store, files }, _) => self
                     .import(store.as_ref(), files, &mut pending, lo, hi)
                     .await
                     .map_err(Into::into),
@@ -664,12 +852,63 @@ impl Collector<'_> {
         self.context.progress.update(
             done,
             self.total,
-            format!(
-                "{} {}: +{} rows",
-                partition.symbol, interval, pending.report.new_rows
-            ),
+            format!("{partition}: +{} rows", pending.report.new_rows),
         );
         Ok(pending.report)
+    }
+
+    /// Pages through the funding settled in `[lo, hi]` (ms), a full page at a time.
+    async fn fetch_funding(
+        &self,
+        client: &ExchangeClient,
+        pending: &mut Pending<'_>,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), PartitionError> {
+        let symbol = pending.partition.symbol.clone();
+        let (hours, cap, floor) = self
+            .schedules
+            .get(&symbol)
+            .copied()
+            .unwrap_or((DEFAULT_FUNDING_HOURS, None, None));
+        let limit = crate::market::model::MAX_FUNDING_PAGE;
+        let mut cursor = lo;
+        while cursor <= hi {
+            let (rows, stats) = client
+                .funding_rates(&symbol, cursor, hi, limit, &self.stop)
+                .await
+                .map_err(PartitionError::from_exchange)?;
+            pending.report.requests += u64::from(stats.attempts);
+            pending.report.retries += u64::from(stats.retries);
+            pending.report.rate_limited += u64::from(stats.rate_limited);
+            let received = rows.len();
+            let mut last_kept = cursor as i64 - 1;
+            for row in rows {
+                if row.funding_time < cursor as i64
+                    || row.funding_time > hi as i64
+                    || row.funding_time <= last_kept
+                    || !row.funding_rate.0.is_finite()
+                {
+                    continue;
+                }
+                last_kept = row.funding_time;
+                pending.funding().push(Funding {
+                    funding_time: row.funding_time,
+                    funding_rate: row.funding_rate.0,
+                    interval_hours: hours,
+                    rate_cap: cap,
+                    rate_floor: floor,
+                });
+            }
+            if received < limit as usize || last_kept < cursor as i64 {
+                break;
+            }
+            cursor = last_kept as u64 + 1;
+            if pending.due() {
+                pending.flush(&self.provenance)?;
+            }
+        }
+        Ok(())
     }
 
     /// Pages through `[lo, hi]` (open times), asking each page for exactly what is left so the
@@ -682,29 +921,27 @@ impl Collector<'_> {
         hi: u64,
         closed_before: u64,
     ) -> Result<(), PartitionError> {
-        let step = pending.partition.interval.millis();
+        let interval = pending
+            .partition
+            .interval
+            .expect("kline-shaped partitions have one");
+        let step = interval.millis();
         let mut cursor = lo;
         while cursor <= hi {
             let remaining = (hi - cursor) / step + 1;
             let limit = (self.page_size as u64).min(remaining) as u32;
             let (rows, stats) = client
-                .klines(
+                .kline_table(
+                    pending.partition.dataset,
                     &pending.partition.symbol,
-                    pending.partition.interval.name(),
+                    interval.name(),
                     cursor,
                     hi,
                     limit,
                     &self.stop,
                 )
                 .await
-                .map_err(|error| match error {
-                    ExchangeError::Api {
-                        code: Some(-1121),
-                        message,
-                        ..
-                    } => PartitionError::UnknownSymbol(message),
-                    other => PartitionError::Stage(other.into()),
-                })?;
+                .map_err(PartitionError::from_exchange)?;
             pending.report.requests += u64::from(stats.attempts);
             pending.report.retries += u64::from(stats.retries);
             pending.report.rate_limited += u64::from(stats.rate_limited);
@@ -723,7 +960,7 @@ impl Collector<'_> {
                     continue;
                 }
                 last_kept = row.open_time;
-                pending.rows.push(row);
+                pending.klines().push(row);
             }
             if received < limit as usize || last_kept < cursor as i64 {
                 break;
@@ -736,31 +973,51 @@ impl Collector<'_> {
         Ok(())
     }
 
-    /// Imports dump files' candles in `[lo, hi]`.
+    /// Imports dump files' rows in `[lo, hi]` (open times, or funding times).
     async fn import(
         &self,
         store: &dyn object_store::ObjectStore,
-        files: &BTreeMap<(String, Interval), Vec<object_store::path::Path>>,
+        files: &BTreeMap<DumpKey, Vec<object_store::path::Path>>,
         pending: &mut Pending<'_>,
         lo: u64,
         hi: u64,
     ) -> Result<(), StageError> {
-        let key = (pending.partition.symbol.clone(), pending.partition.interval);
-        let mut rows = Vec::new();
-        for location in files.get(&key).map(Vec::as_slice).unwrap_or_default() {
+        let partition = pending.partition;
+        let key = (partition.dataset, partition.symbol.clone(), partition.interval);
+        let locations = files.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let within = |time: i64| time >= lo as i64 && time <= hi as i64;
+        for location in locations {
             if self.stop.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            rows.extend(
-                crate::market::exchange::dump::read_kline_object(store, location)
-                    .await
-                    .map_err(StageError::failed)?,
-            );
+            let dump = crate::market::exchange::dump::read_kline_object;
+            match &mut pending.rows {
+                Rows::Klines(rows) => rows.extend(
+                    dump(store, location)
+                        .await
+                        .map_err(StageError::failed)?
+                        .into_iter()
+                        .filter(|row| within(row.open_time)),
+                ),
+                Rows::Funding(rows) => rows.extend(
+                    crate::market::exchange::dump::read_funding_object(store, location)
+                        .await
+                        .map_err(StageError::failed)?
+                        .into_iter()
+                        .filter(|row| within(row.funding_time)),
+                ),
+            }
         }
-        rows.retain(|row| row.open_time >= lo as i64 && row.open_time <= hi as i64);
-        rows.sort_by_key(|row| row.open_time);
-        rows.dedup_by_key(|row| row.open_time);
-        pending.rows.extend(rows);
+        match &mut pending.rows {
+            Rows::Klines(rows) => {
+                rows.sort_by_key(|row| row.open_time);
+                rows.dedup_by_key(|row| row.open_time);
+            }
+            Rows::Funding(rows) => {
+                rows.sort_by_key(|row| row.funding_time);
+                rows.dedup_by_key(|row| row.funding_time);
+            }
+        }
         Ok(())
     }
 }
@@ -769,7 +1026,27 @@ impl Collector<'_> {
 enum PartitionError {
     /// The exchange answered -1121 (invalid symbol): skip it, the others go on.
     UnknownSymbol(String),
+    /// The exchange answered 404: it does not serve this dataset; skip every partition of it.
+    Unserved(String),
     Stage(StageError),
+}
+
+impl PartitionError {
+    fn from_exchange(error: ExchangeError) -> Self {
+        match error {
+            ExchangeError::Api {
+                code: Some(-1121),
+                message,
+                ..
+            } => PartitionError::UnknownSymbol(message),
+            ExchangeError::Api {
+                status: 404,
+                message,
+                ..
+            } => PartitionError::Unserved(message),
+            other => PartitionError::Stage(other.into()),
+        }
+    }
 }
 
 impl From<StageError> for PartitionError {
@@ -814,11 +1091,12 @@ fn write_summary(path: &Path, reports: &[PartitionReport]) -> Result<(), StageEr
             .unwrap_or_default()
     };
     let mut text = String::from(
-        "symbol,interval,new_rows,rows,first_open,last_open,requests,retries,rate_limited\n",
+        "table,symbol,interval,new_rows,rows,first,last,requests,retries,rate_limited\n",
     );
     for r in reports {
         text.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{}\n",
+            r.table,
             r.symbol,
             r.interval,
             r.new_rows,

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! data/lake/klines/source=aster/interval=1h/symbol=BTCUSDT/part-<first open ms>-<last open ms>.parquet
+//! data/lake/mark_klines/source=aster/interval=1h/symbol=BTCUSDT/part-...   (also index_klines, premium_klines)
+//! data/lake/funding/source=aster/symbol=BTCUSDT/part-<first funding ms>-<last funding ms>.parquet
 //! ```
+//!
+//! Mark, index and premium klines have the klines' columns; funding has its own
+//! ([`funding_schema`]).
 //!
 //! A collection writes new parts holding only candles after the last stored one (or before the
 //! first, when the history window grows) and never rewrites a part, so a stage output that lists
@@ -15,7 +20,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -23,7 +28,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::market::model::{Interval, Kline};
+use crate::market::model::{Dataset, Funding, Interval, Kline};
 
 /// The klines table, relative to the data directory.
 pub const KLINES: &str = "lake/klines";
@@ -111,11 +116,25 @@ pub fn partition_dir(
     interval: Interval,
     symbol: &str,
 ) -> Result<PathBuf, LakeError> {
-    Ok(data_dir
-        .join(KLINES)
-        .join(format!("source={}", component(source)?))
-        .join(format!("interval={}", interval.name()))
-        .join(format!("symbol={}", component(symbol)?)))
+    table_partition_dir(data_dir, Dataset::Klines, source, Some(interval), symbol)
+}
+
+/// Where one source's rows of one table, symbol and (for kline-shaped tables) interval live.
+pub fn table_partition_dir(
+    data_dir: &Path,
+    dataset: Dataset,
+    source: &str,
+    interval: Option<Interval>,
+    symbol: &str,
+) -> Result<PathBuf, LakeError> {
+    let mut dir = data_dir
+        .join("lake")
+        .join(dataset.table())
+        .join(format!("source={}", component(source)?));
+    if let Some(interval) = interval {
+        dir = dir.join(format!("interval={}", interval.name()));
+    }
+    Ok(dir.join(format!("symbol={}", component(symbol)?)))
 }
 
 /// Where the data came from; stored in every row and in the file's metadata.
@@ -234,14 +253,7 @@ pub fn write_part(
     let name = part_name(first.open_time, last.open_time);
     let path = dir.join(&name);
     let batch = klines_batch(symbol, interval, rows, provenance);
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
-            "asterflow.provenance".to_owned(),
-            serde_json::to_string(provenance).unwrap_or_default(),
-        )]))
-        .build();
-    if !publish(&path, &batch, properties)? {
+    if !publish(&path, &batch, part_properties(provenance))? {
         return Err(LakeError::Exists(path));
     }
     Ok(Part {
@@ -249,6 +261,17 @@ pub fn write_part(
         first_open_ms: first.open_time,
         last_open_ms: last.open_time,
     })
+}
+
+/// zstd, with the provenance in the file's metadata.
+fn part_properties(provenance: &Provenance) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_key_value_metadata(Some(vec![parquet::file::metadata::KeyValue::new(
+            "asterflow.provenance".to_owned(),
+            serde_json::to_string(provenance).unwrap_or_default(),
+        )]))
+        .build()
 }
 
 /// Writes `batch` to `path` once: a synced, read-only temp file in the same directory, hard-
@@ -311,6 +334,148 @@ pub fn klines_batch(
         repeat(&provenance.kind),
     ];
     RecordBatch::try_new(klines_schema(), columns).expect("columns match the schema")
+}
+
+/// The funding table: one settled rate per row, with the schedule known when it was stored.
+pub fn funding_schema() -> SchemaRef {
+    let float = |name: &str, nullable| Field::new(name, DataType::Float64, nullable);
+    let int = |name: &str| Field::new(name, DataType::Int64, false);
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        text("symbol"),
+        int("funding_time"),
+        float("funding_rate", false),
+        int("funding_interval_hours"),
+        float("rate_cap", true),
+        float("rate_floor", true),
+        text("source"),
+        text("base_url"),
+        int("fetched_at"),
+        text("provenance"),
+    ]))
+}
+
+/// The schema of a lake table.
+pub fn schema_of(dataset: Dataset) -> SchemaRef {
+    if dataset.is_kline_shaped() {
+        klines_schema()
+    } else {
+        funding_schema()
+    }
+}
+
+/// Writes funding `rows` (strictly increasing in time, non-empty) as a new part.
+pub fn write_funding_part(
+    dir: &Path,
+    symbol: &str,
+    rows: &[Funding],
+    provenance: &Provenance,
+) -> Result<Part, LakeError> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err(LakeError::Schema {
+            path: dir.to_owned(),
+            message: "refusing to write an empty part".into(),
+        });
+    };
+    if let Some(pair) = rows
+        .windows(2)
+        .find(|pair| pair[1].funding_time <= pair[0].funding_time)
+    {
+        return Err(LakeError::Schema {
+            path: dir.to_owned(),
+            message: format!(
+                "refusing to write a part whose funding times are not strictly increasing ({} then {})",
+                pair[0].funding_time, pair[1].funding_time
+            ),
+        });
+    }
+    let path = dir.join(part_name(first.funding_time, last.funding_time));
+    let n = rows.len();
+    let repeat = |value: &str| Arc::new(StringArray::from(vec![value; n])) as ArrayRef;
+    let columns = vec![
+        repeat(symbol),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.funding_time),
+        )) as ArrayRef,
+        Arc::new(Float64Array::from_iter_values(
+            rows.iter().map(|r| r.funding_rate),
+        )) as ArrayRef,
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.interval_hours),
+        )) as ArrayRef,
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.rate_cap))) as ArrayRef,
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.rate_floor))) as ArrayRef,
+        repeat(&provenance.source),
+        repeat(&provenance.base_url),
+        Arc::new(Int64Array::from(vec![provenance.fetched_at_ms; n])) as ArrayRef,
+        repeat(&provenance.kind),
+    ];
+    let batch = RecordBatch::try_new(funding_schema(), columns).expect("columns match the schema");
+    if !publish(&path, &batch, part_properties(provenance))? {
+        return Err(LakeError::Exists(path));
+    }
+    Ok(Part {
+        path,
+        first_open_ms: first.funding_time,
+        last_open_ms: last.funding_time,
+    })
+}
+
+/// Reads the rates of a funding part (or Parquet bytes with its columns).
+pub fn read_funding_part(path: &Path) -> Result<Vec<Funding>, LakeError> {
+    let file = File::open(path).map_err(|source| LakeError::Io {
+        action: "open",
+        path: path.to_owned(),
+        source,
+    })?;
+    let parquet_error = |source| LakeError::Parquet {
+        path: path.to_owned(),
+        source,
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_error)?
+        .build()
+        .map_err(parquet_error)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|error| LakeError::Schema {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+        let column = |name: &str| {
+            batch.column_by_name(name).cloned().ok_or_else(|| LakeError::Schema {
+                path: path.to_owned(),
+                message: format!("no column `{name}`"),
+            })
+        };
+        let (times, rates, hours, caps, floors) = (
+            column("funding_time")?,
+            column("funding_rate")?,
+            column("funding_interval_hours")?,
+            column("rate_cap")?,
+            column("rate_floor")?,
+        );
+        let mismatch = || LakeError::Schema {
+            path: path.to_owned(),
+            message: "funding columns of unexpected types".into(),
+        };
+        let times = times.as_primitive_opt::<Int64Type>().ok_or_else(mismatch)?;
+        let hours = hours.as_primitive_opt::<Int64Type>().ok_or_else(mismatch)?;
+        let rates = rates.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?;
+        let caps = caps.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?;
+        let floors = floors.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?;
+        let optional = |array: &Float64Array, i: usize| (!array.is_null(i)).then(|| array.value(i));
+        for i in 0..batch.num_rows() {
+            rows.push(Funding {
+                funding_time: times.value(i),
+                funding_rate: rates.value(i),
+                interval_hours: hours.value(i),
+                rate_cap: optional(caps, i),
+                rate_floor: optional(floors, i),
+            });
+        }
+    }
+    Ok(rows)
 }
 
 /// Reads the candles of a lake part (or any Parquet file with the lake's kline columns).
@@ -444,10 +609,16 @@ pub const LISTING_FILE: &str = "lake.json";
 pub struct PartEntry {
     /// Relative to the data directory.
     pub path: String,
+    /// The lake table (`klines`, `funding`, `mark_klines`, ...); lake.json files written
+    /// before there were several say nothing, and meant `klines`.
+    #[serde(default = "klines_table")]
+    pub table: String,
     pub source: String,
     pub symbol: String,
+    /// Empty for funding.
     pub interval: String,
     pub rows: u64,
+    /// The first and last open time (funding: funding time) in the part.
     pub first_open_ms: i64,
     pub last_open_ms: i64,
     pub bytes: u64,
@@ -456,11 +627,17 @@ pub struct PartEntry {
     pub provenance: String,
 }
 
+fn klines_table() -> String {
+    Dataset::Klines.table().to_owned()
+}
+
 /// `lake.json`: the parts a consumer reads, with their digests. A consumer's fingerprint covers
 /// this file, so it re-runs exactly when the parts it reads change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LakeListing {
-    pub table: String,
+    /// The tables the parts belong to.
+    #[serde(default)]
+    pub tables: Vec<String>,
     /// Every provenance kind among the parts.
     pub provenance: Vec<String>,
     pub parts: Vec<PartEntry>,
@@ -472,8 +649,10 @@ impl LakeListing {
         parts.sort_by(|a, b| a.path.cmp(&b.path));
         let provenance: std::collections::BTreeSet<String> =
             parts.iter().map(|part| part.provenance.clone()).collect();
+        let tables: std::collections::BTreeSet<String> =
+            parts.iter().map(|part| part.table.clone()).collect();
         Self {
-            table: "klines".into(),
+            tables: tables.into_iter().collect(),
             provenance: provenance.into_iter().collect(),
             parts,
         }
@@ -490,14 +669,25 @@ impl LakeListing {
     }
 }
 
-/// Describes every part of one partition: rows, span, size, blake3 and provenance.
+/// Describes every part of one klines partition.
 pub fn describe_partition(
     data_dir: &Path,
     source: &str,
     interval: Interval,
     symbol: &str,
 ) -> Result<Vec<PartEntry>, LakeError> {
-    let dir = partition_dir(data_dir, source, interval, symbol)?;
+    describe_table_partition(data_dir, Dataset::Klines, source, Some(interval), symbol)
+}
+
+/// Describes every part of one partition of a table: rows, span, size, blake3 and provenance.
+pub fn describe_table_partition(
+    data_dir: &Path,
+    dataset: Dataset,
+    source: &str,
+    interval: Option<Interval>,
+    symbol: &str,
+) -> Result<Vec<PartEntry>, LakeError> {
+    let dir = table_partition_dir(data_dir, dataset, source, interval, symbol)?;
     let mut entries = Vec::new();
     for part in parts(&dir)? {
         let bytes = std::fs::read(&part.path).map_err(|source| LakeError::Io {
@@ -513,9 +703,10 @@ pub fn describe_partition(
                 .unwrap_or(&part.path)
                 .to_string_lossy()
                 .into_owned(),
+            table: dataset.table().to_owned(),
             source: source.to_owned(),
             symbol: symbol.to_owned(),
-            interval: interval.name().to_owned(),
+            interval: interval.map(|i| i.name().to_owned()).unwrap_or_default(),
             rows: footer.rows,
             first_open_ms: part.first_open_ms,
             last_open_ms: part.last_open_ms,

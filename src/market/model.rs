@@ -210,6 +210,150 @@ impl From<KlineRow> for Kline {
     }
 }
 
+/// A table of the lake, and the endpoint that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dataset {
+    /// Trades: `GET /klines`.
+    Klines,
+    /// Settled funding rates: `GET /fundingRate` (and each symbol's interval, cap and floor
+    /// from `GET /fundingInfo`).
+    Funding,
+    /// `GET /markPriceKlines`: the mark price, which drives liquidations; volume fields zero.
+    MarkKlines,
+    /// `GET /indexPriceKlines`: the spot index the contract tracks; volume fields zero.
+    IndexKlines,
+    /// `GET /premiumIndexKlines` (Binance; Aster does not serve it): the premium index, a
+    /// signed fraction around zero.
+    PremiumKlines,
+}
+
+impl Dataset {
+    pub const ALL: [Dataset; 5] = [
+        Dataset::Klines,
+        Dataset::Funding,
+        Dataset::MarkKlines,
+        Dataset::IndexKlines,
+        Dataset::PremiumKlines,
+    ];
+
+    /// The lake directory and SQL table: `klines`, `funding`, `mark_klines`, ...
+    pub fn table(self) -> &'static str {
+        match self {
+            Dataset::Klines => "klines",
+            Dataset::Funding => "funding",
+            Dataset::MarkKlines => "mark_klines",
+            Dataset::IndexKlines => "index_klines",
+            Dataset::PremiumKlines => "premium_klines",
+        }
+    }
+
+    pub fn from_table(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|dataset| dataset.table() == name)
+    }
+
+    /// The endpoint under the path prefix.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Dataset::Klines => "klines",
+            Dataset::Funding => "fundingRate",
+            Dataset::MarkKlines => "markPriceKlines",
+            Dataset::IndexKlines => "indexPriceKlines",
+            Dataset::PremiumKlines => "premiumIndexKlines",
+        }
+    }
+
+    /// Rows in the kline layout (one per interval and symbol); funding has its own.
+    pub fn is_kline_shaped(self) -> bool {
+        self != Dataset::Funding
+    }
+
+    /// Whether volume, trades and taker fields mean anything (only for trades).
+    pub fn has_volume(self) -> bool {
+        self == Dataset::Klines
+    }
+
+    /// Whether the values are prices (> 0); the premium index is a signed fraction.
+    pub fn is_price(self) -> bool {
+        !matches!(self, Dataset::Funding | Dataset::PremiumKlines)
+    }
+
+    /// The query parameter naming the instrument: Binance's `indexPriceKlines` takes the
+    /// `pair` (for a USD-M perpetual, the symbol's name), every other endpoint the `symbol`.
+    pub fn instrument_param(self) -> &'static str {
+        match self {
+            Dataset::IndexKlines => "pair",
+            _ => "symbol",
+        }
+    }
+
+    /// The largest page the endpoint serves.
+    pub fn max_page(self) -> u32 {
+        match self {
+            Dataset::Funding => MAX_FUNDING_PAGE,
+            _ => MAX_PAGE,
+        }
+    }
+
+    /// The weight of one call asking for `limit` rows: the klines table for kline-shaped
+    /// endpoints; 1 for `fundingRate` (Aster; Binance shares a separate 500-per-5-minutes
+    /// budget between `fundingRate` and `fundingInfo`).
+    pub fn weight(self, limit: u32) -> u32 {
+        match self {
+            Dataset::Funding => 1,
+            _ => klines_weight(limit),
+        }
+    }
+}
+
+impl std::fmt::Display for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.table())
+    }
+}
+
+/// The largest page `GET /fundingRate` serves.
+pub const MAX_FUNDING_PAGE: u32 = 1000;
+
+/// One settled funding rate, with the symbol's funding schedule as known when it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Funding {
+    /// When it was settled: on the hour of the schedule, often a few milliseconds after.
+    pub funding_time: i64,
+    /// Paid by longs to shorts when positive, per unit of notional.
+    pub funding_rate: f64,
+    /// The symbol's funding interval in hours (0: unknown).
+    pub interval_hours: i64,
+    /// The rate's cap and floor, when the exchange states them.
+    pub rate_cap: Option<f64>,
+    pub rate_floor: Option<f64>,
+}
+
+/// One row of `GET /fundingRate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FundingRow {
+    pub symbol: String,
+    pub funding_rate: Decimal,
+    pub funding_time: i64,
+}
+
+/// One row of `GET /fundingInfo`: a symbol whose funding differs from the default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FundingInfo {
+    pub symbol: String,
+    #[serde(default)]
+    pub adjusted_funding_rate_cap: Option<Decimal>,
+    #[serde(default)]
+    pub adjusted_funding_rate_floor: Option<Decimal>,
+    #[serde(default)]
+    pub funding_interval_hours: Option<i64>,
+}
+
+/// The funding interval of a symbol `fundingInfo` does not list: Binance's and Aster's default.
+pub const DEFAULT_FUNDING_HOURS: i64 = 8;
+
 /// A `rateLimits` entry of `exchangeInfo`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

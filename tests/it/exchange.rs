@@ -221,7 +221,14 @@ fn paginates_across_page_boundaries() {
     )
     .unwrap();
     assert_eq!(listing["provenance"], serde_json::json!(["simulated"]));
-    assert_eq!(listing["parts"].as_array().unwrap().len(), 6);
+    // Two intervals of klines for each of three symbols, and their funding.
+    let parts = listing["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 9);
+    assert_eq!(
+        parts.iter().filter(|part| part["table"] == "funding").count(),
+        3
+    );
+    assert_eq!(listing["tables"], serde_json::json!(["funding", "klines"]));
 }
 
 #[test]
@@ -260,7 +267,7 @@ fn incremental_rerun_fetches_only_new_candles() {
     );
     let report = report(&project, &second);
     for partition in report["partitions"].as_array().unwrap() {
-        if partition["symbol"] == "BTCUSDT" {
+        if partition["symbol"] == "BTCUSDT" && partition["table"] == "klines" {
             assert_eq!(partition["new_rows"], 48);
             assert_eq!(partition["requests"], 1, "{partition}");
         }
@@ -492,7 +499,10 @@ fn hostile_symbol_names_are_refused_and_nothing_leaves_the_lake() {
             .to_string_lossy()
             .into_owned();
         assert!(
-            relative.starts_with("runs/") || relative.starts_with("data/lake/klines/source=ex/"),
+            relative.starts_with("runs/")
+                || ["klines", "funding"]
+                    .iter()
+                    .any(|table| relative.starts_with(&format!("data/lake/{table}/source=ex/"))),
             "wrote outside the lake and the run root: {relative}"
         );
         assert!(

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::limiter::{Charge, Limiter, Refusal};
 use crate::market::model::{
-    ApiErrorBody, ExchangeInfo, Kline, KlineRow, RateLimit, Ticker24h, klines_weight,
+    ApiErrorBody, Dataset, ExchangeInfo, FundingInfo, FundingRow, Kline, KlineRow, RateLimit,
+    Ticker24h,
 };
 
 /// The response header naming where data came from: the replay exchange sends it so that
@@ -222,17 +223,72 @@ impl ExchangeClient {
         limit: u32,
         cancel: &CancellationToken,
     ) -> Result<(Vec<Kline>, CallStats), ExchangeError> {
+        self.kline_table(Dataset::Klines, symbol, interval, start_ms, end_ms, limit, cancel)
+            .await
+    }
+
+    /// Any kline-shaped endpoint (`klines`, `markPriceKlines`, `indexPriceKlines`,
+    /// `premiumIndexKlines`): up to `limit` bars opening in `[start, end]`, oldest first.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn kline_table(
+        &self,
+        dataset: Dataset,
+        symbol: &str,
+        interval: &str,
+        start_ms: u64,
+        end_ms: u64,
+        limit: u32,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<Kline>, CallStats), ExchangeError> {
         let query = [
-            ("symbol", symbol.to_owned()),
+            (dataset.instrument_param(), symbol.to_owned()),
             ("interval", interval.to_owned()),
             ("startTime", start_ms.to_string()),
             ("endTime", end_ms.to_string()),
             ("limit", limit.to_string()),
         ];
         let (rows, stats) = self
-            .get::<Vec<KlineRow>>("klines", &query, u64::from(klines_weight(limit)), cancel)
+            .get::<Vec<KlineRow>>(
+                dataset.endpoint(),
+                &query,
+                u64::from(dataset.weight(limit)),
+                cancel,
+            )
             .await?;
         Ok((rows.into_iter().map(Kline::from).collect(), stats))
+    }
+
+    /// `GET /fundingRate`: up to `limit` settled rates timed in `[start, end]`, oldest first.
+    pub async fn funding_rates(
+        &self,
+        symbol: &str,
+        start_ms: u64,
+        end_ms: u64,
+        limit: u32,
+        cancel: &CancellationToken,
+    ) -> Result<(Vec<FundingRow>, CallStats), ExchangeError> {
+        let query = [
+            ("symbol", symbol.to_owned()),
+            ("startTime", start_ms.to_string()),
+            ("endTime", end_ms.to_string()),
+            ("limit", limit.to_string()),
+        ];
+        self.get(
+            Dataset::Funding.endpoint(),
+            &query,
+            u64::from(Dataset::Funding.weight(limit)),
+            cancel,
+        )
+        .await
+    }
+
+    /// `GET /fundingInfo` (weight 1): the symbols whose funding interval, cap or floor differ
+    /// from the defaults.
+    pub async fn funding_info(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<FundingInfo>, ExchangeError> {
+        Ok(self.get("fundingInfo", &[], 1, cancel).await?.0)
     }
 
     /// A cheap request for probing: `GET /time` (weight 1). A 429 is not waited out but

@@ -1,18 +1,24 @@
-//! Binance public-dump kline files (`data.binance.vision`): `SYMBOL-INTERVAL-DATE.csv`, the same
-//! 12 columns as `GET /klines`, with a header row in recent files and none in older ones, and
-//! microsecond timestamps in some (detected by magnitude). Also reads lake-format Parquet files.
-//! Files are found in a local directory, or in any object store this build reads (by URL).
+//! Binance public-dump files (`data.binance.vision`): kline files `SYMBOL-INTERVAL-DATE.csv`, the
+//! same 12 columns as `GET /klines`, with a header row in recent files and none in older ones, and
+//! microsecond timestamps in some (detected by magnitude); mark, index and premium kline files
+//! in the same layout, told apart by the directory they are in (`markPriceKlines/`,
+//! `indexPriceKlines/`, `premiumIndexKlines/`, as in the dump's own tree); and monthly funding
+//! files `SYMBOL-fundingRate-DATE.csv` (`calc_time, funding_interval_hours, last_funding_rate`).
+//! Also reads lake-format Parquet kline files. Files are found in a local directory, or in any
+//! object store this build reads (by URL).
 
 use std::path::{Path, PathBuf};
 
-use crate::market::model::{Interval, Kline};
+use crate::market::model::{Dataset, Funding, Interval, Kline};
 
-/// A kline file whose name says what it holds.
+/// A dump file whose name and directory say what it holds.
 #[derive(Debug, Clone)]
 pub struct KlineFile {
     pub path: PathBuf,
     pub symbol: String,
-    pub interval: Interval,
+    pub dataset: Dataset,
+    /// `None` for funding.
+    pub interval: Option<Interval>,
 }
 
 /// Timestamps at or above this are microseconds (year 5138 in ms; 1973 in us).
@@ -29,9 +35,35 @@ pub fn parse_file_name(name: &str) -> Option<(String, Interval)> {
     Some((symbol.to_owned(), interval))
 }
 
+/// What a dump file holds, from its name and the directories above it: `(symbol, dataset,
+/// interval)`; `None` for anything else.
+pub fn classify<'a>(
+    directories: impl IntoIterator<Item = &'a str>,
+    name: &str,
+) -> Option<(String, Dataset, Option<Interval>)> {
+    if let Some(stem) = name.strip_suffix(".csv")
+        && let Some((symbol, rest)) = stem.split_once('-')
+        && rest.starts_with("fundingRate")
+    {
+        return Some((symbol.to_owned(), Dataset::Funding, None));
+    }
+    let (symbol, interval) = parse_file_name(name)?;
+    let dataset = directories
+        .into_iter()
+        .find_map(|directory| match directory {
+            "markPriceKlines" => Some(Dataset::MarkKlines),
+            "indexPriceKlines" => Some(Dataset::IndexKlines),
+            "premiumIndexKlines" => Some(Dataset::PremiumKlines),
+            _ => None,
+        })
+        .unwrap_or(Dataset::Klines);
+    Some((symbol, dataset, Some(interval)))
+}
+
 /// Every kline file under `dir` (recursively), sorted by path.
 pub fn find_kline_files(dir: &Path) -> Result<Vec<KlineFile>, String> {
     let mut files = Vec::new();
+    let root = dir.to_owned();
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
         let entries = std::fs::read_dir(&dir)
@@ -45,14 +77,21 @@ pub fn find_kline_files(dir: &Path) -> Result<Vec<KlineFile>, String> {
             if file_type.is_dir() {
                 pending.push(path);
             } else if file_type.is_file()
-                && let Some((symbol, interval)) = path
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .and_then(parse_file_name)
+                && let Some((symbol, dataset, interval)) =
+                    path.file_name().and_then(|name| name.to_str()).and_then(|name| {
+                        let relative = path.strip_prefix(&root).unwrap_or(&path);
+                        let directories = relative
+                            .parent()
+                            .into_iter()
+                            .flat_map(|parent| parent.iter())
+                            .filter_map(|part| part.to_str());
+                        classify(directories, name)
+                    })
             {
                 files.push(KlineFile {
                     path,
                     symbol,
+                    dataset,
                     interval,
                 });
             }
@@ -62,12 +101,13 @@ pub fn find_kline_files(dir: &Path) -> Result<Vec<KlineFile>, String> {
     Ok(files)
 }
 
-/// A kline file in an object store.
+/// A dump file in an object store.
 #[derive(Debug, Clone)]
 pub struct KlineObject {
     pub location: object_store::path::Path,
     pub symbol: String,
-    pub interval: Interval,
+    pub dataset: Dataset,
+    pub interval: Option<Interval>,
 }
 
 /// Every kline file under an object-store URL (`file:///srv/dumps/`), sorted by location.
@@ -94,10 +134,18 @@ pub async fn list_kline_objects(
     let mut objects: Vec<KlineObject> = listed
         .into_iter()
         .filter_map(|meta| {
-            let (symbol, interval) = parse_file_name(meta.location.filename()?)?;
+            let parts: Vec<String> = meta
+                .location
+                .parts()
+                .map(|part| part.as_ref().to_owned())
+                .collect();
+            let (name, directories) = parts.split_last()?;
+            let (symbol, dataset, interval) =
+                classify(directories.iter().map(String::as_str), name)?;
             Some(KlineObject {
                 location: meta.location,
                 symbol,
+                dataset,
                 interval,
             })
         })
@@ -126,6 +174,72 @@ pub async fn read_kline_object(
     }
     let text = std::str::from_utf8(&bytes).map_err(|_| format!("{location}: not UTF-8 text"))?;
     parse_kline_csv(text).map_err(|error| format!("{location}:{error}"))
+}
+
+/// Reads one funding object: a dump `fundingRate` CSV.
+pub async fn read_funding_object(
+    store: &dyn object_store::ObjectStore,
+    location: &object_store::path::Path,
+) -> Result<Vec<Funding>, String> {
+    use object_store::ObjectStoreExt;
+    let bytes = store
+        .get(location)
+        .await
+        .map_err(|error| format!("{location}: {error}"))?
+        .bytes()
+        .await
+        .map_err(|error| format!("{location}: {error}"))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{location}: not UTF-8 text"))?;
+    parse_funding_csv(text).map_err(|error| format!("{location}:{error}"))
+}
+
+/// Reads a `fundingRate` CSV file.
+pub fn read_funding_file(path: &Path) -> Result<Vec<Funding>, String> {
+    let text = fs_err::read_to_string(path).map_err(|error| error.to_string())?;
+    parse_funding_csv(&text).map_err(|error| format!("{}:{error}", path.display()))
+}
+
+/// Parses a dump `fundingRate` CSV (`calc_time,funding_interval_hours,last_funding_rate`, a
+/// header row optional); errors name the line.
+pub fn parse_funding_csv(text: &str) -> Result<Vec<Funding>, String> {
+    let mut rows = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if number == 0 && fields.first().is_some_and(|f| f.parse::<f64>().is_err()) {
+            continue;
+        }
+        if fields.len() < 3 {
+            return Err(format!(
+                "{}: expected 3 columns (calc_time, funding_interval_hours, last_funding_rate), found {}",
+                number + 1,
+                fields.len()
+            ));
+        }
+        let bad = |index: usize| {
+            format!(
+                "{}: column {} `{}` is not a number",
+                number + 1,
+                index + 1,
+                fields[index]
+            )
+        };
+        let mut time: i64 = fields[0].parse().map_err(|_| bad(0))?;
+        if time >= MICROSECONDS_FROM {
+            time /= 1000;
+        }
+        rows.push(Funding {
+            funding_time: time,
+            interval_hours: fields[1].parse().map_err(|_| bad(1))?,
+            funding_rate: fields[2].parse().map_err(|_| bad(2))?,
+            rate_cap: None,
+            rate_floor: None,
+        });
+    }
+    Ok(rows)
 }
 
 /// Reads a `.csv` dump file or a lake-format `.parquet` file.
@@ -227,5 +341,36 @@ mod tests {
         assert_eq!((symbol.as_str(), interval.name()), ("BTCUSDT", "1h"));
         assert!(parse_file_name("BTCUSDT-1h-2024-01.zip").is_none());
         assert!(parse_file_name("notes.csv").is_none());
+        let (symbol, dataset, interval) = classify(
+            ["futures", "um", "monthly", "markPriceKlines", "BTCUSDT", "1h"],
+            "BTCUSDT-1h-2024-01.csv",
+        )
+        .unwrap();
+        assert_eq!(
+            (symbol.as_str(), dataset, interval.map(Interval::name)),
+            ("BTCUSDT", Dataset::MarkKlines, Some("1h"))
+        );
+        let (symbol, dataset, interval) =
+            classify(["fundingRate", "ETHUSDT"], "ETHUSDT-fundingRate-2024-01.csv").unwrap();
+        assert_eq!(
+            (symbol.as_str(), dataset, interval),
+            ("ETHUSDT", Dataset::Funding, None)
+        );
+        assert_eq!(
+            classify([], "BTCUSDT-4h-2024-01.csv").unwrap().1,
+            Dataset::Klines
+        );
+    }
+
+    #[test]
+    fn funding_csv() {
+        let text = "calc_time,funding_interval_hours,last_funding_rate\n1704067200003,8,0.00010000\n1704096000000,8,-0.00002500\n";
+        let rows = parse_funding_csv(text).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].funding_time, 1_704_067_200_003);
+        assert_eq!(rows[0].interval_hours, 8);
+        assert_eq!(rows[1].funding_rate, -0.000025);
+        let error = parse_funding_csv("1704067200000,8,x\n").unwrap_err();
+        assert!(error.starts_with("1: column 3 `x`"), "{error}");
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::market::model::{Interval, Kline};
+use crate::market::model::{DEFAULT_FUNDING_HOURS, Dataset, Funding, Interval, Kline};
 use crate::util::rng::{Rng, key, mix};
 
 use super::scenario::{Scenario, SimulateSpec, parse_time};
@@ -32,6 +32,15 @@ pub enum Market {
 pub enum MarketError {
     UnknownSymbol,
     UnsupportedInterval(String),
+}
+
+/// A symbol's funding schedule as `fundingInfo` states it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FundingSchedule {
+    pub symbol: String,
+    pub interval_hours: i64,
+    /// The cap and floor of the rate (floor = -cap), when known.
+    pub cap: Option<f64>,
 }
 
 impl Market {
@@ -79,11 +88,88 @@ impl Market {
         limit: usize,
         now: u64,
     ) -> Result<Vec<Kline>, MarketError> {
+        self.kline_table(Dataset::Klines, symbol, interval, start, end, limit, now)
+    }
+
+    /// Bars of a kline-shaped table (trades, mark, index or premium), as [`Market::klines`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn kline_table(
+        &self,
+        dataset: Dataset,
+        symbol: &str,
+        interval: Interval,
+        start: Option<u64>,
+        end: Option<u64>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<Kline>, MarketError> {
         let index = self.index_of(symbol).ok_or(MarketError::UnknownSymbol)?;
         match self {
-            Market::Simulated(market) => market.klines(index, interval, start, end, limit, now),
-            Market::Recorded(market) => market.klines(index, interval, start, end, limit, now),
+            Market::Simulated(market) => {
+                market.klines(dataset, index, interval, start, end, limit, now)
+            }
+            Market::Recorded(market) => {
+                market.klines(dataset, index, interval, start, end, limit, now)
+            }
         }
+    }
+
+    /// Settled funding rates timed in `[start, end]`, at or before `now` (with a start, the
+    /// first `limit` from it; without, the last `limit`).
+    pub fn funding(
+        &self,
+        symbol: &str,
+        start: Option<u64>,
+        end: Option<u64>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<Funding>, MarketError> {
+        let index = self.index_of(symbol).ok_or(MarketError::UnknownSymbol)?;
+        let end = end.unwrap_or(u64::MAX).min(now) as i64;
+        let rows = match self {
+            Market::Simulated(market) => market.funding(index, start, end),
+            Market::Recorded(market) => market.funding.get(&index).cloned().unwrap_or_default(),
+        };
+        let rows: Vec<Funding> = rows
+            .into_iter()
+            .filter(|row| {
+                row.funding_time <= end
+                    && start.is_none_or(|start| row.funding_time >= start as i64)
+            })
+            .collect();
+        Ok(match start {
+            Some(_) => rows.into_iter().take(limit).collect(),
+            None => rows[rows.len().saturating_sub(limit)..].to_vec(),
+        })
+    }
+
+    /// Every symbol's funding schedule.
+    pub fn funding_schedules(&self) -> Vec<FundingSchedule> {
+        self.symbols()
+            .iter()
+            .enumerate()
+            .map(|(index, symbol)| {
+                let (interval_hours, cap) = match self {
+                    Market::Simulated(market) => {
+                        let (hours, cap) = market.schedule(index);
+                        (hours, Some(cap))
+                    }
+                    Market::Recorded(market) => (
+                        market
+                            .funding
+                            .get(&index)
+                            .and_then(|rows| rows.last())
+                            .map_or(DEFAULT_FUNDING_HOURS, |row| row.interval_hours),
+                        None,
+                    ),
+                };
+                FundingSchedule {
+                    symbol: symbol.symbol.clone(),
+                    interval_hours,
+                    cap,
+                }
+            })
+            .collect()
     }
 
     /// Quote volume of the last 24 hours of closed base bars.
@@ -106,8 +192,8 @@ impl Market {
                 market
                     .series
                     .keys()
-                    .filter(|(i, _)| *i == index)
-                    .map(|(_, interval)| Interval::parse(interval).expect("checked at load"))
+                    .filter(|(i, dataset, _)| *i == index && *dataset == Dataset::Klines)
+                    .map(|(_, _, interval)| Interval::parse(interval).expect("checked at load"))
                     .min_by_key(|interval| interval.millis())
                     .ok_or(MarketError::UnknownSymbol)
             }
@@ -155,7 +241,23 @@ struct RawBar {
     quote_volume: f64,
     trades: i64,
     taker_buy_base: f64,
+    /// The premium of the contract over its index at the bar's open and close: a persistent
+    /// process nudged by returns (crowded longs pay), which funding follows.
+    premium_open: f64,
+    premium: f64,
+    /// The mark price's relative deviation from the last price.
+    mark: f64,
 }
+
+/// Per base bar: the premium keeps this share of itself, gains this share of the bar's log
+/// return, and this much noise (a stationary spread of about 0.05%).
+const PREMIUM_PERSISTENCE: f64 = 0.98;
+const PREMIUM_FROM_RETURN: f64 = 0.03;
+const PREMIUM_NOISE: f64 = 0.0001;
+const MARK_NOISE: f64 = 0.0002;
+/// Binance's interest rate component: 0.01% per 8 hours, and the clamp around it.
+const FUNDING_INTEREST_8H: f64 = 0.0001;
+const FUNDING_CLAMP: f64 = 0.0005;
 
 #[derive(Debug)]
 struct SimAsset {
@@ -361,6 +463,13 @@ impl SimMarket {
                 let vwap = (high + low + close) / 3.0;
                 let volume = quote_volume / vwap;
                 let taker_share = (0.5 + 0.15 * (ret / scale).tanh()).clamp(0.05, 0.95);
+                // Drawn after the price's own draws, so adding them changed no price.
+                let premium_open = series.last().map(|bar| bar.premium).unwrap_or(0.0);
+                let premium = (PREMIUM_PERSISTENCE * premium_open
+                    + PREMIUM_FROM_RETURN * ret
+                    + PREMIUM_NOISE * rng.normal())
+                .clamp(-0.03, 0.03);
+                let mark = MARK_NOISE * rng.normal();
                 series.push(RawBar {
                     open,
                     high,
@@ -370,6 +479,9 @@ impl SimMarket {
                     quote_volume,
                     trades: (quote_volume / 800.0).round() as i64 + 1,
                     taker_buy_base: volume * taker_share,
+                    premium_open,
+                    premium,
+                    mark,
                 });
             }
         }
@@ -383,8 +495,10 @@ impl SimMarket {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn klines(
         &self,
+        dataset: Dataset,
         index: usize,
         interval: Interval,
         start: Option<u64>,
@@ -432,8 +546,13 @@ impl SimMarket {
         let symbol = &self.symbols[index];
         let mut out: Vec<Kline> = Vec::new();
         let mut current: Option<(u64, RawBar)> = None;
+        let decimals = if dataset.is_price() {
+            symbol.price_decimals
+        } else {
+            8
+        };
         let flush = |out: &mut Vec<Kline>, (open_time, bar): (u64, RawBar)| {
-            out.push(round_bar(open_time, step, bar, symbol));
+            out.push(round_bar(open_time, step, bar, symbol, decimals));
         };
         let base_ms = self.base.millis();
         for (open_ms, bar) in bars {
@@ -443,6 +562,7 @@ impl SimMarket {
             } else {
                 bar
             };
+            let bar = derive(dataset, bar);
             let bucket = interval.floor(open_ms);
             if bucket < lo || bucket > hi {
                 continue;
@@ -472,6 +592,96 @@ impl SimMarket {
     }
 }
 
+impl SimMarket {
+    /// An asset's funding interval in hours and its rate cap (the floor is its negative):
+    /// every third asset by name settles every 4 hours, the others every 8.
+    fn schedule(&self, index: usize) -> (i64, f64) {
+        if self.assets[index].key % 3 == 0 {
+            (4, 0.01)
+        } else {
+            (8, 0.02)
+        }
+    }
+
+    /// Every rate settled in `[start, end]` (ms): at each multiple of the interval after the
+    /// listing (a few ms late, as real settlements run), the mean premium over the interval
+    /// plus the interest component clamped to +-0.05%, within the cap and floor.
+    fn funding(&self, index: usize, start: Option<u64>, end: i64) -> Vec<Funding> {
+        let (hours, cap) = self.schedule(index);
+        let every = hours as u64 * 3_600_000;
+        let asset = &self.assets[index];
+        let listed_ms = self.genesis + asset.listed * self.base.millis();
+        let base_ms = self.base.millis();
+        let first = (listed_ms / every + 1) * every;
+        let from = start.map_or(first, |start| first.max(start.saturating_sub(1000) / every * every));
+        if end < 0 || (end as u64) < from {
+            return Vec::new();
+        }
+        let last = end as u64 / every * every;
+        // The base bars the settlements in [from, last] average over.
+        let bar_of = |ms: u64| ms.saturating_sub(self.genesis) / base_ms;
+        let bars = self.base_bars(index, bar_of(from.saturating_sub(every)), bar_of(last).saturating_sub(1));
+        let interest = FUNDING_INTEREST_8H * hours as f64 / 8.0;
+        let mut out = Vec::new();
+        let mut settle = from.max(first);
+        while settle <= last {
+            let window = settle - every..settle;
+            let (sum, count) = bars
+                .iter()
+                .filter(|(open, _)| window.contains(open))
+                .fold((0.0, 0usize), |(sum, count), (_, bar)| (sum + bar.premium, count + 1));
+            if count > 0 {
+                let premium = sum / count as f64;
+                let rate = (premium + (interest - premium).clamp(-FUNDING_CLAMP, FUNDING_CLAMP))
+                    .clamp(-cap, cap);
+                let late = mix(self.seed ^ asset.key ^ settle) % 13;
+                out.push(Funding {
+                    funding_time: (settle + late) as i64,
+                    funding_rate: round_to(rate, 8),
+                    interval_hours: hours,
+                    rate_cap: Some(cap),
+                    rate_floor: Some(-cap),
+                });
+            }
+            settle += every;
+        }
+        out.retain(|row| row.funding_time <= end);
+        out
+    }
+}
+
+/// A trades bar as another kline-shaped table shows it: the mark price a small noisy spread
+/// from the last price, the index the last price without its premium, the premium index the
+/// premium itself; volume fields zero for all three.
+fn derive(dataset: Dataset, bar: RawBar) -> RawBar {
+    let scaled = |scale: f64| RawBar {
+        open: bar.open * scale,
+        high: bar.high * scale,
+        low: bar.low * scale,
+        close: bar.close * scale,
+        volume: 0.0,
+        quote_volume: 0.0,
+        trades: 0,
+        taker_buy_base: 0.0,
+        ..bar
+    };
+    match dataset {
+        Dataset::Klines | Dataset::Funding => bar,
+        Dataset::MarkKlines => scaled(1.0 + bar.mark),
+        Dataset::IndexKlines => scaled(1.0 / (1.0 + bar.premium)),
+        Dataset::PremiumKlines => {
+            let wick = bar.mark.abs() * 0.5;
+            RawBar {
+                open: bar.premium_open,
+                high: bar.premium_open.max(bar.premium) + wick,
+                low: bar.premium_open.min(bar.premium) - wick,
+                close: bar.premium,
+                ..scaled(1.0)
+            }
+        }
+    }
+}
+
 /// The first `fraction` of a bar: its path interpolated, its volume pro rata.
 fn partial(bar: RawBar, fraction: f64) -> RawBar {
     let fraction = fraction.clamp(0.0, 1.0);
@@ -487,6 +697,7 @@ fn partial(bar: RawBar, fraction: f64) -> RawBar {
         quote_volume: bar.quote_volume * fraction,
         trades: (bar.trades as f64 * fraction).round() as i64,
         taker_buy_base: bar.taker_buy_base * fraction,
+        ..bar
     }
 }
 
@@ -495,8 +706,14 @@ fn round_to(value: f64, decimals: u32) -> f64 {
     (value * scale).round() / scale
 }
 
-fn round_bar(open_time: u64, step: u64, bar: RawBar, symbol: &MarketSymbol) -> Kline {
-    let price = |value: f64| round_to(value, symbol.price_decimals);
+fn round_bar(
+    open_time: u64,
+    step: u64,
+    bar: RawBar,
+    symbol: &MarketSymbol,
+    decimals: u32,
+) -> Kline {
+    let price = |value: f64| round_to(value, decimals);
     let quantity = |value: f64| round_to(value, symbol.quantity_decimals);
     let volume = quantity(bar.volume);
     let taker = quantity(bar.taker_buy_base).min(volume);
@@ -521,11 +738,14 @@ fn round_bar(open_time: u64, step: u64, bar: RawBar, symbol: &MarketSymbol) -> K
 }
 
 /// Recorded klines: `SYMBOL-INTERVAL-*.csv` (Binance dump format) or `.parquet` (lake format)
-/// files under a directory, served as they are.
+/// files under a directory, served as they are; mark, index and premium klines from the same
+/// files under `markPriceKlines/`, `indexPriceKlines/`, `premiumIndexKlines/`; funding from
+/// `SYMBOL-fundingRate-*.csv` files beside them.
 #[derive(Debug)]
 pub struct RecordedMarket {
     symbols: Vec<MarketSymbol>,
-    series: BTreeMap<(usize, String), Vec<Kline>>,
+    series: BTreeMap<(usize, Dataset, String), Vec<Kline>>,
+    funding: BTreeMap<usize, Vec<Funding>>,
 }
 
 impl RecordedMarket {
@@ -537,50 +757,76 @@ impl RecordedMarket {
                 dir.display()
             ));
         }
-        let mut by_key: BTreeMap<(String, String), Vec<Kline>> = BTreeMap::new();
+        let mut by_key: BTreeMap<(String, Dataset, String), Vec<Kline>> = BTreeMap::new();
+        let mut funding_by_symbol: BTreeMap<String, Vec<Funding>> = BTreeMap::new();
         for file in files {
-            let rows = crate::market::exchange::dump::read_kline_file(&file.path)?;
-            by_key
-                .entry((file.symbol, file.interval.name().to_owned()))
-                .or_default()
-                .extend(rows);
+            match file.interval {
+                Some(interval) => {
+                    let rows = crate::market::exchange::dump::read_kline_file(&file.path)?;
+                    by_key
+                        .entry((file.symbol, file.dataset, interval.name().to_owned()))
+                        .or_default()
+                        .extend(rows);
+                }
+                None => {
+                    let rows = crate::market::exchange::dump::read_funding_file(&file.path)?;
+                    funding_by_symbol.entry(file.symbol).or_default().extend(rows);
+                }
+            }
         }
         let mut symbols: Vec<MarketSymbol> = Vec::new();
         let mut series = BTreeMap::new();
-        for ((symbol, interval), mut rows) in by_key {
+        let index_of = |symbols: &mut Vec<MarketSymbol>, symbol: &str| match symbols
+            .iter()
+            .position(|s| s.symbol == symbol)
+        {
+            Some(index) => index,
+            None => {
+                // The quote asset as the exchange would state it; a symbol that ends with none
+                // of the known ones has none (and `discover` selects it only by name).
+                let (base, quote) =
+                    crate::market::model::split_symbol(symbol).unwrap_or((symbol, ""));
+                symbols.push(MarketSymbol {
+                    base: base.to_owned(),
+                    quote: quote.to_owned(),
+                    symbol: symbol.to_owned(),
+                    status: "TRADING".into(),
+                    onboard_ms: u64::MAX,
+                    price_decimals: 8,
+                    quantity_decimals: 8,
+                });
+                symbols.len() - 1
+            }
+        };
+        for ((symbol, dataset, interval), mut rows) in by_key {
             rows.sort_by_key(|row| row.open_time);
             rows.dedup_by_key(|row| row.open_time);
-            let index = match symbols.iter().position(|s| s.symbol == symbol) {
-                Some(index) => index,
-                None => {
-                    // The quote asset as the exchange would state it; a symbol that ends
-                    // with none of the known ones has none (and `discover` selects it only
-                    // by name).
-                    let (base, quote) = crate::market::model::split_symbol(&symbol)
-                        .unwrap_or((symbol.as_str(), ""));
-                    symbols.push(MarketSymbol {
-                        base: base.to_owned(),
-                        quote: quote.to_owned(),
-                        symbol: symbol.clone(),
-                        status: "TRADING".into(),
-                        onboard_ms: u64::MAX,
-                        price_decimals: 8,
-                        quantity_decimals: 8,
-                    });
-                    symbols.len() - 1
-                }
-            };
-            if let Some(first) = rows.first() {
+            let index = index_of(&mut symbols, &symbol);
+            if dataset == Dataset::Klines
+                && let Some(first) = rows.first()
+            {
                 let onboard = &mut symbols[index].onboard_ms;
                 *onboard = (*onboard).min(first.open_time.max(0) as u64);
             }
-            series.insert((index, interval), rows);
+            series.insert((index, dataset, interval), rows);
         }
-        Ok(Self { symbols, series })
+        let mut funding = BTreeMap::new();
+        for (symbol, mut rows) in funding_by_symbol {
+            rows.sort_by_key(|row| row.funding_time);
+            rows.dedup_by_key(|row| row.funding_time);
+            funding.insert(index_of(&mut symbols, &symbol), rows);
+        }
+        Ok(Self {
+            symbols,
+            series,
+            funding,
+        })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn klines(
         &self,
+        dataset: Dataset,
         index: usize,
         interval: Interval,
         start: Option<u64>,
@@ -588,9 +834,12 @@ impl RecordedMarket {
         limit: usize,
         now: u64,
     ) -> Result<Vec<Kline>, MarketError> {
-        let Some(rows) = self.series.get(&(index, interval.name().to_owned())) else {
+        let Some(rows) = self
+            .series
+            .get(&(index, dataset, interval.name().to_owned()))
+        else {
             return Err(MarketError::UnsupportedInterval(format!(
-                "no recorded {interval} klines for this symbol"
+                "no recorded {interval} {dataset} for this symbol"
             )));
         };
         let end = end.unwrap_or(u64::MAX).min(now) as i64;

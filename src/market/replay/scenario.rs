@@ -26,7 +26,14 @@
 //!   rate_limit_every: 40               # every 40th request gets a 429 burst
 //!   hostile_symbols: true              # exchangeInfo lists names such as ../../etc/passwd
 //!   ban_after_requests: 100            # 418 from the 101st request on
+//! unserved: [premiumIndexKlines]       # endpoints answered 404, as Aster answers this one
 //! ```
+//!
+//! A simulated market also serves the perpetual's other data: a premium over the index that
+//! persists and follows returns, mark and index klines a small spread from the last price,
+//! premium index klines, and funding settled every 8 hours (4 for every third symbol) from
+//! the mean premium, capped. A `files` market serves `SYMBOL-fundingRate-*.csv` files and
+//! kline files under `markPriceKlines/`, `indexPriceKlines/` and `premiumIndexKlines/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +58,9 @@ pub struct Scenario {
     pub market: MarketSpec,
     #[serde(default)]
     pub faults: Faults,
+    /// Endpoints (`premiumIndexKlines`) answered 404, as an exchange that does not serve them.
+    #[serde(default)]
+    pub unserved: Vec<String>,
     /// Path prefixes served; `/fapi/v1` and `/fapi/v3` by default.
     #[serde(default = "default_prefixes")]
     pub path_prefixes: Vec<String>,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::market::{Market, MarketError};
 use super::scenario::Scenario;
 use crate::market::exchange::client::PROVENANCE_HEADER;
-use crate::market::model::{Interval, MAX_PAGE, RateLimit, klines_weight};
+use crate::market::model::{Dataset, Interval, MAX_FUNDING_PAGE, MAX_PAGE, RateLimit};
 use crate::util::rng::Rng;
 
 /// Counters a test or benchmark reads back (`GET /__replay/stats` serves them too).
@@ -30,7 +30,9 @@ pub struct ReplayStats {
     pub violations: u64,
     pub injected_errors: u64,
     pub truncated: u64,
+    /// Requests served by a kline-shaped endpoint (trades, mark, index, premium).
     pub klines_requests: u64,
+    pub funding_requests: u64,
 }
 
 #[derive(Debug, Default)]
@@ -384,30 +386,17 @@ impl Exchange {
         }
     }
 
-    fn klines(&self, params: &HashMap<String, String>, now: u64) -> Result<String, (i64, String)> {
-        let symbol = params.get("symbol").ok_or((
-            -1102,
-            "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.".to_owned(),
-        ))?;
-        let interval = params
-            .get("interval")
-            .ok_or((
-                -1102,
-                "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."
-                    .to_owned(),
-            ))
-            .and_then(|text| {
-                Interval::parse(text).map_err(|_| (-1120, "Invalid interval.".to_owned()))
-            })?;
-        let number = |name: &str| -> Result<Option<u64>, (i64, String)> {
-            params
-                .get(name)
-                .map(|text| {
-                    text.parse::<u64>()
-                        .map_err(|_| (-1100, format!("Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")))
-                })
-                .transpose()
-        };
+    fn klines(
+        &self,
+        dataset: Dataset,
+        params: &HashMap<String, String>,
+        now: u64,
+    ) -> Result<String, (i64, String)> {
+        let symbol = mandatory(params, dataset.instrument_param())?;
+        let interval = mandatory(params, "interval").and_then(|text| {
+            Interval::parse(text).map_err(|_| (-1120, "Invalid interval.".to_owned()))
+        })?;
+        let number = |name: &str| number(params, name);
         let limit = number("limit")?.unwrap_or(500);
         if limit == 0 || limit > u64::from(MAX_PAGE) {
             return Err((
@@ -417,7 +406,8 @@ impl Exchange {
         }
         let rows = self
             .market
-            .klines(
+            .kline_table(
+                dataset,
                 symbol,
                 interval,
                 number("startTime")?,
@@ -456,6 +446,88 @@ impl Exchange {
         body.push(']');
         Ok(body)
     }
+
+    /// `GET /fundingRate`: `[{symbol, fundingRate, fundingTime, markPrice}]`, oldest first;
+    /// default limit 100, at most 1000.
+    fn funding(&self, params: &HashMap<String, String>, now: u64) -> Result<String, (i64, String)> {
+        let symbol = mandatory(params, "symbol")?;
+        let limit = number(params, "limit")?.unwrap_or(100);
+        if limit == 0 || limit > u64::from(MAX_FUNDING_PAGE) {
+            return Err((
+                -1130,
+                "Data sent for parameter 'limit' is not valid.".into(),
+            ));
+        }
+        let rows = self
+            .market
+            .funding(
+                symbol,
+                number(params, "startTime")?,
+                number(params, "endTime")?,
+                limit as usize,
+                now,
+            )
+            .map_err(|_| (-1121, "Invalid symbol.".to_owned()))?;
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                serde_json::json!({
+                    "symbol": symbol,
+                    "fundingRate": format!("{:.8}", row.funding_rate),
+                    "fundingTime": row.funding_time,
+                    "markPrice": "",
+                })
+            })
+            .collect();
+        Ok(serde_json::Value::Array(rows).to_string())
+    }
+
+    /// `GET /fundingInfo`: each symbol's funding interval, cap and floor.
+    fn funding_info(&self) -> String {
+        let rows: Vec<serde_json::Value> = self
+            .market
+            .funding_schedules()
+            .into_iter()
+            .map(|schedule| {
+                let mut row = serde_json::json!({
+                    "symbol": schedule.symbol,
+                    "fundingIntervalHours": schedule.interval_hours,
+                    "disclaimer": false,
+                });
+                if let Some(cap) = schedule.cap {
+                    row["adjustedFundingRateCap"] = format!("{cap:.8}").into();
+                    row["adjustedFundingRateFloor"] = format!("{:.8}", -cap).into();
+                }
+                row
+            })
+            .collect();
+        serde_json::Value::Array(rows).to_string()
+    }
+}
+
+/// A parameter the endpoint cannot do without, with Binance's error when it is missing.
+fn mandatory<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a String, (i64, String)> {
+    params.get(name).filter(|value| !value.is_empty()).ok_or((
+        -1102,
+        format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
+    ))
+}
+
+/// An optional number parameter, with Binance's error when it is not one.
+fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, (i64, String)> {
+    params
+        .get(name)
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                (
+                    -1100,
+                    format!(
+                        "Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+                    ),
+                )
+            })
+        })
+        .transpose()
 }
 
 async fn handle(
@@ -485,16 +557,27 @@ async fn handle(
     let Some(endpoint) = endpoint else {
         return exchange.error(404, -5000, "Path not found.", None, 0);
     };
-    let weight = match endpoint {
-        "ping" | "time" | "exchangeInfo" => 1,
-        "ticker/24hr" if params.contains_key("symbol") => 1,
-        "ticker/24hr" => 40,
-        "klines" => {
+    let kline_table = Dataset::ALL
+        .into_iter()
+        .find(|dataset| dataset.is_kline_shaped() && dataset.endpoint() == endpoint);
+    if exchange
+        .scenario
+        .unserved
+        .iter()
+        .any(|name| name == endpoint)
+    {
+        return exchange.error(404, -5000, "Path not found.", None, 0);
+    }
+    let weight = match (endpoint, kline_table) {
+        ("ping" | "time" | "exchangeInfo" | "fundingRate" | "fundingInfo", _) => 1,
+        ("ticker/24hr", _) if params.contains_key("symbol") => 1,
+        ("ticker/24hr", _) => 40,
+        (_, Some(dataset)) => {
             let limit = params
                 .get("limit")
                 .and_then(|text| text.parse::<u32>().ok())
                 .unwrap_or(500);
-            u64::from(klines_weight(limit.clamp(1, MAX_PAGE)))
+            u64::from(dataset.weight(limit.clamp(1, MAX_PAGE)))
         }
         _ => return exchange.error(404, -5000, "Path not found.", None, 0),
     };
@@ -526,9 +609,14 @@ async fn handle(
         "time" => Ok(format!("{{\"serverTime\":{now}}}")),
         "exchangeInfo" => Ok(exchange.exchange_info(now)),
         "ticker/24hr" => exchange.ticker(params.get("symbol").map(String::as_str), now),
+        "fundingInfo" => Ok(exchange.funding_info()),
+        "fundingRate" => {
+            exchange.stat(|s| s.funding_requests += 1);
+            exchange.funding(&params, now)
+        }
         _ => {
             exchange.stat(|s| s.klines_requests += 1);
-            exchange.klines(&params, now)
+            exchange.klines(kline_table.unwrap_or(Dataset::Klines), &params, now)
         }
     };
     match body {
