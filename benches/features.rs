@@ -52,7 +52,7 @@ fn main() {
     std::fs::create_dir_all(root.join("pipelines")).unwrap();
     let pipeline = |guard: bool| {
         format!(
-            "name: bench\nstages:\n  validate:\n    kind: command\n    with:\n      run: cp \"$ASTERFLOW_PROJECT_ROOT/fixtures/lake.json\" lake.json\n      outputs: [lake.json]\n  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {{interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}}\n      output: features.parquet\n      lookahead_check: {guard}\n"
+            "name: bench\nstages:\n  validate:\n    kind: command\n    with:\n      run: cp \"$ASTERFLOW_PROJECT_ROOT/fixtures/lake.json\" lake.json\n      outputs: [lake.json]\n  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {{interval: 1h, bar_ms: 3600000, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}}\n      output: features.parquet\n      lookahead_check: {guard}\n"
         )
     };
 

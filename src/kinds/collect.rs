@@ -11,7 +11,8 @@
 //!     history: 180d                  # default: the window back from now
 //!     # start: 2024-01-01            # or an absolute start
 //!     # symbols: [BTCUSDT]           # instead of a universe input
-//!     # page_size: 499 / concurrency: 4   # override the recommendation
+//!     # page_size: 499 / concurrency: 4   # override the recommendation (funding pages: 1000,
+//!     #                                   # or page_size when it says less)
 //! ```
 //!
 //! A partition is one dataset x symbol (x interval). For each it fetches only rows after the
@@ -251,6 +252,9 @@ struct Collector<'a> {
     source: &'a Source,
     provenance: Provenance,
     page_size: u32,
+    /// Rows per funding request: the endpoint's largest (its weight does not grow with it),
+    /// unless `page_size` says less.
+    funding_page: u32,
     start_ms: u64,
     done: AtomicU64,
     total: u64,
@@ -476,6 +480,11 @@ impl Prepared {
                 kind,
             },
             page_size,
+            funding_page: self
+                .params
+                .page_size
+                .unwrap_or(u32::MAX)
+                .min(crate::market::model::MAX_FUNDING_PAGE),
             start_ms,
             done: AtomicU64::new(0),
             total: partitions.len() as u64,
@@ -631,7 +640,10 @@ impl Pending<'_> {
         match &mut self.rows {
             Rows::Klines(rows) => {
                 rows.sort_by_key(|row| row.open_time);
-                let interval = self.partition.interval.expect("kline-shaped partitions have one");
+                let interval = self
+                    .partition
+                    .interval
+                    .expect("kline-shaped partitions have one");
                 lake::write_part(&self.dir, symbol, interval, rows, provenance)
                     .map_err(StageError::failed)?;
                 rows.clear();
@@ -795,12 +807,24 @@ impl Collector<'_> {
             }
             None => {
                 // Funding times are not on an exact grid: the stored span is covered to the
-                // millisecond.
+                // millisecond. Between and before stored parts, only a stretch that could hold
+                // a settlement is worth a request; the stretch up to now always is.
                 let window_start = self.start_ms.max(partition.onboard_ms.unwrap_or(0));
-                (
-                    missing_ranges(window_start, closed_before, 1, &stored),
-                    Rows::Funding(Vec::new()),
-                )
+                let every = self
+                    .schedules
+                    .get(&partition.symbol)
+                    .map_or(3_600_000, |(hours, _, _)| *hours as u64 * 3_600_000);
+                // Settlements run up to a minute late: between two stored ones a settlement is
+                // missing only where they are more than an interval and that minute apart.
+                let late = crate::quality::funding::MAX_DELAY_MS as u64;
+                let mut ranges = missing_ranges(window_start, closed_before, 1, &stored);
+                ranges.retain(|&(lo, hi)| {
+                    let span = hi - lo + 1;
+                    hi == closed_before
+                        || (lo == window_start && span + late >= every)
+                        || span > every + late
+                });
+                (ranges, Rows::Funding(Vec::new()))
             }
         };
         let mut pending = Pending {
@@ -866,12 +890,12 @@ impl Collector<'_> {
         hi: u64,
     ) -> Result<(), PartitionError> {
         let symbol = pending.partition.symbol.clone();
-        let (hours, cap, floor) = self
-            .schedules
-            .get(&symbol)
-            .copied()
-            .unwrap_or((DEFAULT_FUNDING_HOURS, None, None));
-        let limit = crate::market::model::MAX_FUNDING_PAGE;
+        let (hours, cap, floor) =
+            self.schedules
+                .get(&symbol)
+                .copied()
+                .unwrap_or((DEFAULT_FUNDING_HOURS, None, None));
+        let limit = self.funding_page;
         let mut cursor = lo;
         while cursor <= hi {
             let (rows, stats) = client
@@ -983,7 +1007,11 @@ impl Collector<'_> {
         hi: u64,
     ) -> Result<(), StageError> {
         let partition = pending.partition;
-        let key = (partition.dataset, partition.symbol.clone(), partition.interval);
+        let key = (
+            partition.dataset,
+            partition.symbol.clone(),
+            partition.interval,
+        );
         let locations = files.get(&key).map(Vec::as_slice).unwrap_or_default();
         let within = |time: i64| time >= lo as i64 && time <= hi as i64;
         for location in locations {

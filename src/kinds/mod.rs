@@ -58,12 +58,19 @@ impl Catalog for Builtin {
     }
 }
 
-/// The shape of an output holding a `lake.json`: the `klines` table (and the stage's id).
+/// The shape of an output holding a `lake.json`: every lake table (`klines`, also the stage's
+/// id; `funding`, `mark_klines`, ...), as the sql stages will see them.
 pub fn listing_shape(stage_id: &str) -> crate::engine::stage::OutputShape {
-    crate::engine::stage::OutputShape::Tables(vec![crate::engine::stage::ShapeTable {
-        names: vec![crate::sql::KLINES_TABLE.to_owned(), stage_id.to_owned()],
-        schema: crate::market::lake::klines_schema(),
-    }])
+    let empty = crate::market::lake::LakeListing::new(Vec::new());
+    crate::engine::stage::OutputShape::Tables(
+        crate::sql::lake_tables(stage_id, &empty, std::path::Path::new(""))
+            .into_iter()
+            .map(|table| crate::engine::stage::ShapeTable {
+                names: table.names,
+                schema: crate::market::lake::schema_of(table.lake.expect("a lake table")),
+            })
+            .collect(),
+    )
 }
 
 impl From<crate::market::exchange::client::ExchangeError> for StageError {

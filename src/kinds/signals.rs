@@ -271,6 +271,7 @@ fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
         float("exit_price"),
         float("gross_return"),
         float("net_return"),
+        float("funding"),
     ]);
     let option = |pick: fn(&Entry) -> Option<f64>| -> ArrayRef {
         Arc::new(Float64Array::from(
@@ -295,6 +296,7 @@ fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
         option(|e| e.exit_price),
         option(|e| e.gross_return),
         option(|e| e.net_return),
+        option(|e| e.funding),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).map_err(StageError::failed)
 }
@@ -359,6 +361,10 @@ fn previous_closed(path: &Path) -> Result<HashMap<(String, i64), Entry>, StageEr
             float("net_return")?,
         );
         let get = |array: &Float64Array, row: usize| array.is_valid(row).then(|| array.value(row));
+        // Ledgers written before funding was charged have no such column.
+        let funding = batch
+            .column_by_name("funding")
+            .and_then(|column| column.as_primitive_opt::<Float64Type>());
         for row in 0..batch.num_rows() {
             if status.value(row) != Status::Closed.word() {
                 continue;
@@ -375,6 +381,7 @@ fn previous_closed(path: &Path) -> Result<HashMap<(String, i64), Entry>, StageEr
                     exit_price: get(&exit, row),
                     gross_return: get(&gross, row),
                     net_return: get(&net, row),
+                    funding: funding.and_then(|funding| get(funding, row)),
                 },
             );
         }
@@ -512,6 +519,7 @@ impl Prepared {
             .unwrap_or(newest)
             .min(newest);
         let (prices, lake_newest) = self.prices(&session, first).await?;
+        let funding = self.funding(&session, first).await?;
         // Symbols with a candle at this bar but no feature row: still inside the warm-up.
         let featured: std::collections::HashSet<&str> = signals
             .iter()
@@ -536,6 +544,7 @@ impl Prepared {
             &book_signals,
             &previous,
             &prices,
+            &funding,
             lake_newest.max(newest),
             fills,
         );
@@ -736,6 +745,41 @@ impl Prepared {
         Ok((newest, rows, stale, incomplete))
     }
 
+    /// The funding settled from `from` on, by the bar it settled in; none without a `funding`
+    /// table.
+    async fn funding(
+        &self,
+        session: &datafusion::prelude::SessionContext,
+        from: i64,
+    ) -> Result<crate::paper::FundingByBar, StageError> {
+        let mut funding = crate::paper::FundingByBar::new();
+        if !has_table(session, "funding") {
+            return Ok(funding);
+        }
+        let bar = self.bar_ms;
+        let sql = format!(
+            "SELECT CAST(symbol AS VARCHAR) AS s, CAST(funding_time AS BIGINT) AS t, CAST(funding_rate AS DOUBLE) AS r \
+             FROM funding WHERE funding_time >= {from} ORDER BY s, t"
+        );
+        let batches = query(session, &sql, "the funding")
+            .await
+            .map_err(StageError::failed)?;
+        for batch in &batches {
+            let symbol = text_column(batch, 0).map_err(StageError::failed)?;
+            let symbol = symbol.as_string::<i32>();
+            let time = batch.column(1).as_primitive::<Int64Type>();
+            let rate = batch.column(2).as_primitive::<Float64Type>();
+            for row in 0..batch.num_rows() {
+                let settled = time.value(row);
+                funding
+                    .entry(symbol.value(row).to_owned())
+                    .or_default()
+                    .push((settled - settled.rem_euclid(bar), rate.value(row)));
+            }
+        }
+        Ok(funding)
+    }
+
     /// (open, close) of every validated bar of the interval from `from` on, and the newest bar.
     async fn prices(
         &self,
@@ -791,6 +835,43 @@ mod tests {
     }
 
     #[test]
+    fn paper_trades_pay_the_funding_settled_while_held() {
+        // Bars 1..=3 of X: open 100, 101, 102. Settlements (a few ms late) in bars 1, 2 and 3.
+        let mut prices = HashMap::new();
+        for (bar, open, close) in [(1, 100.0, 101.0), (2, 101.0, 102.0), (3, 102.0, 99.0)] {
+            prices.insert(("X".to_owned(), bar * HOUR), (open, close));
+        }
+        let funding: crate::paper::FundingByBar = HashMap::from([(
+            "X".to_owned(),
+            vec![(HOUR, 0.01), (2 * HOUR, 0.001), (3 * HOUR, -0.002)],
+        )]);
+        let fills = Fills {
+            bar_ms: HOUR,
+            horizon: 2,
+            fee: 0.0,
+            slippage: 0.0,
+        };
+        let signals = [signal("X", 0, LONG), signal("X", 1, crate::backtest::SHORT)];
+        let entries = ledger(
+            &signals,
+            &HashMap::new(),
+            &prices,
+            &funding,
+            3 * HOUR,
+            fills,
+        );
+        // The long enters at bar 1's open: it pays bar 2's settlement (at 101 on a 100 entry),
+        // not bar 1's (it entered at that open), and exits at bar 2's close.
+        let long = &entries[0];
+        assert!((long.funding.unwrap() - 0.001 * 101.0 / 100.0).abs() < 1e-15);
+        assert!((long.net_return.unwrap() - (0.02 - 0.00101)).abs() < 1e-12);
+        // The short enters at bar 2's open and holds through bar 3's settlement: a negative
+        // rate is paid by shorts: -1 x -0.002 x 102 / 101.
+        let short = &entries[1];
+        assert!((short.funding.unwrap() - 0.002 * 102.0 / 101.0).abs() < 1e-15);
+    }
+
+    #[test]
     fn a_signal_fills_at_the_next_open_and_closes_at_the_horizons_close() {
         // Bars 1..=3 of X: open 100, 101, 102; close 101, 102, 99.
         let mut prices = HashMap::new();
@@ -810,7 +891,14 @@ mod tests {
             signal("X", 0, FLAT),
             signal("Y", 0, LONG),
         ];
-        let entries = ledger(&signals, &HashMap::new(), &prices, 3 * HOUR, fills);
+        let entries = ledger(
+            &signals,
+            &HashMap::new(),
+            &prices,
+            &HashMap::new(),
+            3 * HOUR,
+            fills,
+        );
         assert_eq!(entries.len(), 4, "flat signals are not trades");
         // Long at bar 0: in at bar 1's open 100, out at bar 2's close 102.
         let long = &entries[0];
@@ -844,7 +932,14 @@ mod tests {
             .iter()
             .map(|e| ((e.symbol.clone(), e.open_time), e.clone()))
             .collect();
-        let later = ledger(&signals, &previous, &HashMap::new(), 9 * HOUR, fills);
+        let later = ledger(
+            &signals,
+            &previous,
+            &HashMap::new(),
+            &HashMap::new(),
+            9 * HOUR,
+            fills,
+        );
         assert_eq!(later[..2], entries[..2]);
         assert_eq!(later[2].status, Status::NoPrice);
         // With its prices still there, a closed trade is priced afresh: a changed fee shows.
@@ -852,7 +947,14 @@ mod tests {
             fee: 0.002,
             ..fills
         };
-        let repriced = ledger(&signals, &previous, &prices, 3 * HOUR, dearer);
+        let repriced = ledger(
+            &signals,
+            &previous,
+            &prices,
+            &HashMap::new(),
+            3 * HOUR,
+            dearer,
+        );
         let net = 102.0 * 0.9995 / (100.0 * 1.0005) - 1.0 - 0.004;
         assert!((repriced[0].net_return.unwrap() - net).abs() < 1e-12);
     }

@@ -15,10 +15,18 @@
 //! input's `NAME.parquet` is `NAME` (and the input's id when it is the only one).
 //! Functions beyond DataFusion's: `ema(x, n)`, `wilder(x, n)` (see `sql::udwf`).
 //!
-//! The look-ahead guard re-runs the query on inputs truncated at `cuts` points in time (UTC
-//! day boundaries inside the output's span) and fails, naming the columns, if any output row in
-//! the days just before a cut changes, appears or disappears: a `LEAD`, a `FOLLOWING` frame or a
-//! whole-column statistic becomes a pipeline error. Rows are matched by symbol and time.
+//! Tables: an input with `lake.json` provides `klines` (also the input's id), `funding`,
+//! `mark_klines`, `index_klines` and `premium_klines` (empty when not collected).
+//!
+//! The look-ahead guard re-runs the query on inputs truncated at `cuts` points in time and
+//! fails, naming the columns, if any output row in the days just before a cut changes, appears
+//! or disappears: a `LEAD`, a `FOLLOWING` frame, a whole-column statistic, or a join to a bar
+//! that had not closed becomes a pipeline error. A cut falls on an odd UTC hour inside the
+//! output's span, so inside every 2h, 4h, 8h, 12h and 1d bar; every input row that had not
+//! closed by it is removed (by `close_time`; funding by `funding_time`; other tables by the
+//! time column). The rows compared are those whose own bar closed by the cut (the output's
+//! time plus its bar, the smallest step between its times). Rows are matched by symbol and
+//! time.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -80,7 +88,8 @@ impl StageKind for Sql {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        // 2: the lake's perpetual tables; the guard cuts inside higher-timeframe bars.
+        2
     }
 
     fn prepare(
@@ -174,8 +183,9 @@ fn quarantined(context: &StageContext, symbol: &str) -> Result<Option<String>, S
         .filter(|dataset| dataset["symbol"] == symbol && dataset["passed"] == false)
         .map(|dataset| {
             format!(
-                "{} {}: {}",
+                "{} {} {}: {}",
                 symbol,
+                dataset["table"].as_str().unwrap_or("klines"),
                 dataset["interval"].as_str().unwrap_or("?"),
                 dataset["failures"][0].as_str().unwrap_or("failed")
             )
@@ -435,8 +445,7 @@ impl Prepared {
                 "lookahead_check: the output has no `{time}` column to compare rows by; keep it in the SELECT"
             )));
         }
-        // Cuts fall inside the output's own span (after any warm-up), on UTC day boundaries, so
-        // every bar of an interval up to a day either closed before a cut or opened after it.
+        // Cuts fall inside the output's own span (after any warm-up).
         let span = full
             .clone()
             .aggregate(
@@ -461,13 +470,20 @@ impl Prepared {
             ));
         };
         const DAY: i64 = 86_400_000;
+        const HOUR: i64 = 3_600_000;
+        let step = output_step(&full, time).await?;
         let cuts = self.params.cuts;
+        let mut rng = crate::util::rng::Rng::new(0xC075 ^ cuts as u64);
         for k in 1..=cuts {
             let raw =
                 first as i128 + (last as i128 - first as i128) * k as i128 / (cuts as i128 + 1);
-            let cut = ((raw as i64).div_euclid(DAY) * DAY).max(first + 1);
-            // Rows in the band just before the cut are the first to change under look-ahead.
+            // An odd hour of that day: inside every 2h, 4h, 8h, 12h and 1d bar.
+            let odd_hour = 2 * ((rng.uniform() * 12.0) as i64).min(11) + 1;
+            let cut = ((raw as i64).div_euclid(DAY) * DAY + odd_hour * HOUR).max(first + step);
+            // Rows in the band just before the cut are the first to change under look-ahead;
+            // only rows whose bar closed by the cut are compared.
             let band_start = cut - ((cut - first) / 10).max(DAY);
+            let band_end = cut - step;
             context.progress.update(
                 k as u64,
                 cuts as u64,
@@ -493,12 +509,17 @@ impl Prepared {
                         .table(TableReference::bare(raw_name.as_str()))
                         .await
                         .map_err(StageError::failed)?;
-                    let frame = if frame.schema().field_with_unqualified_name(time).is_ok() {
-                        frame
-                            .filter(col(time).lt(lit(cut)))
-                            .map_err(StageError::failed)?
-                    } else {
-                        frame
+                    // What had happened by the cut: bars closed, funding settled.
+                    let has =
+                        |column: &str| frame.schema().field_with_unqualified_name(column).is_ok();
+                    let known = ["close_time", "funding_time", time]
+                        .into_iter()
+                        .find(|column| has(column));
+                    let frame = match known {
+                        Some(column) => frame
+                            .filter(col(column).lt(lit(cut)))
+                            .map_err(StageError::failed)?,
+                        None => frame,
                     };
                     truncated
                         .register_table(TableReference::bare(name.as_str()), frame.into_view())
@@ -506,7 +527,11 @@ impl Prepared {
                 }
             }
             let band = |frame: datafusion::dataframe::DataFrame| {
-                frame.filter(col(time).gt_eq(lit(band_start)).and(col(time).lt(lit(cut))))
+                frame.filter(
+                    col(time)
+                        .gt_eq(lit(band_start))
+                        .and(col(time).lt_eq(lit(band_end))),
+                )
             };
             let cut_rows = band(self.frame(&truncated).await?)
                 .map_err(StageError::failed)?
@@ -534,6 +559,38 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// The output's bar: the smallest step between its distinct times (an hour when it has one
+/// time only).
+async fn output_step(
+    full: &datafusion::dataframe::DataFrame,
+    time: &str,
+) -> Result<i64, StageError> {
+    let batches = full
+        .clone()
+        .aggregate(vec![col(time)], vec![])
+        .map_err(StageError::failed)?
+        .collect()
+        .await
+        .map_err(StageError::failed)?;
+    let mut times: Vec<i64> = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            if let Ok(value) = ScalarValue::try_from_array(batch.column(0), row)
+                && let Some(value) = as_i64(&value)
+            {
+                times.push(value);
+            }
+        }
+    }
+    times.sort_unstable();
+    Ok(times
+        .windows(2)
+        .map(|pair| pair[1] - pair[0])
+        .filter(|step| *step > 0)
+        .min()
+        .unwrap_or(3_600_000))
 }
 
 /// Written beside every sql output: whether it derives from synthetic (simulated) data.

@@ -23,7 +23,16 @@
 //!     max_lag: 3d                # ends this long before the newest dataset of its interval
 //!     source_tolerance: 0.01     # closes of one symbol from two sources agree within this
 //!                                # (|a - b| / min(a, b)); both datasets fail when they do not
+//!     funding_cap: 0.03          # funding rates beyond +-this fail where the rows record no
+//!                                # cap and floor of their own (fundingInfo's)
+//!     max_missing_funding: 0     # settlements a funding series may miss
 //! ```
+//!
+//! Every table of the lake is checked: klines as above; mark, index and premium klines the
+//! same way except that their volume fields may be zero (no filled-bar check) and the premium
+//! index, a signed fraction, is not a price (no positivity or bad-tick check); funding series
+//! for settlements on the symbol's schedule (a few milliseconds late is normal; a minute is
+//! not), missing settlements, and rates inside the cap and floor.
 //!
 //! Outputs: `lake.json` (the passing datasets' parts, same format as `collect`'s),
 //! `validation_report.json` (every check's figure, limit and verdict, per dataset),
@@ -46,6 +55,7 @@ use crate::engine::stage::{
 };
 use crate::kinds::write_json;
 use crate::market::lake::{LISTING_FILE, LakeListing, PartEntry};
+use crate::market::model::Dataset;
 use crate::quality::measure::MEMORY_URL;
 use crate::quality::ticks::TickRules;
 use crate::quality::{
@@ -101,6 +111,14 @@ struct Params {
     max_lag: String,
     #[serde(default = "default_source_tolerance")]
     source_tolerance: f64,
+    #[serde(default = "default_funding_cap")]
+    funding_cap: f64,
+    #[serde(default)]
+    max_missing_funding: u64,
+}
+
+fn default_funding_cap() -> f64 {
+    0.03
 }
 
 fn one() -> usize {
@@ -153,7 +171,8 @@ impl StageKind for Validate {
 
     fn code_version(&self) -> u32 {
         // 2: bad ticks replace return outliers; flagged bars in the report.
-        2
+        // 3: every table of the lake (funding, mark, index, premium klines).
+        3
     }
 
     fn prepare(
@@ -202,6 +221,7 @@ impl StageKind for Validate {
             ("wick_z", params.wick_z, 1e6),
             ("min_tick_move", params.min_tick_move, 1e6),
             ("min_wick", params.min_wick, 1e6),
+            ("funding_cap", params.funding_cap, 1.0),
         ] {
             check_range(
                 root.clone().key(field),
@@ -233,6 +253,8 @@ impl StageKind for Validate {
             min_history,
             max_lag,
             source_tolerance: params.source_tolerance,
+            funding_cap: params.funding_cap,
+            max_missing_funding: params.max_missing_funding,
         };
         Ok(Box::new(Prepared { params, limits }))
     }
@@ -282,12 +304,19 @@ impl Prepared {
         }
         let mut datasets: BTreeMap<DatasetKey, Vec<PartEntry>> = BTreeMap::new();
         for part in parts {
+            let Some(table) = Dataset::from_table(&part.table) else {
+                return Err(StageError::failed(format!(
+                    "the input lake.json lists {} in table `{}`, which this version does not know",
+                    part.path, part.table
+                )));
+            };
             datasets
-                .entry((
-                    part.source.clone(),
-                    part.symbol.clone(),
-                    part.interval.clone(),
-                ))
+                .entry(DatasetKey {
+                    table,
+                    source: part.source.clone(),
+                    symbol: part.symbol.clone(),
+                    interval: part.interval.clone(),
+                })
                 .or_default()
                 .push(part);
         }
@@ -315,10 +344,10 @@ impl Prepared {
                 let session = session.clone();
                 let store = Arc::clone(&store);
                 let data_dir = context.data_dir.clone();
-                let rules = self.limits.ticks;
+                let limits = &self.limits;
                 async move {
                     let measured =
-                        scan_dataset(&session, &store, &data_dir, &key, &parts, now_ms, &rules)
+                        scan_dataset(&session, &store, &data_dir, &key, &parts, now_ms, limits)
                             .await;
                     (key, parts, measured)
                 }
@@ -333,18 +362,19 @@ impl Prepared {
                 return Err(StageError::Cancelled);
             }
             done += 1;
-            context
-                .progress
-                .update(done, total, format!("{} {} {}", key.0, key.1, key.2));
+            context.progress.update(done, total, key.to_string());
             results.push((key, parts, measured));
         }
         results.sort_by(|a, b| a.0.cmp(&b.0));
         let agreement = source_agreement(&results);
-        // Each interval's newest candle: a dataset ending well before it has stopped updating.
-        let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+        // Each table and interval's newest row: a dataset ending well before it has stopped
+        // updating.
+        let mut newest: BTreeMap<(Dataset, &str), i64> = BTreeMap::new();
         for (key, _, measured) in &results {
             if let Some(last) = measured.grid_last {
-                let entry = newest.entry(key.2.as_str()).or_insert(last);
+                let entry = newest
+                    .entry((key.table, key.interval.as_str()))
+                    .or_insert(last);
                 *entry = (*entry).max(last);
             }
         }
@@ -355,7 +385,7 @@ impl Prepared {
                 key,
                 measured,
                 agreement.get(key),
-                newest.get(key.2.as_str()).copied(),
+                newest.get(&(key.table, key.interval.as_str())).copied(),
                 &self.limits,
             );
             if report.passed {
@@ -372,9 +402,10 @@ impl Prepared {
             .iter()
             .any(|part| part.provenance == "simulated");
         let listing = LakeListing::new(passing_parts);
+        // A symbol is usable when its trades are.
         let passed_symbols: std::collections::BTreeSet<&str> = reports
             .iter()
-            .filter(|r| r.passed)
+            .filter(|r| r.passed && r.table == Dataset::Klines.table())
             .map(|r| r.symbol.as_str())
             .collect();
         let table = render_table(&reports, synthetic);
@@ -400,11 +431,12 @@ impl Prepared {
             && let Some(first) = failing.first()
         {
             return Err(StageError::failed(format!(
-                "{} of {} datasets failed validation (on_failure: fail); first: {} {} {}: {}",
+                "{} of {} datasets failed validation (on_failure: fail); first: {} {} {} {}: {}",
                 failing.len(),
                 reports.len(),
                 first.source,
                 first.symbol,
+                first.table,
                 first.interval,
                 first.failures.join("; ")
             )));

@@ -443,10 +443,13 @@ pub fn read_funding_part(path: &Path) -> Result<Vec<Funding>, LakeError> {
             message: error.to_string(),
         })?;
         let column = |name: &str| {
-            batch.column_by_name(name).cloned().ok_or_else(|| LakeError::Schema {
-                path: path.to_owned(),
-                message: format!("no column `{name}`"),
-            })
+            batch
+                .column_by_name(name)
+                .cloned()
+                .ok_or_else(|| LakeError::Schema {
+                    path: path.to_owned(),
+                    message: format!("no column `{name}`"),
+                })
         };
         let (times, rates, hours, caps, floors) = (
             column("funding_time")?,
@@ -461,9 +464,15 @@ pub fn read_funding_part(path: &Path) -> Result<Vec<Funding>, LakeError> {
         };
         let times = times.as_primitive_opt::<Int64Type>().ok_or_else(mismatch)?;
         let hours = hours.as_primitive_opt::<Int64Type>().ok_or_else(mismatch)?;
-        let rates = rates.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?;
-        let caps = caps.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?;
-        let floors = floors.as_primitive_opt::<Float64Type>().ok_or_else(mismatch)?;
+        let rates = rates
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(mismatch)?;
+        let caps = caps
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(mismatch)?;
+        let floors = floors
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(mismatch)?;
         let optional = |array: &Float64Array, i: usize| (!array.is_null(i)).then(|| array.value(i));
         for i in 0..batch.num_rows() {
             rows.push(Funding {

@@ -249,7 +249,9 @@ impl Dataset {
     }
 
     pub fn from_table(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|dataset| dataset.table() == name)
+        Self::ALL
+            .into_iter()
+            .find(|dataset| dataset.table() == name)
     }
 
     /// The endpoint under the path prefix.

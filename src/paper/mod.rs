@@ -1,5 +1,6 @@
 //! The paper book: each bar's signals, and the ledger that prices them from the lake as a
-//! trader would have filled them (next-open entries, horizon-close exits, fees and slippage).
+//! trader would have filled them (next-open entries, horizon-close exits, fees, slippage and the
+//! funding settled while held).
 //! The `signals` stage appends the book and writes the ledger; the report reads the summary.
 
 use std::collections::HashMap;
@@ -29,9 +30,18 @@ pub struct Entry {
     pub exit_price: Option<f64>,
     /// `side x (close[t+H] / open[t+1] - 1)`: the move, before costs.
     pub gross_return: Option<f64>,
-    /// With slippage against the trade on both fills and the fee on both.
+    /// With slippage against the trade on both fills, the fee on both, and funding.
     pub net_return: Option<f64>,
+    /// Funding paid while held (received when negative), as a share of the entry notional:
+    /// `side x rate x open / entry` summed over the settlements in the bars after the entry
+    /// bar up to the exit bar (the backtest's rule: a position entered at a bar's open pays
+    /// from the next settlement on).
+    pub funding: Option<f64>,
 }
+
+/// Each symbol's settled funding rates by the open time of the bar they settled in, oldest
+/// first.
+pub type FundingByBar = HashMap<String, Vec<(i64, f64)>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -70,6 +80,7 @@ pub fn ledger(
     signals: &[Signal],
     previous: &HashMap<(String, i64), Entry>,
     prices: &HashMap<(String, i64), (f64, f64)>,
+    funding: &FundingByBar,
     newest: i64,
     fills: Fills,
 ) -> Vec<Entry> {
@@ -77,7 +88,7 @@ pub fn ledger(
         .iter()
         .filter(|signal| signal.side != FLAT)
         .map(|signal| {
-            let fresh = price(signal, prices, newest, fills);
+            let fresh = price(signal, prices, funding, newest, fills);
             if fresh.status != Status::NoPrice {
                 return fresh;
             }
@@ -95,6 +106,7 @@ pub fn ledger(
 fn price(
     signal: &Signal,
     prices: &HashMap<(String, i64), (f64, f64)>,
+    funding: &FundingByBar,
     newest: i64,
     fills: Fills,
 ) -> Entry {
@@ -113,6 +125,7 @@ fn price(
         exit_price: None,
         gross_return: None,
         net_return: None,
+        funding: None,
     };
     if exit_time > newest {
         return entry;
@@ -126,8 +139,28 @@ fn price(
     let filled_out = close * (1.0 - side * fills.slippage);
     entry.status = Status::Closed;
     entry.exit_price = Some(close);
+    let paid: f64 = funding
+        .get(&signal.symbol)
+        .map(|rates| {
+            let from = rates.partition_point(|(bar, _)| *bar <= entry_time);
+            rates[from..]
+                .iter()
+                .take_while(|(bar, _)| *bar <= exit_time)
+                .map(|(bar, rate)| {
+                    // The notional at the settlement: the bar's open, else the entry's.
+                    let at = prices
+                        .get(&(signal.symbol.clone(), *bar))
+                        .map_or(open, |p| p.0);
+                    side * rate * at / open
+                })
+                .sum()
+        })
+        .unwrap_or(0.0);
+    entry.status = Status::Closed;
+    entry.exit_price = Some(close);
     entry.gross_return = Some(side * (close / open - 1.0));
-    entry.net_return = Some(side * (filled_out / filled_in - 1.0) - 2.0 * fills.fee);
+    entry.funding = Some(paid);
+    entry.net_return = Some(side * (filled_out / filled_in - 1.0) - 2.0 * fills.fee - paid);
     entry
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::measure::Measured;
-use crate::market::model::Interval;
+use crate::market::model::{Dataset, Interval};
 use crate::util::time::human;
 
 /// The limits a dataset is judged against (the `validate` stage's params).
@@ -31,6 +31,10 @@ pub struct Limits {
     pub min_history: Duration,
     pub max_lag: Duration,
     pub source_tolerance: f64,
+    /// The bound on funding rates whose rows record no cap and floor.
+    pub funding_cap: f64,
+    /// Settlements a funding series may miss and still pass.
+    pub max_missing_funding: u64,
 }
 
 /// One check of one dataset.
@@ -50,6 +54,7 @@ pub struct Check {
 /// The verdict on one dataset.
 #[derive(Debug, Clone, Serialize)]
 pub struct DatasetReport {
+    pub table: String,
     pub source: String,
     pub symbol: String,
     pub interval: String,
@@ -70,8 +75,26 @@ pub struct DatasetReport {
 /// How many flagged bars a report lists per dataset.
 pub const FLAGGED_SHOWN: usize = 10;
 
-/// The key of a dataset.
-pub type DatasetKey = (String, String, String);
+/// The key of a dataset: one table of one source, symbol and (for kline-shaped tables)
+/// interval.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DatasetKey {
+    pub table: Dataset,
+    pub source: String,
+    pub symbol: String,
+    /// Empty for funding.
+    pub interval: String,
+}
+
+impl std::fmt::Display for DatasetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.source, self.symbol, self.table)?;
+        if !self.interval.is_empty() {
+            write!(f, " {}", self.interval)?;
+        }
+        Ok(())
+    }
+}
 
 /// What every check looks at.
 pub struct Subject<'a> {
@@ -93,7 +116,21 @@ impl Subject<'_> {
 /// One check: `None` when it does not apply (source agreement with a single source).
 type Rule = fn(&Subject<'_>) -> Option<Check>;
 
-/// Every check, in report order.
+/// Every check of a funding series, in report order.
+const FUNDING_RULES: [Rule; 10] = [
+    parts,
+    schema,
+    provenance,
+    rows,
+    order,
+    funding_values,
+    future,
+    funding_schedule,
+    funding_missing,
+    funding_bounds,
+];
+
+/// Every check of a kline-shaped dataset, in report order.
 const RULES: [Rule; 18] = [
     parts,
     schema,
@@ -130,14 +167,20 @@ pub fn judge(
         newest,
         limits,
     };
-    let checks: Vec<Check> = RULES.iter().filter_map(|rule| rule(&subject)).collect();
+    let rules: &[Rule] = if key.table == Dataset::Funding {
+        &FUNDING_RULES
+    } else {
+        &RULES
+    };
+    let checks: Vec<Check> = rules.iter().filter_map(|rule| rule(&subject)).collect();
     let total: f64 = checks.iter().map(|c| c.weight).sum();
     let score = checks.iter().map(|c| c.weight * c.score).sum::<f64>() / total;
     let failures: Vec<String> = checks.iter().filter_map(|c| c.reason.clone()).collect();
     DatasetReport {
-        source: key.0.clone(),
-        symbol: key.1.clone(),
-        interval: key.2.clone(),
+        table: key.table.table().to_owned(),
+        source: key.source.clone(),
+        symbol: key.symbol.clone(),
+        interval: key.interval.clone(),
         rows: m.rows,
         first_open_ms: m.first,
         last_open_ms: m.last,
@@ -226,7 +269,10 @@ fn order(s: &Subject<'_>) -> Option<Check> {
 }
 
 fn grid(s: &Subject<'_>) -> Option<Check> {
-    let reason = format!("{} open time(s) off the {} grid", s.m.off_grid, s.key.2);
+    let reason = format!(
+        "{} open time(s) off the {} grid",
+        s.m.off_grid, s.key.interval
+    );
     exact("grid", s.m.off_grid, 2.0, reason)
 }
 
@@ -352,13 +398,17 @@ fn ends_early(s: &Subject<'_>) -> Option<Check> {
         format!(
             "ends early: its last candle is {} behind the newest {} candle (limit {}; raise max_lag to keep delisted symbols)",
             human(lag),
-            s.key.2,
+            s.key.interval,
             human(lag_limit)
         ),
     )
 }
 
+/// Only trades have volume to tell a filled bar by.
 fn filled(s: &Subject<'_>) -> Option<Check> {
+    if !s.key.table.has_volume() {
+        return None;
+    }
     let share = s.m.filled as f64 / s.m.rows.max(1) as f64;
     let limit = s.limits.max_filled;
     tolerant(
@@ -393,6 +443,9 @@ fn stale(s: &Subject<'_>) -> Option<Check> {
 
 /// Prices inconsistent with their neighbours (`super::ticks`): the worst named.
 fn bad_ticks(s: &Subject<'_>) -> Option<Check> {
+    if !s.key.table.is_price() {
+        return None;
+    }
     let ticks = &s.m.bad_ticks;
     let limit = s.limits.max_bad_ticks;
     let worst = ticks
@@ -425,6 +478,63 @@ fn sources(s: &Subject<'_>) -> Option<Check> {
             percent(limit)
         ),
     )
+}
+
+fn funding_figures<'a>(s: &Subject<'a>) -> Option<&'a super::funding::FundingFigures> {
+    s.m.funding.as_ref()
+}
+
+fn funding_values(s: &Subject<'_>) -> Option<Check> {
+    let reason = format!(
+        "{} settlement(s) with a missing or non-finite rate",
+        s.m.bad_values
+    );
+    exact("values", s.m.bad_values, 2.0, reason)
+}
+
+/// On the hour of the symbol's interval, at most a minute late (real ones: milliseconds).
+fn funding_schedule(s: &Subject<'_>) -> Option<Check> {
+    let f = funding_figures(s)?;
+    let reason = format!(
+        "{} settlement(s) off the funding schedule (not on an hour of the symbol's interval, or more than {} s after it){}",
+        f.off_schedule,
+        super::funding::MAX_DELAY_MS / 1000,
+        f.first_off_schedule
+            .map(|time| format!("; first at {} ({time})", stamp(time)))
+            .unwrap_or_default()
+    );
+    exact("schedule", f.off_schedule, 2.0, reason)
+}
+
+fn funding_missing(s: &Subject<'_>) -> Option<Check> {
+    let f = funding_figures(s)?;
+    let limit = s.limits.max_missing_funding;
+    tolerant(
+        "missing",
+        f.missing as f64,
+        limit as f64,
+        1.5,
+        format!(
+            "{} settlement(s) missing from the funding series (limit {limit}){}",
+            f.missing,
+            f.first_gap
+                .map(|time| format!("; the first gap follows {}", stamp(time)))
+                .unwrap_or_default()
+        ),
+    )
+}
+
+fn funding_bounds(s: &Subject<'_>) -> Option<Check> {
+    let f = funding_figures(s)?;
+    let reason = format!(
+        "{} rate(s) outside the cap and floor (the exchange's, or +-{} where it states none){}",
+        f.out_of_bounds,
+        percent(s.limits.funding_cap),
+        f.first_out_of_bounds
+            .map(|(time, rate)| format!("; first {rate} at {}", stamp(time)))
+            .unwrap_or_default()
+    );
+    exact("bounds", f.out_of_bounds, 2.0, reason)
 }
 
 fn stamp(ms: i64) -> String {
@@ -506,8 +616,8 @@ pub fn render_table(reports: &[DatasetReport], synthetic: bool) -> String {
         .unwrap_or(6)
         .max(6);
     out.push_str(&format!(
-        "{:<source_width$}  {:<width$}  {:<8}  {:>8}  {:<10}  {:<10}  {:>5}  verdict\n",
-        "source", "symbol", "interval", "rows", "first", "last", "score"
+        "{:<source_width$}  {:<width$}  {:<14}  {:<8}  {:>8}  {:<10}  {:<10}  {:>5}  verdict\n",
+        "source", "symbol", "table", "interval", "rows", "first", "last", "score"
     ));
     for r in reports {
         let verdict = if r.passed {
@@ -516,10 +626,11 @@ pub fn render_table(reports: &[DatasetReport], synthetic: bool) -> String {
             format!("QUARANTINED: {}", r.failures.join("; "))
         };
         out.push_str(&format!(
-            "{:<source_width$}  {:<width$}  {:<8}  {:>8}  {:<10}  {:<10}  {:>5.2}  {verdict}\n",
+            "{:<source_width$}  {:<width$}  {:<14}  {:<8}  {:>8}  {:<10}  {:<10}  {:>5.2}  {verdict}\n",
             r.source,
             r.symbol,
-            r.interval,
+            r.table,
+            if r.interval.is_empty() { "-" } else { r.interval.as_str() },
             r.rows,
             date(r.first_open_ms),
             date(r.last_open_ms),

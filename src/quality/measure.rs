@@ -10,10 +10,11 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use object_store::memory::InMemory;
 
-use super::judge::DatasetKey;
+use super::funding::FundingFigures;
+use super::judge::{DatasetKey, Limits};
 use super::ticks::{Bar, TickRules};
 use crate::market::lake::{Footer, PartEntry};
-use crate::market::model::Interval;
+use crate::market::model::{Dataset, Interval};
 
 /// Figures measured in one pass over a dataset.
 #[derive(Debug, Default, Clone)]
@@ -55,6 +56,8 @@ pub struct Measured {
     pub bad_ticks: Vec<super::ticks::Flag>,
     /// Every row's prices in stored order: for the bad-tick rule and cross-source comparison.
     pub bars: Vec<Bar>,
+    /// A funding series' own figures (`None` for kline-shaped tables).
+    pub funding: Option<FundingFigures>,
 }
 
 pub const COLUMNS: [(&str, DataType); 12] = [
@@ -85,21 +88,98 @@ pub async fn scan_dataset(
     key: &DatasetKey,
     parts: &[PartEntry],
     now_ms: i64,
-    rules: &TickRules,
+    limits: &Limits,
 ) -> Measured {
-    let interval = Interval::parse(&key.2).ok();
+    if key.table == Dataset::Funding {
+        return scan_funding(session, store, data_dir, parts, now_ms, limits).await;
+    }
+    let interval = Interval::parse(&key.interval).ok();
     let mut measured = Measured {
         interval,
         ..Measured::default()
     };
-    if interval.is_none() {
+    let Some(interval) = interval else {
         measured
             .schema
-            .push(format!("`{}` is not a known interval", key.2));
+            .push(format!("`{}` is not a known interval", key.interval));
         return measured;
-    }
-    let mut measurer = Measurer::new(interval.expect("checked"), now_ms, *rules);
-    let columns: Vec<&str> = COLUMNS
+    };
+    let mut measurer = Measurer::new(key.table, interval, now_ms, limits.ticks);
+    read_parts(
+        session,
+        store,
+        data_dir,
+        parts,
+        &COLUMNS,
+        &mut measured,
+        |batch| measurer.feed(batch),
+    )
+    .await;
+    measurer.finish(&mut measured);
+    measured
+}
+
+/// A funding series: order, duplicates and settlements in the future as for klines, then the
+/// schedule, the gaps and the bounds ([`super::funding`]).
+async fn scan_funding(
+    session: &SessionContext,
+    store: &Arc<InMemory>,
+    data_dir: &Path,
+    parts: &[PartEntry],
+    now_ms: i64,
+    limits: &Limits,
+) -> Measured {
+    let mut measured = Measured::default();
+    let mut series = Vec::new();
+    let mut bad_values = 0;
+    let columns = super::funding::COLUMNS;
+    read_parts(
+        session,
+        store,
+        data_dir,
+        parts,
+        &columns,
+        &mut measured,
+        |batch| series.extend(super::funding::settlements(batch, &mut bad_values)),
+    )
+    .await;
+    let m = &mut measured;
+    m.rows = series.len() as u64;
+    m.bad_values = bad_values;
+    m.out_of_order = series
+        .windows(2)
+        .filter(|pair| pair[1].time < pair[0].time)
+        .count() as u64;
+    m.future = series.iter().filter(|s| s.time > now_ms).count() as u64;
+    series.sort_by_key(|settlement| settlement.time);
+    let total = series.len();
+    m.first_duplicate = series
+        .windows(2)
+        .find(|pair| pair[0].time == pair[1].time)
+        .map(|pair| pair[0].time);
+    series.dedup_by_key(|settlement| settlement.time);
+    m.duplicates = (total - series.len()) as u64;
+    m.out_of_order = m.out_of_order.saturating_sub(m.duplicates);
+    m.first = series.first().map(|s| s.time);
+    m.last = series.last().map(|s| s.time);
+    m.grid_first = m.first;
+    m.grid_last = m.last;
+    m.funding = Some(super::funding::measure(&series, limits.funding_cap));
+    measured
+}
+
+/// Verifies each part against the listing and feeds its batches (the `columns`, checked for
+/// their types) to `feed`; damage and column problems are noted in `measured`.
+async fn read_parts(
+    session: &SessionContext,
+    store: &Arc<InMemory>,
+    data_dir: &Path,
+    parts: &[PartEntry],
+    expected_columns: &[(&str, DataType)],
+    measured: &mut Measured,
+    mut feed: impl FnMut(&RecordBatch),
+) {
+    let columns: Vec<&str> = expected_columns
         .iter()
         .map(|(name, _)| *name)
         .filter(|name| *name != "provenance")
@@ -128,7 +208,7 @@ pub async fn scan_dataset(
             }
         };
         let mut fits = true;
-        for (name, expected) in &COLUMNS {
+        for (name, expected) in expected_columns {
             match footer.columns.iter().find(|(column, _)| column == name) {
                 None => {
                     measured
@@ -184,18 +264,17 @@ pub async fn scan_dataset(
             let _ = store.delete(&location).await;
         }
         match batches {
-            Ok(batches) => batches.iter().for_each(|batch| measurer.feed(batch)),
+            Ok(batches) => batches.iter().for_each(&mut feed),
             Err(error) => measured
                 .damaged
                 .push(format!("{}: unreadable: {error}", part.path)),
         }
     }
-    measurer.finish(&mut measured);
-    measured
 }
 
 /// Walks the rows of one dataset in stored order, across batches and parts.
 struct Measurer {
+    dataset: Dataset,
     interval: Interval,
     step: i64,
     now_ms: i64,
@@ -212,8 +291,9 @@ struct Measurer {
 }
 
 impl Measurer {
-    fn new(interval: Interval, now_ms: i64, rules: TickRules) -> Self {
+    fn new(dataset: Dataset, interval: Interval, now_ms: i64, rules: TickRules) -> Self {
         Self {
+            dataset,
             interval,
             step: interval.millis() as i64,
             now_ms,
@@ -301,7 +381,9 @@ impl Measurer {
                 m.bad_ohlc += 1;
             }
             let finite = [o, h, l, c, v, q, tb, tq].iter().all(|x| x.is_finite());
-            let positive_prices = o > 0.0 && h > 0.0 && l > 0.0 && c > 0.0;
+            // The premium index is a signed fraction, not a price.
+            let positive_prices =
+                !self.dataset.is_price() || (o > 0.0 && h > 0.0 && l > 0.0 && c > 0.0);
             let volumes = v >= 0.0 && q >= 0.0 && tb >= 0.0 && tq >= 0.0 && trades.value(i) >= 0;
             let taker_within = tb <= v * (1.0 + 1e-9) + 1e-12;
             if !(finite && positive_prices && volumes && taker_within) {
@@ -311,7 +393,14 @@ impl Measurer {
             if in_future {
                 m.future += 1;
             }
-            if trades.value(i) == 0 && v == 0.0 && o == h && h == l && l == c {
+            // Mark, index and premium bars have no volume: nothing to tell a filled bar by.
+            if self.dataset.has_volume()
+                && trades.value(i) == 0
+                && v == 0.0
+                && o == h
+                && h == l
+                && l == c
+            {
                 m.filled += 1;
             }
             match self.max_open {
@@ -398,7 +487,9 @@ impl Measurer {
                 m.largest_z = deviations.iter().fold(0.0f64, |max, d| max.max(d / scale));
             }
         }
-        m.bad_ticks = super::ticks::find(&m.bars, self.step, &self.rules);
+        if self.dataset.is_price() {
+            m.bad_ticks = super::ticks::find(&m.bars, self.step, &self.rules);
+        }
         m.interval = measured.interval;
         m.damaged = std::mem::take(&mut measured.damaged);
         m.schema = std::mem::take(&mut measured.schema);
@@ -433,7 +524,10 @@ pub fn source_agreement(
     let mut out: BTreeMap<DatasetKey, (f64, String)> = BTreeMap::new();
     for (a, (key_a, _, measured_a)) in results.iter().enumerate() {
         for (key_b, _, measured_b) in &results[a + 1..] {
-            if key_a.1 != key_b.1 || key_a.2 != key_b.2 || key_a.0 == key_b.0 {
+            let same_data = key_a.table == key_b.table
+                && key_a.symbol == key_b.symbol
+                && key_a.interval == key_b.interval;
+            if !same_data || key_a.source == key_b.source || key_a.table == Dataset::Funding {
                 continue;
             }
             let closes_b: BTreeMap<i64, f64> = measured_b
@@ -450,7 +544,7 @@ pub fn source_agreement(
                     (*other > 0.0 && close > 0.0).then(|| (close - other).abs() / close.min(*other))
                 })
                 .fold(0.0f64, f64::max);
-            for (key, other) in [(key_a, &key_b.0), (key_b, &key_a.0)] {
+            for (key, other) in [(key_a, &key_b.source), (key_b, &key_a.source)] {
                 let entry = out.entry(key.clone()).or_insert((0.0, other.clone()));
                 if worst >= entry.0 {
                     *entry = (worst, other.clone());

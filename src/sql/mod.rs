@@ -19,6 +19,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
 use crate::market::lake::{LISTING_FILE, LakeListing};
+use crate::market::model::Dataset;
 
 /// The table every lake listing is also registered as.
 pub const KLINES_TABLE: &str = "klines";
@@ -54,12 +55,38 @@ pub fn session(target_partitions: usize) -> SessionContext {
 pub struct InputTable {
     pub names: Vec<String>,
     pub files: Vec<PathBuf>,
-    /// Lake parts have a known schema; other Parquet files are read for theirs.
-    pub lake: bool,
+    /// Lake parts have the table's known schema (and none may be listed: an empty table);
+    /// other Parquet files are read for theirs.
+    pub lake: Option<Dataset>,
 }
 
-/// The tables an input stage's output directory provides: a `lake.json` becomes `<stage>` and
-/// `klines` (over the listed parts); each `NAME.parquet` becomes `NAME`, and the only one also
+/// The tables of a lake listing: each lake table (`klines`, `funding`, `mark_klines`,
+/// `index_klines`, `premium_klines`) over its listed parts, empty when none are listed, so a
+/// query may name a table the collection did not fill; `klines` is also `<stage>`.
+pub fn lake_tables(stage_id: &str, listing: &LakeListing, data_dir: &Path) -> Vec<InputTable> {
+    Dataset::ALL
+        .into_iter()
+        .map(|dataset| {
+            let mut names = vec![dataset.table().to_owned()];
+            if dataset == Dataset::Klines {
+                names.push(stage_id.to_owned());
+            }
+            InputTable {
+                names,
+                files: listing
+                    .parts
+                    .iter()
+                    .filter(|part| part.table == dataset.table())
+                    .map(|part| data_dir.join(&part.path))
+                    .collect(),
+                lake: Some(dataset),
+            }
+        })
+        .collect()
+}
+
+/// The tables an input stage's output directory provides: a `lake.json` becomes the lake's
+/// tables ([`lake_tables`]); each `NAME.parquet` becomes `NAME`, and the only one also
 /// `<stage>`.
 pub fn input_tables(
     stage_id: &str,
@@ -77,15 +104,7 @@ pub fn input_tables(
     parquet.sort();
     if listing.is_file() {
         let listing = LakeListing::read(&listing)?;
-        tables.push(InputTable {
-            names: vec![KLINES_TABLE.to_owned(), stage_id.to_owned()],
-            files: listing
-                .parts
-                .iter()
-                .map(|part| data_dir.join(&part.path))
-                .collect(),
-            lake: true,
-        });
+        tables.extend(lake_tables(stage_id, &listing, data_dir));
     }
     let only = parquet.len() == 1 && !listing.is_file();
     for file in parquet {
@@ -100,7 +119,7 @@ pub fn input_tables(
         tables.push(InputTable {
             names,
             files: vec![file],
-            lake: false,
+            lake: None,
         });
     }
     Ok(tables)
@@ -123,31 +142,50 @@ pub fn stage_tables<'a>(
 
 /// Registers `table` under each of its names.
 pub async fn register(context: &SessionContext, table: &InputTable) -> Result<(), DataFusionError> {
-    let urls = table
-        .files
-        .iter()
-        .map(|file| ListingTableUrl::parse(file.to_string_lossy()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    if table.lake {
-        // A lake part holds one interval and symbol, its rows strictly increasing in open time
-        // (`lake::write_part` refuses anything else). DataFusion keeps this order across the
-        // parts of a scan only where their statistics show they do not overlap, and then a
-        // window over `PARTITION BY symbol ORDER BY open_time` needs no sort.
-        options = options.with_file_sort_order(vec![vec![
-            col("interval").sort(true, false),
-            col("symbol").sort(true, false),
-            col("open_time").sort(true, false),
-        ]]);
-    }
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
-    let config = if table.lake {
-        config.with_schema(crate::market::lake::klines_schema())
-    } else {
-        config.infer_schema(&context.state()).await?
+    let provider: Arc<dyn datafusion::catalog::TableProvider> = match table.lake {
+        Some(dataset) if table.files.is_empty() => {
+            Arc::new(datafusion::datasource::MemTable::try_new(
+                crate::market::lake::schema_of(dataset),
+                vec![vec![]],
+            )?)
+        }
+        _ => {
+            let urls = table
+                .files
+                .iter()
+                .map(|file| ListingTableUrl::parse(file.to_string_lossy()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet");
+            if let Some(dataset) = table.lake {
+                // A lake part holds one symbol (and interval), its rows strictly increasing in
+                // time (`lake::write_part` refuses anything else). DataFusion keeps this order
+                // across the parts of a scan only where their statistics show they do not
+                // overlap, and then a window over `PARTITION BY symbol ORDER BY open_time`
+                // needs no sort.
+                let order = if dataset.is_kline_shaped() {
+                    vec![
+                        col("interval").sort(true, false),
+                        col("symbol").sort(true, false),
+                        col("open_time").sort(true, false),
+                    ]
+                } else {
+                    vec![
+                        col("symbol").sort(true, false),
+                        col("funding_time").sort(true, false),
+                    ]
+                };
+                options = options.with_file_sort_order(vec![order]);
+            }
+            let config =
+                ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+            let config = match table.lake {
+                Some(dataset) => config.with_schema(crate::market::lake::schema_of(dataset)),
+                None => config.infer_schema(&context.state()).await?,
+            };
+            Arc::new(ListingTable::try_new(config)?)
+        }
     };
-    let provider = Arc::new(ListingTable::try_new(config)?);
     for name in &table.names {
         // Bare: a name is used exactly as written (no lower-casing, no schema.table split).
         context.register_table(TableReference::bare(name.as_str()), provider.clone())?;
@@ -292,7 +330,7 @@ mod tests {
                 InputTable {
                     names: vec![KLINES_TABLE.to_owned(), input.to_owned()],
                     files: Vec::new(),
-                    lake: true,
+                    lake: Some(Dataset::Klines),
                 },
             )
         };

@@ -18,6 +18,11 @@
 //! drifts. The spread of a window up to 64 rows is summed exactly around its mean. A window
 //! whose values are all equal has a spread of exactly 0 and no correlation (null).
 //!
+//! Carrying a value forward (causal):
+//! - `last_known(x, n)`: the newest non-null `x` among the last n rows, this one included
+//!   (null when there is none): a sparse series (funding every 8 hours) on every bar, never
+//!   staler than `n` rows.
+//!
 //! Forward-looking (for labels only: the look-ahead guard rejects them in features), where `k`
 //! may be a `$param` because, unlike a frame bound, it is an argument:
 //! - `forward_value(x, k)`: `x` k rows later (null when there are not k rows left);
@@ -385,6 +390,7 @@ enum Kind {
     Smoothing(Smoothing),
     Forward(Forward),
     Rolling(Rolling),
+    LastKnown,
 }
 
 impl Kind {
@@ -393,6 +399,7 @@ impl Kind {
             Kind::Smoothing(kind) => kind.name(),
             Kind::Forward(kind) => kind.name(),
             Kind::Rolling(kind) => kind.name(),
+            Kind::LastKnown => "last_known",
         }
     }
 
@@ -471,8 +478,22 @@ impl PartitionEvaluator for Evaluator {
                 rolling_corr(&cleaned(x), &cleaned(y), length)
             }
             Kind::Rolling(kind) => rolling(kind, &cleaned(x), length),
+            Kind::LastKnown => last_known(x, length, num_rows),
         }))
     }
+}
+
+/// `last_known(x, n)` over the first `rows` values of `x`.
+pub fn last_known(x: &Float64Array, n: usize, rows: usize) -> Float64Array {
+    let mut out = Float64Builder::with_capacity(rows);
+    let mut last: Option<(usize, f64)> = None;
+    for i in 0..rows {
+        if !x.is_null(i) {
+            last = Some((i, x.value(i)));
+        }
+        out.append_option(last.filter(|(at, _)| i - at < n).map(|(_, value)| value));
+    }
+    out.finish()
 }
 
 /// Every asterflow window function, ready to register.
@@ -481,7 +502,8 @@ pub fn functions() -> Vec<WindowUDF> {
         .map(Kind::Smoothing)
         .into_iter()
         .chain([Forward::Value, Forward::Min, Forward::Max].map(Kind::Forward))
-        .chain([Rolling::Mean, Rolling::Std, Rolling::StdPop, Rolling::Corr].map(Kind::Rolling));
+        .chain([Rolling::Mean, Rolling::Std, Rolling::StdPop, Rolling::Corr].map(Kind::Rolling))
+        .chain([Kind::LastKnown]);
     kinds
         .map(|kind| {
             WindowUDF::from(Function {
@@ -495,6 +517,33 @@ pub fn functions() -> Vec<WindowUDF> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_known_carries_within_its_reach() {
+        let x = Float64Array::from(vec![
+            None,
+            Some(1.0),
+            None,
+            None,
+            Some(2.0),
+            None,
+            None,
+            None,
+        ]);
+        assert_eq!(
+            values(&last_known(&x, 3, 8)),
+            vec![
+                None,
+                Some(1.0),
+                Some(1.0),
+                Some(1.0),
+                Some(2.0),
+                Some(2.0),
+                Some(2.0),
+                None
+            ]
+        );
+    }
 
     fn values(array: &Float64Array) -> Vec<Option<f64>> {
         (0..array.len())

@@ -5,7 +5,15 @@
 -- Conventions (DOMAIN.md section 3): ret_1 = close / lag(close) - 1; EMA alpha 2/(n+1) and
 -- Wilder alpha 1/n, both seeded with the SMA of the first n values (TA-Lib); volatility is the
 -- sample standard deviation of ret_1; Bollinger uses the population standard deviation.
--- Params: $interval ('1h'), $btc and $eth (leader symbols), $warmup (bars dropped per symbol).
+-- Params: $interval ('1h'), $bar_ms (its length in ms), $btc and $eth (leader symbols),
+-- $warmup (bars dropped per symbol).
+-- Perpetuals (DOMAIN.md section 8), from the lake's other tables (null where not collected):
+-- the last funding rate settled by the bar's close, its z-score over the last 21 settlements
+-- and its annualised value; the basis (mark / index - 1) and its change; the premium index.
+-- Higher timeframes: 4h and 1d bars joined as of the last one that closed before the row's
+-- close (close_time < row close_time, never the bar containing the row), as pandas'
+-- merge_asof(allow_exact_matches=False) with a tolerance of one higher bar: a missing higher
+-- bar leaves nulls rather than an older bar's values.
 -- The leaders must be in the input: a quarantined or missing one would leave its columns empty.
 -- asterflow: require symbol $btc, $eth in klines where "interval" = $interval
 
@@ -16,6 +24,66 @@ bars AS (
   FROM klines
   WHERE "interval" = $interval
 ),
+
+-- Each settled funding rate with its z-score over the last 21 settlements (a week at 8 hours)
+-- and its annualised value, in the bar it settled in (a few ms after the hour: the bar opening
+-- on that hour, whose close it precedes).
+settlements AS (
+  SELECT symbol, funding_time, funding_rate,
+    funding_rate * 8760.0 / NULLIF(CAST(funding_interval_hours AS DOUBLE), 0.0) AS funding_annualised,
+    (funding_rate - rolling_mean(funding_rate, 21) OVER f)
+      / NULLIF(rolling_std(funding_rate, 21) OVER f, 0.0) AS funding_z
+  FROM funding
+  WINDOW f AS (PARTITION BY symbol ORDER BY funding_time)
+),
+funding_bars AS (
+  SELECT symbol, funding_time - funding_time % $bar_ms AS open_time,
+    last_value(funding_rate ORDER BY funding_time) AS settled_rate,
+    last_value(funding_z ORDER BY funding_time) AS settled_z,
+    last_value(funding_annualised ORDER BY funding_time) AS settled_annualised
+  FROM settlements
+  GROUP BY symbol, funding_time - funding_time % $bar_ms
+),
+
+-- The basis of each bar, mark over index, and the premium index, same interval and open time.
+basis_bars AS (
+  SELECT m.symbol, m.open_time, m.close / NULLIF(x.close, 0.0) - 1.0 AS basis
+  FROM index_klines AS x
+  JOIN mark_klines AS m ON m.symbol = x.symbol AND m.open_time = x.open_time
+  WHERE m."interval" = $interval AND x."interval" = $interval
+),
+premium_bars AS (
+  SELECT symbol, open_time, close AS premium
+  FROM premium_klines
+  WHERE "interval" = $interval
+),
+
+-- 4h and 1d bars: the return, the close over its 20-bar average, the volatility and RSI(14)
+-- of that timeframe, each as of the bar's own close.
+higher_steps AS (
+  SELECT symbol, "interval", open_time, close,
+    close / LAG(close) OVER h - 1.0 AS ret,
+    CASE WHEN LAG(close) OVER h IS NULL THEN NULL ELSE GREATEST(close - LAG(close) OVER h, 0.0) END AS gain,
+    CASE WHEN LAG(close) OVER h IS NULL THEN NULL ELSE GREATEST(LAG(close) OVER h - close, 0.0) END AS loss,
+    rolling_mean(close, 20) OVER h AS sma_20,
+    ROW_NUMBER() OVER h AS n
+  FROM klines
+  WHERE "interval" IN ('4h', '1d')
+  WINDOW h AS (PARTITION BY "interval", symbol ORDER BY open_time)
+),
+higher AS (
+  SELECT symbol, "interval", open_time, ret,
+    -- Full windows only: 20 closes, 20 returns.
+    CASE WHEN n >= 20 THEN close / sma_20 END AS sma_ratio_20,
+    CASE WHEN n >= 21 THEN rolling_std(ret, 20) OVER h END AS volatility_20,
+    CASE WHEN wilder(gain, 14) OVER h = 0 AND wilder(loss, 14) OVER h = 0 THEN 50.0
+         WHEN wilder(loss, 14) OVER h = 0 THEN 100.0
+         ELSE 100.0 - 100.0 / (1.0 + wilder(gain, 14) OVER h / wilder(loss, 14) OVER h) END AS rsi_14
+  FROM higher_steps
+  WINDOW h AS (PARTITION BY "interval", symbol ORDER BY open_time)
+),
+h4 AS (SELECT * FROM higher WHERE "interval" = '4h'),
+d1 AS (SELECT * FROM higher WHERE "interval" = '1d'),
 
 -- Per symbol, over the raw columns: previous bars, position since the first bar, moving
 -- averages and deviations of price and volume, the MACD line. Lags count rows: across a
@@ -137,6 +205,42 @@ correlations AS (
   FROM market AS m
   JOIN indicators AS i ON i.open_time = m.open_time
   WINDOW w AS (PARTITION BY i.symbol ORDER BY i.open_time)
+),
+
+-- The perpetual's data and the higher timeframes beside each bar. The small keyed tables come
+-- first (held in memory), the bars stream through in their order. The higher bar joined is
+-- the one that closed last before this bar's close: with c = open_time + bar_ms - 1, the bar
+-- opening at floor(c, H) - H (its close, floor(c, H) - 1, is before c; the bar containing c
+-- closes at or after it).
+joined AS (
+  SELECT c.*, f.settled_rate, f.settled_z, f.settled_annualised, b.basis, p.premium,
+    h.ret AS ret_4h, h.sma_ratio_20 AS sma_ratio_20_4h, h.volatility_20 AS volatility_20_4h, h.rsi_14 AS rsi_14_4h,
+    d.ret AS ret_1d, d.sma_ratio_20 AS sma_ratio_20_1d, d.volatility_20 AS volatility_20_1d, d.rsi_14 AS rsi_14_1d
+  FROM d1 AS d
+  RIGHT JOIN (h4 AS h
+    RIGHT JOIN (premium_bars AS p
+      RIGHT JOIN (basis_bars AS b
+        RIGHT JOIN (funding_bars AS f
+          RIGHT JOIN correlations AS c
+          ON f.symbol = c.symbol AND f.open_time = c.open_time)
+        ON b.symbol = c.symbol AND b.open_time = c.open_time)
+      ON p.symbol = c.symbol AND p.open_time = c.open_time)
+    ON h.symbol = c.symbol
+      AND h.open_time = (c.open_time + $bar_ms - 1) - (c.open_time + $bar_ms - 1) % 14400000 - 14400000)
+  ON d.symbol = c.symbol
+    AND d.open_time = (c.open_time + $bar_ms - 1) - (c.open_time + $bar_ms - 1) % 86400000 - 86400000
+),
+
+-- Funding carried from its settlement to every later bar (at most a day of bars: a series
+-- that stopped goes null), and the basis's change over one bar.
+perp AS (
+  SELECT *,
+    last_known(settled_rate, 24) OVER w AS funding_rate,
+    last_known(settled_z, 24) OVER w AS funding_z,
+    last_known(settled_annualised, 24) OVER w AS funding_annualised,
+    basis - LAG(basis) OVER w AS basis_change
+  FROM joined
+  WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
 )
 
 SELECT
@@ -147,8 +251,11 @@ SELECT
   btc_ret, eth_ret,
   corr_btc_24, corr_btc_168, corr_btc_720, corr_eth_24, corr_eth_168, corr_eth_720,
   volume_spike_share, rsi_alignment, macd_alignment, bollinger_alignment, momentum_alignment,
-  liquidity_score, spread_estimate, price_stability, bars_since_listing
-FROM correlations
+  liquidity_score, spread_estimate, price_stability, bars_since_listing,
+  funding_rate, funding_z, funding_annualised, basis, basis_change, premium,
+  ret_4h, sma_ratio_20_4h, volatility_20_4h, rsi_14_4h,
+  ret_1d, sma_ratio_20_1d, volatility_20_1d, rsi_14_1d
+FROM perp
 -- Warm-up: drop each symbol's first bars, where recursive indicators still remember their seed.
 WHERE bar_number > $warmup
 ORDER BY symbol, open_time

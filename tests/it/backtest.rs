@@ -212,6 +212,72 @@ fn a_hand_checked_trade_lands_in_the_stages_outputs() {
     );
 }
 
+/// The same market with a SELL signal at bar 0 instead: a short held through the funding at
+/// bar 2's open receives the positive rate a long pays.
+#[test]
+fn a_hand_checked_short_receives_the_funding_a_long_pays() {
+    let project = Project::new();
+    fixtures(&project);
+    let rows = 6;
+    let times: Vec<i64> = (0..rows as i64).map(|bar| START + bar * HOUR).collect();
+    let mut p_sell = vec![0.1f32; rows];
+    p_sell[0] = 0.9;
+    let predictions = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("open_time", DataType::Int64, false),
+            Field::new("fold", DataType::Int32, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("predicted", DataType::Utf8, false),
+            Field::new("p_BUY", DataType::Float32, false),
+            Field::new("p_HOLD", DataType::Float32, false),
+            Field::new("p_SELL", DataType::Float32, false),
+        ])),
+        vec![
+            text(vec!["AAAUSDT"; rows]),
+            Arc::new(Int64Array::from(times)),
+            Arc::new(Int32Array::from(vec![1; rows])),
+            text(vec!["HOLD"; rows]),
+            text(vec!["HOLD"; rows]),
+            Arc::new(Float32Array::from(vec![0.0f32; rows])),
+            Arc::new(Float32Array::from(
+                p_sell.iter().map(|p| 1.0 - p).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float32Array::from(p_sell)),
+        ],
+    )
+    .unwrap();
+    write(&project, "predictions", &predictions);
+    project.write(
+        "pipelines/b.yaml",
+        &pipeline(
+            "      entry: {long_above: 0.99, short: true, short_above: 0.6}\n      exit: {stop: 0.05, target: null, horizon: 2}\n      fees: {maker: 0.0005, taker: 0.001}\n      slippage: 0.001\n",
+        ),
+    );
+    let run = project.run(&["run", "pipelines/b.yaml", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let trades = read(&run.output_of(&project, "backtest").join("trades.parquet"));
+    assert_eq!(trades.num_rows(), 1);
+    let float = |name: &str| {
+        trades
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .value(0)
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9 * b.abs().max(1.0);
+    // Sold at bar 1's open (100) less 0.1%; 1% of 10,000 at a 5% stop: 100 / (99.9 x 0.05) =
+    // 20.02 units, 20.0 on the 0.1 step. Bought back at bar 3's open (102) plus 0.1%.
+    assert!(close(float("entry_price"), 99.9));
+    assert!(close(float("size"), 20.0), "{}", float("size"));
+    assert!(close(float("exit_price"), 102.102));
+    // Funding at bar 2's open: -1 x 20 x 101 x 0.1% = -2.02, received; the one at bar 5 is
+    // after the exit.
+    assert!(close(float("funding"), -2.02), "{}", float("funding"));
+    let fees = 20.0 * (99.9 + 102.102) * 0.001;
+    assert!(close(float("pnl"), 20.0 * (99.9 - 102.102) - fees + 2.02));
+}
+
 #[test]
 fn a_probability_column_the_model_lacks_is_located_in_the_pipeline() {
     let project = crate::common::shipped_project();

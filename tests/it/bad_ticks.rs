@@ -278,7 +278,7 @@ fn a_quarantined_leader_fails_the_features_naming_it_and_why() {
         &std::fs::read_to_string(root.join("stages/features/features.sql")).unwrap(),
     );
     let pipeline = std::fs::read_to_string(project.path().join("pipelines/v.yaml")).unwrap()
-        + "  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}\n";
+        + "  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {interval: 1h, bar_ms: 3600000, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}\n";
     project.write("pipelines/v.yaml", &pipeline);
     let run = project.run(&["run", "pipelines/v.yaml"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -290,7 +290,7 @@ fn a_quarantined_leader_fails_the_features_naming_it_and_why() {
     );
     assert!(
         run.stderr
-            .contains("validate quarantined it (ETHUSDT 1h: 1 bad tick(s)"),
+            .contains("validate quarantined it (ETHUSDT klines 1h: 1 bad tick(s)"),
         "{}",
         run.stderr
     );

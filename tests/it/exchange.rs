@@ -12,16 +12,16 @@ use asterflow::market::model::{Interval, Kline};
 use asterflow::market::replay::{ReplayExchange, Scenario};
 
 /// 2025-03-01T00:30:00Z: half an hour into an open 1h candle.
-const NOW: &str = "2025-03-01T00:30:00Z";
+pub(crate) const NOW: &str = "2025-03-01T00:30:00Z";
 
 /// A replay exchange running on its own runtime while the test drives the binary.
-struct Exchange {
+pub(crate) struct Exchange {
     server: Option<ReplayExchange>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Exchange {
-    fn start(scenario_yaml: &str) -> Self {
+    pub(crate) fn start(scenario_yaml: &str) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -41,12 +41,37 @@ impl Exchange {
         }
     }
 
-    fn server(&self) -> &ReplayExchange {
+    pub(crate) fn server(&self) -> &ReplayExchange {
         self.server.as_ref().unwrap()
     }
 
-    fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.server().url
+    }
+
+    /// One raw HTTP/1.1 GET: the status, the used-weight header and the JSON body.
+    pub(crate) fn get(&self, path_and_query: &str) -> (u16, Option<u64>, serde_json::Value) {
+        use std::io::{Read, Write};
+        let address = self.url().trim_start_matches("http://").to_owned();
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "GET {path_and_query} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let weight = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-mbx-used-weight-1m")
+                .then(|| value.trim().parse().ok())?
+        });
+        // The replay exchange sends whole bodies (content-length), never chunks.
+        let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        (status, weight, body)
     }
 
     /// The closed candles the exchange holds for `symbol` opening in `[from, to]`.
@@ -79,20 +104,20 @@ impl Drop for Exchange {
     }
 }
 
-fn scenario(extra: &str) -> String {
+pub(crate) fn scenario(extra: &str) -> String {
     format!(
         "seed: 3\nclock: {{now: {NOW}}}\n{extra}\nmarket:\n  simulate:\n    genesis: 2025-01-01\n    assets:\n      - {{base: BTC, price: 42000, beta: 1.0, vol: 0.12}}\n      - {{base: ETH, price: 2300, beta: 1.2, vol: 0.3}}\n      - {{base: SOL, price: 100, beta: 1.5, vol: 0.6, listed: 2025-02-20}}\n"
     )
 }
 
 /// A pipeline: discover (+ rate_limits) -> collect, against `url`.
-fn exchange_pipeline(url: &str, collect_with: &str, source_extra: &str) -> String {
+pub(crate) fn exchange_pipeline(url: &str, collect_with: &str, source_extra: &str) -> String {
     format!(
         "name: x\nsources:\n  ex:\n    api: binance-futures\n    base_url: {url}\n{source_extra}\nstages:\n  discover:\n    kind: discover\n    with: {{source: ex}}\n  rate_limits:\n    kind: rate_limits\n    with: {{source: ex, probes: 5}}\n  collect:\n    kind: collect\n    needs: [discover, rate_limits]\n    with:\n      source: ex\n{collect_with}"
     )
 }
 
-fn run(project: &Project) -> crate::common::Run {
+pub(crate) fn run(project: &Project) -> crate::common::Run {
     let run = project.run(&["run", "pipelines/x.yaml", "--json"]);
     assert!(
         run.code == 0,
@@ -128,7 +153,7 @@ fn part_files(project: &Project, source: &str, interval: &str, symbol: &str) -> 
 }
 
 /// The stage's committed output directory, from `--json`.
-fn output_dir(project: &Project, run: &crate::common::Run, stage: &str) -> PathBuf {
+pub(crate) fn output_dir(project: &Project, run: &crate::common::Run, stage: &str) -> PathBuf {
     let stages = run.json()["stages"].as_array().unwrap().clone();
     let entry = stages.iter().find(|s| s["id"] == stage).unwrap();
     let output = entry["output"]
@@ -137,7 +162,7 @@ fn output_dir(project: &Project, run: &crate::common::Run, stage: &str) -> PathB
     project.path().join(output)
 }
 
-fn report(project: &Project, run: &crate::common::Run) -> serde_json::Value {
+pub(crate) fn report(project: &Project, run: &crate::common::Run) -> serde_json::Value {
     let path = output_dir(project, run, "collect").join("collection_report.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -225,7 +250,10 @@ fn paginates_across_page_boundaries() {
     let parts = listing["parts"].as_array().unwrap();
     assert_eq!(parts.len(), 9);
     assert_eq!(
-        parts.iter().filter(|part| part["table"] == "funding").count(),
+        parts
+            .iter()
+            .filter(|part| part["table"] == "funding")
+            .count(),
         3
     );
     assert_eq!(listing["tables"], serde_json::json!(["funding", "klines"]));

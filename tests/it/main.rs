@@ -9,6 +9,7 @@ mod errors;
 mod exchange;
 mod gpu;
 mod honest;
+mod perp;
 mod report;
 mod run;
 mod scheduled;

@@ -249,7 +249,7 @@ fn the_feature_set_matches_independent_reference_values_after_warm_up() {
     pipeline(
         &project,
         "stages/features/features.sql",
-        "interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300",
+        "interval: 1h, bar_ms: 3600000, btc: BTCUSDT, eth: ETHUSDT, warmup: 300",
         // The guard runs on the shipped query too: it must pass, comparing real rows.
         "      output: out.parquet\n      lookahead_check: true\n",
     );
@@ -633,7 +633,7 @@ fn the_feature_file_fails_naming_a_leader_the_input_lacks() {
     pipeline(
         &project,
         "stages/features/features.sql",
-        "interval: 1h, btc: BTCUSDT, eth: ETHUSDT, warmup: 300",
+        "interval: 1h, bar_ms: 3600000, btc: BTCUSDT, eth: ETHUSDT, warmup: 300",
         "",
     );
     let run = project.run(&["run", "pipelines/s.yaml"]);
@@ -654,7 +654,7 @@ fn the_feature_file_fails_naming_a_leader_the_input_lacks() {
     pipeline(
         &project,
         "stages/features/features.sql",
-        "interval: 1h, btc: BTCUSDT, warmup: 300",
+        "interval: 1h, bar_ms: 3600000, btc: BTCUSDT, warmup: 300",
         "",
     );
     let run = project.run(&["run", "pipelines/s.yaml", "--validate-only"]);

@@ -303,8 +303,9 @@ fn policies_stop_the_pipeline_when_asked() {
     let run = project.run(&["run", "pipelines/v.yaml"]);
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
-        run.stderr
-            .contains("1 of 2 datasets failed validation (on_failure: fail); first: ex BUSDT 1h"),
+        run.stderr.contains(
+            "1 of 2 datasets failed validation (on_failure: fail); first: ex BUSDT klines 1h"
+        ),
         "{}",
         run.stderr
     );
@@ -423,7 +424,8 @@ fn the_replay_exchanges_simulated_data_is_refused_unless_allowed() {
     ))
     .unwrap();
     assert_eq!(report["synthetic"], true);
-    assert_eq!(report["datasets_passed"], 2);
+    // Klines and funding of each symbol.
+    assert_eq!(report["datasets_passed"], 4);
     assert!(
         report["banner"]
             .as_str()

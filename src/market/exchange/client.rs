@@ -223,8 +223,16 @@ impl ExchangeClient {
         limit: u32,
         cancel: &CancellationToken,
     ) -> Result<(Vec<Kline>, CallStats), ExchangeError> {
-        self.kline_table(Dataset::Klines, symbol, interval, start_ms, end_ms, limit, cancel)
-            .await
+        self.kline_table(
+            Dataset::Klines,
+            symbol,
+            interval,
+            start_ms,
+            end_ms,
+            limit,
+            cancel,
+        )
+        .await
     }
 
     /// Any kline-shaped endpoint (`klines`, `markPriceKlines`, `indexPriceKlines`,

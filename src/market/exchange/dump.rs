@@ -77,8 +77,10 @@ pub fn find_kline_files(dir: &Path) -> Result<Vec<KlineFile>, String> {
             if file_type.is_dir() {
                 pending.push(path);
             } else if file_type.is_file()
-                && let Some((symbol, dataset, interval)) =
-                    path.file_name().and_then(|name| name.to_str()).and_then(|name| {
+                && let Some((symbol, dataset, interval)) = path
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .and_then(|name| {
                         let relative = path.strip_prefix(&root).unwrap_or(&path);
                         let directories = relative
                             .parent()
@@ -342,7 +344,14 @@ mod tests {
         assert!(parse_file_name("BTCUSDT-1h-2024-01.zip").is_none());
         assert!(parse_file_name("notes.csv").is_none());
         let (symbol, dataset, interval) = classify(
-            ["futures", "um", "monthly", "markPriceKlines", "BTCUSDT", "1h"],
+            [
+                "futures",
+                "um",
+                "monthly",
+                "markPriceKlines",
+                "BTCUSDT",
+                "1h",
+            ],
             "BTCUSDT-1h-2024-01.csv",
         )
         .unwrap();
@@ -350,8 +359,11 @@ mod tests {
             (symbol.as_str(), dataset, interval.map(Interval::name)),
             ("BTCUSDT", Dataset::MarkKlines, Some("1h"))
         );
-        let (symbol, dataset, interval) =
-            classify(["fundingRate", "ETHUSDT"], "ETHUSDT-fundingRate-2024-01.csv").unwrap();
+        let (symbol, dataset, interval) = classify(
+            ["fundingRate", "ETHUSDT"],
+            "ETHUSDT-fundingRate-2024-01.csv",
+        )
+        .unwrap();
         assert_eq!(
             (symbol.as_str(), dataset, interval),
             ("ETHUSDT", Dataset::Funding, None)

@@ -249,11 +249,13 @@ struct RawBar {
     mark: f64,
 }
 
-/// Per base bar: the premium keeps this share of itself, gains this share of the bar's log
-/// return, and this much noise (a stationary spread of about 0.05%).
+/// Per base bar: the premium keeps this share of its distance from its mean (longs usually
+/// pay: +0.01%), gains this share of the bar's log return, and this much noise (a stationary
+/// spread of about 0.04% on hourly bars).
 const PREMIUM_PERSISTENCE: f64 = 0.98;
-const PREMIUM_FROM_RETURN: f64 = 0.03;
-const PREMIUM_NOISE: f64 = 0.0001;
+const PREMIUM_MEAN: f64 = 0.0001;
+const PREMIUM_FROM_RETURN: f64 = 0.01;
+const PREMIUM_NOISE: f64 = 0.00005;
 const MARK_NOISE: f64 = 0.0002;
 /// Binance's interest rate component: 0.01% per 8 hours, and the clamp around it.
 const FUNDING_INTEREST_8H: f64 = 0.0001;
@@ -464,8 +466,9 @@ impl SimMarket {
                 let volume = quote_volume / vwap;
                 let taker_share = (0.5 + 0.15 * (ret / scale).tanh()).clamp(0.05, 0.95);
                 // Drawn after the price's own draws, so adding them changed no price.
-                let premium_open = series.last().map(|bar| bar.premium).unwrap_or(0.0);
-                let premium = (PREMIUM_PERSISTENCE * premium_open
+                let premium_open = series.last().map(|bar| bar.premium).unwrap_or(PREMIUM_MEAN);
+                let premium = (PREMIUM_MEAN
+                    + PREMIUM_PERSISTENCE * (premium_open - PREMIUM_MEAN)
                     + PREMIUM_FROM_RETURN * ret
                     + PREMIUM_NOISE * rng.normal())
                 .clamp(-0.03, 0.03);
@@ -613,14 +616,20 @@ impl SimMarket {
         let listed_ms = self.genesis + asset.listed * self.base.millis();
         let base_ms = self.base.millis();
         let first = (listed_ms / every + 1) * every;
-        let from = start.map_or(first, |start| first.max(start.saturating_sub(1000) / every * every));
+        let from = start.map_or(first, |start| {
+            first.max(start.saturating_sub(1000) / every * every)
+        });
         if end < 0 || (end as u64) < from {
             return Vec::new();
         }
         let last = end as u64 / every * every;
         // The base bars the settlements in [from, last] average over.
         let bar_of = |ms: u64| ms.saturating_sub(self.genesis) / base_ms;
-        let bars = self.base_bars(index, bar_of(from.saturating_sub(every)), bar_of(last).saturating_sub(1));
+        let bars = self.base_bars(
+            index,
+            bar_of(from.saturating_sub(every)),
+            bar_of(last).saturating_sub(1),
+        );
         let interest = FUNDING_INTEREST_8H * hours as f64 / 8.0;
         let mut out = Vec::new();
         let mut settle = from.max(first);
@@ -629,7 +638,9 @@ impl SimMarket {
             let (sum, count) = bars
                 .iter()
                 .filter(|(open, _)| window.contains(open))
-                .fold((0.0, 0usize), |(sum, count), (_, bar)| (sum + bar.premium, count + 1));
+                .fold((0.0, 0usize), |(sum, count), (_, bar)| {
+                    (sum + bar.premium, count + 1)
+                });
             if count > 0 {
                 let premium = sum / count as f64;
                 let rate = (premium + (interest - premium).clamp(-FUNDING_CLAMP, FUNDING_CLAMP))
@@ -770,7 +781,10 @@ impl RecordedMarket {
                 }
                 None => {
                     let rows = crate::market::exchange::dump::read_funding_file(&file.path)?;
-                    funding_by_symbol.entry(file.symbol).or_default().extend(rows);
+                    funding_by_symbol
+                        .entry(file.symbol)
+                        .or_default()
+                        .extend(rows);
                 }
             }
         }

@@ -506,7 +506,10 @@ impl Exchange {
 }
 
 /// A parameter the endpoint cannot do without, with Binance's error when it is missing.
-fn mandatory<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a String, (i64, String)> {
+fn mandatory<'a>(
+    params: &'a HashMap<String, String>,
+    name: &str,
+) -> Result<&'a String, (i64, String)> {
     params.get(name).filter(|value| !value.is_empty()).ok_or((
         -1102,
         format!("Mandatory parameter '{name}' was not sent, was empty/null, or malformed."),
