@@ -1,7 +1,9 @@
-//! Feature benchmark (issue 5): the shipped feature set (`stages/features/features.sql`) over
-//! 100 symbols x 1h x 2 years (about 1.75M rows), through the real binary, reading the lake's
-//! Parquet and writing the output included. Reports wall time, rows per second and the peak
-//! resident memory of the process. Target: under 2 s and under 900 MiB on the 2-core machine.
+//! Feature benchmark (issues 5 and 19): the shipped feature set (`stages/features/features.sql`)
+//! over 100 symbols x 1h x 2 years (about 1.75M rows), with the 4h and 1d candles, hourly mark
+//! and index prices and funding of those two years (for the perpetual and multi-timeframe
+//! features), through the real binary, reading the lake's Parquet and writing the output
+//! included. Reports wall time, rows per second and the peak resident memory of the process.
+//! Target: under 2.5 s and under 900 MiB on the 2-core machine.
 //! The look-ahead guard's extra cost is measured separately. Between samples the previous
 //! sample's output is deleted and the disk synced, so that each run starts as a scheduled one
 //! would. Run with
@@ -41,6 +43,7 @@ fn main() {
             "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    assets:\n      - {{base: BTC, price: 42000, beta: 1.0, vol: 0.12}}\n      - {{base: ETH, price: 2300, beta: 1.15, vol: 0.3}}\n    generated: {{count: {}}}\n",
             SYMBOLS - 2
         ),
+        true,
     );
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(root.join("stages/features")).unwrap();
@@ -146,8 +149,8 @@ fn main() {
         guarded[guarded.len() / 2].as_secs_f64()
     );
     println!(
-        "  target (< 2 s, < 900 MiB): {}",
-        if median < Duration::from_secs(2) && peak < 900.0 {
+        "  target (< 2.5 s, < 900 MiB): {}",
+        if median < Duration::from_millis(2500) && peak < 900.0 {
             "met"
         } else {
             "MISSED"

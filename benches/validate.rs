@@ -21,6 +21,7 @@ fn main() {
         &format!(
             "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    generated: {{count: {SYMBOLS}}}\n"
         ),
+        false,
     );
     std::fs::create_dir_all(root.join("pipelines")).unwrap();
     std::fs::write(

@@ -1,58 +1,122 @@
-//! Shared by the benchmarks: a lake of simulated hourly candles, written as a collection
-//! writes it (one part per symbol), with the `lake.json` fixture a `command` stage hands on.
+//! Shared by the benchmarks: a lake of simulated hourly candles (and, for the features, 4h and
+//! 1d candles, hourly mark and index prices and funding), written as a collection writes it (one
+//! part per partition), with the `lake.json` fixture a `command` stage hands on.
 
 use std::path::Path;
 
 use asterflow::market::lake::{LakeListing, Provenance};
-use asterflow::market::model::Interval;
+use asterflow::market::model::{Dataset, Interval};
 use asterflow::market::replay::{Market, Scenario};
 
 /// The end of the benchmark data: 2026-01-01, a fixed past instant.
 pub const END_MS: u64 = 1_767_225_600_000;
 
 /// Writes two years of hourly candles for every symbol of `scenario_yaml` under `root/data`,
-/// and `root/fixtures/lake.json` listing them. Returns the number of candles.
-pub fn simulated_lake(root: &Path, scenario_yaml: &str) -> usize {
+/// and `root/fixtures/lake.json` listing them; with `perp`, also 4h and 1d candles, hourly mark
+/// and index prices, and funding. Returns the number of hourly candles.
+pub fn simulated_lake(root: &Path, scenario_yaml: &str, perp: bool) -> usize {
     let data = root.join("data");
     let scenario = Scenario::parse(Path::new("bench.yaml"), scenario_yaml).unwrap();
     let market = Market::build(&scenario).unwrap();
-    let hour = Interval::parse("1h").unwrap();
     let start = END_MS - 2 * 365 * 86_400_000;
+    let provenance = Provenance {
+        source: "sim".into(),
+        base_url: "bench".into(),
+        fetched_at_ms: END_MS as i64,
+        kind: "simulated".into(),
+    };
+    let mut tables = vec![(Dataset::Klines, "1h")];
+    if perp {
+        tables.extend([
+            (Dataset::Klines, "4h"),
+            (Dataset::Klines, "1d"),
+            (Dataset::MarkKlines, "1h"),
+            (Dataset::IndexKlines, "1h"),
+        ]);
+    }
     let mut parts = Vec::new();
     let mut total = 0;
     for symbol in market.symbols() {
-        let mut rows = Vec::new();
-        let mut cursor = start;
-        while cursor < END_MS {
-            let page = market
-                .klines(
+        for &(dataset, interval) in &tables {
+            let interval = Interval::parse(interval).unwrap();
+            let mut rows = Vec::new();
+            let mut cursor = start;
+            while cursor < END_MS {
+                let page = market
+                    .kline_table(
+                        dataset,
+                        &symbol.symbol,
+                        interval,
+                        Some(cursor),
+                        Some(END_MS - 1),
+                        1500,
+                        END_MS,
+                    )
+                    .unwrap();
+                let Some(last) = page.last() else { break };
+                cursor = last.open_time as u64 + interval.millis();
+                rows.extend(page);
+            }
+            if dataset == Dataset::Klines && interval.name() == "1h" {
+                total += rows.len();
+            }
+            let dir = asterflow::market::lake::table_partition_dir(
+                &data,
+                dataset,
+                "sim",
+                Some(interval),
+                &symbol.symbol,
+            )
+            .unwrap();
+            asterflow::market::lake::write_part(&dir, &symbol.symbol, interval, &rows, &provenance)
+                .unwrap();
+            parts.extend(
+                asterflow::market::lake::describe_table_partition(
+                    &data,
+                    dataset,
+                    "sim",
+                    Some(interval),
                     &symbol.symbol,
-                    hour,
-                    Some(cursor),
+                )
+                .unwrap(),
+            );
+        }
+        if perp {
+            let funding = market
+                .funding(
+                    &symbol.symbol,
+                    Some(start),
                     Some(END_MS - 1),
-                    1500,
+                    usize::MAX,
                     END_MS,
                 )
                 .unwrap();
-            let Some(last) = page.last() else { break };
-            cursor = last.open_time as u64 + hour.millis();
-            rows.extend(page);
-        }
-        total += rows.len();
-        let dir =
-            asterflow::market::lake::partition_dir(&data, "sim", hour, &symbol.symbol).unwrap();
-        let provenance = Provenance {
-            source: "sim".into(),
-            base_url: "bench".into(),
-            fetched_at_ms: END_MS as i64,
-            kind: "simulated".into(),
-        };
-        asterflow::market::lake::write_part(&dir, &symbol.symbol, hour, &rows, &provenance)
+            let dir = asterflow::market::lake::table_partition_dir(
+                &data,
+                Dataset::Funding,
+                "sim",
+                None,
+                &symbol.symbol,
+            )
             .unwrap();
-        parts.extend(
-            asterflow::market::lake::describe_partition(&data, "sim", hour, &symbol.symbol)
+            asterflow::market::lake::write_funding_part(
+                &dir,
+                &symbol.symbol,
+                &funding,
+                &provenance,
+            )
+            .unwrap();
+            parts.extend(
+                asterflow::market::lake::describe_table_partition(
+                    &data,
+                    Dataset::Funding,
+                    "sim",
+                    None,
+                    &symbol.symbol,
+                )
                 .unwrap(),
-        );
+            );
+        }
     }
     std::fs::create_dir_all(root.join("fixtures")).unwrap();
     std::fs::write(

@@ -667,6 +667,14 @@ fn the_demo_pipeline_runs_on_the_in_process_replay_and_start_from_rate_limits_wo
     )
     .unwrap();
     assert_eq!(listing["provenance"], serde_json::json!(["simulated"]));
+    // The demo collects funding, and its backtest pays it.
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(output_dir(&project, &first, "backtest").join("metrics.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let funding = metrics["funding_paid"].as_f64().unwrap();
+    assert!(funding != 0.0 && funding.is_finite(), "{metrics}");
     // The newest bar's signals went into the paper book.
     let bars = project.path().join("data/paper/demo/signals/bars");
     assert_eq!(

@@ -712,3 +712,107 @@ fn multi_timeframe_and_funding_features_match_an_independent_as_of_join() {
     assert!(parity.status.success(), "{said}");
     assert!(said.contains("parity: ok"), "{said}");
 }
+
+/// A Binance public dump's funding and mark price files import through the same source as its
+/// klines, and a replay exchange serves recorded funding files beside its kline files.
+#[test]
+fn dump_funding_and_mark_files_import_and_recorded_funding_is_served() {
+    let project = Project::new();
+    let start = 1_735_689_600_000i64; // 2025-01-01
+    let kline = |i: i64| {
+        let open = start + i * HOUR;
+        format!(
+            "{open},{}.5,{}.9,{}.1,{}.7,0,{},0,0,0,0,0\n",
+            100 + i,
+            101 + i,
+            99 + i,
+            100 + i,
+            open + HOUR - 1
+        )
+    };
+    let mut mark = String::new();
+    (0..48).for_each(|i| mark.push_str(&kline(i)));
+    let mut funding = String::from("calc_time,funding_interval_hours,last_funding_rate\n");
+    for k in 0..6 {
+        funding.push_str(&format!("{},8,0.000{}\n", start + k * 8 * HOUR + k, k + 1));
+    }
+    project.write(
+        "dumps/futures/um/monthly/markPriceKlines/BTCUSDT/1h/BTCUSDT-1h-2025-01.csv",
+        &mark,
+    );
+    project.write(
+        "dumps/futures/um/monthly/fundingRate/BTCUSDT/BTCUSDT-fundingRate-2025-01.csv",
+        &funding,
+    );
+    project.write(
+        "pipelines/x.yaml",
+        "name: x\nsources:\n  vision:\n    api: binance-dump\n    path: dumps\nstages:\n  collect:\n    kind: collect\n    with: {source: vision, datasets: [klines, funding, mark_klines], intervals: [1h], start: 2025-01-01}\n",
+    );
+    let imported = run(&project);
+    // No trades klines in this dump: skipped with a warning, the rest imported.
+    assert!(
+        imported
+            .stderr
+            .contains("skipping klines: the dump holds no klines files"),
+        "{}",
+        imported.stderr
+    );
+    let dir = project
+        .path()
+        .join("data/lake/funding/source=vision/symbol=BTCUSDT");
+    let stored: Vec<Funding> = asterflow::market::lake::parts(&dir)
+        .unwrap()
+        .iter()
+        .flat_map(|part| asterflow::market::lake::read_funding_part(&part.path).unwrap())
+        .collect();
+    assert_eq!(stored.len(), 6);
+    assert_eq!(stored[5].funding_time, start + 40 * HOUR + 5);
+    assert_eq!(stored[5].funding_rate, 0.0006);
+    assert_eq!(stored[0].interval_hours, 8);
+    let marks = project
+        .path()
+        .join("data/lake/mark_klines/source=vision/interval=1h/symbol=BTCUSDT");
+    let marks: usize = asterflow::market::lake::parts(&marks)
+        .unwrap()
+        .iter()
+        .map(|part| {
+            asterflow::market::lake::read_part(&part.path)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(marks, 48);
+
+    // The same files as a recorded replay market: klines beside them, funding served as-is.
+    let mut klines = String::new();
+    (0..48).for_each(|i| klines.push_str(&kline(i)));
+    project.write("replay/BTCUSDT-1h-2025-01.csv", &klines);
+    project.write("replay/BTCUSDT-fundingRate-2025-01.csv", &funding);
+    let recorded = Exchange::start(&format!(
+        "clock: {{now: 2025-01-03T00:00:00Z}}\nmarket:\n  files: {}\n",
+        project.path().join("replay").display()
+    ));
+    let (status, _, rows) = recorded.get(&format!(
+        "/fapi/v1/fundingRate?symbol=BTCUSDT&startTime={start}&limit=10"
+    ));
+    assert_eq!(status, 200, "{rows}");
+    let rates: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["fundingRate"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rates,
+        [
+            "0.00010000",
+            "0.00020000",
+            "0.00030000",
+            "0.00040000",
+            "0.00050000",
+            "0.00060000"
+        ]
+    );
+    let (_, _, info) = recorded.get("/fapi/v1/fundingInfo");
+    assert_eq!(info[0]["fundingIntervalHours"], 8);
+}

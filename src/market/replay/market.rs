@@ -599,7 +599,7 @@ impl SimMarket {
     /// An asset's funding interval in hours and its rate cap (the floor is its negative):
     /// every third asset by name settles every 4 hours, the others every 8.
     fn schedule(&self, index: usize) -> (i64, f64) {
-        if self.assets[index].key % 3 == 0 {
+        if self.assets[index].key.is_multiple_of(3) {
             (4, 0.01)
         } else {
             (8, 0.02)
