@@ -810,19 +810,24 @@ impl Collector<'_> {
                 // millisecond. Between and before stored parts, only a stretch that could hold
                 // a settlement is worth a request; the stretch up to now always is.
                 let window_start = self.start_ms.max(partition.onboard_ms.unwrap_or(0));
-                let every = self
+                let hours = self
                     .schedules
                     .get(&partition.symbol)
-                    .map_or(3_600_000, |(hours, _, _)| *hours as u64 * 3_600_000);
-                // Settlements run up to a minute late: between two stored ones a settlement is
-                // missing only where they are more than an interval and that minute apart.
+                    .map_or(DEFAULT_FUNDING_HOURS, |(hours, _, _)| *hours);
+                let every = hours as u64 * 3_600_000;
+                // Settlements run up to a minute late. Before the first stored one, a stretch
+                // of an interval may hold one. Between stored parts (each run fetched its
+                // range whole: a hole there is an interrupted backfill), only a stretch longer
+                // than the default interval is refetched, so an older, longer schedule than
+                // today's is not asked for again on every run.
                 let late = crate::quality::funding::MAX_DELAY_MS as u64;
+                let between = every.max(DEFAULT_FUNDING_HOURS as u64 * 3_600_000) + late;
                 let mut ranges = missing_ranges(window_start, closed_before, 1, &stored);
                 ranges.retain(|&(lo, hi)| {
                     let span = hi - lo + 1;
                     hi == closed_before
                         || (lo == window_start && span + late >= every)
-                        || span > every + late
+                        || span > between
                 });
                 (ranges, Rows::Funding(Vec::new()))
             }
@@ -901,7 +906,7 @@ impl Collector<'_> {
             let (rows, stats) = client
                 .funding_rates(&symbol, cursor, hi, limit, &self.stop)
                 .await
-                .map_err(PartitionError::from_exchange)?;
+                .map_err(|error| PartitionError::from_exchange(Dataset::Funding, error))?;
             pending.report.requests += u64::from(stats.attempts);
             pending.report.retries += u64::from(stats.retries);
             pending.report.rate_limited += u64::from(stats.rate_limited);
@@ -965,7 +970,7 @@ impl Collector<'_> {
                     &self.stop,
                 )
                 .await
-                .map_err(PartitionError::from_exchange)?;
+                .map_err(|error| PartitionError::from_exchange(pending.partition.dataset, error))?;
             pending.report.requests += u64::from(stats.attempts);
             pending.report.retries += u64::from(stats.retries);
             pending.report.rate_limited += u64::from(stats.rate_limited);
@@ -1060,18 +1065,20 @@ enum PartitionError {
 }
 
 impl PartitionError {
-    fn from_exchange(error: ExchangeError) -> Self {
+    fn from_exchange(dataset: Dataset, error: ExchangeError) -> Self {
         match error {
             ExchangeError::Api {
                 code: Some(-1121),
                 message,
                 ..
             } => PartitionError::UnknownSymbol(message),
+            // Only the optional datasets may be missing: a 404 for klines is a wrong base URL
+            // or path prefix, and an error.
             ExchangeError::Api {
                 status: 404,
                 message,
                 ..
-            } => PartitionError::Unserved(message),
+            } if dataset != Dataset::Klines => PartitionError::Unserved(message),
             other => PartitionError::Stage(other.into()),
         }
     }

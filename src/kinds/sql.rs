@@ -482,8 +482,8 @@ impl Prepared {
             let cut = ((raw as i64).div_euclid(DAY) * DAY + odd_hour * HOUR).max(first + step);
             // Rows in the band just before the cut are the first to change under look-ahead;
             // only rows whose bar closed by the cut are compared.
-            let band_start = cut - ((cut - first) / 10).max(DAY);
             let band_end = cut - step;
+            let band_start = band_end - ((cut - first) / 10).max(DAY);
             context.progress.update(
                 k as u64,
                 cuts as u64,

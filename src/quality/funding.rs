@@ -90,29 +90,56 @@ pub fn settlements(batch: &RecordBatch, bad_values: &mut u64) -> Vec<Settlement>
     out
 }
 
+/// The interval in force at each settlement, in hours: the one recorded with it, unless the
+/// spacing to the settlement before and to the one after is the same whole interval (1, 2, 4
+/// or 8 hours): a schedule that held for a while, such as the 8 hours of a symbol's history
+/// before it moved to the 4 hours `fundingInfo` states today. A single missing settlement
+/// leaves unequal spacings on its two sides, so it is still found.
+fn intervals_in_force(series: &[Settlement]) -> Vec<i64> {
+    let hour = |s: &Settlement| s.time.div_euclid(HOUR_MS);
+    (0..series.len())
+        .map(|i| {
+            let recorded = series[i].interval_hours.max(1);
+            if i == 0 || i + 1 == series.len() {
+                return recorded;
+            }
+            let before = hour(&series[i]) - hour(&series[i - 1]);
+            let after = hour(&series[i + 1]) - hour(&series[i]);
+            if before == after && [1, 2, 4, 8].contains(&before) {
+                before
+            } else {
+                recorded
+            }
+        })
+        .collect()
+}
+
 /// Measures a series sorted by time (duplicates already counted and removed by the caller).
 /// `default_cap` bounds rates whose rows record no cap or floor.
 pub fn measure(series: &[Settlement], default_cap: f64) -> FundingFigures {
     let mut figures = FundingFigures::default();
-    // The hour and the time of the previous settlement on schedule.
-    let mut previous: Option<(i64, i64)> = None;
-    for settlement in series {
+    let in_force = intervals_in_force(series);
+    // The hour, the time and the interval of the previous settlement on schedule.
+    let mut previous: Option<(i64, i64, i64)> = None;
+    for (settlement, &hours) in series.iter().zip(&in_force) {
         let hour = settlement.time.div_euclid(HOUR_MS) * HOUR_MS;
         let delay = settlement.time - hour;
-        let every = settlement.interval_hours.max(1) * HOUR_MS;
+        let every = hours * HOUR_MS;
         if delay > MAX_DELAY_MS || hour.rem_euclid(every) != 0 {
             figures.off_schedule += 1;
             figures.first_off_schedule.get_or_insert(settlement.time);
         } else {
             figures.largest_delay_ms = figures.largest_delay_ms.max(delay);
-            if let Some((previous_hour, previous_time)) = previous {
-                let skipped = ((hour - previous_hour) / every - 1).max(0) as u64;
+            if let Some((previous_hour, previous_time, previous_hours)) = previous {
+                // Across a change of schedule, the longer interval of the two.
+                let step = every.max(previous_hours * HOUR_MS);
+                let skipped = ((hour - previous_hour) / step - 1).max(0) as u64;
                 if skipped > 0 {
                     figures.missing += skipped;
                     figures.first_gap.get_or_insert(previous_time);
                 }
             }
-            previous = Some((hour, settlement.time));
+            previous = Some((hour, settlement.time, hours));
         }
         let cap = settlement.cap.unwrap_or(default_cap);
         let floor = settlement.floor.unwrap_or(-default_cap);
@@ -165,5 +192,21 @@ mod tests {
         off[3] = at(8 * 3 + 1, 0, 0.0001);
         off[5] = at(8 * 5, 120_000, 0.0001);
         assert_eq!(measure(&off, 0.03).off_schedule, 2);
+    }
+
+    #[test]
+    fn an_older_longer_schedule_is_not_a_gap_but_a_missing_settlement_is() {
+        // Twenty settlements 8 hours apart, then twenty 4 hours apart, all recorded with
+        // today's 4-hour interval (as fundingInfo states it when they are collected).
+        let mut series: Vec<Settlement> = (0..20).map(|k| at(8 * k, 3, 0.0001)).collect();
+        series.extend((1..=20).map(|k| at(8 * 19 + 4 * k, 3, 0.0001)));
+        for settlement in &mut series {
+            settlement.interval_hours = 4;
+        }
+        let figures = measure(&series, 0.03);
+        assert_eq!((figures.missing, figures.off_schedule), (0, 0));
+        // One settlement missing in the 4-hour stretch: found.
+        series.remove(30);
+        assert_eq!(measure(&series, 0.03).missing, 1);
     }
 }

@@ -816,3 +816,50 @@ fn dump_funding_and_mark_files_import_and_recorded_funding_is_served() {
     let (_, _, info) = recorded.get("/fapi/v1/fundingInfo");
     assert_eq!(info[0]["fundingIntervalHours"], 8);
 }
+
+/// Only the optional datasets may be unserved: a 404 for klines (a wrong base URL or path
+/// prefix) fails the collection, naming the URL, instead of an empty lake.
+#[test]
+fn a_404_for_klines_is_an_error_not_a_skipped_dataset() {
+    let exchange = Exchange::start(&scenario("unserved: [klines]"));
+    let project = Project::new();
+    project.write(
+        "pipelines/x.yaml",
+        &exchange_pipeline(
+            exchange.url(),
+            "      intervals: [1h]\n      history: 5d\n",
+            "",
+        ),
+    );
+    let failed = project.run(&["run", "pipelines/x.yaml"]);
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("/fapi/v1/klines") && failed.stderr.contains("HTTP 404"),
+        "{}",
+        failed.stderr
+    );
+    assert!(
+        !failed.stderr.contains("skipping klines"),
+        "{}",
+        failed.stderr
+    );
+}
+
+/// The guard on daily outputs: a cut at an odd hour still leaves daily rows to compare (their
+/// bar closed by the cut), and a daily feature that reads the next day fails.
+#[test]
+fn the_guard_checks_daily_outputs() {
+    let exchange = Exchange::start(&scenario(""));
+    let daily = "SELECT symbol, open_time, close / LAG(close) OVER (PARTITION BY symbol ORDER BY open_time) - 1.0 AS ret\n\
+                 FROM klines WHERE \"interval\" = '1d'\n";
+    let project = features_project(&exchange, daily, "");
+    let passed = project.run(&["run", "pipelines/x.yaml"]);
+    assert_eq!(passed.code, 0, "{}", passed.stderr);
+    project.write(
+        "stages/features/under_test.sql",
+        &daily.replace("LAG(close)", "LEAD(close)"),
+    );
+    let failed = project.run(&["run", "pipelines/x.yaml"]);
+    assert_ne!(failed.code, 0);
+    assert!(failed.stderr.contains("`ret`"), "{}", failed.stderr);
+}
