@@ -234,6 +234,15 @@ struct PartitionReport {
 /// Which dump files hold one partition's rows.
 type DumpKey = (Dataset, String, Option<Interval>);
 
+impl PartitionReport {
+    /// Counts one call's attempts, retries and 429s.
+    fn count(&mut self, stats: &crate::market::exchange::client::CallStats) {
+        self.requests += u64::from(stats.attempts);
+        self.retries += u64::from(stats.retries);
+        self.rate_limited += u64::from(stats.rate_limited);
+    }
+}
+
 /// Where candles come from during one collection.
 enum Feed<'a> {
     Exchange(&'a ExchangeClient),
@@ -907,9 +916,7 @@ impl Collector<'_> {
                 .funding_rates(&symbol, cursor, hi, limit, &self.stop)
                 .await
                 .map_err(|error| PartitionError::from_exchange(Dataset::Funding, error))?;
-            pending.report.requests += u64::from(stats.attempts);
-            pending.report.retries += u64::from(stats.retries);
-            pending.report.rate_limited += u64::from(stats.rate_limited);
+            pending.report.count(&stats);
             let received = rows.len();
             let mut last_kept = cursor as i64 - 1;
             for row in rows {
@@ -971,9 +978,7 @@ impl Collector<'_> {
                 )
                 .await
                 .map_err(|error| PartitionError::from_exchange(pending.partition.dataset, error))?;
-            pending.report.requests += u64::from(stats.attempts);
-            pending.report.retries += u64::from(stats.retries);
-            pending.report.rate_limited += u64::from(stats.rate_limited);
+            pending.report.count(&stats);
             let received = rows.len();
             let mut last_kept = cursor as i64 - 1;
             for row in rows {

@@ -231,26 +231,9 @@ pub fn write_part(
     rows: &[Kline],
     provenance: &Provenance,
 ) -> Result<Part, LakeError> {
-    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-        return Err(LakeError::Schema {
-            path: dir.to_owned(),
-            message: "refusing to write an empty part".into(),
-        });
-    };
     // Readers rely on it: the SQL stages declare every part sorted by open time.
-    if let Some(pair) = rows
-        .windows(2)
-        .find(|pair| pair[1].open_time <= pair[0].open_time)
-    {
-        return Err(LakeError::Schema {
-            path: dir.to_owned(),
-            message: format!(
-                "refusing to write a part whose open times are not strictly increasing ({} then {})",
-                pair[0].open_time, pair[1].open_time
-            ),
-        });
-    }
-    let name = part_name(first.open_time, last.open_time);
+    let (first, last) = check_part_times(dir, rows.iter().map(|k| k.open_time), "open")?;
+    let name = part_name(first, last);
     let path = dir.join(&name);
     let batch = klines_batch(symbol, interval, rows, provenance);
     if !publish(&path, &batch, part_properties(provenance))? {
@@ -258,8 +241,36 @@ pub fn write_part(
     }
     Ok(Part {
         path,
-        first_open_ms: first.open_time,
-        last_open_ms: last.open_time,
+        first_open_ms: first,
+        last_open_ms: last,
+    })
+}
+
+/// The first and last of a part's `times` (`what`: open, funding), refusing an empty part and
+/// times that are not strictly increasing.
+fn check_part_times(
+    dir: &Path,
+    times: impl Iterator<Item = i64>,
+    what: &str,
+) -> Result<(i64, i64), LakeError> {
+    let mut span: Option<(i64, i64)> = None;
+    for time in times {
+        span = match span {
+            Some((_, previous)) if time <= previous => {
+                return Err(LakeError::Schema {
+                    path: dir.to_owned(),
+                    message: format!(
+                        "refusing to write a part whose {what} times are not strictly increasing ({previous} then {time})"
+                    ),
+                });
+            }
+            Some((first, _)) => Some((first, time)),
+            None => Some((time, time)),
+        };
+    }
+    span.ok_or_else(|| LakeError::Schema {
+        path: dir.to_owned(),
+        message: "refusing to write an empty part".into(),
     })
 }
 
@@ -371,25 +382,8 @@ pub fn write_funding_part(
     rows: &[Funding],
     provenance: &Provenance,
 ) -> Result<Part, LakeError> {
-    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
-        return Err(LakeError::Schema {
-            path: dir.to_owned(),
-            message: "refusing to write an empty part".into(),
-        });
-    };
-    if let Some(pair) = rows
-        .windows(2)
-        .find(|pair| pair[1].funding_time <= pair[0].funding_time)
-    {
-        return Err(LakeError::Schema {
-            path: dir.to_owned(),
-            message: format!(
-                "refusing to write a part whose funding times are not strictly increasing ({} then {})",
-                pair[0].funding_time, pair[1].funding_time
-            ),
-        });
-    }
-    let path = dir.join(part_name(first.funding_time, last.funding_time));
+    let (first, last) = check_part_times(dir, rows.iter().map(|r| r.funding_time), "funding")?;
+    let path = dir.join(part_name(first, last));
     let n = rows.len();
     let repeat = |value: &str| Arc::new(StringArray::from(vec![value; n])) as ArrayRef;
     let columns = vec![
@@ -416,8 +410,8 @@ pub fn write_funding_part(
     }
     Ok(Part {
         path,
-        first_open_ms: first.funding_time,
-        last_open_ms: last.funding_time,
+        first_open_ms: first,
+        last_open_ms: last,
     })
 }
 
@@ -428,20 +422,9 @@ pub fn read_funding_part(path: &Path) -> Result<Vec<Funding>, LakeError> {
         path: path.to_owned(),
         source,
     })?;
-    let parquet_error = |source| LakeError::Parquet {
-        path: path.to_owned(),
-        source,
-    };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(parquet_error)?
-        .build()
-        .map_err(parquet_error)?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|error| LakeError::Schema {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })?;
+    for batch in part_batches(path, file)? {
+        let batch = batch?;
         let column = |name: &str| {
             batch
                 .column_by_name(name)
@@ -503,10 +486,11 @@ pub fn read_part_bytes(label: &Path, bytes: bytes::Bytes) -> Result<Vec<Kline>, 
     read_klines(label, bytes)
 }
 
-fn read_klines<R: parquet::file::reader::ChunkReader + 'static>(
+/// The record batches of a part (`path` names it in errors).
+fn part_batches<R: parquet::file::reader::ChunkReader + 'static>(
     path: &Path,
     source: R,
-) -> Result<Vec<Kline>, LakeError> {
+) -> Result<impl Iterator<Item = Result<RecordBatch, LakeError>>, LakeError> {
     let parquet_error = |source| LakeError::Parquet {
         path: path.to_owned(),
         source,
@@ -515,12 +499,22 @@ fn read_klines<R: parquet::file::reader::ChunkReader + 'static>(
         .map_err(parquet_error)?
         .build()
         .map_err(parquet_error)?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|error| LakeError::Schema {
-            path: path.to_owned(),
+    let path = path.to_owned();
+    Ok(reader.map(move |batch| {
+        batch.map_err(|error| LakeError::Schema {
+            path: path.clone(),
             message: error.to_string(),
-        })?;
+        })
+    }))
+}
+
+fn read_klines<R: parquet::file::reader::ChunkReader + 'static>(
+    path: &Path,
+    source: R,
+) -> Result<Vec<Kline>, LakeError> {
+    let mut rows = Vec::new();
+    for batch in part_batches(path, source)? {
+        let batch = batch?;
         let column = |name: &str| {
             batch.column_by_name(name).ok_or_else(|| LakeError::Schema {
                 path: path.to_owned(),

@@ -161,14 +161,7 @@ pub async fn read_kline_object(
     store: &dyn object_store::ObjectStore,
     location: &object_store::path::Path,
 ) -> Result<Vec<Kline>, String> {
-    use object_store::ObjectStoreExt;
-    let bytes = store
-        .get(location)
-        .await
-        .map_err(|error| format!("{location}: {error}"))?
-        .bytes()
-        .await
-        .map_err(|error| format!("{location}: {error}"))?;
+    let bytes = object_bytes(store, location).await?;
     if location.extension() == Some("parquet") {
         let label = Path::new(location.as_ref());
         return crate::market::lake::read_part_bytes(label, bytes)
@@ -183,16 +176,24 @@ pub async fn read_funding_object(
     store: &dyn object_store::ObjectStore,
     location: &object_store::path::Path,
 ) -> Result<Vec<Funding>, String> {
+    let bytes = object_bytes(store, location).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{location}: not UTF-8 text"))?;
+    parse_funding_csv(text).map_err(|error| format!("{location}:{error}"))
+}
+
+/// The whole of one object, errors naming it.
+async fn object_bytes(
+    store: &dyn object_store::ObjectStore,
+    location: &object_store::path::Path,
+) -> Result<bytes::Bytes, String> {
     use object_store::ObjectStoreExt;
-    let bytes = store
+    store
         .get(location)
         .await
         .map_err(|error| format!("{location}: {error}"))?
         .bytes()
         .await
-        .map_err(|error| format!("{location}: {error}"))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| format!("{location}: not UTF-8 text"))?;
-    parse_funding_csv(text).map_err(|error| format!("{location}:{error}"))
+        .map_err(|error| format!("{location}: {error}"))
 }
 
 /// Reads a `fundingRate` CSV file.
@@ -201,19 +202,22 @@ pub fn read_funding_file(path: &Path) -> Result<Vec<Funding>, String> {
     parse_funding_csv(&text).map_err(|error| format!("{}:{error}", path.display()))
 }
 
+/// The fields of each non-empty line of a dump CSV with its 0-based line number, the header row
+/// of recent files (a first line that does not start with a number) left out.
+fn csv_rows(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
+    text.lines().enumerate().filter_map(|(number, line)| {
+        let line = line.trim();
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let header = number == 0 && fields.first().is_some_and(|f| f.parse::<f64>().is_err());
+        (!line.is_empty() && !header).then_some((number, fields))
+    })
+}
+
 /// Parses a dump `fundingRate` CSV (`calc_time,funding_interval_hours,last_funding_rate`, a
 /// header row optional); errors name the line.
 pub fn parse_funding_csv(text: &str) -> Result<Vec<Funding>, String> {
     let mut rows = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if number == 0 && fields.first().is_some_and(|f| f.parse::<f64>().is_err()) {
-            continue;
-        }
+    for (number, fields) in csv_rows(text) {
         if fields.len() < 3 {
             return Err(format!(
                 "{}: expected 3 columns (calc_time, funding_interval_hours, last_funding_rate), found {}",
@@ -256,15 +260,7 @@ pub fn read_kline_file(path: &Path) -> Result<Vec<Kline>, String> {
 /// Parses dump CSV text; errors name the line (`12: ...`).
 pub fn parse_kline_csv(text: &str) -> Result<Vec<Kline>, String> {
     let mut rows = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if number == 0 && fields.first().is_some_and(|f| f.parse::<f64>().is_err()) {
-            continue; // the header row of recent files
-        }
+    for (number, fields) in csv_rows(text) {
         if fields.len() < 11 {
             return Err(format!(
                 "{}: expected 12 columns, found {}",
