@@ -235,9 +235,9 @@ joined AS (
 -- that stopped goes null), and the basis's change over one bar.
 perp AS (
   SELECT *,
-    last_known(settled_rate, 24) OVER w AS funding_rate,
-    last_known(settled_z, 24) OVER w AS funding_z,
-    last_known(settled_annualised, 24) OVER w AS funding_annualised,
+    last_known(settled_rate, 86400000 / $bar_ms) OVER w AS funding_rate,
+    last_known(settled_z, 86400000 / $bar_ms) OVER w AS funding_z,
+    last_known(settled_annualised, 86400000 / $bar_ms) OVER w AS funding_annualised,
     basis - LAG(basis) OVER w AS basis_change
   FROM joined
   WINDOW w AS (PARTITION BY symbol ORDER BY open_time)
