@@ -620,7 +620,7 @@ fn binance_dump_files_import_without_duplicates() {
     assert_eq!(lake_rows(&project, "store", "1h", "BTCUSDT").len(), 48);
     project.write(
         "pipelines/x.yaml",
-        "name: x\nsources:\n  store:\n    api: binance-dump\n    url: s3://bucket/klines/\nstages:\n  collect:\n    kind: collect\n    with: {source: store}\n",
+        "name: x\nsources:\n  store:\n    api: binance-dump\n    url: gs://bucket/klines/\nstages:\n  collect:\n    kind: collect\n    with: {source: store}\n",
     );
     let refused = project.run(&["run", "pipelines/x.yaml", "--validate-only"]);
     assert_eq!(refused.code, 2);
@@ -628,7 +628,7 @@ fn binance_dump_files_import_without_duplicates() {
         refused.stderr.contains("pipelines/x.yaml:5:10")
             && refused
                 .stderr
-                .contains("this build cannot read `s3://bucket/klines/`"),
+                .contains("this build cannot read `gs://bucket/klines/`"),
         "{}",
         refused.stderr
     );

@@ -12,6 +12,7 @@ mod honest;
 mod perp;
 mod report;
 mod run;
+mod s3;
 mod scheduled;
 mod sql;
 mod sweep;

@@ -112,7 +112,8 @@ pub struct KlineObject {
     pub interval: Option<Interval>,
 }
 
-/// Every kline file under an object-store URL (`file:///srv/dumps/`), sorted by location.
+/// Every dump file under an object-store URL (`file:///srv/dumps/`, `s3://bucket/dumps/`),
+/// sorted by location.
 pub async fn list_kline_objects(
     url: &str,
 ) -> Result<
@@ -123,11 +124,7 @@ pub async fn list_kline_objects(
     String,
 > {
     use futures::TryStreamExt;
-    let parsed =
-        reqwest::Url::parse(url).map_err(|error| format!("invalid URL `{url}`: {error}"))?;
-    let (store, prefix) = object_store::parse_url(&parsed)
-        .map_err(|error| format!("cannot open `{url}`: {error}"))?;
-    let store: std::sync::Arc<dyn object_store::ObjectStore> = std::sync::Arc::from(store);
+    let (store, prefix) = crate::util::store::open(url)?;
     let listed: Vec<object_store::ObjectMeta> = store
         .list(Some(&prefix))
         .try_collect()

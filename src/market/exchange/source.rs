@@ -12,7 +12,7 @@
 //!     max_retries: 6
 //!   vision:
 //!     api: binance-dump                 # Binance public-dump kline CSV files
-//!     path: /srv/data.binance.vision    # a directory, or url: file:///...
+//!     path: /srv/data.binance.vision    # a directory, or url: file:///... or s3://bucket/prefix/
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -315,13 +315,15 @@ pub fn check_source(
                             "",
                         )
                     })?;
-                    object_store::parse_url(&parsed).map_err(|error| {
-                        problem(
+                    if !matches!(parsed.scheme(), "file" | "s3" | "s3a") {
+                        return Err(problem(
                             root.clone().key("url"),
-                            format!("this build cannot read `{url}`: {error}"),
-                            "it reads file:// object-store URLs; use path: for a local directory",
-                        )
-                    })?;
+                            format!("this build cannot read `{url}`"),
+                            "it reads file:// and s3:// object-store URLs; use path: for a local directory",
+                        ));
+                    }
+                    crate::util::store::open(&url)
+                        .map_err(|error| problem(root.clone().key("url"), error, ""))?;
                     (url.clone(), url)
                 }
                 _ => {
