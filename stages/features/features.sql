@@ -73,10 +73,13 @@ higher_steps AS (
 ),
 higher AS (
   SELECT symbol, "interval", open_time, ret,
-    -- Full windows only: 20 closes, 20 returns.
+    -- Full windows only: 20 closes, 20 returns. RSI after its own warm-up of three times its
+    -- period (42 bars of that timeframe: a week of 4h bars, six weeks of daily ones), which
+    -- the hourly $warmup does not cover for daily bars.
     CASE WHEN n >= 20 THEN close / sma_20 END AS sma_ratio_20,
     CASE WHEN n >= 21 THEN rolling_std(ret, 20) OVER h END AS volatility_20,
-    CASE WHEN wilder(gain, 14) OVER h = 0 AND wilder(loss, 14) OVER h = 0 THEN 50.0
+    CASE WHEN n <= 42 THEN NULL
+         WHEN wilder(gain, 14) OVER h = 0 AND wilder(loss, 14) OVER h = 0 THEN 50.0
          WHEN wilder(loss, 14) OVER h = 0 THEN 100.0
          ELSE 100.0 - 100.0 / (1.0 + wilder(gain, 14) OVER h / wilder(loss, 14) OVER h) END AS rsi_14
   FROM higher_steps
