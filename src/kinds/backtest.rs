@@ -369,7 +369,12 @@ impl Prepared {
             let (rates, events) = inputs::funding(&session, &params.funding_table, &market)
                 .await
                 .map_err(StageError::failed)?;
-            context.log(&format!("{events} funding events in the backtest span"));
+            if events == 0 {
+                // A lake input always provides the table; empty when funding was not collected.
+                context.log("no funding settlement in the inputs' span: funding is not charged");
+            } else {
+                context.log(&format!("{events} funding events in the backtest span"));
+            }
             Some(rates)
         } else {
             context.log("no funding table: funding is not charged");

@@ -1028,17 +1028,17 @@ impl Collector<'_> {
             if self.stop.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let dump = crate::market::exchange::dump::read_kline_object;
+            use crate::market::exchange::dump::{read_funding_object, read_kline_object};
             match &mut pending.rows {
                 Rows::Klines(rows) => rows.extend(
-                    dump(store, location)
+                    read_kline_object(store, location)
                         .await
                         .map_err(StageError::failed)?
                         .into_iter()
                         .filter(|row| within(row.open_time)),
                 ),
                 Rows::Funding(rows) => rows.extend(
-                    crate::market::exchange::dump::read_funding_object(store, location)
+                    read_funding_object(store, location)
                         .await
                         .map_err(StageError::failed)?
                         .into_iter()

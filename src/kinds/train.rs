@@ -490,55 +490,29 @@ impl PreparedStage for Prepared {
     }
 }
 
-/// Leaves out (with a warning) feature columns with no value in any row (data that was not
-/// collected, such as a premium index the exchange does not serve): kept, they would drop
-/// every row. Only for the features taken by default, not those `features:` names.
-async fn drop_empty_columns(
+/// Leaves out (with a warning) feature columns with no finite value in any row (data that was
+/// not collected, such as a premium index the exchange does not serve): kept, they would drop
+/// every row. Only for the features taken by default, not those `features:` names. Read from
+/// the features file's footer ([`sql::empty_columns`], the check the `sql` stage warns with):
+/// no data is scanned. A table that is not one input's `<name>.parquet` is left as it is.
+fn drop_empty_columns(
     context: &StageContext,
-    session: &datafusion::prelude::SessionContext,
     table: &str,
     columns: Vec<String>,
 ) -> Result<Vec<String>, StageError> {
-    if columns.is_empty() {
-        return Ok(columns);
-    }
-    let counts: Vec<String> = columns
-        .iter()
-        .map(|column| format!("COUNT({})", sql::quoted(column)))
-        .collect();
-    let batches = sql::query(
-        session,
-        &format!("SELECT {} FROM {}", counts.join(", "), sql::quoted(table)),
-        &format!("`{table}`"),
-    )
-    .await
-    .map_err(StageError::failed)?;
-    let Some(batch) = batches.first().filter(|batch| batch.num_rows() > 0) else {
+    let file = format!("{table}.parquet");
+    let Some(input) = context.input_with(&file) else {
         return Ok(columns);
     };
-    let mut kept = Vec::new();
-    let mut empty = Vec::new();
-    for (index, column) in columns.into_iter().enumerate() {
-        let count = arrow::compute::cast(batch.column(index), &arrow::datatypes::DataType::Int64)
-            .ok()
-            .and_then(|array| {
-                array
-                    .as_any()
-                    .downcast_ref::<arrow::array::Int64Array>()
-                    .map(|counts| counts.value(0))
-            })
-            .unwrap_or(1);
-        if count == 0 {
-            empty.push(column);
-        } else {
-            kept.push(column);
-        }
-    }
-    if !empty.is_empty() {
+    let empty = sql::empty_columns(&input.dir.join(&file)).map_err(StageError::failed)?;
+    let (left_out, kept): (Vec<String>, Vec<String>) = columns
+        .into_iter()
+        .partition(|column| empty.contains(column));
+    if !left_out.is_empty() {
         context.warn(&format!(
             "left out {} feature column(s) with no value in any row: `{}` (not collected?)",
-            empty.len(),
-            empty.join("`, `")
+            left_out.len(),
+            left_out.join("`, `")
         ));
     }
     Ok(kept)
@@ -590,7 +564,7 @@ impl Prepared {
             .map_err(|error| StageError::failed(error.message))?;
         // Columns named in `features:` were asked for: an empty one is an error below.
         let columns = if resolved.features.is_none() {
-            drop_empty_columns(context, &session, &resolved.features_table, columns).await?
+            drop_empty_columns(context, &resolved.features_table, columns)?
         } else {
             columns
         };

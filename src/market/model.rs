@@ -289,14 +289,6 @@ impl Dataset {
         }
     }
 
-    /// The largest page the endpoint serves.
-    pub fn max_page(self) -> u32 {
-        match self {
-            Dataset::Funding => MAX_FUNDING_PAGE,
-            _ => MAX_PAGE,
-        }
-    }
-
     /// The weight of one call asking for `limit` rows: the klines table for kline-shaped
     /// endpoints; 1 for `fundingRate` (Aster; Binance shares a separate 500-per-5-minutes
     /// budget between `fundingRate` and `fundingInfo`).

@@ -1,7 +1,7 @@
 //! Funding series: settlements on the symbol's schedule (a few milliseconds late is normal),
 //! none missing, every rate inside its cap and floor.
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 
 /// The columns a funding part must have.
@@ -52,16 +52,8 @@ pub struct Settlement {
 /// Reads the settlements of a batch in the funding layout; rows with a missing time or rate
 /// are counted, not returned.
 pub fn settlements(batch: &RecordBatch, bad_values: &mut u64) -> Vec<Settlement> {
-    let int = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-    };
-    let float = |name: &str| {
-        batch
-            .column_by_name(name)
-            .and_then(|c| c.as_primitive_opt::<Float64Type>())
-    };
+    let int = |name: &str| super::measure::column::<Int64Type>(batch, name);
+    let float = |name: &str| super::measure::column::<Float64Type>(batch, name);
     let (Some(times), Some(rates), Some(hours), Some(caps), Some(floors)) = (
         int("funding_time"),
         float("funding_rate"),

@@ -75,6 +75,16 @@ pub const COLUMNS: [(&str, DataType); 12] = [
     ("provenance", DataType::Utf8),
 ];
 
+/// A primitive column of a scanned batch by name, `None` when it is missing or of another type.
+pub(super) fn column<'a, T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> Option<&'a arrow::array::PrimitiveArray<T>> {
+    batch
+        .column_by_name(name)
+        .and_then(|column| column.as_primitive_opt::<T>())
+}
+
 /// The object store DataFusion reads verified part bytes from: what was checked is exactly
 /// what is read, even if the file changes meanwhile.
 pub const MEMORY_URL: &str = "memory://";
@@ -310,16 +320,8 @@ impl Measurer {
     }
 
     fn feed(&mut self, batch: &RecordBatch) {
-        let int = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_primitive_opt::<Int64Type>())
-        };
-        let float = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_primitive_opt::<Float64Type>())
-        };
+        let int = |name: &str| column::<Int64Type>(batch, name);
+        let float = |name: &str| column::<Float64Type>(batch, name);
         let (Some(open_time), Some(close_time), Some(trades)) =
             (int("open_time"), int("close_time"), int("trades"))
         else {

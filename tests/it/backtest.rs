@@ -36,6 +36,41 @@ fn text(values: Vec<&str>) -> Arc<dyn Array> {
     Arc::new(StringArray::from(values))
 }
 
+/// Out-of-sample predictions for AAAUSDT at `times`: P(BUY) and P(SELL) as given, the rest
+/// HOLD.
+fn predictions(times: &[i64], p_buy: &[f32], p_sell: &[f32]) -> RecordBatch {
+    let rows = times.len();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("symbol", DataType::Utf8, false),
+            Field::new("open_time", DataType::Int64, false),
+            Field::new("fold", DataType::Int32, false),
+            Field::new("label", DataType::Utf8, false),
+            Field::new("predicted", DataType::Utf8, false),
+            Field::new("p_BUY", DataType::Float32, false),
+            Field::new("p_HOLD", DataType::Float32, false),
+            Field::new("p_SELL", DataType::Float32, false),
+        ])),
+        vec![
+            text(vec!["AAAUSDT"; rows]),
+            Arc::new(Int64Array::from(times.to_vec())),
+            Arc::new(Int32Array::from(vec![1; rows])),
+            text(vec!["HOLD"; rows]),
+            text(vec!["HOLD"; rows]),
+            Arc::new(Float32Array::from(p_buy.to_vec())),
+            Arc::new(Float32Array::from(
+                p_buy
+                    .iter()
+                    .zip(p_sell)
+                    .map(|(buy, sell)| 1.0 - buy - sell)
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Float32Array::from(p_sell.to_vec())),
+        ],
+    )
+    .unwrap()
+}
+
 /// Six hourly bars of one symbol; one BUY signal at bar 0 (and one on the last bar).
 fn fixtures(project: &Project) {
     let opens = [100.0, 100.0, 101.0, 102.0, 103.0, 104.0];
@@ -69,31 +104,7 @@ fn fixtures(project: &Project) {
     let mut p_buy = vec![0.1f32; rows];
     p_buy[0] = 0.9;
     p_buy[rows - 1] = 0.95; // the last bar's signal: no next open, no trade
-    let predictions = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("symbol", DataType::Utf8, false),
-            Field::new("open_time", DataType::Int64, false),
-            Field::new("fold", DataType::Int32, false),
-            Field::new("label", DataType::Utf8, false),
-            Field::new("predicted", DataType::Utf8, false),
-            Field::new("p_BUY", DataType::Float32, false),
-            Field::new("p_HOLD", DataType::Float32, false),
-            Field::new("p_SELL", DataType::Float32, false),
-        ])),
-        vec![
-            text(vec!["AAAUSDT"; rows]),
-            Arc::new(Int64Array::from(times.clone())),
-            Arc::new(Int32Array::from(vec![1; rows])),
-            text(vec!["HOLD"; rows]),
-            text(vec!["HOLD"; rows]),
-            Arc::new(Float32Array::from(p_buy.clone())),
-            Arc::new(Float32Array::from(
-                p_buy.iter().map(|p| 1.0 - p).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float32Array::from(vec![0.0f32; rows])),
-        ],
-    )
-    .unwrap();
+    let predictions = predictions(&times, &p_buy, &vec![0.0; rows]);
     let universe = RecordBatch::try_new(
         Arc::new(Schema::new(vec![
             Field::new("symbol", DataType::Utf8, false),
@@ -222,31 +233,7 @@ fn a_hand_checked_short_receives_the_funding_a_long_pays() {
     let times: Vec<i64> = (0..rows as i64).map(|bar| START + bar * HOUR).collect();
     let mut p_sell = vec![0.1f32; rows];
     p_sell[0] = 0.9;
-    let predictions = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("symbol", DataType::Utf8, false),
-            Field::new("open_time", DataType::Int64, false),
-            Field::new("fold", DataType::Int32, false),
-            Field::new("label", DataType::Utf8, false),
-            Field::new("predicted", DataType::Utf8, false),
-            Field::new("p_BUY", DataType::Float32, false),
-            Field::new("p_HOLD", DataType::Float32, false),
-            Field::new("p_SELL", DataType::Float32, false),
-        ])),
-        vec![
-            text(vec!["AAAUSDT"; rows]),
-            Arc::new(Int64Array::from(times)),
-            Arc::new(Int32Array::from(vec![1; rows])),
-            text(vec!["HOLD"; rows]),
-            text(vec!["HOLD"; rows]),
-            Arc::new(Float32Array::from(vec![0.0f32; rows])),
-            Arc::new(Float32Array::from(
-                p_sell.iter().map(|p| 1.0 - p).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float32Array::from(p_sell)),
-        ],
-    )
-    .unwrap();
+    let predictions = predictions(&times, &vec![0.0; rows], &p_sell);
     write(&project, "predictions", &predictions);
     project.write(
         "pipelines/b.yaml",

@@ -210,3 +210,38 @@ pub fn shipped_project() -> Project {
     }
     project
 }
+
+/// Every row stored in the project's lake for one kline-shaped `table` (`klines`,
+/// `mark_klines`, ...) of `source`, `interval` and `symbol`, in part order.
+pub fn lake_bars(
+    project: &Project,
+    table: &str,
+    source: &str,
+    interval: &str,
+    symbol: &str,
+) -> Vec<asterflow::market::model::Kline> {
+    let dir = project.path().join(format!(
+        "data/lake/{table}/source={source}/interval={interval}/symbol={symbol}"
+    ));
+    asterflow::market::lake::parts(&dir)
+        .unwrap()
+        .iter()
+        .flat_map(|part| asterflow::market::lake::read_part(&part.path).unwrap())
+        .collect()
+}
+
+/// Every funding settlement stored in the project's lake for `source` and `symbol`.
+pub fn lake_funding(
+    project: &Project,
+    source: &str,
+    symbol: &str,
+) -> Vec<asterflow::market::model::Funding> {
+    let dir = project
+        .path()
+        .join(format!("data/lake/funding/source={source}/symbol={symbol}"));
+    asterflow::market::lake::parts(&dir)
+        .unwrap()
+        .iter()
+        .flat_map(|part| asterflow::market::lake::read_funding_part(&part.path).unwrap())
+        .collect()
+}

@@ -131,14 +131,7 @@ pub(crate) fn run(project: &Project) -> crate::common::Run {
 
 /// Every candle stored in the lake for `symbol`/`interval`, in part order.
 fn lake_rows(project: &Project, source: &str, interval: &str, symbol: &str) -> Vec<Kline> {
-    let dir = project.path().join(format!(
-        "data/lake/klines/source={source}/interval={interval}/symbol={symbol}"
-    ));
-    asterflow::market::lake::parts(&dir)
-        .unwrap()
-        .iter()
-        .flat_map(|part| asterflow::market::lake::read_part(&part.path).unwrap())
-        .collect()
+    crate::common::lake_bars(project, "klines", source, interval, symbol)
 }
 
 fn part_files(project: &Project, source: &str, interval: &str, symbol: &str) -> Vec<PathBuf> {

@@ -13,14 +13,7 @@ use asterflow::market::model::{Dataset, Funding, Interval};
 const HOUR: i64 = 3_600_000;
 
 fn funding_rows(project: &Project, symbol: &str) -> Vec<Funding> {
-    let dir = project
-        .path()
-        .join(format!("data/lake/funding/source=ex/symbol={symbol}"));
-    asterflow::market::lake::parts(&dir)
-        .unwrap()
-        .iter()
-        .flat_map(|part| asterflow::market::lake::read_funding_part(&part.path).unwrap())
-        .collect()
+    crate::common::lake_funding(project, "ex", symbol)
 }
 
 /// The exchange's settlements of `symbol` from `from` on, up to its clock.
@@ -505,14 +498,7 @@ fn lake_klines(
     interval: &str,
     symbol: &str,
 ) -> Vec<asterflow::market::model::Kline> {
-    let dir = project.path().join(format!(
-        "data/lake/klines/source=ex/interval={interval}/symbol={symbol}"
-    ));
-    asterflow::market::lake::parts(&dir)
-        .unwrap()
-        .iter()
-        .flat_map(|part| asterflow::market::lake::read_part(&part.path).unwrap())
-        .collect()
+    crate::common::lake_bars(project, "klines", "ex", interval, symbol)
 }
 
 /// The named float columns of a Parquet file, keyed by (symbol, open_time).
@@ -593,26 +579,8 @@ fn multi_timeframe_and_funding_features_match_an_independent_as_of_join() {
     for symbol in ["BTCUSDT", "ETHUSDT", "SOLUSDT"] {
         let hourly = lake_klines(&project, "1h", symbol);
         let funding = funding_rows(&project, symbol);
-        let mark = {
-            let dir = project.path().join(format!(
-                "data/lake/mark_klines/source=ex/interval=1h/symbol={symbol}"
-            ));
-            asterflow::market::lake::parts(&dir)
-                .unwrap()
-                .iter()
-                .flat_map(|part| asterflow::market::lake::read_part(&part.path).unwrap())
-                .collect::<Vec<_>>()
-        };
-        let index = {
-            let dir = project.path().join(format!(
-                "data/lake/index_klines/source=ex/interval=1h/symbol={symbol}"
-            ));
-            asterflow::market::lake::parts(&dir)
-                .unwrap()
-                .iter()
-                .flat_map(|part| asterflow::market::lake::read_part(&part.path).unwrap())
-                .collect::<Vec<_>>()
-        };
+        let mark = crate::common::lake_bars(&project, "mark_klines", "ex", "1h", symbol);
+        let index = crate::common::lake_bars(&project, "index_klines", "ex", "1h", symbol);
         let higher = |interval: &str| {
             let bars = lake_klines(&project, interval, symbol);
             // (close_time, ret, close / mean of the last 20 closes), in bar order.
@@ -757,31 +725,13 @@ fn dump_funding_and_mark_files_import_and_recorded_funding_is_served() {
         "{}",
         imported.stderr
     );
-    let dir = project
-        .path()
-        .join("data/lake/funding/source=vision/symbol=BTCUSDT");
-    let stored: Vec<Funding> = asterflow::market::lake::parts(&dir)
-        .unwrap()
-        .iter()
-        .flat_map(|part| asterflow::market::lake::read_funding_part(&part.path).unwrap())
-        .collect();
+    let stored = crate::common::lake_funding(&project, "vision", "BTCUSDT");
     assert_eq!(stored.len(), 6);
     assert_eq!(stored[5].funding_time, start + 40 * HOUR + 5);
     assert_eq!(stored[5].funding_rate, 0.0006);
     assert_eq!(stored[0].interval_hours, 8);
-    let marks = project
-        .path()
-        .join("data/lake/mark_klines/source=vision/interval=1h/symbol=BTCUSDT");
-    let marks: usize = asterflow::market::lake::parts(&marks)
-        .unwrap()
-        .iter()
-        .map(|part| {
-            asterflow::market::lake::read_part(&part.path)
-                .unwrap()
-                .len()
-        })
-        .sum();
-    assert_eq!(marks, 48);
+    let marks = crate::common::lake_bars(&project, "mark_klines", "vision", "1h", "BTCUSDT");
+    assert_eq!(marks.len(), 48);
 
     // The same files as a recorded replay market: klines beside them, funding served as-is.
     let mut klines = String::new();

@@ -183,32 +183,10 @@ fn a_dump_source_reads_an_s3_bucket_and_keeps_the_secret_out_of_everything() {
     }
     let run = crate::common::Run::from(command.output().unwrap());
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let dir = project
-        .path()
-        .join("data/lake/klines/source=bucket/interval=1h/symbol=BTCUSDT");
-    let rows: usize = asterflow::market::lake::parts(&dir)
-        .unwrap()
-        .iter()
-        .map(|part| {
-            asterflow::market::lake::read_part(&part.path)
-                .unwrap()
-                .len()
-        })
-        .sum();
-    assert_eq!(rows, 48);
-    let funding_dir = project
-        .path()
-        .join("data/lake/funding/source=bucket/symbol=BTCUSDT");
-    let settlements: usize = asterflow::market::lake::parts(&funding_dir)
-        .unwrap()
-        .iter()
-        .map(|part| {
-            asterflow::market::lake::read_funding_part(&part.path)
-                .unwrap()
-                .len()
-        })
-        .sum();
-    assert_eq!(settlements, 2);
+    let rows = crate::common::lake_bars(&project, "klines", "bucket", "1h", "BTCUSDT");
+    assert_eq!(rows.len(), 48);
+    let settlements = crate::common::lake_funding(&project, "bucket", "BTCUSDT");
+    assert_eq!(settlements.len(), 2);
     // The secret is nowhere: not in what was printed, not in runs/ or the lake.
     assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
     for file in files_under(project.path()) {
