@@ -4,6 +4,7 @@
 
 mod doctor;
 mod gc;
+mod remote;
 mod replay;
 mod run;
 mod runs;
@@ -64,6 +65,16 @@ enum Command {
     Run(RunArgs),
     /// Show each stage of a pipeline: cached or not, age of its latest output, last run.
     Status {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Store the latest output of every stage in the pipeline's remote cache.
+    Push {
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Download what the pipeline's remote cache holds for it as it stands; run nothing.
+    Pull {
         /// The pipeline file.
         pipeline: PathBuf,
     },
@@ -138,6 +149,10 @@ pub(crate) struct RunArgs {
     /// Print one JSON object on stdout at the end (the plan, with --validate-only).
     #[arg(long)]
     json: bool,
+    /// Leave the remote cache (the pipeline's `cache.remote`, ASTERFLOW_REMOTE_CACHE) alone
+    /// for this run: no lookups, no uploads.
+    #[arg(long)]
+    no_remote: bool,
 }
 
 /// Runs the command line `args`; returns the process exit code.
@@ -190,6 +205,8 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
     match cli.command {
         Command::Run(args) => run::run(args, paths, cli.quiet, cli.verbose).await,
         Command::Status { pipeline } => status::status(&pipeline, &paths).await,
+        Command::Push { pipeline } => remote::push(&pipeline, &paths, cli.quiet).await,
+        Command::Pull { pipeline } => remote::pull(&pipeline, &paths, cli.quiet).await,
         Command::Runs { limit, json } => runs::runs(&paths, limit, json),
         Command::Gc { keep, dry_run } => gc::gc(&paths, keep, dry_run, cli.quiet).await,
         Command::ReplayExchange { scenario, port } => {

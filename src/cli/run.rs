@@ -33,6 +33,7 @@ pub async fn run(args: RunArgs, paths: Paths, quiet: bool, verbose: bool) -> Res
         json: args.json,
         mode,
         verbose,
+        no_remote: args.no_remote,
     })
     .await
 }

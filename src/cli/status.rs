@@ -11,15 +11,10 @@ pub async fn status(pipeline_file: &std::path::Path, paths: &Paths) -> Result<i3
         &pipeline,
         &crate::engine::dag::Selection::default(),
         paths,
+        None,
     )
     .await?;
-    let width = pipeline
-        .stages
-        .iter()
-        .map(|stage| stage.id.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
+    let width = pipeline.id_width().max(5);
     let kind_width = pipeline
         .stages
         .iter()

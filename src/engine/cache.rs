@@ -7,10 +7,12 @@
 //! leaves either the previous trusted entry or a directory no manifest points to.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::fingerprint::{Fingerprint, FingerprintKey, hash_file, write_canonical};
+use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::store::{Store, StoreError};
 
 /// Bumped when the manifest layout changes.
@@ -40,6 +42,18 @@ pub struct Manifest {
     pub files: Vec<OutputFile>,
     /// blake3 over the file list: what consumers' fingerprints depend on.
     pub digest: String,
+    /// Files outside the entry that the output names, relative to the data directory (the lake
+    /// parts a `lake.json` lists): not in the digest (the output names their hashes), but
+    /// carried with the entry to a remote cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<OutputFile>,
+}
+
+/// The remote caches an entry is known to be stored in, beside its manifest: a rerun with
+/// nothing to do asks the remote nothing.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Pushed {
+    remotes: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,6 +79,8 @@ pub enum CacheError {
     NotAFile { path: PathBuf },
     #[error("stage output file name `{path}` is not valid UTF-8")]
     NotUtf8 { path: PathBuf },
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 /// One pipeline's cache inside a run root. Pipelines are kept apart, so two pipelines with a
@@ -73,6 +89,7 @@ pub enum CacheError {
 pub struct Cache {
     store: Store,
     pipeline: String,
+    remote: Option<Arc<Remote>>,
 }
 
 impl Cache {
@@ -80,7 +97,49 @@ impl Cache {
         Self {
             store,
             pipeline: pipeline.to_owned(),
+            remote: None,
         }
+    }
+
+    /// The cache backed by `remote`: local misses are looked up there.
+    pub fn with_remote(mut self, remote: Option<Arc<Remote>>) -> Self {
+        self.remote = remote;
+        self
+    }
+
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+
+    pub fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
+    fn pushed_path(&self, manifest: &Manifest) -> String {
+        format!(
+            "{}/pushed.json",
+            self.entry_prefix(&manifest.stage, &manifest.fingerprint)
+        )
+    }
+
+    /// Whether `manifest`'s entry is known to be stored in the remote at `url`.
+    pub async fn is_pushed(&self, manifest: &Manifest, url: &str) -> bool {
+        self.read_record::<Pushed>(&self.pushed_path(manifest))
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|pushed| pushed.remotes.iter().any(|remote| remote == url))
+    }
+
+    /// Records that `manifest`'s entry is stored in the remote at `url`.
+    pub async fn mark_pushed(&self, manifest: &Manifest, url: &str) -> Result<(), CacheError> {
+        let path = self.pushed_path(manifest);
+        let mut pushed = self.read_record::<Pushed>(&path).await?.unwrap_or_default();
+        if !pushed.remotes.iter().any(|remote| remote == url) {
+            pushed.remotes.push(url.to_owned());
+            self.store.put_json(&path, &pushed).await?;
+        }
+        Ok(())
     }
 
     fn entry_prefix(&self, stage: &str, fingerprint: &Fingerprint) -> String {
@@ -172,7 +231,7 @@ impl Cache {
     /// Commits the files a stage wrote into its staging directory as the entry for
     /// `key`: moves them into a fresh attempt directory, then writes the manifest, then `latest`.
     /// `reports` (files about the run, such as timings) are kept but left out of the digest
-    /// consumers key on.
+    /// consumers key on; `attachments` are recorded as they are.
     pub async fn commit(
         &self,
         stage: &str,
@@ -180,6 +239,7 @@ impl Cache {
         run_id: &str,
         created_at_ms: u64,
         reports: &[&str],
+        attachments: Vec<OutputFile>,
     ) -> Result<Manifest, CacheError> {
         let fingerprint = key.fingerprint();
         let staging = self.staging_dir(run_id, stage);
@@ -216,12 +276,52 @@ impl Cache {
                     .collect::<Vec<_>>(),
             ),
             files,
+            attachments,
         };
         self.store
             .put_json(&format!("{prefix}/manifest.json"), &manifest)
             .await?;
         self.set_latest(&manifest).await?;
         crate::engine::store::remove_empty_dirs(&self.staging_dir(run_id, stage));
+        Ok(manifest)
+    }
+}
+
+impl Cache {
+    /// Downloads `remote_manifest`'s entry from the remote into the staging directory of
+    /// `run_id` and commits it like an output the stage wrote (the commit hashes the files
+    /// again: the digest must be the remote's), recording that the remote holds it.
+    pub async fn download(
+        &self,
+        key: FingerprintKey,
+        remote_manifest: &Manifest,
+        run_id: &str,
+        reports: &[&str],
+        data_dir: &Path,
+    ) -> Result<Manifest, String> {
+        let remote = self.remote.as_ref().ok_or("no remote cache")?;
+        let staging = self.staging_dir(run_id, &remote_manifest.stage);
+        if staging.exists() {
+            fs_err::remove_dir_all(&staging).map_err(|error| error.to_string())?;
+        }
+        fs_err::create_dir_all(&staging).map_err(|error| error.to_string())?;
+        remote.fetch(remote_manifest, &staging, data_dir).await?;
+        let manifest = self
+            .commit(
+                &remote_manifest.stage,
+                key,
+                run_id,
+                remote_manifest.created_at_ms,
+                reports,
+                remote_manifest.attachments.clone(),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+        if manifest.digest != remote_manifest.digest {
+            return Err("the downloaded files do not add up to the entry's digest".into());
+        }
+        // The marker only saves a request later; failing to write it loses nothing.
+        let _ = self.mark_pushed(&manifest, remote.url()).await;
         Ok(manifest)
     }
 }
@@ -316,7 +416,7 @@ mod tests {
             fs_err::write(staging.join("data.txt"), "same").unwrap();
             fs_err::write(staging.join("report.json"), report).unwrap();
             let manifest = cache
-                .commit("a", key(run), run, 1, &["report.json"])
+                .commit("a", key(run), run, 1, &["report.json"], Vec::new())
                 .await
                 .unwrap();
             assert_eq!(manifest.files.len(), 2, "the report is kept");
@@ -333,7 +433,10 @@ mod tests {
         fs_err::create_dir_all(staging.join("sub")).unwrap();
         fs_err::write(staging.join("out.txt"), "hello").unwrap();
         fs_err::write(staging.join("sub/more.txt"), "more").unwrap();
-        let manifest = cache.commit("a", key("x"), "r1", 1, &[]).await.unwrap();
+        let manifest = cache
+            .commit("a", key("x"), "r1", 1, &[], Vec::new())
+            .await
+            .unwrap();
         assert_eq!(manifest.files.len(), 2);
         assert_eq!(manifest.files[0].path, "out.txt");
         assert!(!staging.exists(), "staging is emptied by the commit");

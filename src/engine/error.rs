@@ -21,6 +21,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Remote(#[from] crate::engine::remote::RemoteError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("interrupted")]
     Interrupted,

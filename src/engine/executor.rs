@@ -89,8 +89,18 @@ pub async fn execute(
     let mut states: Vec<State> = Vec::with_capacity(count);
     let mut outcomes: Vec<Option<StageOutcome>> = vec![None; count];
     for (index, stage_plan) in plan.stages.iter().enumerate() {
+        // A cached stage over a download waits for it: a download that fails runs its stage,
+        // which may write other bytes, and then the stage is decided again.
+        let over_download = pipeline.stages[index]
+            .needs
+            .iter()
+            .any(|&input| plan.stages[input].decision == Decision::Remote);
         let status = match stage_plan.decision {
-            Decision::Run => {
+            Decision::Run | Decision::Remote => {
+                states.push(State::Waiting);
+                continue;
+            }
+            Decision::Cached if over_download => {
                 states.push(State::Waiting);
                 continue;
             }
@@ -255,57 +265,102 @@ impl StageTask {
             error: Some(error),
             log: Some(log_path.clone()),
         };
-        // A stage planned while an input still had to run is decided now that it has.
-        let (key, reason) = match self.plan.key.clone() {
-            Some(key) => (key, self.plan.reason.clone()),
-            None => {
-                let inputs: BTreeMap<String, String> = self
-                    .inputs
-                    .iter()
-                    .map(|manifest| (manifest.stage.clone(), manifest.digest.clone()))
-                    .collect();
-                let decided = match decide(
-                    &self.cache,
-                    stage,
-                    self.plan.files.clone(),
-                    inputs,
-                    self.plan.forced,
-                    now_ms(),
-                )
-                .await
-                {
-                    Ok(decided) => decided,
-                    Err(error) => return failed("cache lookup failed".into(), error.to_string()),
-                };
-                match decided.decision {
-                    Decision::Cached | Decision::Reuse => {
-                        let status = if decided.decision == Decision::Cached {
-                            StageStatus::Cached
-                        } else {
-                            StageStatus::Reused
-                        };
-                        if let Some(manifest) = &decided.manifest
-                            && decided.decision == Decision::Cached
-                        {
-                            let _ = self.cache.set_latest(manifest).await;
+        // The plan's decision holds while the inputs are the outputs it assumed; a stage
+        // planned while an input still had to run, or over an input whose bytes turned out
+        // otherwise, is decided now.
+        let inputs: BTreeMap<String, String> = self
+            .inputs
+            .iter()
+            .map(|manifest| (manifest.stage.clone(), manifest.digest.clone()))
+            .collect();
+        let as_planned = self
+            .plan
+            .key
+            .as_ref()
+            .is_some_and(|key| key.inputs == inputs);
+        let decided = if as_planned {
+            self.plan.clone()
+        } else {
+            match decide(
+                &self.cache,
+                stage,
+                self.plan.files.clone(),
+                inputs,
+                self.plan.forced,
+                now_ms(),
+            )
+            .await
+            {
+                Ok(decided) => StagePlan {
+                    reason: match decided.decision {
+                        Decision::Cached | Decision::Reuse | Decision::Remote => {
+                            format!("inputs re-ran; {}", decided.reason)
                         }
-                        return StageOutcome {
-                            status,
-                            reason: format!("inputs re-ran; {}", decided.reason),
-                            duration: started.elapsed(),
-                            started_at_ms,
-                            manifest: decided.manifest,
-                            error: None,
-                            log: None,
-                        };
-                    }
-                    _ => match decided.key {
-                        Some(key) => (key, decided.reason),
-                        None => return failed("no fingerprint".into(), "internal: no key".into()),
+                        _ => decided.reason,
                     },
-                }
+                    ..decided
+                },
+                Err(error) => return failed("cache lookup failed".into(), error_chain(&error)),
             }
         };
+        let Some(key) = decided.key.clone() else {
+            return failed("no fingerprint".into(), "internal: no key".into());
+        };
+        let mut reason = decided.reason.clone();
+        match (decided.decision, decided.manifest) {
+            (status @ (Decision::Cached | Decision::Reuse), manifest) => {
+                if status == Decision::Cached
+                    && let Some(manifest) = &manifest
+                {
+                    let _ = self.cache.set_latest(manifest).await;
+                }
+                return StageOutcome {
+                    status: if status == Decision::Cached {
+                        StageStatus::Cached
+                    } else {
+                        StageStatus::Reused
+                    },
+                    reason,
+                    duration: started.elapsed(),
+                    started_at_ms,
+                    manifest,
+                    error: None,
+                    log: None,
+                };
+            }
+            (Decision::Remote, Some(manifest)) => match self
+                .cache
+                .download(
+                    key.clone(),
+                    &manifest,
+                    &self.options.run_id,
+                    stage.prepared.reports(),
+                    &self.options.data_dir,
+                )
+                .await
+            {
+                Ok(manifest) => {
+                    return StageOutcome {
+                        status: StageStatus::Downloaded,
+                        reason,
+                        duration: started.elapsed(),
+                        started_at_ms,
+                        manifest: Some(manifest),
+                        error: None,
+                        log: None,
+                    };
+                }
+                Err(why) => {
+                    let remote = self.cache.remote().map_or("", |remote| remote.url());
+                    eprintln!(
+                        "warning: stage `{}`: the entry in remote cache {remote} is not usable: {why}; running the stage",
+                        stage.id
+                    );
+                    reason = format!("remote entry not usable ({why}); running it");
+                }
+            },
+            _ => {}
+        }
 
         let output_dir = self.cache.staging_dir(&self.options.run_id, &stage.id);
         if let Err(error) = prepare_dirs(
@@ -352,6 +407,13 @@ impl StageTask {
             append_log(&log_path, &format!("# failed: {message}"));
             return failed(reason, message);
         }
+        let attachments = match stage.prepared.attachments(&context.output_dir) {
+            Ok(attachments) => attachments,
+            Err(error) => {
+                append_log(&log_path, &format!("# failed: {error}"));
+                return failed(reason, error);
+            }
+        };
         match self
             .cache
             .commit(
@@ -360,6 +422,7 @@ impl StageTask {
                 &self.options.run_id,
                 now_ms(),
                 stage.prepared.reports(),
+                attachments,
             )
             .await
         {

@@ -1,9 +1,11 @@
 //! Exit codes, named, and the one mapping from error to code.
 
+use crate::engine::cache::CacheError;
 use crate::engine::error::Error;
 use crate::engine::lock::LockError;
 use crate::engine::pipeline::PipelineError;
 use crate::engine::plan::PlanError;
+use crate::engine::remote::RemoteError;
 
 /// Everything asked for succeeded.
 pub const OK: i32 = 0;
@@ -27,7 +29,11 @@ pub fn for_error(error: &Error) -> i32 {
             PipelineError::Invalid(_) | PipelineError::Read { .. } | PipelineError::Override(_),
         )
         | Error::Usage(_)
-        | Error::Plan(PlanError::MissingInput { .. } | PlanError::DamagedInput { .. }) => INVALID,
+        | Error::Plan(PlanError::MissingInput { .. } | PlanError::DamagedInput { .. })
+        // Refused credentials: a setting to fix, like a pipeline mistake.
+        | Error::Remote(RemoteError::Credentials { .. })
+        | Error::Plan(PlanError::Cache(CacheError::Remote(RemoteError::Credentials { .. })))
+        | Error::Cache(CacheError::Remote(RemoteError::Credentials { .. })) => INVALID,
         Error::Lock(LockError::Held { .. }) => LOCKED,
         Error::Interrupted => INTERRUPTED,
         _ => STAGE_FAILED,

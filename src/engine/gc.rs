@@ -75,10 +75,13 @@ pub async fn collect(
             "{prefix}/{}/",
             manifest.map(|manifest| manifest.dir).unwrap_or_default()
         );
-        let manifest_path = format!("{prefix}/manifest.json");
+        let records = [
+            format!("{prefix}/manifest.json"),
+            format!("{prefix}/pushed.json"),
+        ];
         let mut orphans: BTreeSet<String> = BTreeSet::new();
         for (path, size) in &objects {
-            if !path.starts_with(&attempt) && *path != manifest_path {
+            if !path.starts_with(&attempt) && !records.contains(path) {
                 report.bytes_freed += size;
                 if let Some(dir) = path
                     .strip_prefix(&format!("{prefix}/"))

@@ -2,7 +2,7 @@
 //! ([`stage`]) and nothing of any kind or market: the caller hands it a [`stage::Catalog`].
 //!
 //! Data flows one way: `spec` (raw YAML) -> `pipeline` (validated, with its `dag`) -> `plan`
-//! (run / cached / reuse / skip per stage) -> `executor` (tokio) -> `events` -> `reporter` and
+//! (run / cached / remote / reuse / skip per stage) -> `executor` (tokio) -> `events` -> `reporter` and
 //! `run_record`; `runner` drives it for `asterflow run`.
 
 pub mod cache;
@@ -17,6 +17,7 @@ pub mod lock;
 pub mod matrix;
 pub mod pipeline;
 pub mod plan;
+pub mod remote;
 pub mod reporter;
 pub mod run_record;
 pub mod runner;

@@ -11,7 +11,7 @@ use crate::diagnostic::Diagnostic;
 use crate::diagnostic::location::{Anchor, LocationIndex, Position, YamlPath};
 use crate::diagnostic::params::strip_yaml_location;
 use crate::engine::dag::Dag;
-use crate::engine::spec::{PipelineSpec, StageSpec};
+use crate::engine::spec::{PipelineCacheSpec, PipelineSpec, StageSpec};
 use crate::engine::stage::{
     self, Catalog, FileRef, PrepareContext, PreparedStage, SourceValue, StageKind,
 };
@@ -46,6 +46,25 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
     pub dag: Dag,
     pub sources: IndexMap<String, SourceValue>,
+    /// The pipeline's remote cache, as written (`ASTERFLOW_REMOTE_CACHE` may replace it).
+    pub remote: Option<RemoteSettings>,
+}
+
+/// Where a remote cache is: its URL and, for S3-compatible servers, an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSettings {
+    pub url: String,
+    pub endpoint: Option<String>,
+}
+
+/// Refuses a remote cache URL asterflow cannot open, saying which it can.
+pub fn check_remote_url(url: &str) -> Result<(), String> {
+    match url.split_once("://") {
+        Some(("s3" | "s3a" | "file", rest)) if !rest.is_empty() => Ok(()),
+        _ => Err(format!(
+            "remote cache `{url}` is not an s3:// or file:// URL"
+        )),
+    }
 }
 
 /// Why a pipeline could not be loaded.
@@ -238,6 +257,15 @@ impl Pipeline {
         .check(spec)
     }
 
+    /// The longest stage id, for aligning tables of stages.
+    pub fn id_width(&self) -> usize {
+        self.stages
+            .iter()
+            .map(|stage| stage.id.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Works out each stage's output shape in order, so SQL is planned against its inputs'
     /// schemas before anything runs; every problem is reported, located in its file.
     pub async fn check_shapes(&self) -> Result<(), PipelineError> {
@@ -349,6 +377,31 @@ impl Checker<'_> {
         self.diagnostics.last_mut().expect("just pushed")
     }
 
+    /// The pipeline's `cache.remote`, if it names one asterflow can open.
+    fn check_remote(&mut self, cache: Option<&PipelineCacheSpec>) -> Option<RemoteSettings> {
+        let cache = cache?;
+        let url = cache.remote.clone()?;
+        if let Err(message) = check_remote_url(&url) {
+            self.error(YamlPath::of(&["cache", "remote"]), Anchor::Value, message)
+                .help = Some("for example s3://bucket/asterflow-cache (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) or file:///mnt/shared/asterflow-cache".to_owned());
+            return None;
+        }
+        if let Some(endpoint) = &cache.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            self.error(
+                YamlPath::of(&["cache", "endpoint"]),
+                Anchor::Value,
+                format!("endpoint `{endpoint}` is not an http:// or https:// URL"),
+            );
+            return None;
+        }
+        Some(RemoteSettings {
+            url,
+            endpoint: cache.endpoint.clone(),
+        })
+    }
+
     fn check(mut self, spec: PipelineSpec) -> Result<Pipeline, PipelineError> {
         let ids: Vec<&String> = spec.stages.keys().collect();
         let all_ids = ids
@@ -378,6 +431,7 @@ impl Checker<'_> {
             }
         }
         let sources = self.check_sources(&spec);
+        let remote = self.check_remote(spec.cache.as_ref());
         // The stages as written: ids, needs and cycles.
         let mut template_needs: Vec<Vec<usize>> = Vec::new();
         let mut edges = Vec::new();
@@ -528,6 +582,7 @@ impl Checker<'_> {
                 stages,
                 dag,
                 sources,
+                remote,
             }),
             _ => Err(PipelineError::Invalid(self.diagnostics)),
         }

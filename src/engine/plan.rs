@@ -1,4 +1,4 @@
-//! The plan: for each stage, `run`, `cached`, `reuse` or `skip`, with the reason and the
+//! The plan: for each stage, `run`, `cached`, `remote`, `reuse` or `skip`, with the reason and the
 //! fingerprint. `--validate-only` stops here; the executor carries the plan out, deciding again
 //! for stages whose inputs had to run first (identical outputs make them cache hits).
 
@@ -21,6 +21,9 @@ pub enum Decision {
     Run,
     /// Its output for this exact fingerprint is in the cache.
     Cached,
+    /// Its output for this exact fingerprint is in the remote cache: download it (and run the
+    /// stage if the download fails verification).
+    Remote,
     /// Use its latest output although the fingerprint differs (outside the selection, or
     /// within `cache.reuse_for`).
     Reuse,
@@ -33,6 +36,7 @@ impl Decision {
         match self {
             Self::Run => "run",
             Self::Cached => "cached",
+            Self::Remote => "remote",
             Self::Reuse => "reuse",
             Self::Skip => "skip",
         }
@@ -279,24 +283,50 @@ pub async fn decide(
         return Ok(run(why.to_owned(), key));
     }
     let fingerprint = key.fingerprint();
+    let expired = |manifest: &Manifest| {
+        let age = age(manifest, now_ms);
+        stage
+            .ttl
+            .filter(|&ttl| age > ttl)
+            .map(|ttl| format!("ttl expired {} ago", human(age - ttl)))
+    };
+    let mut unusable = None;
     if let Some(manifest) = cache.lookup(&stage.id, &fingerprint).await? {
-        let age = age(&manifest, now_ms);
         if let Some(damage) = cache.damage(&manifest) {
-            return Ok(run(format!("cached output damaged: {damage}"), key));
+            unusable = Some(format!("cached output damaged: {damage}"));
+        } else if let Some(expired) = expired(&manifest) {
+            return Ok(run(expired, key));
+        } else {
+            return Ok(StagePlan {
+                decision: Decision::Cached,
+                reason: format!("output from {} ago", human(age(&manifest, now_ms))),
+                forced,
+                key: Some(key),
+                manifest: Some(manifest),
+                files,
+            });
         }
-        if let Some(ttl) = stage.ttl
-            && age > ttl
-        {
-            return Ok(run(format!("ttl expired {} ago", human(age - ttl)), key));
-        }
+    }
+    if let Some(remote) = cache.remote()
+        && let Some(manifest) = remote
+            .lookup(cache.pipeline(), &stage.id, &fingerprint.0)
+            .await?
+        && expired(&manifest).is_none()
+    {
         return Ok(StagePlan {
-            decision: Decision::Cached,
-            reason: format!("output from {} ago", human(age)),
+            decision: Decision::Remote,
+            reason: format!(
+                "in the remote cache: output from {} ago",
+                human(age(&manifest, now_ms))
+            ),
             forced,
             key: Some(key),
             manifest: Some(manifest),
             files,
         });
+    }
+    if let Some(unusable) = unusable {
+        return Ok(run(unusable, key));
     }
     let latest = cache.latest(&stage.id).await?;
     let change = match &latest {

@@ -26,6 +26,8 @@ pub enum RunStatus {
 pub enum StageStatus {
     Ran,
     Cached,
+    /// Its output came from the remote cache.
+    Downloaded,
     Reused,
     Skipped,
     Failed,
@@ -36,6 +38,7 @@ impl StageStatus {
         match self {
             Self::Ran => "ran",
             Self::Cached => "cached",
+            Self::Downloaded => "downloaded",
             Self::Reused => "reused",
             Self::Skipped => "skipped",
             Self::Failed => "failed",
@@ -122,16 +125,21 @@ impl RunRecord {
             .count()
     }
 
-    /// `2 ran, 3 cached, 0 reused, 0 failed, 1 skipped`.
+    /// `2 ran, 3 cached, 0 reused, 0 failed, 1 skipped` (and `4 downloaded` after `cached`
+    /// when a remote cache provided any).
     pub fn counts(&self) -> String {
         [
             StageStatus::Ran,
             StageStatus::Cached,
+            StageStatus::Downloaded,
             StageStatus::Reused,
             StageStatus::Failed,
             StageStatus::Skipped,
         ]
+        .into_iter()
+        .filter(|&status| status != StageStatus::Downloaded || self.count(status) > 0)
         .map(|status| format!("{} {}", self.count(status), status.word()))
+        .collect::<Vec<_>>()
         .join(", ")
     }
 

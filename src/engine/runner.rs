@@ -8,14 +8,16 @@ use serde::Serialize;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::cache::Cache;
+use crate::engine::cache::{Cache, Manifest};
 use crate::engine::dag::Selection;
 use crate::engine::error::Error;
 use crate::engine::executor::{ExecuteOptions, RunOutcome, execute};
 use crate::engine::exit_code;
 use crate::engine::fingerprint::FileDigests;
 use crate::engine::pipeline::Pipeline;
+use crate::engine::pipeline::RemoteSettings;
 use crate::engine::plan::{Decision, Plan, plan};
+use crate::engine::remote::{Pushed, Remote, RemoteError};
 use crate::engine::reporter::{Mode, report};
 use crate::engine::run_record::{
     RECORD_FORMAT, RunRecord, RunStatus, StageRecord, StageStatus, new_run_id, run_dir,
@@ -64,6 +66,8 @@ pub struct RunRequest {
     pub json: bool,
     pub mode: Mode,
     pub verbose: bool,
+    /// `--no-remote`: leave the remote cache alone for this run.
+    pub no_remote: bool,
 }
 
 /// The JSON printed by `--json`: the run's outcome, or with `--validate-only` the plan.
@@ -72,6 +76,16 @@ pub struct JsonSummary {
     pub run_id: Option<String>,
     pub status: String,
     pub stages: Vec<JsonStage>,
+    /// The remote cache, when one is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<JsonRemote>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonRemote {
+    pub url: String,
+    /// Whether it answered (`--validate-only` asks it; a run says whether it stayed up).
+    pub reachable: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,13 +170,45 @@ pub fn resolve_selection(pipeline: &Pipeline, args: &SelectionArgs) -> Result<Se
     Ok(selection)
 }
 
-/// Plans the run against the cache as it is now.
+/// The variable that names a remote cache for every run, in place of the pipeline's.
+pub const REMOTE_VARIABLE: &str = "ASTERFLOW_REMOTE_CACHE";
+
+/// The remote cache a run uses: `ASTERFLOW_REMOTE_CACHE`, else the pipeline's `cache.remote`;
+/// none with `--no-remote`. Opening it makes no request.
+pub fn open_remote(pipeline: &Pipeline, no_remote: bool) -> Result<Option<Arc<Remote>>, Error> {
+    if no_remote {
+        return Ok(None);
+    }
+    let settings = match std::env::var(REMOTE_VARIABLE) {
+        Ok(url) if !url.is_empty() => {
+            crate::engine::pipeline::check_remote_url(&url)
+                .map_err(|message| Error::Usage(format!("{REMOTE_VARIABLE}: {message}")))?;
+            RemoteSettings {
+                url,
+                endpoint: pipeline
+                    .remote
+                    .as_ref()
+                    .and_then(|settings| settings.endpoint.clone()),
+            }
+        }
+        _ => match &pipeline.remote {
+            Some(settings) => settings.clone(),
+            None => return Ok(None),
+        },
+    };
+    Remote::open(&settings.url, settings.endpoint.as_deref())
+        .map(|remote| Some(Arc::new(remote)))
+        .map_err(Error::Usage)
+}
+
+/// Plans the run against the cache as it is now (and the remote cache, if there is one).
 pub async fn make_plan(
     pipeline: &Pipeline,
     selection: &Selection,
     paths: &Paths,
+    remote: Option<Arc<Remote>>,
 ) -> Result<(Plan, Cache, FileDigests), Error> {
-    let cache = Cache::new(Store::open(&paths.run_root)?, &pipeline.name);
+    let cache = Cache::new(Store::open(&paths.run_root)?, &pipeline.name).with_remote(remote);
     let mut digests = FileDigests::load(paths.digest_memo());
     let plan = plan(pipeline, selection, &cache, &mut digests, now_ms()).await?;
     Ok((plan, cache, digests))
@@ -178,9 +224,19 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     )?;
     pipeline.check_shapes().await?;
     let selection = resolve_selection(&pipeline, &request.selection)?;
+    let remote = open_remote(&pipeline, request.no_remote)?;
     if request.validate_only {
-        let (plan, _, _) = make_plan(&pipeline, &selection, &request.paths).await?;
-        print_plan(&pipeline, &plan, &request);
+        // Ask the remote first: an unreachable one is given up before the plan looks in it.
+        let reachable = match &remote {
+            Some(remote) => Some(remote.check().await?),
+            None => None,
+        };
+        let (plan, _, _) = make_plan(&pipeline, &selection, &request.paths, remote.clone()).await?;
+        let remote = remote.zip(reachable).map(|(remote, reachable)| JsonRemote {
+            url: remote.url().to_owned(),
+            reachable,
+        });
+        print_plan(&pipeline, &plan, &request, remote);
         let would_run = plan.count(Decision::Run) > 0;
         return Ok(if request.exit_code_when_stale && would_run {
             exit_code::WOULD_RUN
@@ -202,7 +258,8 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     .map_err(std::io::Error::other)??;
 
     // Planned under the lock, so no other run changes the cache between plan and execution.
-    let (plan, cache, mut digests) = make_plan(&pipeline, &selection, &request.paths).await?;
+    let (plan, cache, mut digests) =
+        make_plan(&pipeline, &selection, &request.paths, remote.clone()).await?;
     if request.verbose {
         for (index, stage_plan) in plan.stages.iter().enumerate() {
             if let Some(key) = &stage_plan.key {
@@ -287,8 +344,43 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     let _ = digests.save();
     crate::engine::store::remove_empty_dirs(&request.paths.run_root.join("tmp").join(&run_id));
 
+    // What this run committed or used goes to the remote, unless the run was interrupted (a
+    // Ctrl-C means stop). An entry the remote already holds costs one request, once.
+    let mut refused = None;
+    if let Some(remote) = &remote
+        && !outcome.interrupted
+    {
+        let started = std::time::Instant::now();
+        let manifests = outcome
+            .stages
+            .iter()
+            .filter_map(|stage| stage.manifest.as_ref());
+        match push(&cache, remote, manifests, &request.paths.data_dir).await {
+            Ok(summary) => {
+                if summary.stored > 0 && request.mode != Mode::Quiet {
+                    eprintln!(
+                        "remote cache {}: stored {} {} ({:.1} MiB) in {}",
+                        remote.url(),
+                        summary.stored,
+                        if summary.stored == 1 {
+                            "entry"
+                        } else {
+                            "entries"
+                        },
+                        summary.bytes as f64 / (1024.0 * 1024.0),
+                        human(started.elapsed())
+                    );
+                }
+            }
+            Err(error) => refused = Some(error),
+        }
+    }
     let closing = closings(&pipeline, &outcome, &cache, &record, &request);
-    print_outcome(&record, &request);
+    print_outcome(&record, &request, remote.as_deref());
+    if let Some(error) = refused {
+        eprintln!("error: {error}");
+        return Ok(exit_code::INVALID);
+    }
     if status == RunStatus::Succeeded && request.mode != Mode::Quiet && !request.json {
         print_final_outputs(&pipeline, &outcome, &cache, &request.paths.project_root);
         for line in closing.iter().flat_map(|closing| &closing.figures) {
@@ -454,11 +546,12 @@ fn print_final_outputs(
     }
 }
 
-fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
+fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest, remote: Option<JsonRemote>) {
     if request.json {
         let summary = JsonSummary {
             run_id: None,
             status: "valid".to_owned(),
+            remote,
             stages: plan
                 .order
                 .iter()
@@ -484,12 +577,7 @@ fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
     if request.mode == Mode::Quiet {
         return;
     }
-    let width = pipeline
-        .stages
-        .iter()
-        .map(|stage| stage.id.len())
-        .max()
-        .unwrap_or(0);
+    let width = pipeline.id_width();
     println!(
         "pipeline `{}` ({}) is valid: {} stages",
         pipeline.name,
@@ -497,12 +585,26 @@ fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
         pipeline.stages.len()
     );
     println!(
-        "plan: {} to run, {} cached, {} reused, {} skipped",
+        "plan: {} to run, {} cached, {} reused, {} skipped{}",
         plan.count(Decision::Run),
         plan.count(Decision::Cached),
         plan.count(Decision::Reuse),
-        plan.count(Decision::Skip)
+        plan.count(Decision::Skip),
+        match &remote {
+            Some(_) => format!(", {} from the remote cache", plan.count(Decision::Remote)),
+            None => String::new(),
+        }
     );
+    if let Some(remote) = &remote {
+        if remote.reachable {
+            println!("remote cache {}: reachable", remote.url);
+        } else {
+            println!(
+                "remote cache {}: unreachable, a run would go on without it",
+                remote.url
+            );
+        }
+    }
     for &index in &plan.order {
         let stage_plan = &plan.stages[index];
         let fingerprint = stage_plan
@@ -519,10 +621,14 @@ fn print_plan(pipeline: &Pipeline, plan: &Plan, request: &RunRequest) {
     }
 }
 
-fn print_outcome(record: &RunRecord, request: &RunRequest) {
+fn print_outcome(record: &RunRecord, request: &RunRequest, remote: Option<&Remote>) {
     if request.json {
         let summary = JsonSummary {
             run_id: Some(record.run_id.clone()),
+            remote: remote.map(|remote| JsonRemote {
+                url: remote.url().to_owned(),
+                reachable: remote.down().is_none(),
+            }),
             status: match record.status {
                 RunStatus::Succeeded | RunStatus::Running => "succeeded",
                 RunStatus::Failed | RunStatus::Interrupted => "failed",
@@ -597,4 +703,58 @@ fn print_outcome(record: &RunRecord, request: &RunRequest) {
             }
         }
     }
+}
+
+/// What a push stored.
+#[derive(Debug, Default)]
+pub struct PushSummary {
+    /// Entries stored now.
+    pub stored: usize,
+    /// Entries the remote already held.
+    pub present: usize,
+    /// Entries left local (the remote went down, or a file changed).
+    pub skipped: usize,
+    pub bytes: u64,
+}
+
+/// Stores `manifests`' entries in `remote`, four at a time, skipping those known to be there;
+/// refused credentials stop it.
+pub async fn push<'a>(
+    cache: &Cache,
+    remote: &Remote,
+    manifests: impl Iterator<Item = &'a Manifest>,
+    data_dir: &Path,
+) -> Result<PushSummary, RemoteError> {
+    use futures::StreamExt;
+    let mut pending = Vec::new();
+    for manifest in manifests {
+        if !cache.is_pushed(manifest, remote.url()).await {
+            pending.push(manifest);
+        }
+    }
+    let results: Vec<(&Manifest, Result<Pushed, RemoteError>)> = futures::stream::iter(pending)
+        .map(|manifest| async move {
+            let entry_dir = cache.entry_dir(manifest);
+            (manifest, remote.push(manifest, &entry_dir, data_dir).await)
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    let mut summary = PushSummary::default();
+    for (manifest, result) in results {
+        match result? {
+            Pushed::Stored { bytes } => {
+                summary.stored += 1;
+                summary.bytes += bytes;
+            }
+            Pushed::AlreadyThere => summary.present += 1,
+            Pushed::Skipped => {
+                summary.skipped += 1;
+                continue;
+            }
+        }
+        // The marker only saves a request next time; failing to write it loses nothing.
+        let _ = cache.mark_pushed(manifest, remote.url()).await;
+    }
+    Ok(summary)
 }

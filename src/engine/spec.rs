@@ -17,7 +17,22 @@ pub struct PipelineSpec {
     pub sources: IndexMap<String, yaml_serde::Value>,
     #[serde(default)]
     pub defaults: DefaultsSpec,
+    /// Pipeline-wide cache settings: the remote cache.
+    #[serde(default)]
+    pub cache: Option<PipelineCacheSpec>,
     pub stages: IndexMap<String, StageSpec>,
+}
+
+/// The pipeline's `cache:` block.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineCacheSpec {
+    /// A remote cache shared between checkouts: `s3://bucket/prefix` or `file:///dir`.
+    #[serde(default)]
+    pub remote: Option<String>,
+    /// The S3-compatible server's URL, in place of `AWS_ENDPOINT_URL`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// Settings every stage gets unless it says otherwise.

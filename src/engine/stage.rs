@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::diagnostic::location::YamlPath;
 use crate::diagnostic::params::ParamError;
+use crate::engine::cache::OutputFile;
 use crate::engine::events::Progress;
 use crate::engine::run_record::RunRecord;
 
@@ -224,6 +225,12 @@ pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     /// in the cache but left out of the content digest, so consumers do not re-run for them.
     fn reports(&self) -> &'static [&'static str] {
         &[]
+    }
+    /// Files outside the output that it names, relative to the data directory, with their
+    /// sizes and blake3 (the lake parts a `lake.json` lists), read from the finished output in
+    /// `output_dir`: a remote cache stores and fetches them with the entry. None by default.
+    fn attachments(&self, _output_dir: &Path) -> Result<Vec<OutputFile>, String> {
+        Ok(Vec::new())
     }
     /// The tables the output will hold, given the inputs' shapes (by input stage id). Called
     /// before anything runs, so `--validate-only` can plan SQL without data; an error is a

@@ -295,6 +295,13 @@ impl PreparedStage for Prepared {
         &["collection_report.json", "collection_summary.csv"]
     }
 
+    fn attachments(
+        &self,
+        output_dir: &std::path::Path,
+    ) -> Result<Vec<crate::engine::cache::OutputFile>, String> {
+        crate::kinds::lake_attachments(output_dir)
+    }
+
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.collect(context))
     }

@@ -190,3 +190,23 @@ pub fn parquet_properties() -> parquet::file::properties::WriterProperties {
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .build()
 }
+
+/// The lake parts an output's `lake.json` lists, as attachments of its cache entry (a remote
+/// cache stores them with it); none when the output has no listing.
+pub fn lake_attachments(
+    output_dir: &std::path::Path,
+) -> Result<Vec<crate::engine::cache::OutputFile>, String> {
+    let listing = output_dir.join(crate::market::lake::LISTING_FILE);
+    if !listing.is_file() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::market::lake::LakeListing::read(&listing)?
+        .parts
+        .into_iter()
+        .map(|part| crate::engine::cache::OutputFile {
+            path: part.path,
+            size: part.bytes,
+            blake3: part.blake3,
+        })
+        .collect())
+}

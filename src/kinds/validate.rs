@@ -269,6 +269,13 @@ impl PreparedStage for Prepared {
         Box::pin(self.validate(context))
     }
 
+    fn attachments(
+        &self,
+        output_dir: &std::path::Path,
+    ) -> Result<Vec<crate::engine::cache::OutputFile>, String> {
+        crate::kinds::lake_attachments(output_dir)
+    }
+
     fn output_shape<'a>(
         &'a self,
         stage_id: &'a str,

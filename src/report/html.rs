@@ -76,6 +76,7 @@ fn status_color(status: StageStatus) -> &'static str {
     match status {
         StageStatus::Ran => "#2da44e",
         StageStatus::Cached => "#9ca3af",
+        StageStatus::Downloaded => "#60a5fa",
         StageStatus::Reused => "#a78bfa",
         StageStatus::Skipped => "#d0d7de",
         StageStatus::Failed => LOSS,

@@ -7,11 +7,28 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
+use std::time::Duration;
+
 use object_store::path::Path;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+/// How long a request may take to connect, and to finish: a dead server is found in seconds,
+/// a large file still has time to move.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The store and the prefix inside it that `url` names.
 pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), String> {
+    open_with(url, None)
+}
+
+/// [`open`], with `endpoint` (an S3-compatible server's URL) in place of `AWS_ENDPOINT_URL`.
+/// Requests are retried twice within ten seconds (the default, ten retries within three
+/// minutes, would hold a run for minutes when the server is down).
+pub fn open_with(
+    url: &str,
+    endpoint: Option<&str>,
+) -> Result<(Arc<dyn ObjectStore>, Path), String> {
     let parsed =
         reqwest::Url::parse(url).map_err(|error| format!("invalid URL `{url}`: {error}"))?;
     match parsed.scheme() {
@@ -20,12 +37,31 @@ pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), String> {
                 .host_str()
                 .filter(|bucket| !bucket.is_empty())
                 .ok_or_else(|| format!("`{url}` names no bucket: use s3://BUCKET/PREFIX/"))?;
-            let mut builder =
-                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-            if std::env::var("AWS_ENDPOINT_URL")
-                .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                .is_ok_and(|endpoint| endpoint.starts_with("http://"))
-            {
+            let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(2),
+                        base: 2.0,
+                    },
+                    max_retries: 2,
+                    retry_timeout: Duration::from_secs(10),
+                })
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_connect_timeout(CONNECT_TIMEOUT)
+                        .with_timeout(REQUEST_TIMEOUT),
+                );
+            if let Some(endpoint) = endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let endpoint = endpoint.map(str::to_owned).or_else(|| {
+                std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .ok()
+            });
+            if endpoint.is_some_and(|endpoint| endpoint.starts_with("http://")) {
                 builder = builder.with_allow_http(true);
             }
             let store = builder.build().map_err(|error| {

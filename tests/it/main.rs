@@ -10,6 +10,7 @@ mod exchange;
 mod gpu;
 mod honest;
 mod perp;
+mod remote;
 mod report;
 mod run;
 mod s3;

@@ -12,7 +12,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 const BUCKET: &str = "asterflow-test";
 const KEY_ID: &str = "AKIAASTERFLOWTEST";
-const SECRET: &str = "asterflow-secret-4f9c2e7a1b";
+pub(crate) const SECRET: &str = "asterflow-secret-4f9c2e7a1b";
 
 /// A moto S3 server on a free port of 127.0.0.1; killed when dropped.
 pub(crate) struct Moto {
@@ -23,6 +23,12 @@ pub(crate) struct Moto {
 impl Moto {
     /// `None` (with a note) when no Python with moto is installed.
     pub(crate) fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// [`Moto::start`] with extra environment for the server (`INITIAL_NO_AUTH_ACTION_COUNT=0`
+    /// makes it check every request's credentials).
+    pub(crate) fn start_with(environment: &[(&str, &str)]) -> Option<Self> {
         let python = std::env::var("ASTERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
         let has_moto = Command::new(&python)
             .args(["-c", "import moto.server"])
@@ -47,6 +53,7 @@ impl Moto {
                 "-p",
                 &port.to_string(),
             ])
+            .envs(environment.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -114,7 +121,7 @@ impl Drop for Moto {
 }
 
 /// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
