@@ -10,53 +10,16 @@
 //! `cargo bench --bench demo`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const COLD_SAMPLES: usize = 3;
 const WARM_SAMPLES: usize = 30;
 
-/// The shipped pipelines and the files they reference, in a fresh directory.
-fn fresh_project(dir: &Path) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for file in [
-        "pipelines/demo.yaml",
-        "data/scenarios/demo.yaml",
-        "stages/features/features.sql",
-        "stages/labels/labels.sql",
-        "stages/kernels/mlp.cu",
-    ] {
-        let target = dir.join(file);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(root.join(file), target).unwrap();
-    }
-}
+mod common;
 
 /// Runs the demo; returns the wall time and the peak resident set in bytes.
-#[expect(
-    clippy::zombie_processes,
-    reason = "the child is reaped by wait4, which also gives its resource usage"
-)]
 fn run_demo(dir: &Path) -> (Duration, u64) {
-    let start = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_asterflow"))
-        .current_dir(dir)
-        .args(["run", "pipelines/demo.yaml", "--quiet"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("asterflow starts");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our own child, not yet waited for; both pointers are valid.
-    let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    let elapsed = start.elapsed();
-    assert_eq!(waited, child.id() as libc::pid_t, "wait4 failed");
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the demo failed (status {status})"
-    );
-    (elapsed, usage.ru_maxrss as u64 * 1024)
+    common::run_asterflow(dir, &["run", "pipelines/demo.yaml", "--quiet"], &[])
 }
 
 fn millis(duration: Duration) -> f64 {
@@ -74,7 +37,7 @@ fn main() {
     let mut warm_peak = 0;
     for sample in 0..COLD_SAMPLES {
         let dir = tempfile::tempdir().unwrap();
-        fresh_project(dir.path());
+        common::demo_project(dir.path());
         let (elapsed, peak) = run_demo(dir.path());
         println!(
             "cold run {}: {:.2} s, peak RSS {:.0} MiB",

@@ -1,8 +1,12 @@
 //! Shared by the benchmarks: a lake of simulated hourly candles (and, for the features, 4h and
 //! 1d candles, hourly mark and index prices and funding), written as a collection writes it (one
-//! part per partition), with the `lake.json` fixture a `command` stage hands on.
+//! part per partition), with the `lake.json` fixture a `command` stage hands on; the shipped
+//! demo project, and the release binary run with its peak memory.
+#![allow(dead_code)]
 
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use asterflow::market::lake::{LakeListing, Provenance};
 use asterflow::market::model::{Dataset, Interval};
@@ -125,4 +129,53 @@ pub fn simulated_lake(root: &Path, scenario_yaml: &str, perp: bool) -> usize {
     )
     .unwrap();
     total
+}
+
+/// The shipped demo pipeline and the files it references, in `dir`.
+pub fn demo_project(dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in [
+        "pipelines/demo.yaml",
+        "data/scenarios/demo.yaml",
+        "stages/features/features.sql",
+        "stages/labels/labels.sql",
+        "stages/kernels/mlp.cu",
+    ] {
+        let target = dir.join(file);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(file), target).unwrap();
+    }
+}
+
+/// Runs the release `asterflow` with `args` and `environment` in `dir`, asserting success;
+/// returns the wall time and the peak resident set in bytes.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also gives its resource usage"
+)]
+pub fn run_asterflow(
+    dir: &Path,
+    args: &[&str],
+    environment: &[(String, String)],
+) -> (Duration, u64) {
+    let start = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_asterflow"))
+        .current_dir(dir)
+        .args(args)
+        .envs(environment.iter().map(|(key, value)| (key, value)))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("asterflow starts");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our own child, not yet waited for; both pointers are valid.
+    let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let elapsed = start.elapsed();
+    assert_eq!(waited, child.id() as libc::pid_t, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "asterflow {args:?} failed (status {status})"
+    );
+    (elapsed, usage.ru_maxrss as u64 * 1024)
 }
