@@ -11,6 +11,7 @@ pub mod engine;
 pub mod inputs;
 pub mod market;
 pub mod metrics;
+pub mod outcomes;
 
 pub use engine::{
     ExitReason, FLAT, Instrument, LONG, Rules, SHORT, Signals, Simulation, Skipped, Trade,
@@ -42,4 +43,7 @@ pub struct Summary {
     pub skipped: crate::backtest::Skipped,
     pub buy_and_hold: crate::backtest::Performance,
     pub verdict: String,
+    /// The distribution of outcomes the history allows (`monte_carlo:`), when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<crate::backtest::outcomes::Outcomes>,
 }

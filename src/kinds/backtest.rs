@@ -91,6 +91,14 @@ struct Params {
     fees: Fees,
     #[serde(default = "default_slippage")]
     slippage: f64,
+    /// The outcome distribution: a stationary block bootstrap of the per-bar returns (`null`:
+    /// none).
+    #[serde(default = "default_monte_carlo")]
+    monte_carlo: Option<crate::backtest::outcomes::MonteCarlo>,
+}
+
+fn default_monte_carlo() -> Option<crate::backtest::outcomes::MonteCarlo> {
+    Some(crate::backtest::outcomes::MonteCarlo::default())
 }
 
 /// The label's thresholds (DOMAIN.md section 4: down 1%, up 2%, 4 bars).
@@ -164,7 +172,8 @@ impl StageKind for Backtest {
 
     fn code_version(&self) -> u32 {
         // 4: equity.parquet gains the fees and the slippage paid so far.
-        4
+        // 5: metrics.json gains the outcome distribution (`outcomes`).
+        5
     }
 
     fn prepare(
@@ -229,7 +238,29 @@ impl StageKind for Backtest {
             "a fee",
         )?;
         fraction(fees.key("taker"), params.fees.taker, -0.01, 0.1, "a fee")?;
-        fraction(root.key("slippage"), params.slippage, 0.0, 0.1, "slippage")?;
+        fraction(
+            root.clone().key("slippage"),
+            params.slippage,
+            0.0,
+            0.1,
+            "slippage",
+        )?;
+        if let Some(monte_carlo) = &params.monte_carlo {
+            let at = root.key("monte_carlo");
+            if !(1..=100_000).contains(&monte_carlo.paths) {
+                return Err(ParamError::new(
+                    at.key("paths"),
+                    "paths must be between 1 and 100000 (monte_carlo: null for none)",
+                ));
+            }
+            fraction(
+                at.key("block"),
+                monte_carlo.block,
+                1.0,
+                1e6,
+                "the mean block length in bars (1: independent draws)",
+            )?;
+        }
         Ok(Box::new(Prepared {
             bar_ms: interval.millis() as i64,
             params,
@@ -401,7 +432,20 @@ impl Prepared {
             .await
             .map_err(|error| StageError::failed(format!("the simulation stopped: {error}")))?;
 
-        let summary = summarise(&market, &simulation, &benchmark, &rules);
+        let mut summary = summarise(&market, &simulation, &benchmark, &rules);
+        if let Some(monte_carlo) = &params.monte_carlo {
+            context
+                .progress
+                .message(format!("bootstrapping {} paths", monte_carlo.paths));
+            let returns = crate::backtest::outcomes::bar_returns(&simulation.equity, rules.capital);
+            summary.outcomes = crate::backtest::outcomes::bootstrap(
+                &market.times,
+                &returns,
+                market.bar_ms,
+                monte_carlo,
+                std::thread::available_parallelism().map_or(2, usize::from),
+            );
+        }
         write_trades(context, &market, &simulation)?;
         write_equity(context, &market, &simulation, &benchmark, rules.capital)?;
         let text = render(&summary, &market, synthetic);
@@ -472,6 +516,7 @@ fn summarise(
         skipped: simulation.skipped,
         buy_and_hold,
         verdict,
+        outcomes: None,
     }
 }
 
@@ -552,7 +597,59 @@ fn render(summary: &Summary, market: &Market, synthetic: bool) -> String {
         "  signals not taken: {} at capacity, {} too small, {} without a next bar, {} on the last bar\n",
         skipped.capacity, skipped.too_small, skipped.no_bar, skipped.last_bar
     ));
+    if let Some(outcomes) = &summary.outcomes {
+        text.push_str(&outcome_lines(outcomes));
+    }
     text.push_str(&format!("  verdict: {}\n", summary.verdict));
+    text
+}
+
+/// The bootstrap's figures, for `metrics.txt`.
+fn outcome_lines(outcomes: &crate::backtest::outcomes::Outcomes) -> String {
+    let percent = |value: f64| format!("{:+.1}%", value * 100.0);
+    let spread = |p: &crate::backtest::outcomes::Percentiles, show: &dyn Fn(f64) -> String| {
+        format!("{} / {} / {}", show(p.p5), show(p.p50), show(p.p95))
+    };
+    let loss =
+        |value: Option<f64>| value.map_or("n/a".to_owned(), |v| format!("{:.2}%", v * 100.0));
+    let mut text = format!(
+        "  outcomes ({} bootstrap paths, blocks of {} bars on average, seed {}), 5th / 50th / 95th percentile:\n",
+        outcomes.settings.paths, outcomes.settings.block, outcomes.settings.seed
+    );
+    text.push_str(&format!(
+        "    total return {}; max drawdown {}; Sharpe {}\n",
+        spread(&outcomes.total_return, &percent),
+        spread(&outcomes.max_drawdown, &percent),
+        outcomes
+            .sharpe
+            .as_ref()
+            .map_or("n/a".to_owned(), |sharpe| spread(sharpe, &|v| format!(
+                "{v:.2}"
+            )))
+    ));
+    let levels: Vec<String> = outcomes
+        .drawdown_worse_than
+        .iter()
+        .map(|(level, share)| format!("{:.0}% {:.1}%", level * 100.0, share * 100.0))
+        .collect();
+    text.push_str(&format!(
+        "    chance of a drawdown worse than {}; of ending below the start {:.1}%\n",
+        levels.join(", "),
+        outcomes.ending_below_start * 100.0
+    ));
+    for (name, risk) in [
+        ("historical", &outcomes.historical),
+        ("bootstrap", &outcomes.bootstrap),
+    ] {
+        text.push_str(&format!(
+            "    1-day VaR / ES, {name} ({} days): 95% {} / {}, 99% {} / {}\n",
+            risk.days,
+            loss(risk.var_95),
+            loss(risk.es_95),
+            loss(risk.var_99),
+            loss(risk.es_99)
+        ));
+    }
     text
 }
 

@@ -481,7 +481,122 @@ fn backtest_section(page: &mut String, backtest: &Backtest) {
         ],
         &|v| format!("{:.0}%", v * 100.0),
     ));
+    if let Some(outcomes) = &summary.outcomes {
+        outcome_section(
+            page,
+            outcomes,
+            curve.time.first().copied().unwrap_or(0),
+            summary.periods_per_year,
+        );
+    }
     monthly_table(page, backtest);
+}
+
+/// The bootstrap's distribution of outcomes: a fan of equity paths, the deepest drawdowns'
+/// histogram, and the figures with value at risk.
+fn outcome_section(
+    page: &mut String,
+    outcomes: &crate::backtest::outcomes::Outcomes,
+    start_ms: i64,
+    periods_per_year: f64,
+) {
+    let settings = &outcomes.settings;
+    let _ = write!(
+        page,
+        "<h3>Outcomes the history allows</h3><p>{} paths of a stationary block bootstrap of the strategy's per-bar returns (blocks of {} bars on average, seed {}): the same returns in other orders, volatility clusters kept.</p>",
+        settings.paths, settings.block, settings.seed
+    );
+    let bar_ms = (365.0 * 86_400_000.0 / periods_per_year) as i64;
+    let x: Vec<i64> = outcomes
+        .fan
+        .iter()
+        .map(|(bar, _)| start_ms + *bar as i64 * bar_ms)
+        .collect();
+    let band = |k: usize| -> Vec<f64> { outcomes.fan.iter().map(|(_, q)| q[k]).collect() };
+    let bands = [band(0), band(1), band(2), band(3), band(4)];
+    let names = [
+        "5th percentile",
+        "25th",
+        "median path",
+        "75th",
+        "95th percentile",
+    ];
+    let series: Vec<Series<'_>> = bands
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(k, (y, name))| Series {
+            name,
+            color: STRATEGY,
+            x: &x,
+            y,
+            dashed: k != 2,
+            filled: false,
+            faint: k == 1 || k == 3,
+        })
+        .collect();
+    page.push_str(&time_chart(
+        "Equity paths (multiple of the start)",
+        1000.0,
+        280.0,
+        &series,
+        &|v| format!("{v:.2}x"),
+    ));
+    page.push_str(&super::svg::histogram(
+        "Deepest drawdown of each path",
+        1000.0,
+        200.0,
+        &outcomes.drawdown_histogram,
+        LOSS,
+        &|v| format!("{:.0}%", v * 100.0),
+    ));
+    let spread = |p: &crate::backtest::outcomes::Percentiles, show: &dyn Fn(f64) -> String| {
+        format!(
+            "<td>{}</td><td>{}</td><td>{}</td>",
+            show(p.p5),
+            show(p.p50),
+            show(p.p95)
+        )
+    };
+    let percent = |v: f64| format!("{:+.1}%", v * 100.0);
+    let _ = write!(
+        page,
+        "<table><tr><th class=\"l\">over the paths</th><th>5th</th><th>50th</th><th>95th</th></tr><tr><td class=\"l\">total return</td>{}</tr><tr><td class=\"l\">max drawdown</td>{}</tr><tr><td class=\"l\">Sharpe</td>{}</tr></table>",
+        spread(&outcomes.total_return, &percent),
+        spread(&outcomes.max_drawdown, &percent),
+        outcomes.sharpe.as_ref().map_or(
+            "<td>n/a</td><td>n/a</td><td>n/a</td>".to_owned(),
+            |sharpe| spread(sharpe, &|v| format!("{v:.2}"))
+        )
+    );
+    let chances: Vec<String> = outcomes
+        .drawdown_worse_than
+        .iter()
+        .map(|(level, share)| format!("{:.0}%: {:.1}%", level * 100.0, share * 100.0))
+        .collect();
+    let _ = write!(
+        page,
+        "<p>Chance of a drawdown worse than {}; of ending below the start: {:.1}%.</p>",
+        chances.join(", "),
+        outcomes.ending_below_start * 100.0
+    );
+    let loss = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{:.2}%", v * 100.0));
+    page.push_str("<table><tr><th class=\"l\">1-day loss</th><th>VaR 95%</th><th>ES 95%</th><th>VaR 99%</th><th>ES 99%</th><th>days</th></tr>");
+    for (name, risk) in [
+        ("historical", &outcomes.historical),
+        ("bootstrap", &outcomes.bootstrap),
+    ] {
+        let _ = write!(
+            page,
+            "<tr><td class=\"l\">{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            loss(risk.var_95),
+            loss(risk.es_95),
+            loss(risk.var_99),
+            loss(risk.es_99),
+            risk.days
+        );
+    }
+    page.push_str("</table>");
 }
 
 fn monthly_table(page: &mut String, backtest: &Backtest) {

@@ -166,6 +166,62 @@ pub fn time_chart(
     svg
 }
 
+/// A histogram `width` x `height` pixels: one bar per `(low, high, count)` bin, the bins'
+/// edges labelled with `format`.
+pub fn histogram(
+    title: &str,
+    width: f64,
+    height: f64,
+    bins: &[(f64, f64, usize)],
+    color: &str,
+    format: &dyn Fn(f64) -> String,
+) -> String {
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{title}"><text x="{LEFT}" y="15" class="title">{title}</text>"#,
+        title = escape(title)
+    );
+    let most = bins.iter().map(|bin| bin.2).max().unwrap_or(0);
+    if bins.is_empty() || most == 0 {
+        svg.push_str(r#"<text x="50%" y="50%" text-anchor="middle">no data</text></svg>"#);
+        return svg;
+    }
+    let plot_w = width - LEFT - RIGHT;
+    let plot_h = height - TOP - BOTTOM;
+    let bar_w = plot_w / bins.len() as f64;
+    for (index, &(low, high, count)) in bins.iter().enumerate() {
+        let bar_h = count as f64 / most as f64 * plot_h;
+        let _ = write!(
+            svg,
+            r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{bar_h:.1}" fill="{color}" fill-opacity="0.7"><title>{} to {}: {count}</title></rect>"##,
+            LEFT + index as f64 * bar_w + 1.0,
+            TOP + plot_h - bar_h,
+            (bar_w - 2.0).max(1.0),
+            escape(&format(low)),
+            escape(&format(high))
+        );
+    }
+    let _ = write!(
+        svg,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" class="axis">{most}</text>"##,
+        LEFT - 6.0,
+        TOP + 4.0
+    );
+    let first = bins.first().map_or(0.0, |bin| bin.0);
+    let last = bins.last().map_or(0.0, |bin| bin.1);
+    for (x, value, anchor) in [(LEFT, first, "start"), (width - RIGHT, last, "end")] {
+        let _ = write!(
+            svg,
+            r##"<text x="{x:.1}" y="{:.1}" text-anchor="{anchor}" class="axis">{}</text>"##,
+            height - 8.0,
+            escape(&format(value))
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 /// One bar of the timeline.
 pub struct Span<'a> {
     pub label: &'a str,
