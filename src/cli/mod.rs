@@ -42,7 +42,8 @@ pub struct Cli {
         value_name = "DIR"
     )]
     run_root: PathBuf,
-    /// The market-data lake.
+    /// The market-data lake: a directory, or an object store URL (s3://bucket/prefix,
+    /// file:///dir) mirrored locally under the run root.
     #[arg(
         long,
         global = true,
@@ -197,11 +198,11 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         })?;
     }
     let project_root = std::env::current_dir()?;
-    let paths = Paths {
-        run_root: project_root.join(&cli.run_root),
-        data_dir: project_root.join(&cli.data_dir),
+    let paths = Paths::new(
         project_root,
-    };
+        cli.run_root.clone(),
+        &cli.data_dir.to_string_lossy(),
+    );
     match cli.command {
         Command::Run(args) => run::run(args, paths, cli.quiet, cli.verbose).await,
         Command::Status { pipeline } => status::status(&pipeline, &paths).await,

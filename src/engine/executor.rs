@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::cache::{Cache, Manifest};
+use crate::engine::datastore::DataStore;
 use crate::engine::events::{Progress, RunEvent};
 use crate::engine::pipeline::Pipeline;
 use crate::engine::plan::{Decision, Plan, StagePlan, decide};
@@ -24,7 +25,10 @@ use crate::util::time::now_ms;
 pub struct ExecuteOptions {
     pub run_id: String,
     pub jobs: usize,
+    /// The data directory stages see: the local one, or the mirror of `data_store`.
     pub data_dir: PathBuf,
+    /// The data directory on an object store, when it is one.
+    pub data_store: Option<Arc<DataStore>>,
     pub logs_dir: PathBuf,
 }
 
@@ -399,6 +403,12 @@ impl StageTask {
             cancel: self.cancel.clone(),
             resources: std::sync::Arc::clone(&self.resources),
         };
+        if let Some(data) = &self.options.data_store
+            && let Err(error) = self.mirror_inputs(data).await
+        {
+            append_log(&log_path, &format!("# failed: {error}"));
+            return failed(reason, error);
+        }
         if let Err(error) = stage.prepared.run(&context).await {
             let message = match &error {
                 StageError::Cancelled => "interrupted".to_owned(),
@@ -414,6 +424,21 @@ impl StageTask {
                 return failed(reason, error);
             }
         };
+        // What the output names goes to the data store before the output is committed: an
+        // entry never names a part the store lacks.
+        if let Some(data) = &self.options.data_store {
+            match data.publish(&attachments).await {
+                Ok(bytes) if bytes > 0 => append_log(
+                    &log_path,
+                    &format!("# stored {bytes} bytes of parts in {}", data.url()),
+                ),
+                Ok(_) => {}
+                Err(error) => {
+                    append_log(&log_path, &format!("# failed: {error}"));
+                    return failed(reason, error);
+                }
+            }
+        }
         match self
             .cache
             .commit(
@@ -446,6 +471,35 @@ impl StageTask {
                 format!("failed to commit the output: {}", error_chain(&error)),
             ),
         }
+    }
+}
+
+impl StageTask {
+    /// Brings into the data store's mirror what the stage will read: the files its inputs name
+    /// and the prefixes it reads beyond them.
+    async fn mirror_inputs(&self, data: &DataStore) -> Result<(), String> {
+        let stage = &self.pipeline.stages[self.index];
+        let named: Vec<_> = self
+            .inputs
+            .iter()
+            .flat_map(|manifest| manifest.attachments.iter().cloned())
+            .collect();
+        let prefixes = stage.prepared.data_prefixes();
+        if !named.is_empty() || !prefixes.is_empty() {
+            self.progress
+                .message(format!("reading the data directory {}", data.url()));
+        }
+        let mut bytes = data.hydrate(&named).await?;
+        for prefix in prefixes {
+            bytes += data.hydrate_prefix(&prefix).await?;
+        }
+        if bytes > 0 {
+            append_log(
+                &self.options.logs_dir.join(format!("{}.log", stage.id)),
+                &format!("# mirrored {bytes} bytes from {}", data.url()),
+            );
+        }
+        Ok(())
     }
 }
 

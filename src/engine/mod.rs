@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod dag;
+pub mod datastore;
 pub mod error;
 pub mod events;
 pub mod executor;

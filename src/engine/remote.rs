@@ -32,6 +32,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::engine::cache::{MANIFEST_FORMAT, Manifest, OutputFile};
 
+/// What the remote's errors call it.
+const REMOTE_CACHE: &str = "remote cache";
+
 /// Uploads and downloads in flight at once for one entry.
 const CONCURRENT_TRANSFERS: usize = 4;
 
@@ -39,15 +42,21 @@ const CONCURRENT_TRANSFERS: usize = 4;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RemoteError {
     /// The server refused the credentials: the run must not go on as if nothing were wrong.
-    #[error("remote cache {url} refused the credentials ({code}): {advice}")]
+    #[error("{place} {url} refused the credentials ({code}): {advice}")]
     Credentials {
+        /// What the store is for: `remote cache`, `data directory`.
+        place: &'static str,
         url: String,
         code: String,
         advice: &'static str,
     },
     /// The server did not answer (or answered with a server error): the run goes on locally.
-    #[error("remote cache {url} is unreachable: {reason}")]
-    Unreachable { url: String, reason: String },
+    #[error("{place} {url} is unreachable: {reason}")]
+    Unreachable {
+        place: &'static str,
+        url: String,
+        reason: String,
+    },
 }
 
 /// What a push did.
@@ -112,7 +121,7 @@ impl Remote {
     /// Sorts an object-store error: refused credentials are returned; anything else gives the
     /// remote up for the run, with one warning.
     fn fail(&self, error: &object_store::Error) -> Result<(), RemoteError> {
-        match classify(&self.url, error) {
+        match classify(REMOTE_CACHE, &self.url, error) {
             credentials @ RemoteError::Credentials { .. } => Err(credentials),
             unreachable @ RemoteError::Unreachable { .. } => {
                 let reason = unreachable.to_string();
@@ -225,90 +234,17 @@ impl Remote {
         Ok(bytes)
     }
 
-    /// Downloads one blob to `target` through a temporary file beside it, hashing as it goes.
+    /// Downloads one blob to `target`, checked against `file`.
     async fn download(&self, file: &OutputFile, target: &Path) -> Result<u64, FetchError> {
-        let blob = self.blob_path(&file.blake3);
-        let parent = target.parent().unwrap_or(Path::new("."));
-        tokio::fs::create_dir_all(parent).await.map_err(|error| {
-            FetchError::Failed(format!("creating {}: {error}", parent.display()))
-        })?;
-        let temporary = parent.join(format!(
-            ".{}.download-{}",
-            target
-                .file_name()
-                .map(|name| name.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        let result = self.download_to(file, &blob, &temporary).await;
-        match result {
-            Ok(()) => tokio::fs::rename(&temporary, target)
-                .await
-                .map(|()| file.size)
-                .map_err(|error| {
-                    FetchError::Failed(format!("moving into {}: {error}", target.display()))
-                }),
-            Err(error) => {
-                let _ = tokio::fs::remove_file(&temporary).await;
-                Err(error)
-            }
-        }
-    }
-
-    async fn download_to(
-        &self,
-        file: &OutputFile,
-        blob: &ObjectPath,
-        temporary: &Path,
-    ) -> Result<(), FetchError> {
-        let failed = |error: &dyn std::fmt::Display| {
-            FetchError::Failed(format!("downloading {}: {error}", file.path))
-        };
-        let mut stream = match self.store.get(blob).await {
-            Ok(result) => result.into_stream(),
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(FetchError::Damaged {
-                    path: file.path.clone(),
-                    why: "missing".into(),
-                    blob: blob.clone(),
-                });
-            }
-            Err(error) => return Err(failed(&classify(&self.url, &error))),
-        };
-        let mut out = tokio::fs::File::create(temporary)
-            .await
-            .map_err(|error| failed(&format!("{}: {error}", temporary.display())))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|error| failed(&classify(&self.url, &error)))?
-        {
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.write_all(&chunk)
-                .await
-                .map_err(|error| failed(&error))?;
-        }
-        out.sync_all().await.map_err(|error| failed(&error))?;
-        let digest = hasher.finalize().to_hex().to_string();
-        if size != file.size || digest != file.blake3 {
-            return Err(FetchError::Damaged {
-                path: file.path.clone(),
-                why: if size != file.size {
-                    format!("{size} bytes, the manifest says {}", file.size)
-                } else {
-                    format!(
-                        "blake3 {}, the manifest says {}",
-                        &digest[..12],
-                        &file.blake3[..12]
-                    )
-                },
-                blob: blob.clone(),
-            });
-        }
-        Ok(())
+        fetch_verified(
+            &self.store,
+            REMOTE_CACHE,
+            &self.url,
+            &self.blob_path(&file.blake3),
+            file,
+            target,
+        )
+        .await
     }
 
     /// Stores `manifest`'s entry: the blobs it lacks first (files from `entry_dir`, attachments
@@ -443,9 +379,104 @@ impl Remote {
     }
 }
 
+/// Downloads the object at `blob` to `target` through a temporary file beside it, hashing as it
+/// goes: it is moved into place only when its size and blake3 are `file`'s.
+pub(crate) async fn fetch_verified(
+    store: &Arc<dyn ObjectStore>,
+    place: &'static str,
+    url: &str,
+    blob: &ObjectPath,
+    file: &OutputFile,
+    target: &Path,
+) -> Result<u64, FetchError> {
+    let parent = target.parent().unwrap_or(Path::new("."));
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|error| FetchError::Failed(format!("creating {}: {error}", parent.display())))?;
+    let temporary = parent.join(format!(
+        ".{}.download-{}",
+        target
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = download_to(store, place, url, file, blob, &temporary).await;
+    match result {
+        Ok(()) => tokio::fs::rename(&temporary, target)
+            .await
+            .map(|()| file.size)
+            .map_err(|error| {
+                FetchError::Failed(format!("moving into {}: {error}", target.display()))
+            }),
+        Err(error) => {
+            let _ = tokio::fs::remove_file(&temporary).await;
+            Err(error)
+        }
+    }
+}
+
+async fn download_to(
+    store: &Arc<dyn ObjectStore>,
+    place: &'static str,
+    url: &str,
+    file: &OutputFile,
+    blob: &ObjectPath,
+    temporary: &Path,
+) -> Result<(), FetchError> {
+    let failed = |error: &dyn std::fmt::Display| {
+        FetchError::Failed(format!("downloading {}: {error}", file.path))
+    };
+    let mut stream = match store.get(blob).await {
+        Ok(result) => result.into_stream(),
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(FetchError::Damaged {
+                path: file.path.clone(),
+                why: "missing".into(),
+                blob: blob.clone(),
+            });
+        }
+        Err(error) => return Err(failed(&classify(place, url, &error))),
+    };
+    let mut out = tokio::fs::File::create(temporary)
+        .await
+        .map_err(|error| failed(&format!("{}: {error}", temporary.display())))?;
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream
+        .try_next()
+        .await
+        .map_err(|error| failed(&classify(place, url, &error)))?
+    {
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        out.write_all(&chunk)
+            .await
+            .map_err(|error| failed(&error))?;
+    }
+    out.sync_all().await.map_err(|error| failed(&error))?;
+    let digest = hasher.finalize().to_hex().to_string();
+    if size != file.size || digest != file.blake3 {
+        return Err(FetchError::Damaged {
+            path: file.path.clone(),
+            why: if size != file.size {
+                format!("{size} bytes, the manifest says {}", file.size)
+            } else {
+                format!(
+                    "blake3 {}, the manifest says {}",
+                    &digest[..12],
+                    &file.blake3[..12]
+                )
+            },
+            blob: blob.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Transfers each of `items` with `transfer`, [`CONCURRENT_TRANSFERS`] at a time. The items are
 /// owned: a stream of borrowed ones is not `Send` in a spawned task (rust#102211).
-async fn concurrently<T, R, F: Future<Output = R>>(
+pub(crate) async fn concurrently<T, R, F: Future<Output = R>>(
     items: Vec<T>,
     transfer: impl FnMut(T) -> F,
 ) -> Vec<R> {
@@ -456,7 +487,7 @@ async fn concurrently<T, R, F: Future<Output = R>>(
         .await
 }
 
-enum FetchError {
+pub(crate) enum FetchError {
     /// The blob is missing or its bytes do not match the manifest.
     Damaged {
         path: String,
@@ -473,7 +504,7 @@ enum UploadError {
 
 /// Sorts an object-store error into refused credentials or an unreachable remote. The message
 /// keeps the server's error code (or the innermost cause), never the reply's body.
-fn classify(url: &str, error: &object_store::Error) -> RemoteError {
+pub(crate) fn classify(place: &'static str, url: &str, error: &object_store::Error) -> RemoteError {
     let text = error.to_string();
     let code = between(&text, "<Code>", "</Code>");
     // Listing maps no status to a variant: a refusal is then known by its status or code.
@@ -488,6 +519,7 @@ fn classify(url: &str, error: &object_store::Error) -> RemoteError {
         && std::env::var_os("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_none();
     if unset && (refused || text.to_lowercase().contains("credential")) {
         return RemoteError::Credentials {
+            place,
             url: url.to_owned(),
             code: code.unwrap_or("no credentials").to_owned(),
             advice: "AWS_ACCESS_KEY_ID is not set: set it and AWS_SECRET_ACCESS_KEY (or run where an instance role provides credentials)",
@@ -512,6 +544,7 @@ fn classify(url: &str, error: &object_store::Error) -> RemoteError {
             _ => "the key AWS_ACCESS_KEY_ID names may not read and write this bucket and prefix",
         };
         return RemoteError::Credentials {
+            place,
             url: url.to_owned(),
             code: code.to_owned(),
             advice,
@@ -532,6 +565,7 @@ fn classify(url: &str, error: &object_store::Error) -> RemoteError {
         }
     };
     RemoteError::Unreachable {
+        place,
         url: url.to_owned(),
         reason,
     }
@@ -555,7 +589,7 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::fingerprint::{Fingerprint, FingerprintKey, KEY_FORMAT};
 
@@ -583,7 +617,8 @@ mod tests {
         }
     }
 
-    fn file(dir: &Path, path: &str, content: &str) -> OutputFile {
+    /// Writes `content` at `dir/path` and describes it as an output file.
+    pub(crate) fn file(dir: &Path, path: &str, content: &str) -> OutputFile {
         let full = dir.join(path);
         fs_err::create_dir_all(full.parent().unwrap()).unwrap();
         fs_err::write(&full, content).unwrap();
@@ -704,7 +739,7 @@ mod tests {
             path: "x".into(),
             source: "403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code><StringToSign>secret-ish</StringToSign></Error>".into(),
         };
-        let message = classify("s3://b/p", &error).to_string();
+        let message = classify(REMOTE_CACHE, "s3://b/p", &error).to_string();
         assert!(message.contains("SignatureDoesNotMatch"), "{message}");
         assert!(message.contains("AWS_SECRET_ACCESS_KEY"), "{message}");
         assert!(!message.contains("secret-ish"), "{message}");

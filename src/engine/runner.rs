@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::cache::{Cache, Manifest};
 use crate::engine::dag::Selection;
+use crate::engine::datastore::DataStore;
 use crate::engine::error::Error;
 use crate::engine::executor::{ExecuteOptions, RunOutcome, execute};
 use crate::engine::exit_code;
@@ -31,10 +32,36 @@ use crate::util::time::{human, now_ms, rfc3339};
 pub struct Paths {
     pub project_root: PathBuf,
     pub run_root: PathBuf,
+    /// The data directory stages see: the local one, or the local mirror of `data_store`.
     pub data_dir: PathBuf,
+    /// `--data-dir s3://bucket/prefix` (or `file:///dir`): the data directory on an object store.
+    pub data_store: Option<String>,
 }
 
 impl Paths {
+    /// Paths for `--data-dir DATA_DIR`: a directory (relative to the project root), or an object
+    /// store URL, mirrored under the run root (one mirror per URL).
+    pub fn new(project_root: PathBuf, run_root: PathBuf, data_dir: &str) -> Self {
+        let run_root = project_root.join(run_root);
+        if data_dir.contains("://") {
+            let url = data_dir.trim_end_matches('/');
+            let name = blake3::hash(url.as_bytes()).to_hex()[..16].to_owned();
+            Self {
+                data_dir: run_root.join("data-mirror").join(name),
+                data_store: Some(url.to_owned()),
+                run_root,
+                project_root,
+            }
+        } else {
+            Self {
+                data_dir: project_root.join(data_dir),
+                data_store: None,
+                run_root,
+                project_root,
+            }
+        }
+    }
+
     pub fn digest_memo(&self) -> PathBuf {
         self.run_root.join("cache").join("file-digests.json")
     }
@@ -225,6 +252,13 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     pipeline.check_shapes().await?;
     let selection = resolve_selection(&pipeline, &request.selection)?;
     let remote = open_remote(&pipeline, request.no_remote)?;
+    let data_store = match &request.paths.data_store {
+        Some(url) => Some(Arc::new(
+            DataStore::open(url, request.paths.data_dir.clone())
+                .map_err(|error| Error::Usage(format!("--data-dir: {error}")))?,
+        )),
+        None => None,
+    };
     if request.validate_only {
         // Ask the remote first: an unreachable one is given up before the plan looks in it.
         let reachable = match &remote {
@@ -309,6 +343,7 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
         run_id: run_id.clone(),
         jobs: request.jobs,
         data_dir: request.paths.data_dir.clone(),
+        data_store: data_store.clone(),
         logs_dir: run_dir(&request.paths.run_root, &run_id).join("logs"),
     };
     let pipeline = Arc::new(pipeline);

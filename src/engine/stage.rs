@@ -232,6 +232,12 @@ pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     fn attachments(&self, _output_dir: &Path) -> Result<Vec<OutputFile>, String> {
         Ok(Vec::new())
     }
+    /// Prefixes of the data directory (`/`-separated) the stage reads beyond what its inputs
+    /// name, such as the partitions a collection extends: with the data directory on an object
+    /// store, everything under them is brought into the local mirror before the stage runs.
+    fn data_prefixes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// The tables the output will hold, given the inputs' shapes (by input stage id). Called
     /// before anything runs, so `--validate-only` can plan SQL without data; an error is a
     /// located problem (a SQL file's line and column).

@@ -154,6 +154,7 @@ impl Bench {
             run_id: run_id.clone(),
             jobs,
             data_dir: self.dir.path().join("data"),
+            data_store: None,
             logs_dir: self.dir.path().join("runs").join(&run_id).join("logs"),
         };
         fs_err::create_dir_all(&options.logs_dir).expect("logs dir");

@@ -302,6 +302,15 @@ impl PreparedStage for Prepared {
         crate::kinds::lake_attachments(output_dir)
     }
 
+    /// The source's partitions of every dataset it collects: they are extended, not rewritten.
+    fn data_prefixes(&self) -> Vec<String> {
+        self.params
+            .datasets
+            .iter()
+            .map(|dataset| format!("lake/{}/source={}/", dataset.table(), self.source.name))
+            .collect()
+    }
+
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.collect(context))
     }

@@ -20,14 +20,24 @@ const BUCKET: &str = "asterflow-remote";
 
 /// `project`'s `asterflow` with the remote cache at `s3://BUCKET/team` on `endpoint`.
 fn remote_run(project: &Project, moto: &Moto, endpoint: &str, args: &[&str]) -> Run {
+    let mut command = s3_command(project, moto, endpoint, args);
+    command.env("ASTERFLOW_REMOTE_CACHE", format!("s3://{BUCKET}/team"));
+    Run::from(command.output().unwrap())
+}
+
+/// `project`'s `asterflow` with the S3 credentials of `moto` on `endpoint`.
+fn s3_command(
+    project: &Project,
+    moto: &Moto,
+    endpoint: &str,
+    args: &[&str],
+) -> std::process::Command {
     let mut command = project.command(args);
     for (name, value) in moto.environment() {
         command.env(name, value);
     }
+    command.env("AWS_ENDPOINT_URL", endpoint);
     command
-        .env("AWS_ENDPOINT_URL", endpoint)
-        .env("ASTERFLOW_REMOTE_CACHE", format!("s3://{BUCKET}/team"));
-    Run::from(command.output().unwrap())
 }
 
 /// Every object under `prefix` in the bucket, with its size.
@@ -514,5 +524,96 @@ fn two_runs_storing_the_same_entries_at_once_leave_one_intact_entry_each() {
             .unwrap()
             .len(),
         12_000_000
+    );
+}
+
+/// The closing figures of a run: validation, model and backtest lines.
+fn figures(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .filter(|line| {
+            ["validation:", "model:", "backtest:"]
+                .iter()
+                .any(|start| line.starts_with(start))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_demo_on_an_s3_data_directory_gives_the_figures_of_a_local_one() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket(BUCKET);
+    let store = moto.store(BUCKET);
+    let local = shipped_project();
+    let on_disk = local.run(&["run", "pipelines/demo.yaml"]);
+    assert_eq!(on_disk.code, 0, "{}", on_disk.stderr);
+    assert_eq!(figures(&on_disk).len(), 3, "{}", on_disk.stdout);
+
+    let data_dir = format!("s3://{BUCKET}/research");
+    let stored = shipped_project();
+    let run = Run::from(
+        s3_command(
+            &stored,
+            &moto,
+            &moto.endpoint,
+            &["run", "pipelines/demo.yaml", "--data-dir", &data_dir],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        figures(&run),
+        figures(&on_disk),
+        "the same figures on an S3 data directory"
+    );
+    assert!(
+        !stored.path().join("data/lake").exists(),
+        "no lake on the local disk"
+    );
+    // Every part the collection listed is in the bucket, create-only, once.
+    let parts = objects(&store, "research/lake");
+    let collected = output_files(&local.path().join("data/lake"))
+        .into_iter()
+        .filter(|(path, _)| path.extension().is_some_and(|ext| ext == "parquet"))
+        .count();
+    assert_eq!(parts.len(), collected, "{parts:?}");
+    assert_no_secret(&run, stored.path());
+
+    // A third checkout on the same bucket reads what is stored: its collection adds nothing
+    // and lists the same parts.
+    let third = shipped_project();
+    let listing = |project: &Project, run: &Run| {
+        std::fs::read(run.output_of(project, "collect").join("lake.json")).unwrap()
+    };
+    let collect = |project: &Project| {
+        Run::from(
+            s3_command(
+                project,
+                &moto,
+                &moto.endpoint,
+                &[
+                    "run",
+                    "pipelines/demo.yaml",
+                    "--data-dir",
+                    &data_dir,
+                    "--stop-at",
+                    "collect",
+                    "--json",
+                ],
+            )
+            .output()
+            .unwrap(),
+        )
+    };
+    let (first, again) = (collect(&stored), collect(&third));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.status_of("collect"), "ran");
+    assert_eq!(listing(&third, &again), listing(&stored, &first));
+    assert_eq!(
+        objects(&store, "research/lake").len(),
+        parts.len(),
+        "nothing new stored"
     );
 }
