@@ -317,8 +317,8 @@ impl PreparedStage for Prepared {
 }
 
 /// The dump's kline files, grouped by symbol and interval.
-async fn dump_feed(url: &str) -> Result<Feed<'static>, StageError> {
-    let (store, objects) = crate::market::exchange::dump::list_kline_objects(url)
+async fn dump_feed(url: &str, endpoint: Option<&str>) -> Result<Feed<'static>, StageError> {
+    let (store, objects) = crate::market::exchange::dump::list_kline_objects(url, endpoint)
         .await
         .map_err(StageError::failed)?;
     let mut files: BTreeMap<DumpKey, Vec<object_store::path::Path>> = BTreeMap::new();
@@ -429,8 +429,12 @@ impl Prepared {
                     client.limiter.server_now_ms(),
                 )
             }
-            SourceKind::Dump { url, display } => (
-                dump_feed(url).await?,
+            SourceKind::Dump {
+                url,
+                display,
+                endpoint,
+            } => (
+                dump_feed(url, endpoint.as_deref()).await?,
                 display.clone(),
                 "binance-dump".to_owned(),
                 crate::util::time::now_ms(),

@@ -181,13 +181,18 @@ fn a_dump_source_reads_an_s3_bucket_and_keeps_the_secret_out_of_everything() {
     project.write(
         "pipelines/x.yaml",
         &format!(
-            "name: x\nsources:\n  bucket:\n    api: binance-dump\n    url: s3://{BUCKET}/dumps/\nstages:\n  collect:\n    kind: collect\n    with: {{source: bucket, intervals: [1h], start: 2025-01-01}}\n"
+            "name: x\nsources:\n  bucket:\n    api: binance-dump\n    url: s3://{BUCKET}/dumps/\n    endpoint: {}\nstages:\n  collect:\n    kind: collect\n    with: {{source: bucket, intervals: [1h], start: 2025-01-01}}\n",
+            moto.endpoint
         ),
     );
     let mut command = project.command(&["run", "pipelines/x.yaml", "--json", "--verbose"]);
+    // The server is the source's own `endpoint:`, not AWS_ENDPOINT_URL.
     for (name, value) in moto.environment() {
-        command.env(name, value);
+        if name != "AWS_ENDPOINT_URL" {
+            command.env(name, value);
+        }
     }
+    command.env_remove("AWS_ENDPOINT_URL");
     let run = crate::common::Run::from(command.output().unwrap());
     assert_eq!(run.code, 0, "{}", run.stderr);
     let rows = crate::common::lake_bars(&project, "klines", "bucket", "1h", "BTCUSDT");

@@ -116,6 +116,7 @@ pub struct KlineObject {
 /// sorted by location.
 pub async fn list_kline_objects(
     url: &str,
+    endpoint: Option<&str>,
 ) -> Result<
     (
         std::sync::Arc<dyn object_store::ObjectStore>,
@@ -124,7 +125,7 @@ pub async fn list_kline_objects(
     String,
 > {
     use futures::TryStreamExt;
-    let (store, prefix) = crate::util::store::open(url)?;
+    let (store, prefix) = crate::util::store::open_with(url, endpoint)?;
     let listed: Vec<object_store::ObjectMeta> = store
         .list(Some(&prefix))
         .try_collect()

@@ -50,6 +50,9 @@ struct SourceSpec {
     path: Option<String>,
     #[serde(default)]
     url: Option<String>,
+    /// An S3-compatible server for an `s3://` url, in place of `AWS_ENDPOINT_URL`.
+    #[serde(default)]
+    endpoint: Option<String>,
     #[serde(default)]
     symbol_pattern: Option<String>,
     #[serde(default)]
@@ -94,7 +97,12 @@ pub enum SourceKind {
     },
     /// Binance public-dump kline files in an object store: `url` is an object-store URL
     /// (`file:///...` for a local directory, which is what `path:` becomes).
-    Dump { url: String, display: String },
+    Dump {
+        url: String,
+        display: String,
+        /// The S3-compatible server, when the source names one.
+        endpoint: Option<String>,
+    },
 }
 
 impl Source {
@@ -191,7 +199,11 @@ pub fn check_source(
     })?;
     let kind = match spec.api {
         Api::BinanceFutures => {
-            for (field, present) in [("path", spec.path.is_some()), ("url", spec.url.is_some())] {
+            for (field, present) in [
+                ("path", spec.path.is_some()),
+                ("url", spec.url.is_some()),
+                ("endpoint", spec.endpoint.is_some()),
+            ] {
                 if present {
                     return Err(problem(
                         root.clone().key(field),
@@ -322,7 +334,16 @@ pub fn check_source(
                             "it reads file:// and s3:// object-store URLs; use path: for a local directory",
                         ));
                     }
-                    crate::util::store::open(&url)
+                    if let Some(endpoint) = &spec.endpoint
+                        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                    {
+                        return Err(problem(
+                            root.clone().key("endpoint"),
+                            format!("endpoint `{endpoint}` is not an http:// or https:// URL"),
+                            "for example http://127.0.0.1:9000 (MinIO)",
+                        ));
+                    }
+                    crate::util::store::open_with(&url, spec.endpoint.as_deref())
                         .map_err(|error| problem(root.clone().key("url"), error, ""))?;
                     (url.clone(), url)
                 }
@@ -336,7 +357,11 @@ pub fn check_source(
                     });
                 }
             };
-            SourceKind::Dump { url, display }
+            SourceKind::Dump {
+                url,
+                display,
+                endpoint: spec.endpoint,
+            }
         }
     };
     Ok(Source {
