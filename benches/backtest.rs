@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use asterflow::backtest::outcomes::{MonteCarlo, bar_returns, bootstrap};
 use asterflow::backtest::{
-    Instrument, LONG, Market, Rules, SHORT, Signals, buy_and_hold, simulate,
+    CorrelationCap, Instrument, LONG, Market, Portfolio, Rules, SHORT, Signals, Sizing,
+    buy_and_hold, simulate,
 };
 use asterflow::util::rng::Rng;
 
@@ -90,6 +91,7 @@ fn main() {
         target: Some(0.02),
         horizon: Some(4),
         reverse: true,
+        portfolio: Portfolio::default(),
     };
     eprintln!(
         "{SYMBOLS} symbols x {BARS} bars generated in {:.1} s",
@@ -133,6 +135,64 @@ fn main() {
         TARGET / 1e6,
         if rate >= TARGET { "met" } else { "MISSED" }
     );
+
+    // Every portfolio rule on (issue 24): the daily loss limit, the correlation cap over a
+    // week of bars, and each of the two sizings that read more than the signal.
+    for (name, sizing) in [
+        (
+            "volatility",
+            Sizing::Volatility {
+                target: 0.5,
+                window: 168,
+            },
+        ),
+        ("kelly", Sizing::Kelly { fraction: 0.25 }),
+    ] {
+        let ruled = Rules {
+            portfolio: Portfolio {
+                daily_loss_limit: Some(0.05),
+                correlation: Some(CorrelationCap {
+                    window: 168,
+                    max: 0.8,
+                    max_correlated: 2,
+                }),
+                sizing,
+            },
+            ..rules
+        };
+        let mut seconds = Vec::with_capacity(5);
+        let mut outcome = None;
+        for _ in 0..5 {
+            let clock = Instant::now();
+            outcome = Some(simulate(
+                &market,
+                &signals,
+                &instruments,
+                Some(&funding),
+                &ruled,
+            ));
+            seconds.push(clock.elapsed().as_secs_f64());
+        }
+        seconds.sort_by(f64::total_cmp);
+        let outcome = outcome.unwrap();
+        let skipped = outcome.skipped;
+        println!(
+            "every rule on, {name} sizing: median {:.1} ms ({:.1}M bar-steps/s), {} trades; skipped: daily loss limit {}, correlation cap {}, no size {}, capacity {}; target at least {:.0}M bar-steps/s: {}",
+            seconds[2] * 1e3,
+            steps / seconds[2] / 1e6,
+            outcome.trades.len(),
+            skipped.daily_loss_limit,
+            skipped.correlation,
+            skipped.sizing,
+            skipped.capacity,
+            TARGET / 1e6,
+            if steps / seconds[2] >= TARGET {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
 
     let returns = bar_returns(&simulation.equity, rules.capital);
     let settings = MonteCarlo::default();

@@ -15,7 +15,16 @@
 //!    maker fee). A bar that opens beyond either fills at the open. A bar that touches both takes
 //!    the stop: the order of highs and lows inside a bar is unknown, so assume the adverse one.
 //! 4. At the close: mark to market, then decide: horizon exits (held `horizon` bars), reversals,
-//!    and entries from this bar's signals, strongest first, up to `max_positions`.
+//!    and entries from this bar's signals, strongest first, up to `max_positions`, through the
+//!    portfolio rules (each off by default), in this order: the daily loss limit (no new entries
+//!    for the rest of the UTC day once equity at a close is that far below the day's opening
+//!    equity, the equity at its first close), the correlation cap (an entry is skipped when
+//!    `max_correlated` open or ordered positions already have a trailing return correlation with
+//!    it above `max`), and the sizing (`risk`: the stop loses `risk_per_trade` of equity;
+//!    `volatility`: the notional that gives the position a target annualised volatility from the
+//!    symbol's trailing realised volatility; `kelly`: a fraction of the Kelly bet the class
+//!    probabilities and the stop and target distances imply). Everything a rule reads is known
+//!    at the signal bar's close; every size is capped at the equity.
 //!
 //! A signal on the grid's last bar has no next open and never trades; positions still open there
 //! are closed at the last close (a market order) with reason `end`. A symbol without a bar at an
@@ -47,7 +56,45 @@ pub struct Rules {
     pub horizon: Option<usize>,
     /// Leave at the next open when the signal turns to the other side.
     pub reverse: bool,
+    /// The portfolio rules; none by default.
+    pub portfolio: Portfolio,
 }
+
+/// Portfolio rules, each off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Portfolio {
+    /// No new entries for the rest of the UTC day once equity is this fraction below the day's
+    /// opening equity.
+    pub daily_loss_limit: Option<f64>,
+    pub correlation: Option<CorrelationCap>,
+    pub sizing: Sizing,
+}
+
+/// At most `max_correlated` positions whose trailing correlation over `window` bars exceeds
+/// `max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CorrelationCap {
+    pub window: usize,
+    pub max: f64,
+    pub max_correlated: usize,
+}
+
+/// How an entry is sized.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Sizing {
+    /// The stop loses `risk_per_trade` of equity.
+    #[default]
+    Risk,
+    /// The position's annualised volatility is `target`, from the sample standard deviation of
+    /// the symbol's last `window` bar returns.
+    Volatility { target: f64, window: usize },
+    /// `fraction` of the Kelly bet: with p and q the probabilities of the signal's move and of
+    /// the opposite one, T and S the target and stop distances, the share of equity
+    /// (p T - q S) / (T S (p + q)), which maximises p ln(1 + f T) + q ln(1 - f S).
+    Kelly { fraction: f64 },
+}
+
+const DAY_MS: i64 = 86_400_000;
 
 /// Why a position closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -102,6 +149,15 @@ pub struct Skipped {
     pub no_bar: u64,
     /// A signal on the last bar: there is no next open to fill at.
     pub last_bar: u64,
+    /// A signal after the day's loss reached `daily_loss_limit`.
+    #[serde(default)]
+    pub daily_loss_limit: u64,
+    /// A signal `max_correlated` positions were already correlated with.
+    #[serde(default)]
+    pub correlation: u64,
+    /// A signal the sizing gave no size: no trailing volatility yet, or no Kelly edge.
+    #[serde(default)]
+    pub sizing: u64,
 }
 
 /// Everything the simulation produced.
@@ -144,6 +200,8 @@ pub struct Instrument {
 pub struct Signals {
     pub side: Vec<i8>,
     pub score: Vec<f32>,
+    /// The probability of the opposite move (for a long, the down class's), for Kelly sizing.
+    pub against: Vec<f32>,
 }
 
 impl Signals {
@@ -151,6 +209,7 @@ impl Signals {
         Self {
             side: vec![FLAT; cells],
             score: vec![0.0; cells],
+            against: vec![0.0; cells],
         }
     }
 }
@@ -243,11 +302,18 @@ struct Desk<'a> {
     simulation: Simulation,
     book: Vec<Position>,
     held: Vec<bool>,
-    /// Entries decided at a close, to fill at the next open: (symbol, side).
-    orders: Vec<(u32, i8)>,
+    /// Entries decided at a close, to fill at the next open: (symbol, side, the notional as a
+    /// share of equity, NaN for risk sizing).
+    orders: Vec<(u32, i8, f64)>,
     candidates: Vec<(f32, u32)>,
     cash: f64,
     equity: f64,
+    /// Close-to-close returns per cell (NaN without both closes), when a rule reads them.
+    returns: Vec<f64>,
+    /// The UTC day of the last close, its opening equity, and whether entries stopped for it.
+    day: i64,
+    day_open: f64,
+    halted: bool,
 }
 
 impl<'a> Desk<'a> {
@@ -282,6 +348,83 @@ impl<'a> Desk<'a> {
             candidates: Vec::with_capacity(symbols),
             cash: rules.capital,
             equity: rules.capital,
+            returns: if rules.portfolio.correlation.is_some()
+                || matches!(rules.portfolio.sizing, Sizing::Volatility { .. })
+            {
+                bar_returns(market)
+            } else {
+                Vec::new()
+            },
+            day: market
+                .times
+                .first()
+                .map_or(0, |time| time.div_euclid(DAY_MS)),
+            day_open: rules.capital,
+            halted: false,
+        }
+    }
+
+    /// Pearson correlation of two symbols' returns over the `window` bars to `bar`, over the
+    /// bars where both have one; `None` with fewer than three such bars or no variation.
+    fn correlation(&self, a: usize, b: usize, bar: usize, window: usize) -> Option<f64> {
+        let (mut n, mut sa, mut sb, mut saa, mut sbb, mut sab) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        for k in (bar + 1).saturating_sub(window)..=bar {
+            let (ra, rb) = (
+                self.returns[k * self.symbols + a],
+                self.returns[k * self.symbols + b],
+            );
+            if ra.is_finite() && rb.is_finite() {
+                n += 1.0;
+                sa += ra;
+                sb += rb;
+                saa += ra * ra;
+                sbb += rb * rb;
+                sab += ra * rb;
+            }
+        }
+        if n < 3.0 {
+            return None;
+        }
+        let covariance = sab - sa * sb / n;
+        let (va, vb) = (saa - sa * sa / n, sbb - sb * sb / n);
+        (va > 0.0 && vb > 0.0).then(|| covariance / (va * vb).sqrt())
+    }
+
+    /// The sample standard deviation of a symbol's returns over the `window` bars to `bar`;
+    /// `None` with fewer than two.
+    fn volatility(&self, symbol: usize, bar: usize, window: usize) -> Option<f64> {
+        let (mut n, mut sum, mut squares) = (0.0, 0.0, 0.0);
+        for k in (bar + 1).saturating_sub(window)..=bar {
+            let r = self.returns[k * self.symbols + symbol];
+            if r.is_finite() {
+                n += 1.0;
+                sum += r;
+                squares += r * r;
+            }
+        }
+        (n >= 2.0).then(|| ((squares - sum * sum / n) / (n - 1.0)).max(0.0).sqrt())
+    }
+
+    /// The notional of an entry as a share of equity under the sizing (NaN: risk sizing), or
+    /// `None` when the sizing gives it none.
+    fn size_share(&self, cell: usize, symbol: usize, bar: usize) -> Option<f64> {
+        let rules = self.rules;
+        match rules.portfolio.sizing {
+            Sizing::Risk => Some(f64::NAN),
+            Sizing::Volatility { target, window } => {
+                let periods = super::metrics::periods_per_year(self.market.bar_ms);
+                let annualised = self.volatility(symbol, bar, window)? * periods.sqrt();
+                (annualised > 0.0).then(|| target / annualised)
+            }
+            Sizing::Kelly { fraction } => {
+                let (p, q) = (
+                    f64::from(self.signals.score[cell]),
+                    f64::from(self.signals.against[cell]),
+                );
+                let (t, s) = (rules.target?, rules.stop);
+                let kelly = (p * t - q * s) / (t * s * (p + q));
+                (kelly.is_finite() && kelly > 0.0).then_some(fraction * kelly)
+            }
         }
     }
 
@@ -312,7 +455,7 @@ impl<'a> Desk<'a> {
     /// The orders decided at the last close fill at this open, sized by risk and capped.
     fn fill_entries(&mut self, bar: usize, row: usize) {
         let rules = self.rules;
-        for &(symbol, side) in &self.orders {
+        for &(symbol, side, share) in &self.orders {
             let open = self.market.open[row + symbol as usize];
             if open.is_nan() {
                 self.simulation.skipped.no_bar += 1;
@@ -325,9 +468,13 @@ impl<'a> Desk<'a> {
             }
             let price = open * (1.0 + f64::from(side) * rules.slippage);
             let instrument = self.instruments[symbol as usize];
-            let risk_units = rules.risk_per_trade * self.equity / (price * rules.stop);
+            let wanted = if share.is_nan() {
+                rules.risk_per_trade * self.equity / (price * rules.stop)
+            } else {
+                share * self.equity / price
+            };
             // No single position is larger than the account.
-            let units = round_to_step(risk_units.min(self.equity / price), instrument.step_size);
+            let units = round_to_step(wanted.min(self.equity / price), instrument.step_size);
             let notional = units * price;
             if units <= 0.0 || notional < instrument.min_notional {
                 self.simulation.skipped.too_small += 1;
@@ -508,15 +655,68 @@ impl<'a> Desk<'a> {
         self.candidates
             .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let free = self.capacity.saturating_sub(self.book.len() - leaving);
-        for (taken, &(_, symbol)) in self.candidates.iter().enumerate() {
-            if taken < free {
-                self.orders
-                    .push((symbol, signals.side[row + symbol as usize]));
-            } else {
-                self.simulation.skipped.capacity += 1;
+        let portfolio = rules.portfolio;
+        if let Some(limit) = portfolio.daily_loss_limit {
+            // A close at 00:00 opens its day: the equity there is the day's opening equity.
+            let day = (self.market.times[bar] + self.market.bar_ms).div_euclid(DAY_MS);
+            if day != self.day {
+                (self.day, self.day_open, self.halted) = (day, self.equity, false);
             }
+            self.halted |= self.equity <= self.day_open * (1.0 - limit);
         }
+        let candidates = std::mem::take(&mut self.candidates);
+        for &(_, symbol) in &candidates {
+            let (symbol, cell) = (symbol as usize, row + symbol as usize);
+            if self.halted {
+                self.simulation.skipped.daily_loss_limit += 1;
+                continue;
+            }
+            if self.orders.len() >= free {
+                self.simulation.skipped.capacity += 1;
+                continue;
+            }
+            if let Some(cap) = portfolio.correlation {
+                let correlated = self
+                    .book
+                    .iter()
+                    .filter(|position| position.leaving.is_none())
+                    .map(|position| position.symbol as usize)
+                    .chain(self.orders.iter().map(|order| order.0 as usize))
+                    .filter(|&other| {
+                        other != symbol
+                            && self
+                                .correlation(symbol, other, bar, cap.window)
+                                .is_some_and(|rho| rho > cap.max)
+                    })
+                    .count();
+                if correlated >= cap.max_correlated {
+                    self.simulation.skipped.correlation += 1;
+                    continue;
+                }
+            }
+            let Some(share) = self.size_share(cell, symbol, bar) else {
+                self.simulation.skipped.sizing += 1;
+                continue;
+            };
+            self.orders.push((symbol as u32, signals.side[cell], share));
+        }
+        self.candidates = candidates;
     }
+}
+
+/// Close-to-close returns of every cell, NaN where either close is missing.
+fn bar_returns(market: &Market) -> Vec<f64> {
+    let symbols = market.symbols.len();
+    let mut returns = vec![f64::NAN; symbols.min(market.close.len())];
+    returns.extend(
+        market
+            .close
+            .iter()
+            .skip(symbols)
+            .zip(&market.close)
+            .map(|(now, before)| now / before - 1.0),
+    );
+    returns
 }
 
 /// Closes `position` at `price` (slippage already applied), records the trade and returns the
@@ -638,6 +838,7 @@ mod tests {
             target: None,
             horizon: Some(2),
             reverse: false,
+            portfolio: Portfolio::default(),
         }
     }
 
@@ -1037,5 +1238,217 @@ mod tests {
             },
         );
         assert!(costly[1] < curve[1]);
+    }
+
+    /// Hourly bars from closes: open at the previous close, high and low 0.1% around.
+    fn from_closes(series: &[Vec<f64>]) -> Market {
+        let bars: Vec<Vec<(f64, f64, f64, f64)>> = series
+            .iter()
+            .map(|closes| {
+                closes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &c)| {
+                        let o = if k == 0 { c } else { closes[k - 1] };
+                        (o, o.max(c) * 1.001, o.min(c) * 0.999, c)
+                    })
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[(f64, f64, f64, f64)]> = bars.iter().map(Vec::as_slice).collect();
+        market(&slices)
+    }
+
+    fn plain() -> Rules {
+        Rules {
+            maker_fee: 0.0,
+            taker_fee: 0.0,
+            slippage: 0.0,
+            ..rules()
+        }
+    }
+
+    #[test]
+    fn the_daily_loss_limit_stops_entries_for_the_rest_of_the_day_and_resumes_the_next() {
+        // Symbol 0 is bought with the whole account at bar 1's open (100) and closes bar 1 at
+        // 90: equity 9,000, 10% below the day's 10,000.
+        let mut falling = vec![100.0, 90.0];
+        falling.extend(std::iter::repeat_n(90.0, 46));
+        let steady = vec![50.0; 48];
+        let market = from_closes(&[falling, steady]);
+        let rules = Rules {
+            risk_per_trade: 0.5,
+            stop: 0.5,
+            horizon: None,
+            portfolio: Portfolio {
+                daily_loss_limit: Some(0.05),
+                ..Portfolio::default()
+            },
+            ..plain()
+        };
+        // A signal for symbol 1 at bar 5 (day 0) is refused; one at bar 30 (day 1, whose
+        // opening equity is the 9,000 at 00:00) is taken.
+        let signals = signals(
+            &market,
+            &[(0, 0, LONG, 0.9), (5, 1, LONG, 0.9), (30, 1, LONG, 0.9)],
+        );
+        let result = simulate(&market, &signals, &[Instrument::default(); 2], None, &rules);
+        assert_eq!(result.skipped.daily_loss_limit, 1, "{:?}", result.skipped);
+        let entries: Vec<(u32, usize)> = result
+            .trades
+            .iter()
+            .map(|trade| (trade.symbol, trade.entry_bar))
+            .collect();
+        assert!(entries.contains(&(1, 31)), "{entries:?}");
+        assert!(!entries.contains(&(1, 6)), "{entries:?}");
+        // The losing position keeps its exit: it is held to the end, not closed by the limit.
+        let first = result.trades.iter().find(|t| t.symbol == 0).unwrap();
+        assert_eq!(first.exit_reason, ExitReason::End);
+        // Without the limit the day-0 signal trades.
+        let free = simulate(
+            &market,
+            &signals,
+            &[Instrument::default(); 2],
+            None,
+            &Rules {
+                portfolio: Portfolio::default(),
+                ..rules
+            },
+        );
+        assert!(
+            free.trades
+                .iter()
+                .any(|t| (t.symbol, t.entry_bar) == (1, 6))
+        );
+    }
+
+    /// Closes from returns: symbols 0 to 2 share one random walk, symbol 3 has its own.
+    fn correlated_market(bars: usize) -> Market {
+        let mut rng = crate::util::rng::Rng::new(3);
+        let (shared, own): (Vec<f64>, Vec<f64>) = (0..bars)
+            .map(|_| (0.01 * rng.normal(), 0.01 * rng.normal()))
+            .unzip();
+        let walk = |start: f64, returns: &[f64]| -> Vec<f64> {
+            let mut price = start;
+            returns
+                .iter()
+                .map(|r| {
+                    price *= 1.0 + r;
+                    price
+                })
+                .collect()
+        };
+        from_closes(&[
+            walk(100.0, &shared),
+            walk(50.0, &shared),
+            walk(20.0, &shared),
+            walk(10.0, &own),
+        ])
+    }
+
+    #[test]
+    fn the_correlation_cap_skips_the_third_correlated_entry_but_not_an_uncorrelated_one() {
+        let market = correlated_market(60);
+        let rules = Rules {
+            portfolio: Portfolio {
+                correlation: Some(CorrelationCap {
+                    window: 20,
+                    max: 0.8,
+                    max_correlated: 2,
+                }),
+                ..Portfolio::default()
+            },
+            ..plain()
+        };
+        // All four at bar 30, strongest first: 0, 1, 2, 3.
+        let signals = signals(
+            &market,
+            &[
+                (30, 0, LONG, 0.9),
+                (30, 1, LONG, 0.8),
+                (30, 2, LONG, 0.7),
+                (30, 3, LONG, 0.6),
+            ],
+        );
+        let result = simulate(&market, &signals, &[Instrument::default(); 4], None, &rules);
+        let mut taken: Vec<u32> = result.trades.iter().map(|trade| trade.symbol).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![0, 1, 3]);
+        assert_eq!(result.skipped.correlation, 1);
+    }
+
+    #[test]
+    fn volatility_sizing_targets_the_annualised_volatility_worked_by_hand() {
+        // Returns alternate +1% and -1%: over 20 of them the mean is 0 and the sample standard
+        // deviation 0.01 * sqrt(20 / 19); a year has 8760 hourly bars.
+        let mut closes = vec![100.0];
+        for k in 0..40 {
+            let last = *closes.last().unwrap();
+            closes.push(last * if k % 2 == 0 { 1.01 } else { 0.99 });
+        }
+        let market = from_closes(&[closes.clone()]);
+        let rules = Rules {
+            portfolio: Portfolio {
+                sizing: Sizing::Volatility {
+                    target: 0.5,
+                    window: 20,
+                },
+                ..Portfolio::default()
+            },
+            ..plain()
+        };
+        let signals = signals(&market, &[(30, 0, LONG, 0.9), (1, 0, LONG, 0.9)]);
+        let result = simulate(&market, &signals, &[Instrument::default()], None, &rules);
+        // The bar-1 signal has one return behind it: no volatility, no size.
+        assert_eq!(result.skipped.sizing, 1);
+        let trade = &result.trades[0];
+        let annualised = 0.01 * (20.0f64 / 19.0).sqrt() * 8760.0f64.sqrt();
+        let equity = result.equity[30];
+        assert!(
+            close(trade.units * trade.entry_price, 0.5 / annualised * equity),
+            "{} vs {}",
+            trade.units * trade.entry_price,
+            0.5 / annualised * equity
+        );
+        // Nothing after the signal bar counts: other prices from bar 31 on, the same size.
+        let mut changed = closes;
+        for close in changed.iter_mut().skip(32) {
+            *close *= 1.5;
+        }
+        let other = simulate(
+            &from_closes(&[changed]),
+            &signals,
+            &[Instrument::default()],
+            None,
+            &rules,
+        );
+        assert!(close(other.trades[0].units, trade.units));
+    }
+
+    #[test]
+    fn kelly_sizing_bets_a_fraction_of_the_kelly_share_and_skips_a_negative_edge() {
+        let market = from_closes(&[vec![100.0; 10], vec![100.0; 10]]);
+        let rules = Rules {
+            stop: 0.5,
+            target: Some(0.5),
+            horizon: Some(1),
+            portfolio: Portfolio {
+                sizing: Sizing::Kelly { fraction: 0.25 },
+                ..Portfolio::default()
+            },
+            ..plain()
+        };
+        let mut signals = signals(&market, &[(2, 0, LONG, 0.6), (2, 1, LONG, 0.3)]);
+        // Symbol 0: up 0.6, down 0.4; symbol 1: up 0.3, down 0.6.
+        signals.against[2 * 2] = 0.4;
+        signals.against[2 * 2 + 1] = 0.6;
+        let result = simulate(&market, &signals, &[Instrument::default(); 2], None, &rules);
+        // (0.6 * 0.5 - 0.4 * 0.5) / (0.5 * 0.5 * 1.0) = 0.4 of equity; a quarter: 0.1 (the
+        // probabilities are stored as f32: to seven digits).
+        assert_eq!(result.trades.len(), 1);
+        let notional = result.trades[0].units * 100.0;
+        assert!((notional - 0.1 * 10_000.0).abs() < 1e-3, "{notional}");
+        // (0.3 * 0.5 - 0.6 * 0.5) < 0: no edge, no bet.
+        assert_eq!(result.skipped.sizing, 1);
     }
 }

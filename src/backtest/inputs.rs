@@ -231,6 +231,7 @@ pub async fn load(
             let (side, score) = rule.decide(p_long, p_short);
             signals.side[cell] = side;
             signals.score[cell] = score as f32;
+            signals.against[cell] = if side == SHORT { p_long } else { p_short } as f32;
         }
     }
     Ok(Loaded {

@@ -14,8 +14,8 @@ pub mod metrics;
 pub mod outcomes;
 
 pub use engine::{
-    ExitReason, FLAT, Instrument, LONG, Rules, SHORT, Signals, Simulation, Skipped, Trade,
-    buy_and_hold, round_to_step, simulate,
+    CorrelationCap, ExitReason, FLAT, Instrument, LONG, Portfolio, Rules, SHORT, Signals,
+    Simulation, Sizing, Skipped, Trade, buy_and_hold, round_to_step, simulate,
 };
 pub use market::Market;
 pub use metrics::{

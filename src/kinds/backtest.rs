@@ -15,6 +15,11 @@
 //!     max_positions: 5
 //!     fees: {maker: 0.0005, taker: 0.00075}
 //!     slippage: 0.0002
+//!     daily_loss_limit: 0.05                                  # optional: portfolio rules,
+//!     correlation: {window: 168, max: 0.8, max_correlated: 2} # each off by default
+//!     sizing: risk                    # or volatility (target_volatility, volatility_window),
+//!                                     # or kelly (kelly_fraction)
+//!     monte_carlo: {paths: 2000, block: 24, seed: 1}          # default; null for none
 //! ```
 //!
 //! Outputs: `trades.parquet`, `equity.parquet` (per bar: equity, drawdown, positions, exposure,
@@ -57,6 +62,47 @@ struct Exit {
     reversal: bool,
 }
 
+/// `correlation:`: the cap on correlated positions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorrelationParams {
+    #[serde(default = "default_correlation_window")]
+    window: usize,
+    #[serde(default = "default_correlation_max")]
+    max: f64,
+    #[serde(default = "default_max_correlated")]
+    max_correlated: usize,
+}
+
+fn default_correlation_window() -> usize {
+    168
+}
+fn default_correlation_max() -> f64 {
+    0.8
+}
+fn default_max_correlated() -> usize {
+    2
+}
+fn default_target_volatility() -> f64 {
+    0.5
+}
+fn default_volatility_window() -> usize {
+    168
+}
+fn default_kelly_fraction() -> f64 {
+    0.25
+}
+
+/// `sizing:`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SizingName {
+    #[default]
+    Risk,
+    Volatility,
+    Kelly,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Fees {
@@ -95,6 +141,22 @@ struct Params {
     /// none).
     #[serde(default = "default_monte_carlo")]
     monte_carlo: Option<crate::backtest::outcomes::MonteCarlo>,
+    /// No new entries for the rest of the UTC day once equity is this far below the day's open.
+    #[serde(default)]
+    daily_loss_limit: Option<f64>,
+    #[serde(default)]
+    correlation: Option<CorrelationParams>,
+    #[serde(default)]
+    sizing: SizingName,
+    /// `sizing: volatility`: each position's annualised volatility.
+    #[serde(default = "default_target_volatility")]
+    target_volatility: f64,
+    /// `sizing: volatility`: bars of trailing returns.
+    #[serde(default = "default_volatility_window")]
+    volatility_window: usize,
+    /// `sizing: kelly`: the share of the Kelly bet.
+    #[serde(default = "default_kelly_fraction")]
+    kelly_fraction: f64,
 }
 
 fn default_monte_carlo() -> Option<crate::backtest::outcomes::MonteCarlo> {
@@ -245,6 +307,64 @@ impl StageKind for Backtest {
             0.1,
             "slippage",
         )?;
+        if let Some(limit) = params.daily_loss_limit {
+            fraction(
+                root.clone().key("daily_loss_limit"),
+                limit,
+                1e-4,
+                1.0,
+                "the daily loss limit (a fraction of the day's opening equity)",
+            )?;
+        }
+        if let Some(cap) = &params.correlation {
+            let at = root.clone().key("correlation");
+            if cap.window < 3 {
+                return Err(ParamError::new(
+                    at.key("window"),
+                    "window is in bars and must be at least 3",
+                ));
+            }
+            fraction(at.clone().key("max"), cap.max, -1.0, 1.0, "a correlation")?;
+            if cap.max_correlated == 0 {
+                return Err(ParamError::new(
+                    at.key("max_correlated"),
+                    "max_correlated must be at least 1",
+                ));
+            }
+        }
+        match params.sizing {
+            SizingName::Risk => {}
+            SizingName::Volatility => {
+                fraction(
+                    root.clone().key("target_volatility"),
+                    params.target_volatility,
+                    1e-4,
+                    100.0,
+                    "the annualised volatility per position",
+                )?;
+                if params.volatility_window < 2 {
+                    return Err(ParamError::new(
+                        root.clone().key("volatility_window"),
+                        "volatility_window is in bars and must be at least 2",
+                    ));
+                }
+            }
+            SizingName::Kelly => {
+                fraction(
+                    root.clone().key("kelly_fraction"),
+                    params.kelly_fraction,
+                    1e-4,
+                    1.0,
+                    "the share of the Kelly bet",
+                )?;
+                if params.exit.target.is_none() {
+                    return Err(ParamError::new(
+                        root.clone().key("sizing"),
+                        "kelly sizing needs exit.target: the bet's payoff is the target distance",
+                    ));
+                }
+            }
+        }
         if let Some(monte_carlo) = &params.monte_carlo {
             let at = root.key("monte_carlo");
             if !(1..=100_000).contains(&monte_carlo.paths) {
@@ -320,6 +440,27 @@ impl Prepared {
             target: params.exit.target,
             horizon: params.exit.horizon,
             reverse: params.exit.reversal,
+            portfolio: engine::Portfolio {
+                daily_loss_limit: params.daily_loss_limit,
+                correlation: params
+                    .correlation
+                    .as_ref()
+                    .map(|cap| engine::CorrelationCap {
+                        window: cap.window,
+                        max: cap.max,
+                        max_correlated: cap.max_correlated,
+                    }),
+                sizing: match params.sizing {
+                    SizingName::Risk => engine::Sizing::Risk,
+                    SizingName::Volatility => engine::Sizing::Volatility {
+                        target: params.target_volatility,
+                        window: params.volatility_window,
+                    },
+                    SizingName::Kelly => engine::Sizing::Kelly {
+                        fraction: params.kelly_fraction,
+                    },
+                },
+            },
         }
     }
 
@@ -594,8 +735,14 @@ fn render(summary: &Summary, market: &Market, synthetic: bool) -> String {
     ));
     let skipped = &summary.skipped;
     text.push_str(&format!(
-        "  signals not taken: {} at capacity, {} too small, {} without a next bar, {} on the last bar\n",
-        skipped.capacity, skipped.too_small, skipped.no_bar, skipped.last_bar
+        "  signals not taken: {} at capacity, {} too small, {} without a next bar, {} on the last bar, {} daily loss limit, {} correlation cap, {} without a size\n",
+        skipped.capacity,
+        skipped.too_small,
+        skipped.no_bar,
+        skipped.last_bar,
+        skipped.daily_loss_limit,
+        skipped.correlation,
+        skipped.sizing
     ));
     if let Some(outcomes) = &summary.outcomes {
         text.push_str(&outcome_lines(outcomes));
