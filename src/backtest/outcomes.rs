@@ -320,17 +320,18 @@ pub fn bootstrap(
     let deepest = drawdowns.iter().copied().fold(0.0f64, f64::min);
     let width = -deepest / HISTOGRAM_BINS as f64;
     let drawdown_histogram = if width > 0.0 {
-        (0..HISTOGRAM_BINS)
-            .map(|bin| {
+        // Each path in the bin its drawdown falls in; the deepest edge and 0 inclusive.
+        let mut counts = [0usize; HISTOGRAM_BINS];
+        for &dd in &drawdowns {
+            let bin = ((dd - deepest) / width).floor().max(0.0) as usize;
+            counts[bin.min(HISTOGRAM_BINS - 1)] += 1;
+        }
+        counts
+            .iter()
+            .enumerate()
+            .map(|(bin, &count)| {
                 let low = deepest + bin as f64 * width;
-                let high = low + width;
-                let count = drawdowns
-                    .iter()
-                    .filter(|&&dd| {
-                        dd >= low && (dd < high || (bin == HISTOGRAM_BINS - 1 && dd <= high))
-                    })
-                    .count();
-                (low, high, count)
+                (low, low + width, count)
             })
             .collect()
     } else {
@@ -531,6 +532,15 @@ mod tests {
         assert!((outcomes.total_return.p50 - (1.001f64.powi(500) - 1.0)).abs() < 1e-9);
         assert!(outcomes.sharpe.is_none(), "flat returns have no Sharpe");
         assert_eq!(outcomes.fan.len(), 100);
+        assert_eq!(
+            outcomes
+                .drawdown_histogram
+                .iter()
+                .map(|bin| bin.2)
+                .sum::<usize>(),
+            2000,
+            "every path in one bin"
+        );
         assert_eq!(outcomes.fan.last().unwrap().0, 499);
     }
 }

@@ -9,13 +9,15 @@
 //!   inputs (`collect`: what is already collected, to extend it) names the prefixes it reads, and
 //!   every object under them that the mirror lacks is downloaded.
 //! - After a stage runs, before its output is committed, every file it names is stored with a
-//!   create-only put. Parts are immutable, so a name already stored must hold the same bytes: one
-//!   of another size is an error, never overwritten.
+//!   create-only put. Parts are immutable, so a name already stored must hold the same bytes
+//!   (compared by blake3): other bytes are an error, never overwritten.
 //!
-//! A run whose mirror already holds everything asks the store nothing.
+//! The mirror keeps the blake3 of every file it knows the store holds (`.asterflow-stored.json`),
+//! so a run whose mirror already holds everything asks the store nothing.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 use object_store::path::{Path as ObjectPath, PathPart};
@@ -26,6 +28,8 @@ use crate::engine::remote::{FetchError, classify, concurrently, fetch_verified};
 
 /// What the store's errors call it.
 const DATA_DIRECTORY: &str = "data directory";
+/// In the mirror: path -> blake3 of each file known to be in the store.
+const STORED_INDEX: &str = ".asterflow-stored.json";
 
 /// The data directory on an object store, with its local mirror.
 #[derive(Debug)]
@@ -34,18 +38,57 @@ pub struct DataStore {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     mirror: PathBuf,
+    /// Files known to be in the store, by path, with their blake3.
+    stored: Mutex<BTreeMap<String, String>>,
 }
 
 impl DataStore {
     /// Opens the store at `url`, mirrored in `mirror`. Opening makes no request.
     pub fn open(url: &str, mirror: PathBuf) -> Result<Self, String> {
         let (store, prefix) = crate::util::store::open(url)?;
+        // A damaged index only costs requests: it is read as empty.
+        let stored = std::fs::read(mirror.join(STORED_INDEX))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
             store,
             prefix,
             mirror,
+            stored: Mutex::new(stored),
         })
+    }
+
+    /// Records that the store holds each `(path, blake3)`, and saves the index.
+    fn remember(&self, entries: impl IntoIterator<Item = (String, String)>) {
+        let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = false;
+        for (path, blake3) in entries {
+            changed |= stored.insert(path, blake3.clone()).as_ref() != Some(&blake3);
+        }
+        if changed && let Ok(bytes) = serde_json::to_vec(&*stored) {
+            // The index only saves requests: failing to write it loses nothing.
+            let _ = crate::util::fsx::write_atomic(&self.mirror.join(STORED_INDEX), &bytes);
+        }
+    }
+
+    fn known(&self, file: &OutputFile) -> bool {
+        self.stored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&file.path)
+            .is_some_and(|blake3| *blake3 == file.blake3)
+    }
+
+    /// The blake3 of the object at `location`.
+    async fn stored_digest(&self, location: &ObjectPath, what: &str) -> Result<String, String> {
+        let bytes = match self.store.get(location).await {
+            Ok(result) => result.bytes().await,
+            Err(error) => Err(error),
+        }
+        .map_err(|error| self.failed(&format!("reading {what}"), &error))?;
+        Ok(blake3::hash(&bytes).to_hex().to_string())
     }
 
     pub fn url(&self) -> &str {
@@ -83,6 +126,10 @@ impl DataStore {
             })
             .cloned()
             .collect();
+        let fetched: Vec<(String, String)> = missing
+            .iter()
+            .map(|file| (file.path.clone(), file.blake3.clone()))
+            .collect();
         let results = concurrently(missing, |file| async move {
             let target = self.mirror.join(&file.path);
             fetch_verified(
@@ -103,7 +150,9 @@ impl DataStore {
             })
         })
         .await;
-        results.into_iter().sum()
+        let bytes = results.into_iter().sum::<Result<u64, String>>()?;
+        self.remember(fetched);
+        Ok(bytes)
     }
 
     /// Downloads every object under `prefix` (relative to the data directory) that the mirror
@@ -148,26 +197,37 @@ impl DataStore {
             let target = self.mirror.join(&relative);
             crate::util::fsx::write_atomic(&target, &bytes)
                 .map_err(|error| format!("writing {}: {error}", target.display()))?;
-            Ok(size)
+            Ok((relative, blake3::hash(&bytes).to_hex().to_string(), size))
         })
         .await;
-        results.into_iter().sum()
+        let fetched = results.into_iter().collect::<Result<Vec<_>, String>>()?;
+        let bytes = fetched.iter().map(|(_, _, size)| size).sum();
+        self.remember(fetched.into_iter().map(|(path, blake3, _)| (path, blake3)));
+        Ok(bytes)
     }
 
     /// Stores each of `files` from the mirror that the store lacks, create-only; returns the
-    /// bytes stored. A file already stored with another size is an error.
+    /// bytes stored. A file already stored with other bytes is an error.
     pub async fn publish(&self, files: &[OutputFile]) -> Result<u64, String> {
-        let results = concurrently(files.to_vec(), |file| async move {
+        let unknown: Vec<OutputFile> = files
+            .iter()
+            .filter(|file| !self.known(file))
+            .cloned()
+            .collect();
+        let results = concurrently(unknown, |file| async move {
             let location = self.location(&file.path);
-            let conflict = |size: u64| {
-                format!(
-                    "data directory {}: {} is already stored with {size} bytes, this run wrote {}: parts never change, so one of the two was not written by asterflow",
-                    self.url, file.path, file.size
-                )
+            let same = |digest: String| {
+                if digest == file.blake3 {
+                    Ok(0)
+                } else {
+                    Err(format!(
+                        "data directory {}: {} is already stored with other bytes than this run wrote: parts never change, so one of the two was not written by asterflow (or two machines collected the same span at once); move one away",
+                        self.url, file.path
+                    ))
+                }
             };
             match self.store.head(&location).await {
-                Ok(meta) if meta.size == file.size => return Ok(0),
-                Ok(meta) => return Err(conflict(meta.size)),
+                Ok(_) => return same(self.stored_digest(&location, &file.path).await?),
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(error) => return Err(self.failed(&format!("storing {}", file.path), &error)),
             }
@@ -176,10 +236,7 @@ impl DataStore {
                 .await
                 .map_err(|error| format!("reading {}: {error}", source.display()))?;
             if blake3::hash(&bytes).to_hex().as_str() != file.blake3 {
-                return Err(format!(
-                    "{} changed since it was listed",
-                    source.display()
-                ));
+                return Err(format!("{} changed since it was listed", source.display()));
             }
             let options = PutOptions {
                 mode: PutMode::Create,
@@ -195,16 +252,18 @@ impl DataStore {
                 Err(
                     object_store::Error::AlreadyExists { .. }
                     | object_store::Error::Precondition { .. },
-                ) => match self.store.head(&location).await {
-                    Ok(meta) if meta.size == file.size => Ok(0),
-                    Ok(meta) => Err(conflict(meta.size)),
-                    Err(error) => Err(self.failed(&format!("storing {}", file.path), &error)),
-                },
+                ) => same(self.stored_digest(&location, &file.path).await?),
                 Err(error) => Err(self.failed(&format!("storing {}", file.path), &error)),
             }
         })
         .await;
-        results.into_iter().sum()
+        let bytes = results.into_iter().sum::<Result<u64, String>>()?;
+        self.remember(
+            files
+                .iter()
+                .map(|file| (file.path.clone(), file.blake3.clone())),
+        );
+        Ok(bytes)
     }
 }
 
@@ -234,6 +293,15 @@ mod tests {
         ];
         assert_eq!(one.publish(&parts).await.unwrap(), 6);
         assert_eq!(one.publish(&parts).await.unwrap(), 0, "stored once");
+        // Same name, same size, other bytes: refused too.
+        let four = DataStore::open(&url, dir.path().join("four")).unwrap();
+        let twin = file(
+            four.mirror(),
+            "lake/funding/source=x/symbol=A/part-1-2.parquet",
+            "gg",
+        );
+        let error = four.publish(&[twin]).await.unwrap_err();
+        assert!(error.contains("already stored with other bytes"), "{error}");
         let two = DataStore::open(&url, dir.path().join("two")).unwrap();
         assert_eq!(two.hydrate(&parts[..1]).await.unwrap(), 4);
         assert_eq!(
@@ -257,7 +325,7 @@ mod tests {
             "bbbbbb",
         );
         let error = three.publish(&[other]).await.unwrap_err();
-        assert!(error.contains("already stored with 4 bytes"), "{error}");
+        assert!(error.contains("already stored with other bytes"), "{error}");
         assert_eq!(
             fs_err::read_to_string(shared.join(&parts[0].path)).unwrap(),
             "aaaa"

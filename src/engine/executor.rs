@@ -90,29 +90,30 @@ pub async fn execute(
     cancel: CancellationToken,
 ) -> RunOutcome {
     let count = pipeline.stages.len();
-    let mut states: Vec<State> = Vec::with_capacity(count);
+    let mut states: Vec<State> = (0..count).map(|_| State::Finished).collect();
     let mut outcomes: Vec<Option<StageOutcome>> = vec![None; count];
-    for (index, stage_plan) in plan.stages.iter().enumerate() {
-        // A cached stage over a download waits for it: a download that fails runs its stage,
-        // which may write other bytes, and then the stage is decided again.
-        let over_download = pipeline.stages[index]
+    // In dependency order, so that waiting passes down the whole chain.
+    for &index in &plan.order {
+        let stage_plan = &plan.stages[index];
+        // A cached stage over one that still has work (a download, which may fail and run its
+        // stage, writing other bytes) waits for it and is decided again then.
+        let over_work = pipeline.stages[index]
             .needs
             .iter()
-            .any(|&input| plan.stages[input].decision == Decision::Remote);
+            .any(|&input| matches!(states[input], State::Waiting));
         let status = match stage_plan.decision {
             Decision::Run | Decision::Remote => {
-                states.push(State::Waiting);
+                states[index] = State::Waiting;
                 continue;
             }
-            Decision::Cached if over_download => {
-                states.push(State::Waiting);
+            Decision::Cached if over_work => {
+                states[index] = State::Waiting;
                 continue;
             }
             Decision::Cached => StageStatus::Cached,
             Decision::Reuse => StageStatus::Reused,
             Decision::Skip => StageStatus::Skipped,
         };
-        states.push(State::Finished);
         if let (StageStatus::Cached, Some(manifest)) = (status, &stage_plan.manifest)
             && let Err(error) = cache.set_latest(manifest).await
         {
@@ -344,6 +345,12 @@ impl StageTask {
                 .await
             {
                 Ok(manifest) => {
+                    // The parts it names go to the data store like those of a stage that ran.
+                    if let Some(data) = &self.options.data_store
+                        && let Err(error) = data.publish(&manifest.attachments).await
+                    {
+                        return failed(reason, error);
+                    }
                     return StageOutcome {
                         status: StageStatus::Downloaded,
                         reason,

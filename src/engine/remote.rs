@@ -170,7 +170,12 @@ impl Remote {
             Ok(manifest)
                 if manifest.format == MANIFEST_FORMAT
                     && manifest.fingerprint.0 == fingerprint
-                    && manifest.stage == stage =>
+                    && manifest.stage == stage
+                    && manifest
+                        .files
+                        .iter()
+                        .chain(&manifest.attachments)
+                        .all(well_formed) =>
             {
                 Ok(Some(manifest))
             }
@@ -344,11 +349,13 @@ impl Remote {
         let mut size = 0u64;
         loop {
             let mut buffer = Vec::with_capacity(8 << 20);
-            let read = (&mut reader)
-                .take(8 << 20)
-                .read_to_end(&mut buffer)
-                .await
-                .map_err(local)?;
+            let read = match (&mut reader).take(8 << 20).read_to_end(&mut buffer).await {
+                Ok(read) => read,
+                Err(error) => {
+                    let _ = writer.abort().await;
+                    return Err(local(error));
+                }
+            };
             if read == 0 {
                 break;
             }
@@ -393,13 +400,17 @@ pub(crate) async fn fetch_verified(
     tokio::fs::create_dir_all(parent)
         .await
         .map_err(|error| FetchError::Failed(format!("creating {}: {error}", parent.display())))?;
+    // Unique per download: two stages of one run may fetch the same file at once, and each
+    // must move only the bytes it checked.
+    static DOWNLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let temporary = parent.join(format!(
-        ".{}.download-{}",
+        ".{}.download-{}-{}",
         target
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        DOWNLOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = download_to(store, place, url, file, blob, &temporary).await;
     match result {
@@ -465,13 +476,24 @@ async fn download_to(
                 format!(
                     "blake3 {}, the manifest says {}",
                     &digest[..12],
-                    &file.blake3[..12]
+                    file.blake3.get(..12).unwrap_or(&file.blake3)
                 )
             },
             blob: blob.clone(),
         });
     }
     Ok(())
+}
+
+/// Whether a file named by a manifest someone else wrote can be written where it says: a
+/// relative path of plain components (no `..`, no root), and a blake3 of 64 hex digits.
+pub(crate) fn well_formed(file: &OutputFile) -> bool {
+    !file.path.is_empty()
+        && Path::new(&file.path)
+            .components()
+            .all(|component| matches!(component, std::path::Component::Normal(_)))
+        && file.blake3.len() == 64
+        && file.blake3.bytes().all(|byte| byte.is_ascii_hexdigit())
 }
 
 /// Transfers each of `items` with `transfer`, [`CONCURRENT_TRANSFERS`] at a time. The items are
@@ -731,6 +753,28 @@ pub(crate) mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_manifest_naming_a_path_outside_its_entry_is_not_trusted() {
+        let good = OutputFile {
+            path: "lake/klines/part.parquet".into(),
+            size: 1,
+            blake3: "a".repeat(64),
+        };
+        assert!(well_formed(&good));
+        for path in ["../../etc/cron.d/x", "/etc/passwd", "lake/../../x", ""] {
+            let bad = OutputFile {
+                path: path.into(),
+                ..good.clone()
+            };
+            assert!(!well_formed(&bad), "{path}");
+        }
+        let short = OutputFile {
+            blake3: "abc".into(),
+            ..good
+        };
+        assert!(!well_formed(&short));
     }
 
     #[test]

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStore, RetryConfig};
 
 /// How long a request may take to connect, and to finish: a dead server is found in seconds,
 /// a large file still has time to move.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+const CONNECT_TIMEOUT: &str = "3s";
+const REQUEST_TIMEOUT: &str = "600s";
 
 /// The store and the prefix inside it that `url` names.
 pub fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), String> {
@@ -48,10 +49,15 @@ pub fn open_with(
                     max_retries: 2,
                     retry_timeout: Duration::from_secs(10),
                 })
-                .with_client_options(
-                    ClientOptions::new()
-                        .with_connect_timeout(CONNECT_TIMEOUT)
-                        .with_timeout(REQUEST_TIMEOUT),
+                // Set key by key: `with_client_options` would replace the client settings
+                // `from_env` read (AWS_ALLOW_HTTP, AWS_PROXY_URL, ...).
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                    CONNECT_TIMEOUT,
+                )
+                .with_config(
+                    AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                    REQUEST_TIMEOUT,
                 );
             if let Some(endpoint) = endpoint {
                 builder = builder.with_endpoint(endpoint);
