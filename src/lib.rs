@@ -20,6 +20,7 @@ pub mod paper;
 pub mod provenance;
 pub mod quality;
 pub mod report;
+pub mod serve;
 pub mod sql;
 pub mod sweep;
 pub mod train;

@@ -8,6 +8,7 @@ mod remote;
 mod replay;
 mod run;
 mod runs;
+mod serve;
 mod status;
 
 use std::ffi::OsString;
@@ -96,6 +97,15 @@ enum Command {
         /// The port to listen on (0: any free port; the URL is printed).
         #[arg(long, default_value_t = 0)]
         port: u16,
+    },
+    /// The runs in a browser, read-only: each run's stages, logs and report.
+    Serve {
+        /// Where to listen; an address beyond loopback needs --token.
+        #[arg(long, default_value = "127.0.0.1:8321", value_name = "ADDR:PORT")]
+        bind: String,
+        /// A token every request must carry (Authorization: Bearer TOKEN, or ?token=TOKEN).
+        #[arg(long, env = "ASTERFLOW_SERVE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Check the GPU path: driver, device, NVRTC, smoke kernel. Exits 11 when training would use the CPU.
     Doctor {
@@ -213,6 +223,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         Command::ReplayExchange { scenario, port } => {
             replay::replay_exchange(&scenario, port).await
         }
+        Command::Serve { bind, token } => serve::serve(&paths, &bind, token).await,
         Command::Doctor { json } => Ok(doctor::doctor(json)),
     }
 }

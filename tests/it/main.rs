@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod s3;
 mod scheduled;
+mod serve;
 mod sql;
 mod sweep;
 mod train;

@@ -1,0 +1,384 @@
+//! `asterflow serve` (issue 23, first step): a read-only web view of the run root. The runs
+//! (filterable by pipeline and status), each run's stages with their reasons, fingerprints,
+//! durations and logs, and its `report.html`. Pages are server-rendered HTML; nothing is fetched
+//! from elsewhere.
+//!
+//! Safety: it binds 127.0.0.1 unless told otherwise, and any other address needs a token, which
+//! every request must then carry (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for a
+//! browser's first page, which sets a cookie); every file it serves is resolved (symbolic links
+//! included) and must lie inside the run root; it never writes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::Response;
+
+use crate::engine::run_record::{RunRecord, RunStatus, StageRecord, list_runs};
+use crate::report::svg::escape;
+
+/// What the server reads.
+#[derive(Debug)]
+pub struct Site {
+    /// Canonical.
+    pub run_root: PathBuf,
+    pub token: Option<String>,
+}
+
+/// Checks the bind rule: an address other than loopback needs a token.
+pub fn check_bind(bind: &SocketAddr, token: Option<&str>) -> Result<(), String> {
+    if !bind.ip().is_loopback() && token.is_none_or(str::is_empty) {
+        return Err(format!(
+            "--bind {bind} listens beyond this machine: give a --token (or ASTERFLOW_SERVE_TOKEN) that every request must carry"
+        ));
+    }
+    Ok(())
+}
+
+/// Serves `site` on `bind` until the process ends; `ready` gets the bound address.
+pub async fn serve(
+    site: Site,
+    bind: SocketAddr,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    check_bind(&bind, site.token.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|error| format!("cannot listen on {bind}: {error}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|error| format!("cannot read the bound address: {error}"))?;
+    ready(local);
+    let router = axum::Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(site));
+    axum::serve(listener, router)
+        .await
+        .map_err(|error| format!("the server stopped: {error}"))
+}
+
+async fn handle(State(site): State<Arc<Site>>, uri: Uri, headers: HeaderMap) -> Response {
+    let query = uri.query().unwrap_or_default();
+    if let Some(token) = &site.token {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let cookie = headers
+            .get(header::COOKIE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .split(';')
+                    .find_map(|pair| pair.trim().strip_prefix("asterflow_token="))
+            });
+        let in_query = query_value(query, "token");
+        let given = bearer.or(cookie).or(in_query.as_deref());
+        if given != Some(token.as_str()) {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                "Token required",
+                "<p>This server needs its token: <code>Authorization: Bearer TOKEN</code>, or <code>?token=TOKEN</code> once in a browser.</p>",
+            );
+        }
+        if in_query.is_some() {
+            let mut response = route(&site, uri.path(), query);
+            if let Ok(value) =
+                format!("asterflow_token={token}; HttpOnly; SameSite=Strict; Path=/").parse()
+            {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            return response;
+        }
+    }
+    route(&site, uri.path(), query)
+}
+
+fn route(site: &Site, path: &str, query: &str) -> Response {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        [""] => runs_page(site, query),
+        ["runs", id] => run_page(site, id),
+        ["runs", id, "report.html"] => file(site, id, &["report.html"], "text/html; charset=utf-8"),
+        ["runs", id, "logs", stage] => file(
+            site,
+            id,
+            &["logs", &format!("{stage}.log")],
+            "text/plain; charset=utf-8",
+        ),
+        _ => not_found(path),
+    }
+}
+
+/// A run id or stage name: letters, digits and `-_@=.,`, never `.` or `..` alone.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_@=.,".contains(c))
+}
+
+/// `parts` under run `id`, resolved, if it is a file inside the run root.
+fn confined(site: &Site, id: &str, parts: &[&str]) -> Option<PathBuf> {
+    if !plain_name(id) || !parts.iter().all(|part| plain_name(part)) {
+        return None;
+    }
+    let mut path = site.run_root.join(id);
+    for part in parts {
+        path.push(part);
+    }
+    let resolved = path.canonicalize().ok()?;
+    (resolved.starts_with(&site.run_root) && resolved.is_file()).then_some(resolved)
+}
+
+fn file(site: &Site, id: &str, parts: &[&str], content_type: &str) -> Response {
+    match confined(site, id, parts).and_then(|path| std::fs::read(path).ok()) {
+        Some(bytes) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(bytes))
+            .unwrap_or_default(),
+        None => not_found(&format!("/runs/{id}/{}", parts.join("/"))),
+    }
+}
+
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == key).then(|| percent_decode(value))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = text
+            .get(index + 1..index + 3)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[index], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                index += 2;
+            }
+            (byte, _) => out.push(byte),
+        }
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}a{color:#0969da}form{margin:8px 0}";
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}</style></head><body><p><a href=\"/\">runs</a></p><h1>{}</h1>{body}</body></html>",
+        escape(title),
+        escape(title)
+    );
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Body::from(html))
+        .unwrap_or_default()
+}
+
+fn not_found(path: &str) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        &format!("<p>Nothing at <code>{}</code>.</p>", escape(path)),
+    )
+}
+
+fn status_word(record: &RunRecord) -> &'static str {
+    match record.status {
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Interrupted => "interrupted",
+    }
+}
+
+fn duration(ms: Option<u64>) -> String {
+    ms.map(|ms| crate::util::time::human(std::time::Duration::from_millis(ms)))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+/// The runs, newest first, filtered by `?pipeline=` and `?status=`.
+fn runs_page(site: &Site, query: &str) -> Response {
+    let pipeline = query_value(query, "pipeline").filter(|value| !value.is_empty());
+    let status = query_value(query, "status").filter(|value| !value.is_empty());
+    let records = list_runs(&site.run_root);
+    let mut pipelines: Vec<&str> = records.iter().map(|r| r.pipeline.as_str()).collect();
+    pipelines.sort_unstable();
+    pipelines.dedup();
+    let mut body = String::from(
+        "<form method=\"get\" action=\"/\">pipeline <select name=\"pipeline\"><option value=\"\">all</option>",
+    );
+    for name in &pipelines {
+        let selected = if pipeline.as_deref() == Some(*name) {
+            " selected"
+        } else {
+            ""
+        };
+        body.push_str(&format!("<option{selected}>{}</option>", escape(name)));
+    }
+    body.push_str("</select> status <select name=\"status\"><option value=\"\">all</option>");
+    for word in ["succeeded", "failed", "interrupted", "running"] {
+        let selected = if status.as_deref() == Some(word) {
+            " selected"
+        } else {
+            ""
+        };
+        body.push_str(&format!("<option{selected}>{word}</option>"));
+    }
+    body.push_str("</select> <button>show</button></form>");
+    body.push_str("<table><tr><th>run</th><th>pipeline</th><th>started</th><th>duration</th><th>status</th><th>stages</th></tr>");
+    let mut shown = 0;
+    for record in records.iter().filter(|record| {
+        pipeline
+            .as_deref()
+            .is_none_or(|name| record.pipeline == name)
+            && status
+                .as_deref()
+                .is_none_or(|word| status_word(record) == word)
+    }) {
+        shown += 1;
+        body.push_str(&format!(
+            "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"{word}\">{word}</td><td>{}</td></tr>",
+            escape(&record.pipeline),
+            escape(&record.started_at),
+            duration(record.duration_ms),
+            escape(&record.counts()),
+            id = escape(&record.run_id),
+            word = status_word(record),
+        ));
+    }
+    body.push_str("</table>");
+    body.push_str(&format!("<p>{shown} of {} runs.</p>", records.len()));
+    page(StatusCode::OK, "Runs", &body)
+}
+
+/// One run: its stages, and its report when it has one.
+fn run_page(site: &Site, id: &str) -> Response {
+    let Some(path) = confined(site, id, &["run.json"]) else {
+        return not_found(&format!("/runs/{id}"));
+    };
+    let record: RunRecord = match std::fs::read(&path)
+        .map_err(|error| error.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
+    {
+        Ok(record) => record,
+        Err(error) => {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("Run {id}"),
+                &format!(
+                    "<p>The record of this run, <code>{}</code>, is not valid: {}.</p>",
+                    escape(&path.display().to_string()),
+                    escape(&error)
+                ),
+            );
+        }
+    };
+    let mut body = format!(
+        "<p>Pipeline <b>{}</b> (<code>{}</code>), started {}, {} in {}: {}.</p>",
+        escape(&record.pipeline),
+        escape(&record.pipeline_file),
+        escape(&record.started_at),
+        status_word(&record),
+        duration(record.duration_ms),
+        escape(&record.counts())
+    );
+    if confined(site, id, &["report.html"]).is_some() {
+        body.push_str(&format!(
+            "<p><a href=\"/runs/{}/report.html\">the run's report</a></p>",
+            escape(id)
+        ));
+    }
+    body.push_str("<table><tr><th>stage</th><th>kind</th><th>status</th><th>reason</th><th>duration</th><th>fingerprint</th><th>log</th></tr>");
+    for stage in &record.stages {
+        body.push_str(&stage_row(site, id, stage));
+    }
+    body.push_str("</table>");
+    page(StatusCode::OK, &format!("Run {}", record.run_id), &body)
+}
+
+fn stage_row(site: &Site, id: &str, stage: &StageRecord) -> String {
+    let log = if confined(site, id, &["logs", &format!("{}.log", stage.id)]).is_some() {
+        format!(
+            "<a href=\"/runs/{}/logs/{}\">log</a>",
+            escape(id),
+            escape(&stage.id)
+        )
+    } else {
+        String::new()
+    };
+    let word = stage.status.word();
+    format!(
+        "<tr><td>{}</td><td>{}</td><td class=\"{word}\">{word}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td>{log}</td></tr>",
+        escape(&stage.id),
+        escape(&stage.kind),
+        escape(stage.error.as_deref().unwrap_or(&stage.reason)),
+        duration(Some(stage.duration_ms)),
+        escape(
+            stage
+                .fingerprint
+                .as_deref()
+                .map_or("", |f| &f[..f.len().min(12)])
+        ),
+    )
+}
+
+/// The run root, resolved, for [`Site`].
+pub fn canonical_root(run_root: &Path) -> Result<PathBuf, String> {
+    run_root.canonicalize().map_err(|error| {
+        format!(
+            "the run root {} cannot be read: {error} (run a pipeline first, or pass --run-root)",
+            run_root.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_dots_slashes_or_odd_characters_are_not_plain() {
+        for name in ["..", ".", "a/b", "../x", "a..b", "", "x\\y", "%2e%2e"] {
+            assert!(!plain_name(name), "{name}");
+        }
+        for name in ["20261201T114933Z-bb61", "train@model=mlp", "report"] {
+            assert!(plain_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_bind_beyond_loopback_needs_a_token() {
+        let any: SocketAddr = "0.0.0.0:8321".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8321".parse().unwrap();
+        assert!(check_bind(&any, None).is_err());
+        assert!(check_bind(&any, Some("")).is_err());
+        assert!(check_bind(&any, Some("s3cret")).is_ok());
+        assert!(check_bind(&local, None).is_ok());
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_value("pipeline=my%20demo&status=failed", "pipeline").as_deref(),
+            Some("my demo")
+        );
+        assert_eq!(query_value("status=failed", "pipeline"), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! `asterflow serve` (issue 23, first step): every route over HTTP against the real binary on
+//! 127.0.0.1, path traversal, a missing run, a corrupt `run.json`, and the token rule.
+
+use std::io::{Read, Write};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use crate::common::{Project, pipeline, stage, wait_for};
+
+/// A running `asterflow serve`; killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(project: &Project, extra: &[&str]) -> Server {
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let child = project
+        .command(&[&["serve", "--bind", &bind][..], extra].concat())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(30), || std::net::TcpStream::connect(
+            &bind
+        )
+        .is_ok()),
+        "serve did not start"
+    );
+    Server {
+        child,
+        address: bind,
+    }
+}
+
+/// `GET path` with `headers`: the status code and the body.
+fn get(server: &Server, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(&server.address).unwrap();
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+        server.address
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A project with two runs of a two-stage pipeline, the second failing.
+fn project_with_runs() -> (Project, Vec<String>) {
+    let project = Project::new();
+    project.write(
+        "pipelines/p.yaml",
+        &pipeline(&[
+            stage("alpha", &[], "echo hello from alpha > out.txt"),
+            stage("beta", &["alpha"], "echo beta > out.txt"),
+        ]),
+    );
+    let first = project.run(&["run", "pipelines/p.yaml", "--json"]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    project.write(
+        "pipelines/p.yaml",
+        &pipeline(&[
+            stage("alpha", &[], "echo hello from alpha > out.txt"),
+            stage("beta", &["alpha"], "echo 'beta broke <b>' >&2; exit 3"),
+        ]),
+    );
+    let second = project.run(&["run", "pipelines/p.yaml", "--json"]);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    let ids = [first, second]
+        .iter()
+        .map(|run| run.json()["run_id"].as_str().unwrap().to_owned())
+        .collect();
+    (project, ids)
+}
+
+#[test]
+fn every_route_answers_and_nothing_outside_the_run_root_is_served() {
+    let (project, ids) = project_with_runs();
+    let server = start(&project, &[]);
+    // The runs, newest first, and the filters.
+    let (status, body) = get(&server, "/", &[]);
+    assert_eq!(status, 200, "{body}");
+    let (newer, older) = (
+        body.find(&ids[1]).expect("the failed run"),
+        body.find(&ids[0]).expect("the first run"),
+    );
+    assert!(newer < older, "newest first");
+    assert!(body.contains("2 of 2 runs"), "{body}");
+    let (_, failed) = get(&server, "/?status=failed", &[]);
+    assert!(
+        failed.contains(&ids[1]) && !failed.contains(&ids[0]),
+        "{failed}"
+    );
+    assert!(failed.contains("1 of 2 runs"));
+    let (_, other) = get(&server, "/?pipeline=nope", &[]);
+    assert!(other.contains("0 of 2 runs"), "{other}");
+
+    // A run: its stages, statuses, reasons (escaped), and logs.
+    let (status, run) = get(&server, &format!("/runs/{}", ids[1]), &[]);
+    assert_eq!(status, 200, "{run}");
+    assert!(run.contains(">alpha<") && run.contains(">beta<"), "{run}");
+    assert!(run.contains("class=\"failed\""), "{run}");
+    assert!(
+        run.contains("beta broke &lt;b&gt;") && !run.contains("broke <b>"),
+        "a stage's words are escaped: {run}"
+    );
+    let (status, log) = get(&server, &format!("/runs/{}/logs/alpha", ids[0]), &[]);
+    assert_eq!(status, 200, "{log}");
+    assert!(log.contains("stage alpha"), "{log}");
+
+    // What is not there, or not inside the run root.
+    let outside = project.path().join("secret.txt");
+    std::fs::write(&outside, "not for the web").unwrap();
+    std::os::unix::fs::symlink(
+        &outside,
+        project
+            .path()
+            .join("runs")
+            .join(&ids[0])
+            .join("logs/leak.log"),
+    )
+    .unwrap();
+    for path in [
+        "/runs/nope".to_owned(),
+        format!("/runs/{}/logs/..%2F..%2Fsecret", ids[0]),
+        format!("/runs/{}/logs/../../secret.txt", ids[0]),
+        "/runs/../secret.txt".to_owned(),
+        "/runs/..%2Fsecret.txt/report.html".to_owned(),
+        format!("/runs/{}/logs/leak", ids[0]),
+        format!("/runs/{}/report.html", ids[0]),
+        "/etc/passwd".to_owned(),
+    ] {
+        let (status, body) = get(&server, &path, &[]);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.contains("not for the web"), "{path}");
+    }
+
+    // A damaged record is an error page, and the server goes on.
+    std::fs::write(
+        project.path().join("runs").join(&ids[0]).join("run.json"),
+        "{ not json",
+    )
+    .unwrap();
+    let (status, body) = get(&server, &format!("/runs/{}", ids[0]), &[]);
+    assert_eq!(status, 500, "{body}");
+    assert!(body.contains("is not valid"), "{body}");
+    let (status, _) = get(&server, "/", &[]);
+    assert_eq!(status, 200);
+    // It never wrote: the run root holds what the runs left.
+    assert!(!project.path().join("runs").join("serve").exists());
+}
+
+#[test]
+fn beyond_loopback_a_token_is_required_and_checked() {
+    let (project, ids) = project_with_runs();
+    // Any address but loopback without a token: refused before listening.
+    let refused = project.run(&["serve", "--bind", &format!("0.0.0.0:{}", free_port())]);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--token"), "{}", refused.stderr);
+
+    let server = start(&project, &["--token", "s3cret-token"]);
+    let (status, body) = get(&server, "/", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains(&ids[0]));
+    let (status, _) = get(&server, "/", &["Authorization: Bearer wrong"]);
+    assert_eq!(status, 401);
+    let (status, body) = get(&server, "/", &["Authorization: Bearer s3cret-token"]);
+    assert_eq!(status, 200);
+    assert!(body.contains(&ids[0]));
+    let (status, _) = get(&server, "/?token=s3cret-token", &[]);
+    assert_eq!(status, 200);
+    let (status, _) = get(&server, "/", &["Cookie: asterflow_token=s3cret-token"]);
+    assert_eq!(status, 200);
+}
