@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn chromium() -> Option<PathBuf> {
+pub(crate) fn chromium() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("ASTERFLOW_CHROMIUM") {
         return Some(PathBuf::from(path));
     }
@@ -158,4 +158,8 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
         orange > 500,
         "the buy-and-hold line is missing: {orange} orange pixels"
     );
+
+    // The same run through `asterflow serve`, in the browser: the runs page links the run, the
+    // run's page shows its stage table and links the report, which the browser opens.
+    crate::serve::browse_runs_in_chromium(&project, &browser);
 }

@@ -200,3 +200,66 @@ fn beyond_loopback_a_token_is_required_and_checked() {
     let (status, _) = get(&server, "/", &["Cookie: asterflow_token=s3cret-token"]);
     assert_eq!(status, 200);
 }
+
+/// The DOM Chromium builds for `url`, after its scripts ran.
+fn dump_dom(browser: &std::path::Path, profile: &std::path::Path, url: &str) -> String {
+    let mut child = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut dom = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut dom)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "chromium failed on {url}");
+    dom
+}
+
+/// The first `href` in `dom` that starts with `prefix`.
+fn link(dom: &str, prefix: &str) -> String {
+    let start = dom
+        .find(&format!("href=\"{prefix}"))
+        .unwrap_or_else(|| panic!("no link to {prefix} in {dom}"))
+        + 6;
+    dom[start..start + dom[start..].find('"').unwrap()].to_owned()
+}
+
+/// Opens the runs page of `project`'s run root in headless Chromium and follows the links a
+/// reader would: the newest run, then its report.
+pub(crate) fn browse_runs_in_chromium(project: &Project, browser: &std::path::Path) {
+    let server = start(project, &[]);
+    let base = format!("http://{}", server.address);
+    let profile = project.path().join("chromium-serve");
+    let runs = dump_dom(browser, &profile, &format!("{base}/"));
+    assert!(runs.contains("<h1>Runs</h1>"), "{runs}");
+    let run = link(&runs, "/runs/");
+    let page = dump_dom(browser, &profile, &format!("{base}{run}"));
+    for stage in [
+        "discover", "collect", "features", "train", "backtest", "report",
+    ] {
+        assert!(
+            page.contains(&format!("<td>{stage}</td>")),
+            "no {stage} row: {page}"
+        );
+    }
+    assert!(page.contains("class=\"ran\""), "{page}");
+    let report = link(&page, &format!("{run}/report.html"));
+    let html = dump_dom(browser, &profile, &format!("{base}{report}"));
+    assert!(
+        html.contains("buy-and-hold"),
+        "the report did not open: {html}"
+    );
+}
