@@ -97,6 +97,11 @@ fn run_section(page: &mut String, record: &RunRecord) {
         );
     }
     page.push_str("</table>");
+    page.push_str(&run_timeline(record));
+}
+
+/// A run's stages as bars on a time axis from its start to its end, coloured by status.
+pub fn run_timeline(record: &RunRecord) -> String {
     let spans: Vec<Span<'_>> = record
         .stages
         .iter()
@@ -110,7 +115,7 @@ fn run_section(page: &mut String, record: &RunRecord) {
             note: format!("{} {}", stage.status.word(), duration_ms(stage.duration_ms)),
         })
         .collect();
-    page.push_str(&timeline(&spans, record.duration_ms.unwrap_or(0), 1000.0));
+    timeline(&spans, record.duration_ms.unwrap_or(0), 1000.0)
 }
 
 fn validation_section(page: &mut String, validation: &Validation) {

@@ -1,6 +1,6 @@
 //! `asterflow serve` (issue 23, first step): a read-only web view of the run root. The runs
 //! (filterable by pipeline and status), each run's stages with their reasons, fingerprints,
-//! durations and logs, and its `report.html`. Pages are server-rendered HTML; nothing is fetched
+//! durations and logs, its timeline, and its `report.html`. Pages are server-rendered HTML; nothing is fetched
 //! from elsewhere.
 //!
 //! Safety: it binds 127.0.0.1 unless told otherwise, and any other address needs a token, which
@@ -20,12 +20,41 @@ use axum::response::Response;
 use crate::engine::run_record::{RunRecord, RunStatus, StageRecord, list_runs};
 use crate::report::svg::escape;
 
+/// One stage of a pipeline's plan, as the planner gives it.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub id: String,
+    pub kind: String,
+    /// `run`, `cached`, `remote`, `reuse` or `skip`.
+    pub decision: String,
+    pub reason: String,
+    pub fingerprint: Option<String>,
+}
+
+/// Plans a pipeline file without running anything (given by the caller, which knows the kinds).
+pub type Planner = Arc<
+    dyn Fn(PathBuf) -> futures::future::BoxFuture<'static, Result<Vec<PlannedStage>, String>>
+        + Send
+        + Sync,
+>;
+
 /// What the server reads.
-#[derive(Debug)]
 pub struct Site {
     /// Canonical.
     pub run_root: PathBuf,
+    /// The project's `pipelines/` directory, canonical, when there is one.
+    pub pipelines: Option<PathBuf>,
+    pub planner: Planner,
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("run_root", &self.run_root)
+            .field("pipelines", &self.pipelines)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Checks the bind rule: an address other than loopback needs a token.
@@ -85,7 +114,7 @@ async fn handle(State(site): State<Arc<Site>>, uri: Uri, headers: HeaderMap) -> 
             );
         }
         if in_query.is_some() {
-            let mut response = route(&site, uri.path(), query);
+            let mut response = route(&site, uri.path(), query).await;
             if let Ok(value) =
                 format!("asterflow_token={token}; HttpOnly; SameSite=Strict; Path=/").parse()
             {
@@ -94,13 +123,15 @@ async fn handle(State(site): State<Arc<Site>>, uri: Uri, headers: HeaderMap) -> 
             return response;
         }
     }
-    route(&site, uri.path(), query)
+    route(&site, uri.path(), query).await
 }
 
-fn route(site: &Site, path: &str, query: &str) -> Response {
+async fn route(site: &Site, path: &str, query: &str) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         [""] => runs_page(site, query),
+        ["pipelines"] => pipelines_page(site),
+        ["pipelines", name] => plan_page(site, name).await,
         ["runs", id] => run_page(site, id),
         ["runs", id, "report.html"] => file(site, id, &["report.html"], "text/html; charset=utf-8"),
         ["runs", id, "logs", stage] => file(
@@ -176,11 +207,11 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}a{color:#0969da}form{margin:8px 0}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}";
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}</style></head><body><p><a href=\"/\">runs</a></p><h1>{}</h1>{body}</body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}</style></head><body><p><a href=\"/\">runs</a> | <a href=\"/pipelines\">pipelines</a></p><h1>{}</h1>{body}</body></html>",
         escape(title),
         escape(title)
     );
@@ -310,6 +341,7 @@ fn run_page(site: &Site, id: &str) -> Response {
         body.push_str(&stage_row(site, id, stage));
     }
     body.push_str("</table>");
+    body.push_str(&crate::report::html::run_timeline(&record));
     page(StatusCode::OK, &format!("Run {}", record.run_id), &body)
 }
 
@@ -337,6 +369,79 @@ fn stage_row(site: &Site, id: &str, stage: &StageRecord) -> String {
                 .map_or("", |f| &f[..f.len().min(12)])
         ),
     )
+}
+
+/// The pipeline files of the project, by name.
+fn pipeline_files(site: &Site) -> Vec<String> {
+    let Some(dir) = &site.pipelines else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn pipelines_page(site: &Site) -> Response {
+    let mut body = String::from("<ul>");
+    for name in pipeline_files(site) {
+        body.push_str(&format!(
+            "<li><a href=\"/pipelines/{name}\">{name}</a></li>",
+            name = escape(&name)
+        ));
+    }
+    body.push_str("</ul><p>Each pipeline's plan: what a run would do now, and why.</p>");
+    page(StatusCode::OK, "Pipelines", &body)
+}
+
+/// A pipeline's plan: each stage cached or stale and why, without running anything.
+async fn plan_page(site: &Site, name: &str) -> Response {
+    let file = site
+        .pipelines
+        .as_ref()
+        .filter(|_| plain_name(name) && (name.ends_with(".yaml") || name.ends_with(".yml")))
+        .and_then(|dir| dir.join(name).canonicalize().ok())
+        .filter(|file| {
+            site.pipelines
+                .as_ref()
+                .is_some_and(|dir| file.starts_with(dir) && file.is_file())
+        });
+    let Some(file) = file else {
+        return not_found(&format!("/pipelines/{name}"));
+    };
+    let title = format!("Pipeline {name}");
+    match (site.planner)(file).await {
+        Ok(stages) => {
+            let mut body = String::from(
+                "<table><tr><th>stage</th><th>kind</th><th>plan</th><th>why</th><th>fingerprint</th></tr>",
+            );
+            for stage in &stages {
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td class=\"{word}\">{word}</td><td>{}</td><td><code>{}</code></td></tr>",
+                    escape(&stage.id),
+                    escape(&stage.kind),
+                    escape(&stage.reason),
+                    escape(stage.fingerprint.as_deref().map_or("", |f| &f[..f.len().min(12)])),
+                    word = escape(&stage.decision),
+                ));
+            }
+            body.push_str("</table>");
+            page(StatusCode::OK, &title, &body)
+        }
+        Err(error) => page(
+            StatusCode::OK,
+            &title,
+            &format!(
+                "<p>The pipeline does not load:</p><pre>{}</pre>",
+                escape(&error)
+            ),
+        ),
+    }
 }
 
 /// The run root, resolved, for [`Site`].

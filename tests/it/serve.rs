@@ -132,9 +132,40 @@ fn every_route_answers_and_nothing_outside_the_run_root_is_served() {
         run.contains("beta broke &lt;b&gt;") && !run.contains("broke <b>"),
         "a stage's words are escaped: {run}"
     );
+    assert!(
+        run.contains("<svg") && run.contains("aria-label"),
+        "a timeline: {run}"
+    );
     let (status, log) = get(&server, &format!("/runs/{}/logs/alpha", ids[0]), &[]);
     assert_eq!(status, 200, "{log}");
     assert!(log.contains("stage alpha"), "{log}");
+
+    // The pipelines and their plans: alpha cached, beta (which failed) to run again.
+    let (status, list) = get(&server, "/pipelines", &[]);
+    assert_eq!(status, 200, "{list}");
+    assert!(list.contains("href=\"/pipelines/p.yaml\""), "{list}");
+    let (status, plan) = get(&server, "/pipelines/p.yaml", &[]);
+    assert_eq!(status, 200, "{plan}");
+    let row = |stage: &str| {
+        let start = plan
+            .find(&format!("<td>{stage}</td>"))
+            .unwrap_or_else(|| panic!("{plan}"));
+        plan[start..start + plan[start..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(row("alpha").contains(">cached<"), "{}", row("alpha"));
+    assert!(row("beta").contains(">run<"), "{}", row("beta"));
+    project.write(
+        "pipelines/broken.yaml",
+        "name: broken\nstages:\n  a: {kind: nope}\n",
+    );
+    let (status, broken) = get(&server, "/pipelines/broken.yaml", &[]);
+    assert_eq!(status, 200, "{broken}");
+    assert!(
+        broken.contains("does not load") && broken.contains("nope"),
+        "{broken}"
+    );
+    let (status, _) = get(&server, "/pipelines/..%2Fsecret.yaml", &[]);
+    assert_eq!(status, 404);
 
     // What is not there, or not inside the run root.
     let outside = project.path().join("secret.txt");
