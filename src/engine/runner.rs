@@ -12,6 +12,7 @@ use crate::engine::cache::{Cache, Manifest};
 use crate::engine::dag::Selection;
 use crate::engine::datastore::DataStore;
 use crate::engine::error::Error;
+use crate::engine::events::RunEvent;
 use crate::engine::executor::{ExecuteOptions, RunOutcome, execute};
 use crate::engine::exit_code;
 use crate::engine::fingerprint::FileDigests;
@@ -333,8 +334,24 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
         .iter()
         .map(|stage| stage.id.clone())
         .collect();
+    // Every event also goes to `runs/<run-id>/events.jsonl`, for whoever watches the run
+    // (`asterflow serve`): the plan first, then each stage as it starts, progresses and ends.
+    let events_file = run_dir(&request.paths.run_root, &run_id).join(EVENTS_FILE);
+    let mut journal = EventJournal::create(&events_file, &pipeline, &plan);
+    let (forward, reporter_events) = tokio::sync::mpsc::unbounded_channel();
+    let journal_names = names.clone();
+    let journal_task = tokio::spawn(async move {
+        let mut receiver = receiver;
+        while let Some(event) = receiver.recv().await {
+            journal.record(&event, &journal_names);
+            if forward.send(event).is_err() {
+                break;
+            }
+        }
+        journal
+    });
     let reporter = tokio::spawn(report(
-        receiver,
+        reporter_events,
         request.mode,
         names,
         plan.count(Decision::Run),
@@ -356,6 +373,7 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
         cancel,
     )
     .await;
+    let journal = journal_task.await.ok();
     let _ = reporter.await;
     signals.abort();
 
@@ -375,6 +393,9 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
     );
     record.finish(status);
     record.write(&request.paths.run_root)?;
+    if let Some(mut journal) = journal {
+        journal.end(&record);
+    }
     // The memo only speeds up later runs; failing to save it loses nothing.
     let _ = digests.save();
     crate::engine::store::remove_empty_dirs(&request.paths.run_root.join("tmp").join(&run_id));
@@ -792,4 +813,83 @@ pub async fn push<'a>(
         let _ = cache.mark_pushed(manifest, remote.url()).await;
     }
     Ok(summary)
+}
+
+/// The events of a run, one JSON object a line, next to its `run.json`.
+pub const EVENTS_FILE: &str = "events.jsonl";
+
+/// Appends a run's events to its events file. Best effort: a file that cannot be written
+/// costs the watchers their live view, never the run.
+struct EventJournal {
+    file: Option<std::fs::File>,
+}
+
+impl EventJournal {
+    fn create(path: &Path, pipeline: &Pipeline, plan: &Plan) -> Self {
+        let file = std::fs::File::create(path).ok();
+        let mut journal = Self { file };
+        let stages: Vec<serde_json::Value> = plan
+            .order
+            .iter()
+            .map(|&index| {
+                serde_json::json!({
+                    "id": pipeline.stages[index].id,
+                    "kind": pipeline.stages[index].kind.name(),
+                    "decision": plan.stages[index].decision.word(),
+                    "reason": plan.stages[index].reason,
+                })
+            })
+            .collect();
+        journal.write(serde_json::json!({"event": "plan", "stages": stages}));
+        journal
+    }
+
+    fn write(&mut self, value: serde_json::Value) {
+        use std::io::Write;
+        if let Some(file) = &mut self.file {
+            let _ = writeln!(file, "{value}");
+        }
+    }
+
+    fn record(&mut self, event: &RunEvent, names: &[String]) {
+        let name = |stage: &usize| names.get(*stage).cloned().unwrap_or_default();
+        let value = match event {
+            RunEvent::StageStarted { stage } => {
+                serde_json::json!({"event": "started", "stage": name(stage), "at_ms": now_ms()})
+            }
+            RunEvent::StageProgress {
+                stage,
+                message,
+                done,
+                total,
+            } => serde_json::json!({
+                "event": "progress", "stage": name(stage), "message": message, "done": done, "total": total,
+            }),
+            RunEvent::StageWarning { stage, message } => {
+                serde_json::json!({"event": "warning", "stage": name(stage), "message": message})
+            }
+            RunEvent::StageReport { .. } => return,
+            RunEvent::StageFinished {
+                stage,
+                status,
+                reason,
+                duration,
+            } => serde_json::json!({
+                "event": "finished", "stage": name(stage), "status": status.word(),
+                "reason": reason, "duration_ms": duration.as_millis() as u64,
+            }),
+        };
+        self.write(value);
+    }
+
+    fn end(&mut self, record: &RunRecord) {
+        let status = match record.status {
+            RunStatus::Succeeded | RunStatus::Running => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        };
+        self.write(
+            serde_json::json!({"event": "end", "status": status, "counts": record.counts()}),
+        );
+    }
 }

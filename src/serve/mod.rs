@@ -133,6 +133,7 @@ async fn route(site: &Site, path: &str, query: &str) -> Response {
         ["pipelines"] => pipelines_page(site),
         ["pipelines", name] => plan_page(site, name).await,
         ["runs", id] => run_page(site, id),
+        ["runs", id, "events"] => events(site, id),
         ["runs", id, "report.html"] => file(site, id, &["report.html"], "text/html; charset=utf-8"),
         ["runs", id, "logs", stage] => file(
             site,
@@ -207,7 +208,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.waiting{color:#8c959f}.running{color:#bf8700}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}";
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
@@ -321,6 +322,11 @@ fn run_page(site: &Site, id: &str) -> Response {
             );
         }
     };
+    if record.status == RunStatus::Running
+        && let Some(path) = confined(site, id, &["events.jsonl"])
+    {
+        return live_page(&record, &path);
+    }
     let mut body = format!(
         "<p>Pipeline <b>{}</b> (<code>{}</code>), started {}, {} in {}: {}.</p>",
         escape(&record.pipeline),
@@ -442,6 +448,174 @@ async fn plan_page(site: &Site, name: &str) -> Response {
             ),
         ),
     }
+}
+
+/// One stage of a run in progress, as its events tell it.
+struct LiveStage {
+    id: String,
+    kind: String,
+    status: String,
+    reason: String,
+}
+
+/// The stages of a run in progress from its events file: the plan, then what happened.
+fn live_stages(text: &str) -> Vec<LiveStage> {
+    let mut stages: Vec<LiveStage> = Vec::new();
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let word = |key: &str| event[key].as_str().unwrap_or_default().to_owned();
+        match event["event"].as_str() {
+            Some("plan") => {
+                for stage in event["stages"].as_array().into_iter().flatten() {
+                    let decision = stage["decision"].as_str().unwrap_or_default();
+                    stages.push(LiveStage {
+                        id: stage["id"].as_str().unwrap_or_default().to_owned(),
+                        kind: stage["kind"].as_str().unwrap_or_default().to_owned(),
+                        status: match decision {
+                            "run" | "remote" => "waiting",
+                            "cached" => "cached",
+                            "reuse" => "reused",
+                            _ => "skipped",
+                        }
+                        .to_owned(),
+                        reason: stage["reason"].as_str().unwrap_or_default().to_owned(),
+                    });
+                }
+            }
+            Some(kind @ ("started" | "progress" | "finished")) => {
+                let id = word("stage");
+                if let Some(stage) = stages.iter_mut().find(|stage| stage.id == id) {
+                    match kind {
+                        "started" => stage.status = "running".into(),
+                        "progress" if event["message"].is_string() => {
+                            stage.reason = word("message")
+                        }
+                        "finished" => {
+                            stage.status = word("status");
+                            stage.reason = word("reason");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    stages
+}
+
+/// A few lines that follow the run's events and update the stage table in place.
+const LIVE_SCRIPT: &str = r#"<script>
+const source = new EventSource(location.pathname + "/events" + location.search);
+source.onmessage = (message) => {
+  const event = JSON.parse(message.data);
+  if (event.event === "end") {
+    document.getElementById("live").textContent = "finished: " + event.status + ", " + event.counts;
+    document.body.dataset.live = "ended";
+    source.close();
+    return;
+  }
+  const row = document.getElementById("stage-" + event.stage);
+  if (!row) return;
+  const status = row.querySelector(".status"), reason = row.querySelector(".reason");
+  if (event.event === "started") { status.textContent = "running"; status.className = "status running"; }
+  if (event.event === "progress" && event.message) reason.textContent = event.message;
+  if (event.event === "finished") {
+    status.textContent = event.status; status.className = "status " + event.status;
+    reason.textContent = event.reason;
+  }
+  document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+};
+</script>"#;
+
+/// A run in progress: its stages as far as they got, kept current by its events.
+fn live_page(record: &RunRecord, events: &Path) -> Response {
+    let text = std::fs::read_to_string(events).unwrap_or_default();
+    let mut body = format!(
+        "<p>Pipeline <b>{}</b> (<code>{}</code>), started {}: <span id=\"live\">running</span>.</p>",
+        escape(&record.pipeline),
+        escape(&record.pipeline_file),
+        escape(&record.started_at),
+    );
+    body.push_str("<table><tr><th>stage</th><th>kind</th><th>status</th><th>now</th></tr>");
+    for stage in live_stages(&text) {
+        body.push_str(&format!(
+            "<tr id=\"stage-{id}\"><td>{id}</td><td>{}</td><td class=\"status {status}\">{status}</td><td class=\"reason\">{}</td></tr>",
+            escape(&stage.kind),
+            escape(&stage.reason),
+            id = escape(&stage.id),
+            status = escape(&stage.status),
+        ));
+    }
+    body.push_str("</table>");
+    body.push_str(LIVE_SCRIPT);
+    page(StatusCode::OK, &format!("Run {}", record.run_id), &body)
+}
+
+/// The run's events as server-sent events: what is written so far, then each new line as the
+/// runner appends it, until the run's `end` (or ten idle minutes: a killed run writes none).
+fn events(site: &Site, id: &str) -> Response {
+    let Some(path) = confined(site, id, &["events.jsonl"]) else {
+        return not_found(&format!("/runs/{id}/events"));
+    };
+    struct Tail {
+        path: PathBuf,
+        offset: u64,
+        partial: String,
+        ended: bool,
+        idle: u32,
+    }
+    let tail = Tail {
+        path,
+        offset: 0,
+        partial: String::new(),
+        ended: false,
+        idle: 0,
+    };
+    let stream = futures::stream::unfold(tail, |mut tail| async move {
+        use std::io::{Read, Seek, SeekFrom};
+        if tail.ended {
+            return None;
+        }
+        loop {
+            let mut fresh = String::new();
+            if let Ok(mut file) = std::fs::File::open(&tail.path)
+                && file.seek(SeekFrom::Start(tail.offset)).is_ok()
+                && let Ok(read) = file.read_to_string(&mut fresh)
+            {
+                tail.offset += read as u64;
+            }
+            tail.partial.push_str(&fresh);
+            let mut chunk = String::new();
+            while let Some(end) = tail.partial.find('\n') {
+                let line: String = tail.partial.drain(..=end).collect();
+                let line = line.trim_end();
+                if line.contains("\"event\":\"end\"") {
+                    tail.ended = true;
+                }
+                chunk.push_str("data: ");
+                chunk.push_str(line);
+                chunk.push_str("\n\n");
+            }
+            if !chunk.is_empty() {
+                tail.idle = 0;
+                return Some((Ok::<_, std::convert::Infallible>(chunk), tail));
+            }
+            tail.idle += 1;
+            if tail.idle > 3000 {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_default()
 }
 
 /// The run root, resolved, for [`Site`].

@@ -11,7 +11,7 @@ mod gpu;
 mod honest;
 mod perp;
 mod remote;
-mod report;
+pub(crate) mod report;
 mod run;
 mod s3;
 mod scheduled;

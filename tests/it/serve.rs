@@ -294,3 +294,101 @@ pub(crate) fn browse_runs_in_chromium(project: &Project, browser: &std::path::Pa
         "the report did not open: {html}"
     );
 }
+
+/// The id of the only run under `project`'s run root once its events file exists.
+fn running_id(project: &Project) -> String {
+    let runs = project.path().join("runs");
+    let mut found = None;
+    assert!(
+        wait_for(Duration::from_secs(30), || {
+            found = std::fs::read_dir(&runs).ok().and_then(|entries| {
+                entries
+                    .flatten()
+                    .find(|entry| entry.path().join("events.jsonl").is_file())
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            });
+            found.is_some()
+        }),
+        "the run did not start"
+    );
+    found.unwrap()
+}
+
+#[test]
+fn a_run_in_progress_streams_its_events_and_the_page_follows_them_without_a_reload() {
+    let project = Project::new();
+    project.write(
+        "pipelines/slow.yaml",
+        &pipeline(&[
+            stage("quick", &[], "echo quick > out.txt"),
+            stage("slow", &["quick"], "sleep 4; echo slow > out.txt"),
+        ]),
+    );
+    // The run root must exist for the server; a first run makes it.
+    std::fs::create_dir_all(project.path().join("runs")).unwrap();
+    let server = start(&project, &[]);
+    let mut run = project.spawn(&["run", "pipelines/slow.yaml"]);
+    let id = running_id(&project);
+    // While it runs, the page shows the planned stages and the script that follows them.
+    let (status, page) = get(&server, &format!("/runs/{id}"), &[]);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("id=\"stage-slow\""), "{page}");
+    assert!(page.contains("new EventSource"), "{page}");
+    let slow = &page[page.find("id=\"stage-slow\"").unwrap()..];
+    let slow = &slow[..slow.find("</tr>").unwrap()];
+    assert!(
+        slow.contains("status waiting") || slow.contains("status running"),
+        "the slow stage has not finished yet: {slow}"
+    );
+
+    // In the browser, the same page, opened while the run is in progress: its script changes
+    // the table as the events arrive, with no reload.
+    if let Some(browser) = crate::report::chromium() {
+        let dom = std::process::Command::new(&browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=60000",
+                "--dump-dom",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                project.path().join("chromium").display()
+            ))
+            .arg(format!("http://{}/runs/{id}", server.address))
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+        assert!(
+            dom.contains("data-live=\"ended\""),
+            "the page did not follow the run: {dom}"
+        );
+        assert!(dom.contains("data-updates="), "{dom}");
+        assert!(
+            dom.contains("<td class=\"status ran\">ran</td>"),
+            "the slow stage's row was updated in place: {dom}"
+        );
+    } else {
+        eprintln!("skipped: the live page's browser check needs Chromium");
+    }
+
+    // The stream: the plan, each stage's start and end, then the run's end.
+    let (status, stream) = get(&server, &format!("/runs/{id}/events"), &[]);
+    assert_eq!(status, 200);
+    for needle in [
+        "data: {\"event\":\"plan\"",
+        "\"event\":\"started\",\"stage\":\"slow\"",
+        "\"event\":\"finished\"",
+        "\"event\":\"end\"",
+    ] {
+        assert!(stream.contains(needle), "{needle}: {stream}");
+    }
+    assert!(run.wait().unwrap().success());
+    // Once finished, the page is the recorded run's.
+    let (_, page) = get(&server, &format!("/runs/{id}"), &[]);
+    assert!(!page.contains("new EventSource"), "{page}");
+    assert!(page.contains("succeeded"), "{page}");
+}
