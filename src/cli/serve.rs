@@ -19,6 +19,7 @@ pub async fn serve(paths: &Paths, bind: &str, token: Option<String>) -> Result<i
     let site = crate::serve::Site {
         run_root: crate::serve::canonical_root(&paths.run_root).map_err(Error::Usage)?,
         pipelines: paths.project_root.join("pipelines").canonicalize().ok(),
+        paper: paths.data_dir.join("paper"),
         planner,
         token,
     };

@@ -44,6 +44,8 @@ pub struct Site {
     pub run_root: PathBuf,
     /// The project's `pipelines/` directory, canonical, when there is one.
     pub pipelines: Option<PathBuf>,
+    /// The data directory's `paper/` (the paper books; it may appear after the server starts).
+    pub paper: PathBuf,
     pub planner: Planner,
     pub token: Option<String>,
 }
@@ -131,6 +133,8 @@ async fn route(site: &Site, path: &str, query: &str) -> Response {
     match segments.as_slice() {
         [""] => runs_page(site, query),
         ["pipelines"] => pipelines_page(site),
+        ["paper"] => books_page(site),
+        ["paper", pipeline, stage] => book_page(site, pipeline, stage),
         ["pipelines", name] => plan_page(site, name).await,
         ["runs", id] => run_page(site, id),
         ["runs", id, "events"] => events(site, id),
@@ -212,7 +216,7 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}</style></head><body><p><a href=\"/\">runs</a> | <a href=\"/pipelines\">pipelines</a></p><h1>{}</h1>{body}</body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}</style></head><body><p><a href=\"/\">runs</a> | <a href=\"/pipelines\">pipelines</a> | <a href=\"/paper\">paper books</a></p><h1>{}</h1>{body}</body></html>",
         escape(title),
         escape(title)
     );
@@ -616,6 +620,199 @@ fn events(site: &Site, id: &str) -> Response {
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_default()
+}
+
+/// The paper books: `paper/<pipeline>/<stage>/` directories holding a ledger.
+fn books(site: &Site) -> Vec<(String, String)> {
+    let paper = &site.paper;
+    let mut found = Vec::new();
+    for pipeline in std::fs::read_dir(paper).into_iter().flatten().flatten() {
+        for stage in std::fs::read_dir(pipeline.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if stage.path().join("ledger.parquet").is_file()
+                && let (Ok(pipeline), Ok(stage)) = (
+                    pipeline.file_name().into_string(),
+                    stage.file_name().into_string(),
+                )
+            {
+                found.push((pipeline, stage));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn books_page(site: &Site) -> Response {
+    let mut body = String::from("<ul>");
+    for (pipeline, stage) in books(site) {
+        body.push_str(&format!(
+            "<li><a href=\"/paper/{p}/{s}\">{p} / {s}</a></li>",
+            p = escape(&pipeline),
+            s = escape(&stage)
+        ));
+    }
+    body.push_str("</ul>");
+    page(StatusCode::OK, "Paper books", &body)
+}
+
+/// Every row of a Parquet file's batches.
+fn read_parquet(path: &Path) -> Result<Vec<arrow::array::RecordBatch>, String> {
+    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|builder| builder.build())
+        .map_err(|error| error.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| error.to_string())
+}
+
+fn text(batch: &arrow::array::RecordBatch, name: &str, row: usize) -> String {
+    use arrow::array::{Array, AsArray};
+    batch
+        .column_by_name(name)
+        .and_then(|column| {
+            column
+                .as_string_opt::<i32>()
+                .filter(|c| !c.is_null(row))
+                .map(|c| c.value(row).to_owned())
+        })
+        .unwrap_or_default()
+}
+
+fn number<T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &arrow::array::RecordBatch,
+    name: &str,
+    row: usize,
+) -> Option<T::Native> {
+    use arrow::array::{Array, AsArray};
+    let column = batch.column_by_name(name)?.as_primitive_opt::<T>()?;
+    (!column.is_null(row)).then(|| column.value(row))
+}
+
+/// One paper book: the newest bar's signals, the ledger's closed and open trades, its hit rate
+/// and cumulative net return.
+fn book_page(site: &Site, pipeline: &str, stage: &str) -> Response {
+    use arrow::datatypes::{Float64Type, Int64Type};
+    let title = format!("Paper book {pipeline} / {stage}");
+    let paper = site.paper.canonicalize().ok();
+    let Some(dir) = paper
+        .as_ref()
+        .filter(|_| plain_name(pipeline) && plain_name(stage))
+        .and_then(|paper| paper.join(pipeline).join(stage).canonicalize().ok())
+        .filter(|dir| paper.as_ref().is_some_and(|paper| dir.starts_with(paper)))
+    else {
+        return not_found(&format!("/paper/{pipeline}/{stage}"));
+    };
+    let ledger = match read_parquet(&dir.join("ledger.parquet")) {
+        Ok(batches) => batches,
+        Err(error) => {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &title,
+                &format!("<p>The ledger does not read: {}</p>", escape(&error)),
+            );
+        }
+    };
+    // (open time, symbol, side, status, net return)
+    let mut trades: Vec<(i64, String, String, String, Option<f64>)> = Vec::new();
+    for batch in &ledger {
+        for row in 0..batch.num_rows() {
+            trades.push((
+                number::<Int64Type>(batch, "open_time", row).unwrap_or(0),
+                text(batch, "symbol", row),
+                text(batch, "side", row),
+                text(batch, "status", row),
+                number::<Float64Type>(batch, "net_return", row),
+            ));
+        }
+    }
+    trades.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let closed: Vec<&(i64, String, String, String, Option<f64>)> =
+        trades.iter().filter(|trade| trade.3 == "closed").collect();
+    let wins = closed
+        .iter()
+        .filter(|trade| trade.4.is_some_and(|r| r > 0.0))
+        .count();
+    let open = trades.iter().filter(|trade| trade.3 == "open").count();
+    let mut body = format!(
+        "<p>{} paper trades: {} closed, {open} open; hit rate {}.</p>",
+        trades.len(),
+        closed.len(),
+        if closed.is_empty() {
+            "n/a".to_owned()
+        } else {
+            format!("{:.1}%", wins as f64 / closed.len() as f64 * 100.0)
+        }
+    );
+    if !closed.is_empty() {
+        let mut total = 0.0;
+        let (x, y): (Vec<i64>, Vec<f64>) = closed
+            .iter()
+            .map(|trade| {
+                total += trade.4.unwrap_or(0.0);
+                (trade.0, total)
+            })
+            .unzip();
+        body.push_str(&crate::report::svg::time_chart(
+            "Cumulative net return of the closed paper trades",
+            1000.0,
+            240.0,
+            &[crate::report::svg::Series {
+                name: "net",
+                color: "#1f6feb",
+                x: &x,
+                y: &y,
+                dashed: false,
+                filled: false,
+                faint: false,
+            }],
+            &|v| format!("{:+.1}%", v * 100.0),
+        ));
+    }
+    // The newest bar's signals.
+    let newest = std::fs::read_dir(dir.join("bars"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "parquet"))
+        .max();
+    if let Some(bar) = newest.and_then(|path| read_parquet(&path).ok()) {
+        body.push_str("<h2>The newest bar's signals</h2><table><tr><th>symbol</th><th>bar</th><th>signal</th></tr>");
+        for batch in &bar {
+            for row in 0..batch.num_rows() {
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(&text(batch, "symbol", row)),
+                    crate::util::time::rfc3339(
+                        number::<Int64Type>(batch, "open_time", row)
+                            .unwrap_or(0)
+                            .max(0) as u64
+                    ),
+                    escape(&text(batch, "side", row)),
+                ));
+            }
+        }
+        body.push_str("</table>");
+    }
+    body.push_str("<h2>Trades, newest first</h2><table><tr><th>signal bar</th><th>symbol</th><th>side</th><th>status</th><th>net return</th></tr>");
+    for trade in trades.iter().rev().take(200) {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            crate::util::time::rfc3339(trade.0.max(0) as u64),
+            escape(&trade.1),
+            escape(&trade.2),
+            escape(&trade.3),
+            trade
+                .4
+                .map_or("-".to_owned(), |r| format!("{:+.2}%", r * 100.0)),
+        ));
+    }
+    body.push_str("</table>");
+    page(StatusCode::OK, &title, &body)
 }
 
 /// The run root, resolved, for [`Site`].

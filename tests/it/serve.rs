@@ -293,6 +293,23 @@ pub(crate) fn browse_runs_in_chromium(project: &Project, browser: &std::path::Pa
         html.contains("buy-and-hold"),
         "the report did not open: {html}"
     );
+
+    // The demo's paper book: its ledger and the newest bar's signals.
+    let (status, books) = get(&server, "/paper", &[]);
+    assert_eq!(status, 200, "{books}");
+    assert!(books.contains("href=\"/paper/demo/signals\""), "{books}");
+    let (status, book) = get(&server, "/paper/demo/signals", &[]);
+    assert_eq!(status, 200, "{book}");
+    assert!(
+        book.contains("paper trades:") && book.contains("hit rate"),
+        "{book}"
+    );
+    assert!(
+        book.contains("<td>BTCUSDT</td>"),
+        "the newest bar's signals: {book}"
+    );
+    let (status, _) = get(&server, "/paper/demo/..", &[]);
+    assert_eq!(status, 404);
 }
 
 /// The id of the only run under `project`'s run root once its events file exists.
