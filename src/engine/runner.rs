@@ -766,10 +766,6 @@ fn print_outcome(record: &RunRecord, request: &RunRequest, remote: Option<&Remot
 pub struct PushSummary {
     /// Entries stored now.
     pub stored: usize,
-    /// Entries the remote already held.
-    pub present: usize,
-    /// Entries left local (the remote went down, or a file changed).
-    pub skipped: usize,
     pub bytes: u64,
 }
 
@@ -803,11 +799,9 @@ pub async fn push<'a>(
                 summary.stored += 1;
                 summary.bytes += bytes;
             }
-            Pushed::AlreadyThere => summary.present += 1,
-            Pushed::Skipped => {
-                summary.skipped += 1;
-                continue;
-            }
+            Pushed::AlreadyThere => {}
+            // Left local (the remote went down, or a file changed): no marker.
+            Pushed::Skipped => continue,
         }
         // The marker only saves a request next time; failing to write it loses nothing.
         let _ = cache.mark_pushed(manifest, remote.url()).await;
