@@ -65,6 +65,7 @@ impl EntryParams {
             short: self
                 .short
                 .then(|| (format!("p_{}", self.short_class), self.short_above)),
+            against_column: format!("p_{}", self.short_class),
         }
     }
 }
@@ -77,6 +78,9 @@ pub struct EntryRule {
     pub long_above: f64,
     /// The short class's column and threshold, when shorts are on.
     pub short: Option<(String, f64)>,
+    /// The down class's column (`p_SELL`), whose probability a long's Kelly size weighs
+    /// against the long class's, shorts on or off.
+    pub against_column: String,
 }
 
 impl EntryRule {
@@ -122,10 +126,20 @@ pub async fn load(
     bar_ms: i64,
     rule: &EntryRule,
 ) -> Result<Loaded, String> {
-    let short_column = rule
-        .short
-        .as_ref()
-        .map_or_else(|| "0.0".to_owned(), |(column, _)| quoted(column));
+    // The down class's probability, read even when shorts are off: Kelly sizing weighs a long
+    // against it. A model without that class leaves everything but the long class against.
+    let has_against = session
+        .table(datafusion::common::TableReference::bare(predictions_table))
+        .await
+        .map_err(|error| format!("reading `{predictions_table}`: {error}"))?
+        .schema()
+        .field_with_unqualified_name(&rule.against_column)
+        .is_ok();
+    let short_column = match &rule.short {
+        Some((column, _)) => quoted(column),
+        None if has_against => quoted(&rule.against_column),
+        None => format!("1.0 - {}", quoted(&rule.long_column)),
+    };
     let predictions = query(
         session,
         &format!(
@@ -168,34 +182,7 @@ pub async fn load(
         .map(|(position, name)| (name.clone(), position))
         .collect();
 
-    let klines = query(
-        session,
-        &format!(
-            "SELECT CAST(symbol AS VARCHAR), open_time, open, high, low, close FROM {} \
-             WHERE \"interval\" = '{}' AND open_time >= {first} AND open_time <= {last} ORDER BY 1, 2",
-            crate::sql::KLINES_TABLE,
-            interval.replace('\'', "''")
-        ),
-        "the klines",
-    )
-    .await?;
-    for batch in &klines {
-        let names = text_column(batch, 0)?;
-        let names = names.as_string::<i32>();
-        let times = batch.column(1).as_primitive::<Int64Type>();
-        let prices: Vec<_> = (2..6)
-            .map(|column| batch.column(column).as_primitive::<Float64Type>())
-            .collect();
-        for row in 0..batch.num_rows() {
-            let Some(&symbol) = index.get(names.value(row)) else {
-                continue;
-            };
-            let ohlc = [0, 1, 2, 3].map(|column| prices[column].value(row));
-            if ohlc.iter().all(|price| price.is_finite() && *price > 0.0) {
-                market.set(symbol, times.value(row), ohlc);
-            }
-        }
-    }
+    fill_prices(session, interval, &mut market).await?;
 
     let mut signals = Signals::flat(market.cells());
     let (mut off_grid, mut unpriced) = (0, 0);
@@ -240,6 +227,53 @@ pub async fn load(
         off_grid,
         unpriced,
     })
+}
+
+/// Fills `market` with the `klines` of `interval` over its grid, for its symbols; bars with a
+/// price that is not positive and finite stay empty.
+pub async fn fill_prices(
+    session: &SessionContext,
+    interval: &str,
+    market: &mut Market,
+) -> Result<(), String> {
+    let (Some(&first), Some(&last)) = (market.times.first(), market.times.last()) else {
+        return Ok(());
+    };
+    let index: HashMap<String, usize> = market
+        .symbols
+        .iter()
+        .enumerate()
+        .map(|(position, name)| (name.clone(), position))
+        .collect();
+    let klines = query(
+        session,
+        &format!(
+            "SELECT CAST(symbol AS VARCHAR), open_time, open, high, low, close FROM {} \
+             WHERE \"interval\" = '{}' AND open_time >= {first} AND open_time <= {last} ORDER BY 1, 2",
+            crate::sql::KLINES_TABLE,
+            interval.replace('\'', "''")
+        ),
+        "the klines",
+    )
+    .await?;
+    for batch in &klines {
+        let names = text_column(batch, 0)?;
+        let names = names.as_string::<i32>();
+        let times = batch.column(1).as_primitive::<Int64Type>();
+        let prices: Vec<_> = (2..6)
+            .map(|column| batch.column(column).as_primitive::<Float64Type>())
+            .collect();
+        for row in 0..batch.num_rows() {
+            let Some(&symbol) = index.get(names.value(row)) else {
+                continue;
+            };
+            let ohlc = [0, 1, 2, 3].map(|column| prices[column].value(row));
+            if ohlc.iter().all(|price| price.is_finite() && *price > 0.0) {
+                market.set(symbol, times.value(row), ohlc);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Step sizes and minimum notionals from a universe table (`symbol`, `step_size`,

@@ -12,6 +12,7 @@ pub mod inputs;
 pub mod market;
 pub mod metrics;
 pub mod outcomes;
+pub mod params;
 
 pub use engine::{
     CorrelationCap, ExitReason, FLAT, Instrument, LONG, Portfolio, Rules, SHORT, Signals,

@@ -33,9 +33,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::backtest::inputs::{self, EntryParams};
-use crate::backtest::{self as engine, Market, Rules, Simulation, Summary};
+use crate::backtest::params::{RuleParams, parse_with_rules};
+use crate::backtest::{self as engine, ExitReason, Market, Rules, Simulation, Summary};
 use crate::diagnostic::location::YamlPath;
-use crate::diagnostic::params::{ParamError, parse_params};
+use crate::diagnostic::params::ParamError;
 use crate::engine::stage::{
     BoxFuture, OutputShape, PrepareContext, PreparedStage, ShapeError, ShapeTable, StageContext,
     StageError, StageKind,
@@ -49,69 +50,8 @@ pub const EQUITY_FILE: &str = "equity.parquet";
 pub const METRICS_FILE: &str = "metrics.json";
 const REPORT_FILE: &str = "backtest_report.json";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Exit {
-    #[serde(default = "default_stop")]
-    stop: f64,
-    #[serde(default = "default_target")]
-    target: Option<f64>,
-    #[serde(default = "default_horizon")]
-    horizon: Option<usize>,
-    #[serde(default = "default_true")]
-    reversal: bool,
-}
-
-/// `correlation:`: the cap on correlated positions.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CorrelationParams {
-    #[serde(default = "default_correlation_window")]
-    window: usize,
-    #[serde(default = "default_correlation_max")]
-    max: f64,
-    #[serde(default = "default_max_correlated")]
-    max_correlated: usize,
-}
-
-fn default_correlation_window() -> usize {
-    168
-}
-fn default_correlation_max() -> f64 {
-    0.8
-}
-fn default_max_correlated() -> usize {
-    2
-}
-fn default_target_volatility() -> f64 {
-    0.5
-}
-fn default_volatility_window() -> usize {
-    168
-}
-fn default_kelly_fraction() -> f64 {
-    0.25
-}
-
-/// `sizing:`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum SizingName {
-    #[default]
-    Risk,
-    Volatility,
-    Kelly,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Fees {
-    #[serde(default = "default_maker")]
-    maker: f64,
-    #[serde(default = "default_taker")]
-    taker: f64,
-}
-
+/// The stage's own params; the trading rules (`exit`, `capital`, `fees`, the portfolio rules,
+/// ...) sit beside them in `with` and are `backtest::params::RuleParams`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Params {
@@ -125,62 +65,23 @@ struct Params {
     funding_table: String,
     #[serde(default)]
     entry: EntryParams,
-    #[serde(default = "default_exit")]
-    exit: Exit,
-    #[serde(default = "default_capital")]
-    capital: f64,
-    #[serde(default = "default_risk")]
-    risk_per_trade: f64,
-    #[serde(default = "default_max_positions")]
-    max_positions: usize,
-    #[serde(default = "default_fees")]
-    fees: Fees,
-    #[serde(default = "default_slippage")]
-    slippage: f64,
     /// The outcome distribution: a stationary block bootstrap of the per-bar returns (`null`:
     /// none).
     #[serde(default = "default_monte_carlo")]
     monte_carlo: Option<crate::backtest::outcomes::MonteCarlo>,
-    /// No new entries for the rest of the UTC day once equity is this far below the day's open.
-    #[serde(default)]
-    daily_loss_limit: Option<f64>,
-    #[serde(default)]
-    correlation: Option<CorrelationParams>,
-    #[serde(default)]
-    sizing: SizingName,
-    /// `sizing: volatility`: each position's annualised volatility.
-    #[serde(default = "default_target_volatility")]
-    target_volatility: f64,
-    /// `sizing: volatility`: bars of trailing returns.
-    #[serde(default = "default_volatility_window")]
-    volatility_window: usize,
-    /// `sizing: kelly`: the share of the Kelly bet.
-    #[serde(default = "default_kelly_fraction")]
-    kelly_fraction: f64,
 }
+
+const OWN_KEYS: &[&str] = &[
+    "interval",
+    "predictions_table",
+    "universe_table",
+    "funding_table",
+    "entry",
+    "monte_carlo",
+];
 
 fn default_monte_carlo() -> Option<crate::backtest::outcomes::MonteCarlo> {
     Some(crate::backtest::outcomes::MonteCarlo::default())
-}
-
-/// The label's thresholds (DOMAIN.md section 4: down 1%, up 2%, 4 bars).
-fn default_stop() -> f64 {
-    0.01
-}
-fn default_target() -> Option<f64> {
-    Some(0.02)
-}
-fn default_horizon() -> Option<usize> {
-    Some(4)
-}
-fn default_true() -> bool {
-    true
-}
-fn default_maker() -> f64 {
-    crate::backtest::DEFAULT_MAKER_FEE
-}
-fn default_taker() -> f64 {
-    crate::backtest::DEFAULT_TAKER_FEE
 }
 fn default_interval() -> String {
     "1h".into()
@@ -194,36 +95,11 @@ fn default_universe_table() -> String {
 fn default_funding_table() -> String {
     "funding".into()
 }
-fn default_exit() -> Exit {
-    Exit {
-        stop: default_stop(),
-        target: default_target(),
-        horizon: default_horizon(),
-        reversal: true,
-    }
-}
-fn default_capital() -> f64 {
-    10_000.0
-}
-fn default_risk() -> f64 {
-    0.01
-}
-fn default_max_positions() -> usize {
-    5
-}
-fn default_fees() -> Fees {
-    Fees {
-        maker: default_maker(),
-        taker: default_taker(),
-    }
-}
-fn default_slippage() -> f64 {
-    crate::backtest::DEFAULT_SLIPPAGE
-}
 
 #[derive(Debug)]
 struct Prepared {
     params: Params,
+    rules: RuleParams,
     bar_ms: i64,
 }
 
@@ -243,128 +119,12 @@ impl StageKind for Backtest {
         params: &yaml_serde::Value,
         _context: &PrepareContext<'_>,
     ) -> Result<Box<dyn PreparedStage>, ParamError> {
-        let params: Params = parse_params(params)?;
+        let (params, rules): (Params, RuleParams) = parse_with_rules(params, OWN_KEYS)?;
         let root = YamlPath::root();
         let interval = Interval::parse(&params.interval)
             .map_err(|message| ParamError::new(root.clone().key("interval"), message))?;
-        let fraction = crate::diagnostic::params::check_range;
         params.entry.check(root.clone().key("entry"))?;
-        let exit = root.clone().key("exit");
-        fraction(
-            exit.clone().key("stop"),
-            params.exit.stop,
-            1e-6,
-            1.0,
-            "the stop distance",
-        )?;
-        if let Some(target) = params.exit.target {
-            fraction(
-                exit.clone().key("target"),
-                target,
-                1e-6,
-                100.0,
-                "the target distance",
-            )?;
-        }
-        if params.exit.horizon == Some(0) {
-            return Err(ParamError::new(
-                exit.key("horizon"),
-                "horizon is in bars and must be at least 1 (null: no time exit)",
-            ));
-        }
-        if !(params.capital.is_finite() && params.capital > 0.0) {
-            return Err(ParamError::new(
-                root.clone().key("capital"),
-                "capital must be above 0",
-            ));
-        }
-        fraction(
-            root.clone().key("risk_per_trade"),
-            params.risk_per_trade,
-            1e-6,
-            1.0,
-            "risk_per_trade",
-        )?;
-        if !(1..=1000).contains(&params.max_positions) {
-            return Err(ParamError::new(
-                root.clone().key("max_positions"),
-                "max_positions must be between 1 and 1000",
-            ));
-        }
-        let fees = root.clone().key("fees");
-        fraction(
-            fees.clone().key("maker"),
-            params.fees.maker,
-            -0.01,
-            0.1,
-            "a fee",
-        )?;
-        fraction(fees.key("taker"), params.fees.taker, -0.01, 0.1, "a fee")?;
-        fraction(
-            root.clone().key("slippage"),
-            params.slippage,
-            0.0,
-            0.1,
-            "slippage",
-        )?;
-        if let Some(limit) = params.daily_loss_limit {
-            fraction(
-                root.clone().key("daily_loss_limit"),
-                limit,
-                1e-4,
-                1.0,
-                "the daily loss limit (a fraction of the day's opening equity)",
-            )?;
-        }
-        if let Some(cap) = &params.correlation {
-            let at = root.clone().key("correlation");
-            if cap.window < 3 {
-                return Err(ParamError::new(
-                    at.key("window"),
-                    "window is in bars and must be at least 3",
-                ));
-            }
-            fraction(at.clone().key("max"), cap.max, -1.0, 1.0, "a correlation")?;
-            if cap.max_correlated == 0 {
-                return Err(ParamError::new(
-                    at.key("max_correlated"),
-                    "max_correlated must be at least 1",
-                ));
-            }
-        }
-        match params.sizing {
-            SizingName::Risk => {}
-            SizingName::Volatility => {
-                fraction(
-                    root.clone().key("target_volatility"),
-                    params.target_volatility,
-                    1e-4,
-                    100.0,
-                    "the annualised volatility per position",
-                )?;
-                if params.volatility_window < 2 {
-                    return Err(ParamError::new(
-                        root.clone().key("volatility_window"),
-                        "volatility_window is in bars and must be at least 2",
-                    ));
-                }
-            }
-            SizingName::Kelly => {
-                fraction(
-                    root.clone().key("kelly_fraction"),
-                    params.kelly_fraction,
-                    1e-4,
-                    1.0,
-                    "the share of the Kelly bet",
-                )?;
-                if params.exit.target.is_none() {
-                    return Err(ParamError::new(
-                        root.clone().key("sizing"),
-                        "kelly sizing needs exit.target: the bet's payoff is the target distance",
-                    ));
-                }
-            }
-        }
+        rules.check(&root)?;
         if let Some(monte_carlo) = &params.monte_carlo {
             let at = root.key("monte_carlo");
             if !(1..=100_000).contains(&monte_carlo.paths) {
@@ -373,7 +133,7 @@ impl StageKind for Backtest {
                     "paths must be between 1 and 100000 (monte_carlo: null for none)",
                 ));
             }
-            fraction(
+            crate::diagnostic::params::check_range(
                 at.key("block"),
                 monte_carlo.block,
                 1.0,
@@ -384,6 +144,7 @@ impl StageKind for Backtest {
         Ok(Box::new(Prepared {
             bar_ms: interval.millis() as i64,
             params,
+            rules,
         }))
     }
 }
@@ -427,41 +188,16 @@ fn equity_schema() -> SchemaRef {
 }
 
 impl Prepared {
-    fn rules(&self) -> Rules {
-        let params = &self.params;
-        Rules {
-            capital: params.capital,
-            risk_per_trade: params.risk_per_trade,
-            max_positions: params.max_positions,
-            maker_fee: params.fees.maker,
-            taker_fee: params.fees.taker,
-            slippage: params.slippage,
-            stop: params.exit.stop,
-            target: params.exit.target,
-            horizon: params.exit.horizon,
-            reverse: params.exit.reversal,
-            portfolio: engine::Portfolio {
-                daily_loss_limit: params.daily_loss_limit,
-                correlation: params
-                    .correlation
-                    .as_ref()
-                    .map(|cap| engine::CorrelationCap {
-                        window: cap.window,
-                        max: cap.max,
-                        max_correlated: cap.max_correlated,
-                    }),
-                sizing: match params.sizing {
-                    SizingName::Risk => engine::Sizing::Risk,
-                    SizingName::Volatility => engine::Sizing::Volatility {
-                        target: params.target_volatility,
-                        window: params.volatility_window,
-                    },
-                    SizingName::Kelly => engine::Sizing::Kelly {
-                        fraction: params.kelly_fraction,
-                    },
-                },
-            },
+    /// The stage's params and its rules, as one flat mapping (as written in `with`).
+    fn all_params(&self) -> serde_json::Value {
+        let mut all = serde_json::to_value(&self.params).unwrap_or_default();
+        if let (Some(all), serde_json::Value::Object(rules)) = (
+            all.as_object_mut(),
+            serde_json::to_value(&self.rules).unwrap_or_default(),
+        ) {
+            all.extend(rules);
         }
+        all
     }
 
     async fn execute(&self, context: &StageContext) -> Result<(), StageError> {
@@ -559,7 +295,7 @@ impl Prepared {
             market.symbols.len(),
             market.times.len()
         ));
-        let rules = self.rules();
+        let rules = self.rules.rules();
         let signals = loaded.signals;
         let (market, simulation, benchmark, simulated_in) =
             tokio::task::spawn_blocking(move || {
@@ -592,7 +328,7 @@ impl Prepared {
         let text = render(&summary, &market, synthetic);
         let mut metrics = serde_json::to_value(&summary).map_err(StageError::failed)?;
         metrics["synthetic"] = synthetic.into();
-        metrics["params"] = serde_json::to_value(params).map_err(StageError::failed)?;
+        metrics["params"] = self.all_params();
         crate::kinds::write_json(&context.output_dir.join(METRICS_FILE), &metrics)?;
         fs_err::write(context.output_dir.join("metrics.txt"), &text)?;
         context.progress.report(text);
@@ -805,7 +541,17 @@ fn write_trades(
     market: &Market,
     simulation: &Simulation,
 ) -> Result<(), StageError> {
-    let trades = &simulation.trades;
+    let batch = trades_batch(market, &simulation.trades, ExitReason::End.word())?;
+    crate::kinds::write_parquet(&context.output_dir.join(TRADES_FILE), &batch)
+}
+
+/// The trades as `trades.parquet` holds them; a trade the grid's end closed says `end_word`
+/// (`end` in a backtest; `open` in the paper portfolio, where the grid ends at the newest bar).
+pub fn trades_batch(
+    market: &Market,
+    trades: &[engine::Trade],
+    end_word: &str,
+) -> Result<RecordBatch, StageError> {
     let floats = |f: &dyn Fn(&engine::Trade) -> f64| -> ArrayRef {
         Arc::new(trades.iter().map(f).collect::<Float64Array>())
     };
@@ -844,12 +590,14 @@ fn write_trades(
                 .map(|t| (t.exit_bar - t.entry_bar) as i64)
                 .collect::<Int64Array>(),
         ),
-        Arc::new(StringArray::from_iter_values(
-            trades.iter().map(|t| t.exit_reason.word()),
-        )),
+        Arc::new(StringArray::from_iter_values(trades.iter().map(
+            |t| match t.exit_reason {
+                ExitReason::End => end_word,
+                reason => reason.word(),
+            },
+        ))),
     ];
-    let batch = RecordBatch::try_new(trades_schema(), columns).map_err(StageError::failed)?;
-    crate::kinds::write_parquet(&context.output_dir.join(TRADES_FILE), &batch)
+    RecordBatch::try_new(trades_schema(), columns).map_err(StageError::failed)
 }
 
 fn write_equity(
@@ -878,7 +626,7 @@ fn write_equity(
 
 impl PreparedStage for Prepared {
     fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        self.all_params()
     }
 
     fn reports(&self) -> &'static [&'static str] {

@@ -34,6 +34,7 @@ use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 use serde::{Deserialize, Serialize};
 
 use crate::backtest::inputs::{EntryParams, text_column};
+use crate::backtest::params::RuleParams;
 use crate::backtest::{FLAT, LONG};
 use crate::diagnostic::location::YamlPath;
 use crate::diagnostic::params::{ParamError, parse_params};
@@ -42,6 +43,7 @@ use crate::engine::stage::{
     StageContext, StageError, StageKind,
 };
 use crate::market::model::Interval;
+use crate::paper::portfolio::{self, PortfolioSummary};
 use crate::paper::{
     Entry, Fills, Signal, SignalsSummary, Status, book_summary, ledger, side_of, side_word,
 };
@@ -54,6 +56,8 @@ pub struct Signals;
 pub const SIGNALS_FILE: &str = "signals.parquet";
 pub const LEDGER_FILE: &str = "ledger.parquet";
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The paper portfolio's trades (with `portfolio:`), closed and open.
+pub const PORTFOLIO_FILE: &str = "portfolio.parquet";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +74,11 @@ struct Params {
     fee: f64,
     #[serde(default = "default_slippage")]
     slippage: f64,
+    /// The book traded as one account under the backtest's rules (its keys are `backtest`'s:
+    /// `exit`, `capital`, `max_positions`, `daily_loss_limit`, `correlation`, `sizing`, ...);
+    /// none by default.
+    #[serde(default)]
+    portfolio: Option<RuleParams>,
 }
 
 fn default_interval() -> String {
@@ -100,7 +109,8 @@ impl StageKind for Signals {
     }
 
     fn code_version(&self) -> u32 {
-        2
+        // 3: the paper portfolio (`portfolio:`).
+        3
     }
 
     fn prepare(
@@ -121,6 +131,9 @@ impl StageKind for Signals {
         }
         for (key, value) in [("fee", params.fee), ("slippage", params.slippage)] {
             crate::diagnostic::params::check_range(root.clone().key(key), value, 0.0, 0.1, key)?;
+        }
+        if let Some(rules) = &params.portfolio {
+            rules.check(&root.clone().key("portfolio"))?;
         }
         Ok(Box::new(Prepared {
             bar_ms: interval.millis() as i64,
@@ -302,7 +315,9 @@ fn ledger_batch(entries: &[Entry]) -> Result<RecordBatch, StageError> {
 }
 
 /// Every signal in the book's `bars/` directory, in time order.
-fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
+/// The book's signals, oldest first, with their probabilities of `classes` (NaN where a bar's
+/// file lacks a class).
+fn read_book(dir: &Path, classes: &[String]) -> Result<Vec<Signal>, StageError> {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -327,12 +342,27 @@ fn read_book(dir: &Path) -> Result<Vec<Signal>, StageError> {
             let symbol = crate::kinds::text_column(&batch, "symbol", &file)?;
             let time = crate::kinds::number_column::<Int64Type>(&batch, "open_time", &file)?;
             let side = crate::kinds::text_column(&batch, "side", &file)?;
+            let probabilities: Vec<Option<&arrow::array::Float64Array>> = classes
+                .iter()
+                .map(|class| {
+                    batch
+                        .column_by_name(&format!("p_{class}"))
+                        .and_then(|column| column.as_primitive_opt::<Float64Type>())
+                })
+                .collect();
             for row in 0..batch.num_rows() {
                 signals.push(Signal {
                     symbol: symbol.value(row).to_owned(),
                     open_time: time.value(row),
                     side: side_of(side.value(row)),
-                    probabilities: Vec::new(),
+                    probabilities: probabilities
+                        .iter()
+                        .map(|column| {
+                            column
+                                .filter(|c| !c.is_null(row))
+                                .map_or(f64::NAN, |c| c.value(row))
+                        })
+                        .collect(),
                 });
             }
         }
@@ -453,6 +483,24 @@ fn signals_text(summary: &SignalsSummary) -> String {
         book.open,
         book.no_price
     ));
+    if let Some(portfolio) = &summary.portfolio {
+        text.push_str(&format!(
+            "paper portfolio ({}): {} closed (hit rate {}), {} open, {} pending; equity {:.2} ({:+.2}%, max drawdown {:.2}%), fees {:.2}, funding {:.2}; {}\n",
+            portfolio.rules,
+            portfolio.closed,
+            portfolio
+                .hit_rate
+                .map_or("n/a".to_owned(), |v| format!("{:.1}%", v * 100.0)),
+            portfolio.open,
+            portfolio.pending,
+            portfolio.equity,
+            portfolio.total_return * 100.0,
+            portfolio.max_drawdown * 100.0,
+            portfolio.fees,
+            portfolio.funding,
+            portfolio::skipped_words(&portfolio.skipped),
+        ));
+    }
     text
 }
 
@@ -511,7 +559,7 @@ impl Prepared {
         }
 
         // The ledger of the whole book, priced from the lake.
-        let book_signals = read_book(&book.join("bars"))?;
+        let book_signals = read_book(&book.join("bars"), &model.classes)?;
         let first = book_signals
             .iter()
             .map(|s| s.open_time)
@@ -551,6 +599,27 @@ impl Prepared {
         let ledger = ledger_batch(&entries)?;
         crate::kinds::write_parquet_atomic(&book.join(LEDGER_FILE), &ledger)?;
         crate::kinds::write_parquet(&context.output_dir.join(LEDGER_FILE), &ledger)?;
+        let portfolio = match &params.portfolio {
+            Some(rules) => {
+                let down = model
+                    .classes
+                    .iter()
+                    .position(|c| *c == params.entry.short_class);
+                let (summary, trades) = self
+                    .portfolio(
+                        &session,
+                        &book_signals,
+                        rules,
+                        (long, down),
+                        lake_newest.max(newest),
+                    )
+                    .await?;
+                crate::kinds::write_parquet_atomic(&book.join(PORTFOLIO_FILE), &trades)?;
+                crate::kinds::write_parquet(&context.output_dir.join(PORTFOLIO_FILE), &trades)?;
+                Some(summary)
+            }
+            None => None,
+        };
 
         let shown = book
             .strip_prefix(&context.project_root)
@@ -571,6 +640,7 @@ impl Prepared {
             book: shown,
             appended,
             ledger: book_summary(&entries),
+            portfolio,
             synthetic,
         };
         crate::kinds::write_json(&context.output_dir.join(SUMMARY_FILE), &summary)?;
@@ -778,6 +848,55 @@ impl Prepared {
             }
         }
         Ok(funding)
+    }
+
+    /// The book traded under `rules` from the lake's prices: its figures and its trades. `classes`
+    /// are the model's long and down classes.
+    async fn portfolio(
+        &self,
+        session: &datafusion::prelude::SessionContext,
+        book: &[Signal],
+        rules: &RuleParams,
+        (long, down): (usize, Option<usize>),
+        newest: i64,
+    ) -> Result<(PortfolioSummary, RecordBatch), StageError> {
+        let described = rules.describe();
+        let rules = rules.rules();
+        let mut symbols: Vec<String> = book.iter().map(|s| s.symbol.clone()).collect();
+        symbols.sort();
+        symbols.dedup();
+        let first = book.iter().map(|s| s.open_time).min().unwrap_or(newest);
+        let lookback = portfolio::lookback(&rules) as i64 * self.bar_ms;
+        let first = first - first.rem_euclid(self.bar_ms) - lookback;
+        let mut market =
+            crate::backtest::Market::new(symbols, first, newest.max(first), self.bar_ms)
+                .map_err(StageError::failed)?;
+        crate::backtest::inputs::fill_prices(session, &self.params.interval, &mut market)
+            .await
+            .map_err(StageError::failed)?;
+        let instruments = if has_table(session, "universe") {
+            crate::backtest::inputs::instruments(session, "universe", &market)
+                .await
+                .map_err(StageError::failed)?
+                .0
+        } else {
+            vec![crate::backtest::Instrument::default(); market.symbols.len()]
+        };
+        let funding = if has_table(session, "funding") {
+            Some(
+                crate::backtest::inputs::funding(session, "funding", &market)
+                    .await
+                    .map_err(StageError::failed)?
+                    .0,
+            )
+        } else {
+            None
+        };
+        let signals = portfolio::grid_signals(&market, book, long, down);
+        let simulation =
+            crate::backtest::simulate(&market, &signals, &instruments, funding.as_deref(), &rules);
+        let trades = crate::kinds::backtest::trades_batch(&market, &simulation.trades, "open")?;
+        Ok((portfolio::summarise(&simulation, &rules, described), trades))
     }
 
     /// (open, close) of every validated bar of the interval from `from` on, and the newest bar.

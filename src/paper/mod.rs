@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backtest::{FLAT, LONG};
 
+pub mod portfolio;
+
 /// One symbol's signal at a bar.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Signal {
@@ -193,6 +195,9 @@ pub struct SignalsSummary {
     pub book: String,
     pub appended: bool,
     pub ledger: BookSummary,
+    /// The book traded as one account under the `portfolio:` rules, when they are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portfolio: Option<portfolio::PortfolioSummary>,
     pub synthetic: bool,
 }
 

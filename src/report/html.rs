@@ -285,6 +285,23 @@ fn paper_section(page: &mut String, paper: &Paper) {
         ledger.open,
         ledger.no_price
     );
+    if let Some(portfolio) = &summary.portfolio {
+        let _ = write!(
+            page,
+            "<p>Paper portfolio, the book as one account under the backtest's rules ({}): {} trades closed (hit rate {}), {} open, {} waiting for the next open; equity {:.2} ({}, max drawdown {}), fees {:.2}, funding {:.2}; {}.</p>",
+            escape(&portfolio.rules),
+            portfolio.closed,
+            share(portfolio.hit_rate),
+            portfolio.open,
+            portfolio.pending,
+            portfolio.equity,
+            signed_percent(Some(portfolio.total_return)),
+            signed_percent(Some(portfolio.max_drawdown)),
+            portfolio.fees,
+            portfolio.funding,
+            escape(&crate::paper::portfolio::skipped_words(&portfolio.skipped))
+        );
+    }
     page.push_str("<table><tr><th class=\"l\">symbol</th><th class=\"l\">signal</th>");
     for class in &paper.classes {
         let _ = write!(page, "<th>P({})</th>", escape(class));

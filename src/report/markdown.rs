@@ -143,6 +143,18 @@ pub fn render(record: &RunRecord, data: &ReportData) -> String {
             signed_percent(summary.ledger.mean_net_return),
             summary.ledger.open
         );
+        if let Some(portfolio) = &summary.portfolio {
+            let _ = writeln!(
+                text,
+                "\nPaper portfolio ({}): {} closed, {} open, equity {:.2} ({}); {}.",
+                portfolio.rules,
+                portfolio.closed,
+                portfolio.open,
+                portfolio.equity,
+                signed_percent(Some(portfolio.total_return)),
+                crate::paper::portfolio::skipped_words(&portfolio.skipped)
+            );
+        }
     }
     text
 }

@@ -798,6 +798,9 @@ fn book_page(site: &Site, pipeline: &str, stage: &str) -> Response {
         }
         body.push_str("</table>");
     }
+    if let Ok(portfolio) = read_parquet(&dir.join("portfolio.parquet")) {
+        portfolio_section(&mut body, &portfolio);
+    }
     body.push_str("<h2>Trades, newest first</h2><table><tr><th>signal bar</th><th>symbol</th><th>side</th><th>status</th><th>net return</th></tr>");
     for trade in trades.iter().rev().take(200) {
         body.push_str(&format!(
@@ -813,6 +816,74 @@ fn book_page(site: &Site, pipeline: &str, stage: &str) -> Response {
     }
     body.push_str("</table>");
     page(StatusCode::OK, &title, &body)
+}
+
+/// The paper portfolio (the book as one account under the backtest's rules): its P&L over
+/// time and its trades, newest first.
+fn portfolio_section(body: &mut String, batches: &[arrow::array::RecordBatch]) {
+    use arrow::datatypes::{Float64Type, Int64Type};
+    // (entry time, exit time, symbol, side, size, pnl, exit reason)
+    let mut trades: Vec<(i64, i64, String, String, f64, f64, String)> = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            trades.push((
+                number::<Int64Type>(batch, "entry_time", row).unwrap_or(0),
+                number::<Int64Type>(batch, "exit_time", row).unwrap_or(0),
+                text(batch, "symbol", row),
+                text(batch, "side", row),
+                number::<Float64Type>(batch, "size", row).unwrap_or(0.0),
+                number::<Float64Type>(batch, "pnl", row).unwrap_or(0.0),
+                text(batch, "exit_reason", row),
+            ));
+        }
+    }
+    trades.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+    let closed: Vec<_> = trades.iter().filter(|t| t.6 != "open").collect();
+    body.push_str(&format!(
+        "<h2>Paper portfolio</h2><p>The book as one account under the backtest's rules: {} trades closed, {} open, P&amp;L {:+.2}.</p>",
+        closed.len(),
+        trades.len() - closed.len(),
+        closed.iter().map(|t| t.5).sum::<f64>()
+    ));
+    if !closed.is_empty() {
+        let mut total = 0.0;
+        let (x, y): (Vec<i64>, Vec<f64>) = closed
+            .iter()
+            .map(|t| {
+                total += t.5;
+                (t.1, total)
+            })
+            .unzip();
+        body.push_str(&crate::report::svg::time_chart(
+            "Cumulative P&L of the paper portfolio",
+            1000.0,
+            240.0,
+            &[crate::report::svg::Series {
+                name: "P&L",
+                color: "#1a7f37",
+                x: &x,
+                y: &y,
+                dashed: false,
+                filled: false,
+                faint: false,
+            }],
+            &|v| format!("{v:+.0}"),
+        ));
+    }
+    body.push_str("<table><tr><th>entry</th><th>exit</th><th>symbol</th><th>side</th><th>size</th><th>P&amp;L</th><th>exit</th></tr>");
+    for trade in trades.iter().rev().take(200) {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{:+.2}</td><td>{}</td></tr>",
+            crate::util::time::rfc3339(trade.0.max(0) as u64),
+            crate::util::time::rfc3339(trade.1.max(0) as u64),
+            escape(&trade.2),
+            escape(&trade.3),
+            trade.4,
+            trade.5,
+            escape(&trade.6),
+        ));
+    }
+    body.push_str("</table>");
 }
 
 /// The run root, resolved, for [`Site`].

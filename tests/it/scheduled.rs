@@ -67,6 +67,11 @@ stages:
       horizon: 4
       fee: 0.001
       slippage: 0.0005
+      portfolio:                     # the book as one account: room for three of the four
+        exit: {{stop: 0.5, target: null, horizon: 4}}
+        max_positions: 3
+        fees: {{maker: 0.001, taker: 0.001}}
+        slippage: 0.0005
 "#
     )
 }
@@ -167,6 +172,65 @@ fn ledger(root: &Path) -> Vec<LedgerRow> {
         }
     }
     rows
+}
+
+/// Each symbol's P(BUY) in the book's file for `bar`.
+fn p_buy(root: &Path, bar: i64) -> Vec<(String, f64)> {
+    let file =
+        std::fs::File::open(root.join(format!("data/paper/hourly/signals/bars/bar={bar}.parquet")))
+            .unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let symbol = batch["symbol"].as_string::<i32>().clone();
+        let p = batch["p_BUY"].as_primitive::<Float64Type>().clone();
+        for row in 0..batch.num_rows() {
+            rows.push((symbol.value(row).to_owned(), p.value(row)));
+        }
+    }
+    rows
+}
+
+/// The paper portfolio's trades: (symbol, entry, exit, size, fees, pnl, exit reason), by symbol.
+#[allow(clippy::type_complexity)]
+fn portfolio_trades(root: &Path) -> Vec<(String, f64, f64, f64, f64, f64, String)> {
+    let file =
+        std::fs::File::open(root.join("data/paper/hourly/signals/portfolio.parquet")).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut trades = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let text = |name: &str| batch[name].as_string::<i32>().clone();
+        let float = |name: &str| batch[name].as_primitive::<Float64Type>().clone();
+        let (symbol, reason) = (text("symbol"), text("exit_reason"));
+        let (entry, exit, size, fees, pnl) = (
+            float("entry_price"),
+            float("exit_price"),
+            float("size"),
+            float("fees"),
+            float("pnl"),
+        );
+        for row in 0..batch.num_rows() {
+            trades.push((
+                symbol.value(row).to_owned(),
+                entry.value(row),
+                exit.value(row),
+                size.value(row),
+                fees.value(row),
+                pnl.value(row),
+                reason.value(row).to_owned(),
+            ));
+        }
+    }
+    trades.sort_by(|a, b| a.0.cmp(&b.0));
+    trades
 }
 
 fn bar_files(root: &Path) -> Vec<String> {
@@ -270,6 +334,45 @@ fn hourly_runs_fetch_new_candles_keep_the_model_and_price_the_paper_book() {
             );
         }
     }
+
+    // The paper portfolio: of 23:00's four longs, the three likeliest (P(BUY)) take the three
+    // places, in at 00:00's open and out at 04:00's open (held four bars), each fill slipped
+    // against it; the fourth is skipped for capacity, and 04:00's signals wait for 05:00.
+    let summary = second.output_json(&project, "signals", "summary.json");
+    let portfolio = &summary["portfolio"];
+    assert_eq!(portfolio["skipped"]["capacity"], 1, "{portfolio}");
+    assert_eq!(portfolio["closed"], 3, "{portfolio}");
+    assert_eq!(portfolio["open"], 0, "{portfolio}");
+    assert_eq!(portfolio["pending"], 4, "{portfolio}");
+    let mut likeliest = p_buy(project.path(), first_bar);
+    likeliest.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut taken: Vec<String> = likeliest[..3].iter().map(|(s, _)| s.clone()).collect();
+    taken.sort();
+    let trades = portfolio_trades(project.path());
+    assert_eq!(
+        trades.iter().map(|t| t.0.clone()).collect::<Vec<_>>(),
+        taken,
+        "{likeliest:?}"
+    );
+    let mut equity = 10_000.0;
+    for (symbol, entry, exit, size, fees, pnl, reason) in &trades {
+        assert_eq!(reason, "horizon");
+        let open = prices[&(symbol.clone(), first_bar + HOUR)].0;
+        let out = prices[&(symbol.clone(), first_bar + 5 * HOUR)].0;
+        assert!((entry - open * 1.0005).abs() < 1e-9 * open, "{symbol}");
+        assert!((exit - out * 0.9995).abs() < 1e-9 * out, "{symbol}");
+        assert!(
+            (fees - 0.001 * size * (entry + exit)).abs() < 1e-9 * entry * size,
+            "{symbol}"
+        );
+        assert!(
+            (pnl - (size * (exit - entry) - fees)).abs() < 1e-6,
+            "{symbol}"
+        );
+        equity += pnl;
+    }
+    let reported = portfolio["equity"].as_f64().unwrap();
+    assert!((reported - equity).abs() < 1e-6, "{reported} vs {equity}");
 
     // A run at the same hour again runs nothing (train is still the reused model): nothing is
     // appended twice.

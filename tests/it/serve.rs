@@ -308,6 +308,10 @@ pub(crate) fn browse_runs_in_chromium(project: &Project, browser: &std::path::Pa
         book.contains("<td>BTCUSDT</td>"),
         "the newest bar's signals: {book}"
     );
+    assert!(
+        book.contains("<h2>Paper portfolio</h2>"),
+        "the demo trades its book under the backtest's rules: {book}"
+    );
     let (status, _) = get(&server, "/paper/demo/..", &[]);
     assert_eq!(status, 404);
 }
