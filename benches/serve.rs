@@ -1,6 +1,7 @@
 //! `asterflow serve` benchmark (issue 23): the runs page over 1,000 recorded runs, through the
 //! real release binary over HTTP on 127.0.0.1; target under 100 ms. Each run record has ten
-//! stages. Run with `cargo bench --bench serve`.
+//! stages, each with its params and needs, and the run's key figures, as runs record them. Run
+//! with `cargo bench --bench serve`.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -15,15 +16,16 @@ fn record(index: usize) -> String {
     let stages: Vec<String> = (0..10)
         .map(|stage| {
             format!(
-                r#"{{"id":"stage{stage}","kind":"command","status":"{}","reason":"never ran","duration_ms":{},"fingerprint":"{:064x}"}}"#,
+                r#"{{"id":"stage{stage}","kind":"train","status":"{}","reason":"never ran","duration_ms":{},"fingerprint":"{:064x}","needs":["stage{}"],"params":{{"classes":["BUY","HOLD","SELL"],"config":{{"alpha":0.0,"balance":"weights","batch_size":1024,"epochs":10,"hidden":64,"learning_rate":0.001,"model":"mlp","seed":{index}}},"device":"auto","exclude":["close"],"features_table":"features","folds":4,"labels_table":"labels","window":"expanding"}}}}"#,
                 if stage % 3 == 0 { "ran" } else { "cached" },
                 stage * 100,
-                index * 10 + stage
+                index * 10 + stage,
+                stage.saturating_sub(1)
             )
         })
         .collect();
     format!(
-        r#"{{"format":1,"run_id":"{id}","pipeline":"{}","pipeline_file":"pipelines/p.yaml","status":"{}","started_at":"2025-12-01T00:00:00Z","started_at_ms":{started},"finished_at":"2025-12-01T00:00:09Z","duration_ms":9000,"pid":1,"argv":["asterflow","run","pipelines/p.yaml"],"stages":[{}]}}"#,
+        r#"{{"format":1,"run_id":"{id}","pipeline":"{}","pipeline_file":"pipelines/p.yaml","status":"{}","started_at":"2025-12-01T00:00:00Z","started_at_ms":{started},"finished_at":"2025-12-01T00:00:09Z","duration_ms":9000,"pid":1,"argv":["asterflow","run","pipelines/p.yaml"],"stages":[{}],"figures":["validation: 12 symbols passed, 0 datasets quarantined","model: balanced accuracy 0.448 vs baseline 0.333, log loss 1.003 vs 0.886","backtest: return +4.21% vs buy-and-hold -3.10%, Sharpe 1.12 vs -0.20, max drawdown -2.31%, 412 trades: beat buy-and-hold on return and on Sharpe"]}}"#,
         if index.is_multiple_of(2) {
             "demo"
         } else {

@@ -18,6 +18,12 @@ pub async fn serve(paths: &Paths, bind: &str, token: Option<String>) -> Result<i
     });
     let site = crate::serve::Site {
         run_root: crate::serve::canonical_root(&paths.run_root).map_err(Error::Usage)?,
+        project_root: paths.project_root.canonicalize().map_err(|error| {
+            Error::Usage(format!(
+                "the project {} cannot be read: {error}",
+                paths.project_root.display()
+            ))
+        })?,
         pipelines: paths.project_root.join("pipelines").canonicalize().ok(),
         paper: paths.data_dir.join("paper"),
         planner,
@@ -65,6 +71,7 @@ async fn plan(
                 decision: decided.decision.word().to_owned(),
                 reason: decided.reason.clone(),
                 fingerprint: decided.fingerprint().map(|fingerprint| fingerprint.0),
+                needs: crate::engine::runner::stage_needs(&pipeline, index),
             }
         })
         .collect())

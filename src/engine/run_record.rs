@@ -67,6 +67,13 @@ pub struct StageRecord {
     pub output: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// The stages it needs (absent in records before they were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// The stage's params as its fingerprint covers them (defaults filled in), so two runs can
+    /// say which params moved; absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<serde_json::Value>,
 }
 
 /// `runs/<run-id>/run.json`.
@@ -86,6 +93,10 @@ pub struct RunRecord {
     pub pid: u32,
     pub argv: Vec<String>,
     pub stages: Vec<StageRecord>,
+    /// The key figures the run ended with (the model against its baseline, the backtest
+    /// against buy-and-hold), as printed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub figures: Vec<String>,
 }
 
 /// A new run id: sortable by time, unique per process: `20261120T225003Z-3f2a`.
@@ -193,6 +204,7 @@ mod tests {
             pid: 1,
             argv: Vec::new(),
             stages: Vec::new(),
+            figures: Vec::new(),
         }
     }
 

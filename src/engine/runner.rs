@@ -321,6 +321,7 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
         pid: std::process::id(),
         argv: std::env::args().collect(),
         stages: Vec::new(),
+        figures: Vec::new(),
     };
     // From here on a Ctrl-C is recorded as an interruption rather than killing the process.
     let signals = Signals::install();
@@ -432,6 +433,14 @@ pub async fn run(request: RunRequest) -> Result<i32, Error> {
         }
     }
     let closing = closings(&pipeline, &outcome, &cache, &record, &request);
+    record.figures = closing
+        .iter()
+        .flat_map(|closing| closing.figures.iter().cloned())
+        .collect();
+    if !record.figures.is_empty() {
+        // Best effort: the record written above stands without them.
+        let _ = record.write(&request.paths.run_root);
+    }
     print_outcome(&record, &request, remote.as_deref());
     if let Some(error) = refused {
         eprintln!("error: {error}");
@@ -577,8 +586,19 @@ fn stage_records(
                         .display()
                         .to_string()
                 }),
+                needs: stage_needs(pipeline, index),
+                params: Some(stage.prepared.params()),
             }
         })
+        .collect()
+}
+
+/// The ids of the stages stage `index` needs.
+pub fn stage_needs(pipeline: &Pipeline, index: usize) -> Vec<String> {
+    pipeline.stages[index]
+        .needs
+        .iter()
+        .map(|&need| pipeline.stages[need].id.clone())
         .collect()
 }
 
@@ -831,6 +851,7 @@ impl EventJournal {
                     "kind": pipeline.stages[index].kind.name(),
                     "decision": plan.stages[index].decision.word(),
                     "reason": plan.stages[index].reason,
+                    "needs": stage_needs(pipeline, index),
                 })
             })
             .collect();

@@ -14,6 +14,8 @@
 //!
 //! The command runs with `bash -e -o pipefail -c` in the stage's output directory, in its own process group (so
 //! cancelling kills everything it started), with stdout and stderr appended to the stage log.
+//! A line `::progress DONE/TOTAL [message]` on stdout (say, `echo "::progress 3/10 fitting"`)
+//! drives the stage's progress bar, in the terminal and in `asterflow serve`'s live view.
 //! Environment: `ASTERFLOW_PROJECT_ROOT`, `ASTERFLOW_DATA_DIR`, `ASTERFLOW_OUTPUT_DIR`,
 //! `ASTERFLOW_RUN_ID`, `ASTERFLOW_STAGE_ID`, and `ASTERFLOW_INPUT_<ID>` (the input stage id in
 //! upper case, non-alphanumerics as `_`) for each input's output directory.
@@ -142,7 +144,7 @@ impl Prepared {
             .arg(&self.params.run)
             .current_dir(&context.output_dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(log_for_stderr))
             .env("ASTERFLOW_PROJECT_ROOT", &context.project_root)
             .env("ASTERFLOW_DATA_DIR", &context.data_dir)
@@ -160,11 +162,19 @@ impl Prepared {
             .map_err(|error| StageError::failed(format!("cannot start `bash`: {error}")))?;
         // The pid, taken now: tokio forgets it once the child is reaped.
         let leader = child.id();
+        let stdout = child
+            .stdout
+            .take()
+            .map(|stdout| tokio::spawn(copy_stdout(stdout, log, context.progress.clone())));
         let status = tokio::select! {
             status = child.wait() => {
                 // Background jobs the command left behind would keep writing into an output
                 // that is about to be committed: end the whole group.
                 kill_group(leader, libc::SIGKILL);
+                if let Some(copy) = stdout {
+                    // The group is gone, so the pipe closes: the copy ends with what was written.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), copy).await;
+                }
                 status.map_err(|error| {
                     StageError::failed(format!("cannot wait for the command: {error}"))
                 })?
@@ -197,6 +207,45 @@ impl Prepared {
         }
         Ok(())
     }
+}
+
+/// Appends the command's stdout to the log as it comes, turning `::progress DONE/TOTAL
+/// [message]` lines into progress (the line is logged too).
+async fn copy_stdout(
+    stdout: tokio::process::ChildStdout,
+    mut log: std::fs::File,
+    progress: crate::engine::events::Progress,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let _ = log.write_all(&line);
+                if let Some((done, total, message)) =
+                    std::str::from_utf8(&line).ok().and_then(progress_line)
+                {
+                    progress.update(done, total, message);
+                }
+            }
+        }
+    }
+}
+
+/// `::progress 3/10 fitting` -> (3, 10, "fitting").
+fn progress_line(line: &str) -> Option<(u64, u64, String)> {
+    let rest = line.trim_end().strip_prefix("::progress ")?;
+    let (count, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (done, total) = count.split_once('/')?;
+    Some((
+        done.parse().ok()?,
+        total.parse().ok()?,
+        message.trim().to_owned(),
+    ))
 }
 
 /// Sends `signal` to the process group led by `leader` (the command's pid, its pgid).
@@ -241,6 +290,23 @@ mod tests {
             sources: &sources,
         };
         Command.prepare(&value, &context)
+    }
+
+    #[test]
+    fn progress_lines_are_read_and_other_lines_are_not() {
+        assert_eq!(
+            progress_line("::progress 3/10 fitting fold 3\n"),
+            Some((3, 10, "fitting fold 3".to_owned()))
+        );
+        assert_eq!(progress_line("::progress 1/2"), Some((1, 2, String::new())));
+        for line in [
+            "progress 3/10",
+            "::progress x/10",
+            "::progress 3",
+            "  ::progress 1/2",
+        ] {
+            assert_eq!(progress_line(line), None, "{line}");
+        }
     }
 
     #[test]

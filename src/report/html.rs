@@ -191,30 +191,7 @@ fn sweep_section(page: &mut String, sweep: &Sweep) {
         c.members,
         escape(&c.verdict)
     );
-    if let Some(d) = &c.deflated {
-        let _ = write!(
-            page,
-            "<p>Deflated Sharpe Ratio {:.3}: the winner's per-bar Sharpe {:.4} against {:.4}, the best that N = {} members would show by luck (variance of their Sharpes V = {:.3e}), over T = {} bars with skewness {:.2} and kurtosis {:.2}.</p>",
-            d.dsr,
-            d.sharpe,
-            d.expected_max,
-            d.trials,
-            d.variance,
-            d.periods,
-            d.skewness,
-            d.kurtosis
-        );
-    }
-    match &c.overfitting {
-        Some(o) => {
-            let _ = write!(
-                page,
-                "<p>Probability of Backtest Overfitting {:.3}: over {} splits of S = {} blocks of {} bars into halves, the share in which the in-sample best ranks at or below the median out of sample.</p>",
-                o.pbo, o.splits, o.blocks, o.block_periods
-            );
-        }
-        None => page.push_str("<p>Probability of Backtest Overfitting: n/a (fewer than two members or too short a track).</p>"),
-    }
+    selection_paragraphs(page, c);
     let series: Vec<Series<'_>> = sweep
         .curves
         .iter()
@@ -239,6 +216,40 @@ fn sweep_section(page: &mut String, sweep: &Sweep) {
         &series,
         &|v| figure(Some(v)),
     ));
+    leaderboard_table(page, c);
+}
+
+/// The Deflated Sharpe Ratio and the Probability of Backtest Overfitting of a sweep, with their
+/// inputs, in words.
+pub fn selection_paragraphs(page: &mut String, c: &crate::sweep::Summary) {
+    if let Some(d) = &c.deflated {
+        let _ = write!(
+            page,
+            "<p>Deflated Sharpe Ratio {:.3}: the winner's per-bar Sharpe {:.4} against {:.4}, the best that N = {} members would show by luck (variance of their Sharpes V = {:.3e}), over T = {} bars with skewness {:.2} and kurtosis {:.2}.</p>",
+            d.dsr,
+            d.sharpe,
+            d.expected_max,
+            d.trials,
+            d.variance,
+            d.periods,
+            d.skewness,
+            d.kurtosis
+        );
+    }
+    match &c.overfitting {
+        Some(o) => {
+            let _ = write!(
+                page,
+                "<p>Probability of Backtest Overfitting {:.3}: over {} splits of S = {} blocks of {} bars into halves, the share in which the in-sample best ranks at or below the median out of sample.</p>",
+                o.pbo, o.splits, o.blocks, o.block_periods
+            );
+        }
+        None => page.push_str("<p>Probability of Backtest Overfitting: n/a (fewer than two members or too short a track).</p>"),
+    }
+}
+
+/// A sweep's leaderboard: the first 40 members, the rest counted.
+pub fn leaderboard_table(page: &mut String, c: &crate::sweep::Summary) {
     page.push_str("<table><tr><th>rank</th><th class=\"l\">member</th><th>Sharpe</th><th>return</th><th>max drawdown</th><th>trades</th><th>t before fees</th><th>balanced accuracy</th><th>baseline</th></tr>");
     for row in c.leaderboard.iter().take(40) {
         let _ = write!(

@@ -20,6 +20,9 @@ use axum::response::Response;
 use crate::engine::run_record::{RunRecord, RunStatus, StageRecord, list_runs};
 use crate::report::svg::escape;
 
+mod compare;
+pub mod dag;
+
 /// One stage of a pipeline's plan, as the planner gives it.
 #[derive(Debug, Clone)]
 pub struct PlannedStage {
@@ -29,6 +32,7 @@ pub struct PlannedStage {
     pub decision: String,
     pub reason: String,
     pub fingerprint: Option<String>,
+    pub needs: Vec<String>,
 }
 
 /// Plans a pipeline file without running anything (given by the caller, which knows the kinds).
@@ -42,6 +46,8 @@ pub type Planner = Arc<
 pub struct Site {
     /// Canonical.
     pub run_root: PathBuf,
+    /// Canonical: the records name stage outputs relative to it.
+    pub project_root: PathBuf,
     /// The project's `pipelines/` directory, canonical, when there is one.
     pub pipelines: Option<PathBuf>,
     /// The data directory's `paper/` (the paper books; it may appear after the server starts).
@@ -135,6 +141,7 @@ async fn route(site: &Site, path: &str, query: &str) -> Response {
         ["pipelines"] => pipelines_page(site),
         ["paper"] => books_page(site),
         ["paper", pipeline, stage] => book_page(site, pipeline, stage),
+        ["compare"] => compare_page(site, query),
         ["pipelines", name] => plan_page(site, name).await,
         ["runs", id] => run_page(site, id),
         ["runs", id, "events"] => events(site, id),
@@ -212,12 +219,13 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.waiting{color:#8c959f}.running{color:#bf8700}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.waiting{color:#8c959f}.running{color:#bf8700}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}progress{width:120px;vertical-align:middle}td.progress{white-space:nowrap;font-variant-numeric:tabular-nums}";
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}</style></head><body><p><a href=\"/\">runs</a> | <a href=\"/pipelines\">pipelines</a> | <a href=\"/paper\">paper books</a></p><h1>{}</h1>{body}</body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - asterflow</title><style>{STYLE}{}</style></head><body><p><a href=\"/\">runs</a> | <a href=\"/pipelines\">pipelines</a> | <a href=\"/paper\">paper books</a></p><h1>{}</h1>{body}</body></html>",
         escape(title),
+        dag::STYLE,
         escape(title)
     );
     Response::builder()
@@ -278,7 +286,8 @@ fn runs_page(site: &Site, query: &str) -> Response {
         body.push_str(&format!("<option{selected}>{word}</option>"));
     }
     body.push_str("</select> <button>show</button></form>");
-    body.push_str("<table><tr><th>run</th><th>pipeline</th><th>started</th><th>duration</th><th>status</th><th>stages</th></tr>");
+    body.push_str("<form method=\"get\" action=\"/compare\"><p>Pick two runs, A and B, and <button>compare</button> them side by side.</p>");
+    body.push_str("<table><tr><th>A</th><th>B</th><th>run</th><th>pipeline</th><th>started</th><th>duration</th><th>status</th><th>stages</th><th>key figures</th></tr>");
     let mut shown = 0;
     for record in records.iter().filter(|record| {
         pipeline
@@ -290,32 +299,36 @@ fn runs_page(site: &Site, query: &str) -> Response {
     }) {
         shown += 1;
         body.push_str(&format!(
-            "<tr><td><a href=\"/runs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"{word}\">{word}</td><td>{}</td></tr>",
+            "<tr><td><input type=\"radio\" name=\"a\" value=\"{id}\"></td><td><input type=\"radio\" name=\"b\" value=\"{id}\"></td><td><a href=\"/runs/{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td class=\"{word}\">{word}</td><td>{}</td><td class=\"figures\">{}</td></tr>",
             escape(&record.pipeline),
             escape(&record.started_at),
             duration(record.duration_ms),
             escape(&record.counts()),
+            record
+                .figures
+                .iter()
+                .map(|line| escape(line))
+                .collect::<Vec<_>>()
+                .join("<br>"),
             id = escape(&record.run_id),
             word = status_word(record),
         ));
     }
-    body.push_str("</table>");
+    body.push_str("</table></form>");
     body.push_str(&format!("<p>{shown} of {} runs.</p>", records.len()));
     page(StatusCode::OK, "Runs", &body)
 }
 
-/// One run: its stages, and its report when it has one.
-fn run_page(site: &Site, id: &str) -> Response {
+/// Run `id`'s record, or the page that says why there is none: not found, or not valid.
+fn load_record(site: &Site, id: &str) -> Result<RunRecord, Box<Response>> {
     let Some(path) = confined(site, id, &["run.json"]) else {
-        return not_found(&format!("/runs/{id}"));
+        return Err(Box::new(not_found(&format!("/runs/{id}"))));
     };
-    let record: RunRecord = match std::fs::read(&path)
+    std::fs::read(&path)
         .map_err(|error| error.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
-    {
-        Ok(record) => record,
-        Err(error) => {
-            return page(
+        .map_err(|error| {
+            Box::new(page(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("Run {id}"),
                 &format!(
@@ -323,8 +336,35 @@ fn run_page(site: &Site, id: &str) -> Response {
                     escape(&path.display().to_string()),
                     escape(&error)
                 ),
-            );
-        }
+            ))
+        })
+}
+
+/// Two runs side by side: `?a=RUN&b=RUN`.
+fn compare_page(site: &Site, query: &str) -> Response {
+    let (Some(a), Some(b)) = (query_value(query, "a"), query_value(query, "b")) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Compare runs",
+            "<p>Name two runs: <code>/compare?a=RUN&amp;b=RUN</code>, or pick them on the <a href=\"/\">runs page</a>.</p>",
+        );
+    };
+    let (a, b) = match (load_record(site, &a), load_record(site, &b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(response), _) | (_, Err(response)) => return *response,
+    };
+    page(
+        StatusCode::OK,
+        &format!("{} vs {}", a.run_id, b.run_id),
+        &compare::compare_body(site, &a, &b),
+    )
+}
+
+/// One run: its stages, and its report when it has one.
+fn run_page(site: &Site, id: &str) -> Response {
+    let record = match load_record(site, id) {
+        Ok(record) => record,
+        Err(response) => return *response,
     };
     if record.status == RunStatus::Running
         && let Some(path) = confined(site, id, &["events.jsonl"])
@@ -346,12 +386,26 @@ fn run_page(site: &Site, id: &str) -> Response {
             escape(id)
         ));
     }
+    body.push_str(&dag::dag_svg(
+        &record
+            .stages
+            .iter()
+            .map(|stage| dag::Node {
+                id: &stage.id,
+                status: stage.status.word(),
+                needs: &stage.needs,
+            })
+            .collect::<Vec<_>>(),
+    ));
     body.push_str("<table><tr><th>stage</th><th>kind</th><th>status</th><th>reason</th><th>duration</th><th>fingerprint</th><th>log</th></tr>");
     for stage in &record.stages {
         body.push_str(&stage_row(site, id, stage));
     }
     body.push_str("</table>");
     body.push_str(&crate::report::html::run_timeline(&record));
+    if let Some(section) = compare::leaderboards(site, &record) {
+        body.push_str(&section);
+    }
     page(StatusCode::OK, &format!("Run {}", record.run_id), &body)
 }
 
@@ -427,7 +481,17 @@ async fn plan_page(site: &Site, name: &str) -> Response {
     let title = format!("Pipeline {name}");
     match (site.planner)(file).await {
         Ok(stages) => {
-            let mut body = String::from(
+            let mut body = dag::dag_svg(
+                &stages
+                    .iter()
+                    .map(|stage| dag::Node {
+                        id: &stage.id,
+                        status: &stage.decision,
+                        needs: &stage.needs,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            body.push_str(
                 "<table><tr><th>stage</th><th>kind</th><th>plan</th><th>why</th><th>fingerprint</th></tr>",
             );
             for stage in &stages {
@@ -460,6 +524,12 @@ struct LiveStage {
     kind: String,
     status: String,
     reason: String,
+    needs: Vec<String>,
+    /// Work done out of a known total, as the terminal's `[done/total]`.
+    done: Option<u64>,
+    total: Option<u64>,
+    /// Planned to run (or download): what the terminal's `stages` bar counts.
+    to_run: bool,
 }
 
 /// The stages of a run in progress from its events file: the plan, then what happened.
@@ -485,6 +555,15 @@ fn live_stages(text: &str) -> Vec<LiveStage> {
                         }
                         .to_owned(),
                         reason: stage["reason"].as_str().unwrap_or_default().to_owned(),
+                        needs: stage["needs"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|need| need.as_str().map(str::to_owned))
+                            .collect(),
+                        done: None,
+                        total: None,
+                        to_run: matches!(decision, "run" | "remote"),
                     });
                 }
             }
@@ -493,8 +572,15 @@ fn live_stages(text: &str) -> Vec<LiveStage> {
                 if let Some(stage) = stages.iter_mut().find(|stage| stage.id == id) {
                     match kind {
                         "started" => stage.status = "running".into(),
-                        "progress" if event["message"].is_string() => {
-                            stage.reason = word("message")
+                        "progress" => {
+                            if event["message"].is_string() {
+                                stage.reason = word("message");
+                            }
+                            if let (Some(done), Some(total)) =
+                                (event["done"].as_u64(), event["total"].as_u64())
+                            {
+                                (stage.done, stage.total) = (Some(done), Some(total));
+                            }
                         }
                         "finished" => {
                             stage.status = word("status");
@@ -510,9 +596,11 @@ fn live_stages(text: &str) -> Vec<LiveStage> {
     stages
 }
 
-/// A few lines that follow the run's events and update the stage table in place.
+/// A few lines that follow the run's events and update the page in place: each stage's
+/// status, its box in the picture, its `[done/total]` bar and message, and the `stages` bar.
 const LIVE_SCRIPT: &str = r#"<script>
 const source = new EventSource(location.pathname + "/events" + location.search);
+const overall = document.getElementById("stages-bar"), counted = document.getElementById("stages-count");
 source.onmessage = (message) => {
   const event = JSON.parse(message.data);
   if (event.event === "end") {
@@ -524,11 +612,27 @@ source.onmessage = (message) => {
   const row = document.getElementById("stage-" + event.stage);
   if (!row) return;
   const status = row.querySelector(".status"), reason = row.querySelector(".reason");
-  if (event.event === "started") { status.textContent = "running"; status.className = "status running"; }
-  if (event.event === "progress" && event.message) reason.textContent = event.message;
+  const node = document.getElementById("node-" + event.stage);
+  const mark = (word) => {
+    status.textContent = word; status.className = "status " + word;
+    if (node) node.setAttribute("class", "node " + word);
+  };
+  if (event.event === "started") mark("running");
+  if (event.event === "progress") {
+    if (event.message) reason.textContent = event.message;
+    if (event.total != null && event.done != null) {
+      const bar = row.querySelector("progress"), count = row.querySelector(".count");
+      bar.max = event.total; bar.value = event.done; bar.hidden = false;
+      count.textContent = "[" + event.done + "/" + event.total + "]";
+    }
+  }
   if (event.event === "finished") {
-    status.textContent = event.status; status.className = "status " + event.status;
+    mark(event.status);
     reason.textContent = event.reason;
+    row.dataset.finished = "1";
+    const finished = document.querySelectorAll("tr[data-to-run='1'][data-finished='1']").length;
+    overall.value = finished;
+    counted.textContent = finished + "/" + overall.max;
   }
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 };
@@ -537,16 +641,44 @@ source.onmessage = (message) => {
 /// A run in progress: its stages as far as they got, kept current by its events.
 fn live_page(record: &RunRecord, events: &Path) -> Response {
     let text = std::fs::read_to_string(events).unwrap_or_default();
+    let stages = live_stages(&text);
+    let to_run = stages.iter().filter(|stage| stage.to_run).count();
+    let finished = stages
+        .iter()
+        .filter(|stage| stage.to_run && !matches!(stage.status.as_str(), "waiting" | "running"))
+        .count();
     let mut body = format!(
-        "<p>Pipeline <b>{}</b> (<code>{}</code>), started {}: <span id=\"live\">running</span>.</p>",
+        "<p>Pipeline <b>{}</b> (<code>{}</code>), started {}: <span id=\"live\">running</span>.</p>\
+         <p>stages <progress id=\"stages-bar\" max=\"{to_run}\" value=\"{finished}\"></progress> <span id=\"stages-count\">{finished}/{to_run}</span></p>",
         escape(&record.pipeline),
         escape(&record.pipeline_file),
         escape(&record.started_at),
     );
-    body.push_str("<table><tr><th>stage</th><th>kind</th><th>status</th><th>now</th></tr>");
-    for stage in live_stages(&text) {
+    body.push_str(&dag::dag_svg(
+        &stages
+            .iter()
+            .map(|stage| dag::Node {
+                id: &stage.id,
+                status: &stage.status,
+                needs: &stage.needs,
+            })
+            .collect::<Vec<_>>(),
+    ));
+    body.push_str(
+        "<table><tr><th>stage</th><th>kind</th><th>status</th><th>progress</th><th>now</th></tr>",
+    );
+    for stage in &stages {
+        let (bar, count) = match (stage.done, stage.total) {
+            (Some(done), Some(total)) => (
+                format!("<progress max=\"{total}\" value=\"{done}\"></progress>"),
+                format!("[{done}/{total}]"),
+            ),
+            _ => ("<progress hidden></progress>".to_owned(), String::new()),
+        };
         body.push_str(&format!(
-            "<tr id=\"stage-{id}\"><td>{id}</td><td>{}</td><td class=\"status {status}\">{status}</td><td class=\"reason\">{}</td></tr>",
+            "<tr id=\"stage-{id}\" data-to-run=\"{}\" data-finished=\"{}\"><td>{id}</td><td>{}</td><td class=\"status {status}\">{status}</td><td class=\"progress\">{bar} <span class=\"count\">{count}</span></td><td class=\"reason\">{}</td></tr>",
+            u8::from(stage.to_run),
+            u8::from(!matches!(stage.status.as_str(), "waiting" | "running")),
             escape(&stage.kind),
             escape(&stage.reason),
             id = escape(&stage.id),
@@ -800,6 +932,14 @@ fn book_page(site: &Site, pipeline: &str, stage: &str) -> Response {
     }
     if let Ok(portfolio) = read_parquet(&dir.join("portfolio.parquet")) {
         portfolio_section(&mut body, &portfolio);
+    }
+    // The sweep behind the book: the newest run of this pipeline with a compare stage.
+    if let Some(section) = list_runs(&site.run_root)
+        .iter()
+        .filter(|record| record.pipeline == pipeline)
+        .find_map(|record| compare::leaderboards(site, record))
+    {
+        body.push_str(&section);
     }
     body.push_str("<h2>Trades, newest first</h2><table><tr><th>signal bar</th><th>symbol</th><th>side</th><th>status</th><th>net return</th></tr>");
     for trade in trades.iter().rev().take(200) {

@@ -245,4 +245,15 @@ fn on_the_planted_market_the_best_of_the_sweep_survives() {
         pbo < 0.2,
         "gross: PBO {pbo}: the in-sample best does not keep winning"
     );
+    // The sweep in a browser: the run's page shows the leaderboard with its winner.
+    let server = crate::serve::start(&project, &[]);
+    let id = run.json()["run_id"].as_str().unwrap().to_owned();
+    let (status, page) = crate::serve::get(&server, &format!("/runs/{id}"), &[]);
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Sweep leaderboard (compare_")
+            && page.contains(&format!("<code>{winner}</code>"))
+            && page.contains("Deflated Sharpe Ratio"),
+        "{page}"
+    );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::{Project, pipeline, stage, wait_for};
 
 /// A running `asterflow serve`; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     address: String,
 }
@@ -28,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(project: &Project, extra: &[&str]) -> Server {
+pub(crate) fn start(project: &Project, extra: &[&str]) -> Server {
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let child = project
@@ -51,7 +51,7 @@ fn start(project: &Project, extra: &[&str]) -> Server {
 }
 
 /// `GET path` with `headers`: the status code and the body.
-fn get(server: &Server, path: &str, headers: &[&str]) -> (u16, String) {
+pub(crate) fn get(server: &Server, path: &str, headers: &[&str]) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(&server.address).unwrap();
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
@@ -133,8 +133,15 @@ fn every_route_answers_and_nothing_outside_the_run_root_is_served() {
         "a stage's words are escaped: {run}"
     );
     assert!(
-        run.contains("<svg") && run.contains("aria-label"),
+        run.contains("<svg") && run.contains("aria-label=\"stage timeline\""),
         "a timeline: {run}"
+    );
+    // The stages as a DAG picture: a box per stage coloured by status, an arrow per need.
+    assert!(
+        run.contains("<g id=\"node-alpha\" class=\"node cached\">")
+            && run.contains("<g id=\"node-beta\" class=\"node failed\">")
+            && run.contains("data-from=\"alpha\" data-to=\"beta\""),
+        "a DAG: {run}"
     );
     let (status, log) = get(&server, &format!("/runs/{}/logs/alpha", ids[0]), &[]);
     assert_eq!(status, 200, "{log}");
@@ -154,6 +161,47 @@ fn every_route_answers_and_nothing_outside_the_run_root_is_served() {
     };
     assert!(row("alpha").contains(">cached<"), "{}", row("alpha"));
     assert!(row("beta").contains(">run<"), "{}", row("beta"));
+    assert!(
+        plan.contains("class=\"node cached\"") && plan.contains("class=\"node run\""),
+        "the plan as a DAG: {plan}"
+    );
+
+    // Two runs side by side: alpha the same, beta's command changed (and it failed).
+    let (status, runs) = get(&server, "/", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        runs.contains("action=\"/compare\"")
+            && runs.contains(&format!("name=\"a\" value=\"{}\"", ids[0])),
+        "{runs}"
+    );
+    let (status, compared) = get(&server, &format!("/compare?a={}&b={}", ids[0], ids[1]), &[]);
+    assert_eq!(status, 200, "{compared}");
+    let diff = |stage: &str| {
+        let start = compared
+            .find(&format!("id=\"diff-{stage}\""))
+            .unwrap_or_else(|| panic!("{compared}"));
+        compared[start..start + compared[start..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(
+        diff("alpha").contains("class=\"same\""),
+        "{}",
+        diff("alpha")
+    );
+    let beta = diff("beta");
+    assert!(
+        beta.contains("class=\"differs\"")
+            && beta.contains("with.run:")
+            && beta.contains("echo beta &gt; out.txt")
+            && beta.contains("beta broke &lt;b&gt;"),
+        "the changed param, both values, escaped: {beta}"
+    );
+    assert!(compared.contains("1 of 2 stages differ"), "{compared}");
+    let (status, missing) = get(&server, &format!("/compare?a=nope&b={}", ids[1]), &[]);
+    assert_eq!(status, 404, "{missing}");
+    let (status, _) = get(&server, "/compare?a=..%2F..&b=x", &[]);
+    assert_eq!(status, 404);
+    let (status, unnamed) = get(&server, "/compare", &[]);
+    assert_eq!(status, 400, "{unnamed}");
     project.write(
         "pipelines/broken.yaml",
         "name: broken\nstages:\n  a: {kind: nope}\n",
@@ -203,6 +251,8 @@ fn every_route_answers_and_nothing_outside_the_run_root_is_served() {
     let (status, body) = get(&server, &format!("/runs/{}", ids[0]), &[]);
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("is not valid"), "{body}");
+    let (status, body) = get(&server, &format!("/compare?a={}&b={}", ids[0], ids[1]), &[]);
+    assert_eq!(status, 500, "{body}");
     let (status, _) = get(&server, "/", &[]);
     assert_eq!(status, 200);
     // It never wrote: the run root holds what the runs left.
@@ -314,6 +364,46 @@ pub(crate) fn browse_runs_in_chromium(project: &Project, browser: &std::path::Pa
     );
     let (status, _) = get(&server, "/paper/demo/..", &[]);
     assert_eq!(status, 404);
+
+    // A second run with more risk per trade: only the backtest (and what reads it) reruns.
+    // Side by side, the page names the param that moved and how the backtest's figures moved
+    // while the model's stayed.
+    let demo = std::fs::read_to_string(project.path().join("pipelines/demo.yaml")).unwrap();
+    let (before, after) = ("risk_per_trade: 0.0025", "risk_per_trade: 0.005");
+    assert!(demo.contains(before), "the demo changed shape");
+    project.write("pipelines/demo.yaml", &demo.replacen(before, after, 1));
+    let second = project.run(&["run", "pipelines/demo.yaml", "--json"]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    let second = second.json()["run_id"].as_str().unwrap().to_owned();
+    let first = run.trim_start_matches("/runs/");
+    let (status, runs) = get(&server, "/", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        runs.contains("model: balanced accuracy") && runs.contains("backtest: return"),
+        "the runs' key figures: {runs}"
+    );
+    let (status, compared) = get(&server, &format!("/compare?a={first}&b={second}"), &[]);
+    assert_eq!(status, 200, "{compared}");
+    assert!(
+        compared.contains("with.risk_per_trade: 0.0025 -&gt; 0.005"),
+        "{compared}"
+    );
+    let figure = |stage: &str, label: &str| {
+        let start = compared
+            .find(&format!("<tr><td>{stage}</td><td>{label}</td>"))
+            .unwrap_or_else(|| panic!("no {stage} {label}: {compared}"));
+        compared[start..start + compared[start..].find("</tr>").unwrap()].to_owned()
+    };
+    assert!(
+        figure("train", "balanced accuracy").contains("+0.000"),
+        "{}",
+        figure("train", "balanced accuracy")
+    );
+    assert!(
+        !figure("backtest", "return").contains("+0.00 pts"),
+        "twice the risk moves the return: {}",
+        figure("backtest", "return")
+    );
 }
 
 /// The id of the only run under `project`'s run root once its events file exists.
@@ -342,7 +432,11 @@ fn a_run_in_progress_streams_its_events_and_the_page_follows_them_without_a_relo
         "pipelines/slow.yaml",
         &pipeline(&[
             stage("quick", &[], "echo quick > out.txt"),
-            stage("slow", &["quick"], "sleep 4; echo slow > out.txt"),
+            stage(
+                "slow",
+                &["quick"],
+                "for i in 1 2 3 4; do echo \"::progress $i/4 step $i\"; sleep 1; done; echo slow > out.txt",
+            ),
         ]),
     );
     // The run root must exist for the server; a first run makes it.
@@ -355,6 +449,14 @@ fn a_run_in_progress_streams_its_events_and_the_page_follows_them_without_a_relo
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("id=\"stage-slow\""), "{page}");
     assert!(page.contains("new EventSource"), "{page}");
+    assert!(
+        page.contains("<svg class=\"dag\"") && page.contains("id=\"node-slow\""),
+        "the stages as a picture: {page}"
+    );
+    assert!(
+        page.contains("data-from=\"quick\" data-to=\"slow\""),
+        "an arrow from quick to slow: {page}"
+    );
     let slow = &page[page.find("id=\"stage-slow\"").unwrap()..];
     let slow = &slow[..slow.find("</tr>").unwrap()];
     assert!(
@@ -391,6 +493,19 @@ fn a_run_in_progress_streams_its_events_and_the_page_follows_them_without_a_relo
         assert!(
             dom.contains("<td class=\"status ran\">ran</td>"),
             "the slow stage's row was updated in place: {dom}"
+        );
+        // Its progress bar followed the command's `::progress` lines, as the terminal's does;
+        // its box in the picture and the run's stages bar too.
+        let row = &dom[dom.find("id=\"stage-slow\"").unwrap()..];
+        let row = &row[..row.find("</tr>").unwrap()];
+        assert!(
+            row.contains("max=\"4\"") && row.contains("value=\"4\"") && row.contains("[4/4]"),
+            "{row}"
+        );
+        assert!(dom.contains("class=\"node ran\""), "{dom}");
+        assert!(
+            dom.contains("<span id=\"stages-count\">2/2</span>"),
+            "{dom}"
         );
     } else {
         eprintln!("skipped: the live page's browser check needs Chromium");
