@@ -134,6 +134,8 @@ fn main() {
                 alpha: 1.0,
                 max_iterations: 100,
                 tolerance: 1e-4,
+                boost: None,
+                forest: None,
             };
             let fitting = Instant::now();
             let (model, report) = asterflow::train::fit_logistic(&set, CLASSES, &config).unwrap();

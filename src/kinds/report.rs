@@ -320,6 +320,20 @@ fn model(path: &Path) -> Result<Model, StageError> {
         metrics: field(&value, "/overall/model", path)?,
         baseline: field(&value, "/overall/baseline", path)?,
         verdict: field(&value, "/verdict", path)?,
+        importance: value
+            .pointer("/importance")
+            .and_then(serde_json::Value::as_array)
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|row| {
+                        Some((
+                            row["feature"].as_str()?.to_owned(),
+                            row["importance"].as_f64()?,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -50,6 +50,7 @@ use crate::paper::{
 use crate::sql::{has_table, query, quoted};
 use crate::train::Scaler;
 use crate::train::network::Network;
+use crate::train::trees::Ensemble;
 
 pub struct Signals;
 
@@ -183,8 +184,24 @@ struct ModelFile {
     features: Vec<String>,
     classes: Vec<String>,
     scaler: Scaler,
-    network: Network,
+    /// `logistic`, `softmax` and `mlp`.
+    #[serde(default)]
+    network: Option<Network>,
+    /// `gbdt` and `forest`.
+    #[serde(default)]
+    trees: Option<Ensemble>,
     trained_on: TrainedOn,
+}
+
+impl ModelFile {
+    /// Class probabilities for `rows` standardised rows (after [`check_model`]).
+    fn predict(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match (&self.network, &self.trees) {
+            (Some(network), _) => network.predict(x, rows),
+            (None, Some(trees)) => trees.predict(x, rows),
+            (None, None) => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,7 +212,6 @@ struct TrainedOn {
 /// The shapes in `model.json` agree with each other (so predicting cannot index out of bounds).
 fn check_model(model: &ModelFile) -> Result<(), String> {
     let features = model.features.len();
-    let network = &model.network;
     if model.scaler.mean.len() != features || model.scaler.scale.len() != features {
         return Err(format!(
             "the scaler has {} means and {} scales for {features} features",
@@ -203,6 +219,11 @@ fn check_model(model: &ModelFile) -> Result<(), String> {
             model.scaler.scale.len()
         ));
     }
+    let network = match (&model.network, &model.trees) {
+        (Some(network), _) => network,
+        (None, Some(trees)) => return trees.check(features, model.classes.len()),
+        (None, None) => return Err("it holds neither a network nor trees".to_owned()),
+    };
     if network.inputs != features || network.classes != model.classes.len() {
         return Err(format!(
             "the network maps {} inputs to {} classes; the model lists {features} features and {} classes",
@@ -702,7 +723,7 @@ impl Prepared {
                 x.push(((value - model.scaler.mean[column]) / model.scaler.scale[column]) as f32);
             }
         }
-        let probabilities = model.network.predict(&x, rows.len());
+        let probabilities = model.predict(&x, rows.len());
         let k = model.classes.len();
         let rule = self.params.entry.rule();
         rows.iter()

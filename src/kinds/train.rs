@@ -7,6 +7,7 @@
 //!   needs: [features, labels]
 //!   with:
 //!     model: mlp            # logistic (L-BFGS, CPU) | softmax | mlp (CPU or GPU)
+//!                           # | gbdt (boosted trees) | forest (random forest)
 //!     device: auto          # auto | cpu | gpu
 //!     hidden: 64
 //!     epochs: 10
@@ -94,6 +95,25 @@ struct Params {
     tolerance: Option<f64>,
     #[serde(default)]
     kernels: Option<String>,
+    // Trees.
+    #[serde(default)]
+    iterations: Option<usize>,
+    #[serde(default)]
+    max_depth: Option<usize>,
+    #[serde(default)]
+    min_leaf: Option<f64>,
+    #[serde(default)]
+    l2: Option<f64>,
+    #[serde(default)]
+    early_stopping: Option<usize>,
+    #[serde(default)]
+    validation: Option<f64>,
+    #[serde(default)]
+    trees: Option<usize>,
+    #[serde(default)]
+    max_features: Option<crate::train::trees::MaxFeatures>,
+    #[serde(default)]
+    bootstrap: Option<bool>,
 }
 
 fn default_model() -> ModelKind {
@@ -161,7 +181,8 @@ impl StageKind for Train {
     }
 
     fn code_version(&self) -> u32 {
-        1
+        // 2: model.json and metrics.json gain the feature importances.
+        2
     }
 
     fn prepare(
@@ -172,7 +193,7 @@ impl StageKind for Train {
         let params: Params = parse_params(params)?;
         let root = YamlPath::root();
         let error = |key: &str, message: String| ParamError::new(root.clone().key(key), message);
-        let network = params.model != ModelKind::Logistic;
+        let network = params.model.is_network();
         check_model_params(&params)?;
         let embargo_ms = check_split(&params)?;
         let config = train_config(&params)?;
@@ -223,7 +244,12 @@ fn param_error(key: &str, message: String) -> ParamError {
 fn check_model_params(params: &Params) -> Result<(), ParamError> {
     let root = YamlPath::root();
     let error = param_error;
-    let network = params.model != ModelKind::Logistic;
+    let network = params.model.is_network();
+    let (gbdt, forest) = (
+        params.model == ModelKind::Gbdt,
+        params.model == ModelKind::Forest,
+    );
+    let logistic = params.model == ModelKind::Logistic;
     let model_name = serde_json::to_value(params.model).unwrap_or_default();
     let model_name = model_name.as_str().unwrap_or("");
     // Params that belong to another model are mistakes, not silently ignored.
@@ -234,17 +260,36 @@ fn check_model_params(params: &Params) -> Result<(), ParamError> {
         ),
         ("epochs", params.epochs.is_some() && !network),
         ("batch_size", params.batch_size.is_some() && !network),
-        ("learning_rate", params.learning_rate.is_some() && !network),
+        (
+            "learning_rate",
+            params.learning_rate.is_some() && !network && !gbdt,
+        ),
         ("kernels", params.kernels.is_some() && !network),
-        ("solver", params.solver.is_some() && network),
-        ("alpha", params.alpha.is_some() && network),
-        ("max_iterations", params.max_iterations.is_some() && network),
-        ("tolerance", params.tolerance.is_some() && network),
+        ("solver", params.solver.is_some() && !logistic),
+        ("alpha", params.alpha.is_some() && !logistic),
+        (
+            "max_iterations",
+            params.max_iterations.is_some() && !logistic,
+        ),
+        ("tolerance", params.tolerance.is_some() && !logistic),
+        ("iterations", params.iterations.is_some() && !gbdt),
+        ("l2", params.l2.is_some() && !gbdt),
+        ("early_stopping", params.early_stopping.is_some() && !gbdt),
+        ("validation", params.validation.is_some() && !gbdt),
+        ("max_depth", params.max_depth.is_some() && !gbdt && !forest),
+        ("min_leaf", params.min_leaf.is_some() && !gbdt && !forest),
+        ("trees", params.trees.is_some() && !forest),
+        ("max_features", params.max_features.is_some() && !forest),
+        ("bootstrap", params.bootstrap.is_some() && !forest),
     ];
     if let Some((key, _)) = misplaced.iter().find(|(_, wrong)| *wrong) {
         let owner = match *key {
             "hidden" => "mlp",
-            "epochs" | "batch_size" | "learning_rate" | "kernels" => "mlp and softmax",
+            "epochs" | "batch_size" | "kernels" => "mlp and softmax",
+            "learning_rate" => "mlp, softmax and gbdt",
+            "iterations" | "l2" | "early_stopping" | "validation" => "gbdt",
+            "max_depth" | "min_leaf" => "gbdt and forest",
+            "trees" | "max_features" | "bootstrap" => "forest",
             _ => "logistic",
         };
         return Err(ParamError::new(
@@ -253,10 +298,12 @@ fn check_model_params(params: &Params) -> Result<(), ParamError> {
         )
         .with_help("remove it, or change `model`"));
     }
-    if params.model == ModelKind::Logistic && params.device == DeviceChoice::Gpu {
+    if !network && params.device == DeviceChoice::Gpu {
         return Err(error(
             "device",
-            "model logistic trains on the CPU; `device: gpu` applies to mlp and softmax".into(),
+            format!(
+                "model {model_name} trains on the CPU; `device: gpu` applies to mlp and softmax"
+            ),
         ));
     }
     let solver = params.solver.unwrap_or(LogisticSolver::Native);
@@ -327,7 +374,8 @@ fn check_split(params: &Params) -> Result<Option<i64>, ParamError> {
 /// of the fingerprint's meaning).
 fn train_config(params: &Params) -> Result<TrainConfig, ParamError> {
     let error = param_error;
-    let network = params.model != ModelKind::Logistic;
+    let network = params.model.is_network();
+    let logistic = params.model == ModelKind::Logistic;
     let hidden = params.hidden.unwrap_or(64);
     let epochs = params.epochs.unwrap_or(10);
     let batch_size = params.batch_size.unwrap_or(1024);
@@ -365,9 +413,10 @@ fn train_config(params: &Params) -> Result<TrainConfig, ParamError> {
         ));
     }
     let solver = params.solver.unwrap_or(LogisticSolver::Native);
+    let (boost, forest) = tree_config(params)?;
     let config = TrainConfig {
         model: params.model,
-        solver: (!network).then_some(solver),
+        solver: logistic.then_some(solver),
         hidden: if params.model == ModelKind::Mlp {
             hidden
         } else {
@@ -378,18 +427,127 @@ fn train_config(params: &Params) -> Result<TrainConfig, ParamError> {
         learning_rate: if network { learning_rate } else { 0.0 },
         balance: params.balance,
         seed: params.seed,
-        alpha: if network { 0.0 } else { alpha },
-        max_iterations: if network {
-            0
-        } else {
+        alpha: if logistic { alpha } else { 0.0 },
+        max_iterations: if logistic {
             params.max_iterations.unwrap_or(100)
+        } else {
+            0
         },
-        tolerance: if network { 0.0 } else { tolerance },
+        tolerance: if logistic { tolerance } else { 0.0 },
+        boost,
+        forest,
     };
     Ok(TrainConfig {
         balance: config.balance(),
         ..config
     })
+}
+
+/// `gbdt`'s and `forest`'s params, checked, with their defaults (LightGBM's for the booster
+/// but 200 rounds of depth 6; scikit-learn's for the forest but depth 10, the replaced
+/// system's).
+fn tree_config(
+    params: &Params,
+) -> Result<
+    (
+        Option<crate::train::BoostConfig>,
+        Option<crate::train::trees::ForestParams>,
+    ),
+    ParamError,
+> {
+    let error = param_error;
+    let max_depth = params.max_depth.unwrap_or(match params.model {
+        ModelKind::Forest => 10,
+        _ => 6,
+    });
+    if !(1..=32).contains(&max_depth) {
+        return Err(error(
+            "max_depth",
+            "max_depth must be between 1 and 32".into(),
+        ));
+    }
+    let min_leaf = params.min_leaf.unwrap_or(match params.model {
+        ModelKind::Forest => 1.0,
+        _ => 20.0,
+    });
+    if !(min_leaf.is_finite() && min_leaf > 0.0) {
+        return Err(error(
+            "min_leaf",
+            "min_leaf (the least row weight in a leaf) must be above 0".into(),
+        ));
+    }
+    match params.model {
+        ModelKind::Gbdt => {
+            let iterations = params.iterations.unwrap_or(200);
+            if !(1..=100_000).contains(&iterations) {
+                return Err(error(
+                    "iterations",
+                    "iterations must be between 1 and 100000".into(),
+                ));
+            }
+            let learning_rate = f64::from(params.learning_rate.unwrap_or(0.1));
+            if !(learning_rate > 0.0 && learning_rate <= 1.0) {
+                return Err(error(
+                    "learning_rate",
+                    "learning_rate must be above 0 and at most 1".into(),
+                ));
+            }
+            let l2 = params.l2.unwrap_or(0.0);
+            if !(l2.is_finite() && l2 >= 0.0) {
+                return Err(error("l2", "l2 must be 0 or more".into()));
+            }
+            let validation = params.validation.unwrap_or(0.1);
+            if !(0.0..0.9).contains(&validation) {
+                return Err(error(
+                    "validation",
+                    "validation is the share of each training span kept back to stop on: at least 0 and below 0.9".into(),
+                ));
+            }
+            let early_stopping = params.early_stopping.unwrap_or(20);
+            Ok((
+                Some(crate::train::BoostConfig {
+                    params: crate::train::trees::BoostParams {
+                        iterations,
+                        learning_rate,
+                        max_depth,
+                        min_leaf,
+                        l2,
+                        early_stopping: if validation > 0.0 { early_stopping } else { 0 },
+                    },
+                    validation,
+                }),
+                None,
+            ))
+        }
+        ModelKind::Forest => {
+            let trees = params.trees.unwrap_or(100);
+            if !(1..=100_000).contains(&trees) {
+                return Err(error("trees", "trees must be between 1 and 100000".into()));
+            }
+            if params.max_features == Some(crate::train::trees::MaxFeatures::Count(0)) {
+                return Err(error(
+                    "max_features",
+                    "max_features must be at least 1 (or sqrt, log2, all)".into(),
+                ));
+            }
+            Ok((
+                None,
+                Some(crate::train::trees::ForestParams {
+                    trees,
+                    max_depth,
+                    min_leaf,
+                    max_features: params.max_features.unwrap_or(
+                        crate::train::trees::MaxFeatures::Rule(
+                            crate::train::trees::FeatureRule::Sqrt,
+                        ),
+                    ),
+                    bootstrap: params.bootstrap.unwrap_or(true),
+                    seed: params.seed,
+                }),
+            ))
+        }
+        _ => Ok((None, None)),
+    }
 }
 
 /// The predictions table's schema for `classes`.
@@ -407,6 +565,20 @@ fn predictions_schema(classes: &[String]) -> SchemaRef {
             .map(|class| Field::new(format!("p_{class}"), DataType::Float32, false)),
     );
     Arc::new(Schema::new(fields))
+}
+
+/// `[{feature, importance}]`, most important first (ties by name).
+fn importance_ranked(columns: &[String], importance: &[f64]) -> serde_json::Value {
+    let mut ranked: Vec<(&String, f64)> = columns.iter().zip(importance.iter().copied()).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+    serde_json::Value::Array(
+        ranked
+            .into_iter()
+            .map(|(feature, importance)| {
+                serde_json::json!({"feature": feature, "importance": importance})
+            })
+            .collect(),
+    )
 }
 
 impl PreparedStage for Prepared {
@@ -647,11 +819,13 @@ impl Prepared {
         let progress = context.progress.clone();
         let cancel = context.cancel.clone();
         let epochs = config.epochs as u64;
-        let total = if config.model == ModelKind::Logistic {
-            resolved.folds as u64 + 1
-        } else {
-            (resolved.folds as u64 + 1) * epochs
+        let per_fit = match (&config.boost, &config.forest) {
+            (Some(boost), _) => boost.params.iterations as u64,
+            (_, Some(forest)) => forest.trees as u64,
+            _ if config.model == ModelKind::Logistic => 1,
+            _ => epochs,
         };
+        let total = (resolved.folds as u64 + 1) * per_fit;
         let folds = resolved.folds;
         let task = tokio::task::spawn_blocking(move || {
             let (device, note) = match choice {
@@ -679,6 +853,25 @@ impl Prepared {
                 }
             };
             let mut on_event = |event: TrainEvent| match event {
+                TrainEvent::Round {
+                    fold,
+                    round,
+                    of,
+                    loss,
+                } => {
+                    done += 1;
+                    let stage = fit_name(fold);
+                    progress.update(
+                        done.min(total),
+                        total,
+                        format!("{stage}, round {round}/{of}, loss {loss:.4}"),
+                    );
+                }
+                TrainEvent::Tree { fold, tree, of } => {
+                    done += 1;
+                    let stage = fit_name(fold);
+                    progress.update(done.min(total), total, format!("{stage}, tree {tree}/{of}"));
+                }
                 TrainEvent::Epoch { fold, epoch, loss } => {
                     done += 1;
                     let stage = fit_name(fold);
@@ -782,7 +975,8 @@ impl Prepared {
         crate::kinds::write_parquet(&context.output_dir.join(PREDICTIONS_FILE), &batch)?;
 
         // The model.
-        let (network, scaler, loss_curve) = &outcome.model;
+        let (model, scaler, loss_curve) = &outcome.model;
+        let importance = model.importance();
         let first = data.time.iter().min().copied().unwrap_or(0);
         let last = data.time.iter().max().copied().unwrap_or(0);
         crate::kinds::write_json(
@@ -793,13 +987,21 @@ impl Prepared {
                 "features": columns,
                 "classes": classes,
                 "scaler": scaler,
-                "network": {
-                    "layout": "params = [W1 (inputs x hidden), b1 (hidden), W2 (fan_in x classes), b2 (classes)], row-major; fan_in = hidden, or inputs when hidden = 0 (then W1 and b1 are empty); hidden activation ReLU, output softmax",
-                    "inputs": network.inputs,
-                    "hidden": network.hidden,
-                    "classes": network.classes,
-                    "params": network.params,
+                "network": match model {
+                    crate::train::Model::Network(network) => serde_json::json!({
+                        "layout": "params = [W1 (inputs x hidden), b1 (hidden), W2 (fan_in x classes), b2 (classes)], row-major; fan_in = hidden, or inputs when hidden = 0 (then W1 and b1 are empty); hidden activation ReLU, output softmax",
+                        "inputs": network.inputs,
+                        "hidden": network.hidden,
+                        "classes": network.classes,
+                        "params": network.params,
+                    }),
+                    crate::train::Model::Trees(_) => serde_json::Value::Null,
                 },
+                "trees": match model {
+                    crate::train::Model::Trees(ensemble) => serde_json::to_value(ensemble).map_err(StageError::failed)?,
+                    crate::train::Model::Network(_) => serde_json::Value::Null,
+                },
+                "importance": importance,
                 "trained_on": {
                     "rows": data.rows(),
                     "from": crate::util::time::rfc3339(first.max(0) as u64),
@@ -843,6 +1045,7 @@ impl Prepared {
             },
             "verdict": verdict,
             "folds": outcome.folds,
+            "importance": importance_ranked(columns, &importance),
             "synthetic": synthetic,
         });
         if resolved.model == ModelKind::Logistic {

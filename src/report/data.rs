@@ -109,6 +109,10 @@ pub struct Model {
     pub metrics: Metrics,
     pub baseline: Metrics,
     pub verdict: String,
+    /// Each feature's share of the model's importance, most important first (absent from
+    /// metrics written before it was kept).
+    #[serde(default)]
+    pub importance: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -396,6 +396,49 @@ fn model_section(page: &mut String, model: &Model) {
         page.push_str("</tr>");
     }
     page.push_str("</table>");
+    importance_chart(page, &model.importance);
+}
+
+/// The model's feature importances as horizontal bars, the 20 largest (gain for trees, the
+/// weights' magnitudes for the linear models and the mlp).
+fn importance_chart(page: &mut String, importance: &[(String, f64)]) {
+    let shown: Vec<&(String, f64)> = importance.iter().take(20).collect();
+    let Some(top) = shown.iter().map(|(_, v)| *v).reduce(f64::max) else {
+        return;
+    };
+    if top <= 0.0 {
+        return;
+    }
+    let (label, bar, row) = (220.0, 520.0, 18.0);
+    let height = row * shown.len() as f64 + 30.0;
+    let _ = write!(
+        page,
+        "<svg class=\"chart\" width=\"{:.0}\" height=\"{height:.0}\" role=\"img\" aria-label=\"Feature importance\"><text class=\"title\" x=\"0\" y=\"14\">Feature importance (share of the model's total)</text>",
+        label + bar + 70.0
+    );
+    for (index, (feature, value)) in shown.iter().enumerate() {
+        let y = 24.0 + index as f64 * row;
+        let width = bar * value / top;
+        let _ = write!(
+            page,
+            "<text x=\"{:.0}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><rect x=\"{label:.0}\" y=\"{y:.1}\" width=\"{width:.1}\" height=\"{:.1}\" fill=\"#1f6feb\"/><text x=\"{:.1}\" y=\"{:.1}\">{:.1}%</text>",
+            label - 8.0,
+            y + row * 0.7,
+            escape(feature),
+            row - 4.0,
+            label + width + 6.0,
+            y + row * 0.7,
+            value * 100.0
+        );
+    }
+    page.push_str("</svg>");
+    if importance.len() > shown.len() {
+        let _ = write!(
+            page,
+            "<p>{} more features in metrics.json.</p>",
+            importance.len() - shown.len()
+        );
+    }
 }
 
 fn backtest_section(page: &mut String, backtest: &Backtest) {

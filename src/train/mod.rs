@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod network;
 pub mod split;
 pub mod synthetic;
+pub mod trees;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +38,84 @@ pub enum ModelKind {
     Softmax,
     /// One ReLU hidden layer, minibatch Adam (CPU or GPU).
     Mlp,
+    /// Gradient-boosted trees, softmax multiclass ([`trees::fit_boosted`]).
+    Gbdt,
+    /// A random forest ([`trees::fit_forest`]).
+    Forest,
+}
+
+impl ModelKind {
+    /// A network trained by epochs (`softmax`, `mlp`).
+    pub fn is_network(self) -> bool {
+        matches!(self, ModelKind::Softmax | ModelKind::Mlp)
+    }
+
+    pub fn is_trees(self) -> bool {
+        matches!(self, ModelKind::Gbdt | ModelKind::Forest)
+    }
+}
+
+/// A fitted model of any kind.
+#[derive(Debug, Clone)]
+pub enum Model {
+    /// `logistic`, `softmax`, `mlp`.
+    Network(Network),
+    /// `gbdt`, `forest`.
+    Trees(trees::Ensemble),
+}
+
+impl Model {
+    /// Class probabilities for `rows` standardised rows of `x`.
+    pub fn predict(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match self {
+            Model::Network(network) => network.predict(x, rows),
+            Model::Trees(ensemble) => ensemble.predict(x, rows),
+        }
+    }
+
+    /// Each feature's share of the model's importance: the split gain for trees; for a
+    /// network, the weights' magnitudes on the standardised inputs (a linear model's
+    /// `sum over classes |W|`; an mlp's `sum over hidden units |W1| x sum over classes |W2|`).
+    pub fn importance(&self) -> Vec<f64> {
+        match self {
+            Model::Trees(ensemble) => ensemble.importance.clone(),
+            Model::Network(network) => {
+                let layout = network.layout();
+                let (inputs, classes) = (network.inputs, network.classes);
+                let w2 = &network.params[layout.w2.clone()];
+                let mut importance = vec![0f64; inputs];
+                if network.hidden == 0 {
+                    for (input, value) in importance.iter_mut().enumerate() {
+                        *value = w2[input * classes..(input + 1) * classes]
+                            .iter()
+                            .map(|w| f64::from(w.abs()))
+                            .sum();
+                    }
+                } else {
+                    let hidden = network.hidden;
+                    let w1 = &network.params[layout.w1.clone()];
+                    let out: Vec<f64> = (0..hidden)
+                        .map(|unit| {
+                            w2[unit * classes..(unit + 1) * classes]
+                                .iter()
+                                .map(|w| f64::from(w.abs()))
+                                .sum()
+                        })
+                        .collect();
+                    for (input, value) in importance.iter_mut().enumerate() {
+                        *value = (0..hidden)
+                            .map(|unit| f64::from(w1[input * hidden + unit].abs()) * out[unit])
+                            .sum();
+                    }
+                }
+                let total: f64 = importance.iter().sum();
+                if total > 0.0 {
+                    importance.iter_mut().for_each(|v| *v /= total);
+                }
+                importance
+            }
+        }
+    }
 }
 
 /// What evaluates the `logistic` objective for argmin's L-BFGS.
@@ -94,6 +173,21 @@ pub struct TrainConfig {
     pub max_iterations: u64,
     /// Logistic stopping rule: gradient norm of the mean loss.
     pub tolerance: f64,
+    /// `gbdt`'s params; left out of the serialised config for other models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boost: Option<BoostConfig>,
+    /// `forest`'s params; left out of the serialised config for other models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forest: Option<trees::ForestParams>,
+}
+
+/// `gbdt`: the booster's params and the share of each training span kept back (its last rows,
+/// purged like a test block) to stop on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BoostConfig {
+    #[serde(flatten)]
+    pub params: trees::BoostParams,
+    pub validation: f64,
 }
 
 impl TrainConfig {
@@ -507,6 +601,16 @@ pub enum TrainEvent {
         epoch: usize,
         loss: f64,
     },
+    /// A boosting round ended (`gbdt`): `loss` is the validation loss (the training loss
+    /// without a validation tail).
+    Round {
+        fold: usize,
+        round: usize,
+        of: usize,
+        loss: f64,
+    },
+    /// A forest's tree is grown.
+    Tree { fold: usize, tree: usize, of: usize },
     /// The GPU failed mid-fit under `device: auto`; training goes on on the CPU.
     FellBack(String),
     /// A logistic fit ended (native solver).
@@ -526,8 +630,13 @@ pub struct FoldResult {
     pub fitted_rows: usize,
     /// The standardisation, fitted on this fold's training rows only.
     pub scaler: Scaler,
-    /// Mean weighted training loss after each epoch (networks only).
+    /// Mean weighted training loss after each epoch (networks) or round (`gbdt`).
     pub loss_curve: Vec<f64>,
+    /// `gbdt`: the validation loss after each round, and the round kept.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub validation_curve: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<usize>,
     /// How the L-BFGS fit ended (`logistic` with the native solver only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub solver: Option<SolverReport>,
@@ -548,7 +657,7 @@ pub struct Outcome {
     pub probabilities: Vec<f32>,
     /// The model to keep: fitted on every row after the folds are scored, with its scaler and
     /// loss curve. (The folds' models only score; none of them sees the last block.)
-    pub model: (Network, Scaler, Vec<f64>),
+    pub model: (Model, Scaler, Vec<f64>),
     pub device: Device,
 }
 
@@ -588,7 +697,7 @@ pub fn fit(
             cancelled,
         )?;
         let test_x = fitted.scaler.apply(&data.x, &fold.test);
-        let probs = fitted.network.predict(&test_x, fold.test.len());
+        let probs = fitted.model.predict(&test_x, fold.test.len());
         let fold_truth: Vec<u8> = fold.test.iter().map(|&row| data.y[row]).collect();
         let fold_baseline: Vec<f32> = fold.test.iter().flat_map(|_| prior.clone()).collect();
         let model_metrics = metrics::evaluate(&fold_truth, &probs, &data.classes);
@@ -602,6 +711,8 @@ pub fn fit(
             fitted_rows: fitted.rows,
             scaler: fitted.scaler,
             loss_curve: fitted.loss_curve,
+            validation_curve: fitted.validation_curve,
+            rounds: fitted.rounds,
             solver: fitted.solver,
             metrics: model_metrics,
             baseline,
@@ -624,7 +735,7 @@ pub fn fit(
         on_event,
         cancelled,
     )?;
-    let model = (fitted.network, fitted.scaler, fitted.loss_curve);
+    let model = (fitted.model, fitted.scaler, fitted.loss_curve);
     Ok(Outcome {
         folds: results,
         overall,
@@ -638,9 +749,11 @@ pub fn fit(
 }
 
 struct Fitted {
-    network: Network,
+    model: Model,
     scaler: Scaler,
     loss_curve: Vec<f64>,
+    validation_curve: Vec<f64>,
+    rounds: Option<usize>,
     solver: Option<SolverReport>,
     rows: usize,
 }
@@ -681,6 +794,21 @@ fn fit_rows(
     if cancelled() {
         return Err("interrupted".into());
     }
+    if config.model.is_trees() {
+        let times: Vec<i64> = chosen.iter().map(|&row| data.time[row]).collect();
+        let ends: Vec<i64> = chosen.iter().map(|&row| data.label_end[row]).collect();
+        let (model, loss_curve, validation_curve, rounds) =
+            fit_trees(&set, &times, &ends, k, config, fold, on_event, cancelled)?;
+        return Ok(Fitted {
+            model: Model::Trees(model),
+            scaler,
+            loss_curve,
+            validation_curve,
+            rounds,
+            solver: None,
+            rows: chosen.len(),
+        });
+    }
     let (network, loss_curve, solver) = match config.model {
         ModelKind::Logistic => {
             let (network, report) = fit_logistic(&set, k, config)?;
@@ -692,7 +820,7 @@ fn fit_rows(
             }
             (network, Vec::new(), report)
         }
-        ModelKind::Softmax | ModelKind::Mlp => {
+        ModelKind::Softmax | ModelKind::Mlp | ModelKind::Gbdt | ModelKind::Forest => {
             let hidden = if config.model == ModelKind::Mlp {
                 config.hidden
             } else {
@@ -714,12 +842,138 @@ fn fit_rows(
         }
     };
     Ok(Fitted {
-        network,
+        model: Model::Network(network),
         scaler,
         loss_curve,
+        validation_curve: Vec::new(),
+        rounds: None,
         solver,
         rows: chosen.len(),
     })
+}
+
+/// What a tree fit gives back: the ensemble, the training loss per round, the validation
+/// loss per round, and the round kept (`gbdt`; the forest has none of these).
+type TreeFit = (trees::Ensemble, Vec<f64>, Vec<f64>, Option<usize>);
+
+/// Fits `gbdt` or `forest` on a training set whose rows are in time order (`times`, with their
+/// label ends). `gbdt` keeps the last `validation` share of the rows back to stop on, and
+/// purges the rows before it whose labels reach into it, as the folds purge a test block.
+#[allow(clippy::too_many_arguments)]
+fn fit_trees(
+    set: &TrainingSet,
+    times: &[i64],
+    ends: &[i64],
+    k: usize,
+    config: &TrainConfig,
+    fold: usize,
+    on_event: &mut dyn FnMut(TrainEvent),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<TreeFit, String> {
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let n = set.rows;
+    if let Some(forest) = &config.forest {
+        let rows: Vec<usize> = (0..n).collect();
+        let binned = trees::Binned::new(&set.x, set.inputs, &rows, &rows, threads);
+        let grown = std::sync::atomic::AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (sender, receiver) = std::sync::mpsc::channel::<usize>();
+        let sender = std::sync::Mutex::new(sender);
+        let ensemble = std::thread::scope(|scope| {
+            let fit = scope.spawn(|| {
+                trees::fit_forest(
+                    &binned,
+                    &set.y,
+                    &set.weights,
+                    k,
+                    forest,
+                    threads,
+                    &|_| {
+                        let done = grown.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        if let Ok(sender) = sender.lock() {
+                            let _ = sender.send(done);
+                        }
+                    },
+                    &|| stop.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            });
+            // Relay progress from this thread (the event sink is not shareable), and a
+            // cancellation to the trees not started yet.
+            loop {
+                if cancelled() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                match receiver.recv_timeout(std::time::Duration::from_millis(100)) {
+                    Ok(done) => on_event(TrainEvent::Tree {
+                        fold,
+                        tree: done,
+                        of: forest.trees,
+                    }),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        if fit.is_finished() {
+                            break;
+                        }
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            fit.join()
+                .map_err(|_| "a training thread panicked".to_owned())?
+        })?;
+        return Ok((ensemble, Vec::new(), Vec::new(), None));
+    }
+    let boost = config
+        .boost
+        .as_ref()
+        .ok_or_else(|| "gbdt without its params".to_owned())?;
+    // The validation tail: the last rows by time, from the first bar they start at.
+    let tail = ((n as f64 * boost.validation).ceil() as usize).min(n.saturating_sub(1));
+    let (train, valid): (Vec<u32>, Vec<u32>) = if tail == 0 {
+        ((0..n as u32).collect(), Vec::new())
+    } else {
+        let start = times[n - tail];
+        let first = times.partition_point(|&time| time < start);
+        let train = (0..first as u32)
+            .filter(|&row| ends[row as usize] < start)
+            .collect();
+        (train, (first as u32..n as u32).collect())
+    };
+    if train.is_empty() {
+        return Err(format!(
+            "gbdt: no training rows are left before the validation tail ({} rows); lower `validation`",
+            n - train.len()
+        ));
+    }
+    let fit_rows: Vec<usize> = train.iter().map(|&row| row as usize).collect();
+    let rows: Vec<usize> = (0..n).collect();
+    let binned = trees::Binned::new(&set.x, set.inputs, &fit_rows, &rows, threads);
+    let (mut train_curve, mut valid_curve) = (Vec::new(), Vec::new());
+    let iterations = boost.params.iterations;
+    let ensemble = trees::fit_boosted(
+        &binned,
+        &set.y,
+        &set.weights,
+        k,
+        &train,
+        &valid,
+        &boost.params,
+        threads,
+        &mut |round| {
+            train_curve.push(round.train_loss);
+            if let Some(loss) = round.valid_loss {
+                valid_curve.push(loss);
+            }
+            on_event(TrainEvent::Round {
+                fold,
+                round: round.round,
+                of: iterations,
+                loss: round.valid_loss.unwrap_or(round.train_loss),
+            });
+        },
+        cancelled,
+    )?;
+    let rounds = Some(ensemble.rounds);
+    Ok((ensemble, train_curve, valid_curve, rounds))
 }
 
 /// Trains `initial` for `config.epochs`, on the GPU when `device` is one; under `device: auto`

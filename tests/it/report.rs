@@ -70,6 +70,7 @@ fn the_demo_run_ends_with_key_figures_and_a_report_chromium_renders_with_its_cha
         "<h2>Features</h2>",
         "<h2>Model</h2>",
         "Confusion matrix",
+        "aria-label=\"Feature importance\"",
         "<h2>Backtest</h2>",
         "buy-and-hold",
         "aria-label=\"Equity\"",

@@ -422,6 +422,43 @@ fn hourly_runs_fetch_new_candles_keep_the_model_and_price_the_paper_book() {
     assert_eq!(bar_files(project.path()).len(), 3);
 }
 
+#[test]
+fn signals_and_the_backtest_work_with_every_model_kind() {
+    let project = crate::common::shipped_project();
+    set_clock(&project, "2025-06-01T00:01:00Z");
+    let mlp = "    with: {model: mlp, device: cpu, hidden: 8, epochs: 2, folds: 2}\n";
+    let backtest = "  backtest:\n    kind: backtest\n    needs: [train, validate, discover]\n    with: {interval: 1h, entry: {long_above: 0.3}, monte_carlo: null}\n";
+    for with in [
+        "{model: logistic, folds: 2}",
+        "{model: softmax, device: cpu, epochs: 2, folds: 2}",
+        "{model: gbdt, iterations: 15, max_depth: 3, folds: 2}",
+        "{model: forest, trees: 8, max_depth: 5, folds: 2}",
+    ] {
+        let text = pipeline("7d");
+        assert!(text.contains(mlp), "the hourly pipeline changed shape");
+        project.write(
+            "pipelines/hourly.yaml",
+            &(text.replace(mlp, &format!("    with: {with}\n")) + backtest),
+        );
+        let run = run(&project);
+        assert_eq!(run.status_of("train"), "ran", "{with}");
+        let model = run.output_json(&project, "train", "model.json");
+        let trees = with.contains("gbdt") || with.contains("forest");
+        assert_eq!(model["trees"].is_object(), trees, "{with}");
+        assert_eq!(model["network"].is_object(), !trees, "{with}");
+        let importance = run.output_json(&project, "train", "metrics.json")["importance"].clone();
+        assert_eq!(
+            importance.as_array().map(Vec::len),
+            model["features"].as_array().map(Vec::len),
+            "{with}"
+        );
+        let summary = run.output_json(&project, "signals", "summary.json");
+        assert_eq!(summary["symbols"], 4, "{with}: {summary}");
+        let metrics = run.output_json(&project, "backtest", "metrics.json");
+        assert!(metrics["trades"]["trades"].is_number(), "{with}: {metrics}");
+    }
+}
+
 /// The hourly pipeline with a last stage that holds the run open until the test says so, so
 /// the overlap does not depend on timing.
 fn gated_pipeline() -> String {

@@ -27,6 +27,70 @@ fn config(model: ModelKind) -> TrainConfig {
         alpha: 1.0,
         max_iterations: 200,
         tolerance: 1e-6,
+        boost: None,
+        forest: None,
+    }
+}
+
+/// `gbdt` and `forest` with small, quick params.
+fn trees_config(model: ModelKind) -> TrainConfig {
+    use asterflow::train::trees::{BoostParams, FeatureRule, ForestParams, MaxFeatures};
+    TrainConfig {
+        boost: (model == ModelKind::Gbdt).then_some(train::BoostConfig {
+            params: BoostParams {
+                iterations: 60,
+                learning_rate: 0.2,
+                max_depth: 4,
+                min_leaf: 10.0,
+                l2: 0.0,
+                early_stopping: 10,
+            },
+            validation: 0.1,
+        }),
+        forest: (model == ModelKind::Forest).then_some(ForestParams {
+            trees: 30,
+            max_depth: 8,
+            min_leaf: 1.0,
+            max_features: MaxFeatures::Rule(FeatureRule::Sqrt),
+            bootstrap: true,
+            seed: 7,
+        }),
+        balance: Balance::Weights,
+        ..config(model)
+    }
+}
+
+#[test]
+fn gbdt_and_forest_learn_the_separable_problem_out_of_sample_and_rank_its_features() {
+    // Six features, the even ones weighing twice the odd ones in the score behind the labels.
+    let data = train::synthetic::separable(400, 5, 6, 4, 1);
+    for model in [ModelKind::Gbdt, ModelKind::Forest] {
+        let outcome = fit(&data, &trees_config(model), 3);
+        assert!(
+            outcome.overall.balanced_accuracy > 0.7,
+            "{model:?}: balanced accuracy {}",
+            outcome.overall.balanced_accuracy
+        );
+        assert!(
+            outcome.verdict.starts_with("beats the baseline by"),
+            "{model:?}: {}",
+            outcome.verdict
+        );
+        let importance = outcome.model.0.importance();
+        assert_eq!(importance.len(), 6);
+        assert!((importance.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let even: f64 = importance.iter().step_by(2).sum();
+        assert!(
+            even > 0.6,
+            "{model:?}: the heavier features' share {even} ({importance:?})"
+        );
+        if model == ModelKind::Gbdt {
+            // Early stopping on each training span's tail: a curve per round, a round kept.
+            let fold = &outcome.folds[0];
+            let rounds = fold.rounds.unwrap();
+            assert!(rounds >= 1 && rounds <= fold.validation_curve.len());
+            assert_eq!(fold.validation_curve.len(), fold.loss_curve.len());
+        }
     }
 }
 
@@ -255,40 +319,45 @@ fn no_training_label_window_overlaps_a_test_row_and_the_scaler_sees_only_trainin
     }
     // One label stretches far ahead (a gap in its horizon): it must be purged by its end time.
     data.label_end[10] = 299 * HOUR;
-    let outcome = fit(&data, &config(ModelKind::Softmax), 4);
-    for fold in &outcome.folds {
-        let (test_start, test_end) = fold.fold.test_span;
-        let tests: Vec<usize> = outcome
-            .predicted_rows
-            .iter()
-            .filter(|(_, number)| *number == fold.fold.number)
-            .map(|(row, _)| *row)
-            .collect();
-        assert!(
-            tests
+    for outcome in [
+        fit(&data, &config(ModelKind::Softmax), 4),
+        fit(&data, &trees_config(ModelKind::Gbdt), 4),
+        fit(&data, &trees_config(ModelKind::Forest), 4),
+    ] {
+        for fold in &outcome.folds {
+            let (test_start, test_end) = fold.fold.test_span;
+            let tests: Vec<usize> = outcome
+                .predicted_rows
                 .iter()
-                .all(|&row| (test_start..=test_end).contains(&data.time[row]))
-        );
-        let train: Vec<usize> = fold.fold.train.clone();
-        for &row in &train {
+                .filter(|(_, number)| *number == fold.fold.number)
+                .map(|(row, _)| *row)
+                .collect();
             assert!(
-                data.label_end[row] < test_start,
-                "fold {}: training row at bar {} has a label reaching bar {}, inside the test block from bar {}",
-                fold.fold.number,
-                data.time[row] / HOUR,
-                data.label_end[row] / HOUR,
-                test_start / HOUR
+                tests
+                    .iter()
+                    .all(|&row| (test_start..=test_end).contains(&data.time[row]))
             );
+            let train: Vec<usize> = fold.fold.train.clone();
+            for &row in &train {
+                assert!(
+                    data.label_end[row] < test_start,
+                    "fold {}: training row at bar {} has a label reaching bar {}, inside the test block from bar {}",
+                    fold.fold.number,
+                    data.time[row] / HOUR,
+                    data.label_end[row] / HOUR,
+                    test_start / HOUR
+                );
+            }
+            assert!(!train.contains(&10));
+            // The fold's scaler: the mean of the training rows' time index, nothing later.
+            let mean = train
+                .iter()
+                .map(|&row| f64::from(data.x[row * 3]))
+                .sum::<f64>()
+                / train.len() as f64;
+            assert!((fold.scaler.mean[0] - mean).abs() < 1e-6);
+            assert!(fold.scaler.mean[0] < (test_start / HOUR) as f64);
         }
-        assert!(!train.contains(&10));
-        // The fold's scaler: the mean of the training rows' time index, nothing later.
-        let mean = train
-            .iter()
-            .map(|&row| f64::from(data.x[row * 3]))
-            .sum::<f64>()
-            / train.len() as f64;
-        assert!((fold.scaler.mean[0] - mean).abs() < 1e-6);
-        assert!(fold.scaler.mean[0] < (test_start / HOUR) as f64);
     }
 }
 
@@ -551,6 +620,26 @@ fn train_param_mistakes_are_located_before_anything_runs() {
             "      model: logistic\n      max_iterations: 0\n",
             "16:23",
             "max_iterations must be at least 1",
+        ),
+        (
+            "      model: forest\n      iterations: 5\n",
+            "16:19",
+            "`iterations` applies to model gbdt, not forest",
+        ),
+        (
+            "      model: gbdt\n      max_features: sqrt\n",
+            "16:21",
+            "`max_features` applies to model forest, not gbdt",
+        ),
+        (
+            "      model: gbdt\n      validation: 0.95\n",
+            "16:19",
+            "validation is the share of each training span",
+        ),
+        (
+            "      model: forest\n      device: gpu\n",
+            "16:15",
+            "model forest trains on the CPU",
         ),
     ];
     for (with, at, message) in cases {

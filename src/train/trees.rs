@@ -1,0 +1,1079 @@
+//! Tree models: gradient-boosted trees (`gbdt`: softmax multiclass, one tree per class per
+//! round, as LightGBM's `multiclass`) and a random forest (`forest`: bootstrap samples, a
+//! random subset of the features at each split, Gini impurity, leaf class distributions
+//! averaged, as scikit-learn's `RandomForestClassifier`).
+//!
+//! Both grow trees depth-first from histograms of features binned once into at most 255
+//! quantile bins: a node's best split is a scan over its histogram, and a boosted tree gets the
+//! larger child's histogram by subtracting the smaller child's from its parent's. Row weights
+//! (`balance: weights`) enter every sum, and `min_leaf` bounds the weight in a leaf, so a row
+//! of weight 2 counts as two rows. Work is split over features (histograms) or trees (the
+//! forest), each piece summed in a fixed row order: the model is the same on any core count.
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::rng::{Rng, mix};
+
+/// Most bins per feature (codes fit a byte).
+pub const MAX_BINS: usize = 255;
+
+/// One tree: parallel arrays over nodes; node 0 is the root. A node with `feature < 0` is a
+/// leaf whose `outputs` values start at `value[node * outputs]`; an inner node sends a row
+/// left when its feature is at most `threshold` (NaN goes right).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tree {
+    pub feature: Vec<i32>,
+    pub threshold: Vec<f32>,
+    pub left: Vec<u32>,
+    pub right: Vec<u32>,
+    pub value: Vec<f32>,
+    /// The bin code the threshold came from (training only: rows are binned already).
+    #[serde(skip)]
+    bin: Vec<u8>,
+}
+
+impl Tree {
+    fn new() -> Self {
+        Self {
+            feature: Vec::new(),
+            threshold: Vec::new(),
+            left: Vec::new(),
+            right: Vec::new(),
+            value: Vec::new(),
+            bin: Vec::new(),
+        }
+    }
+
+    pub fn nodes(&self) -> usize {
+        self.feature.len()
+    }
+
+    /// The leaf a row of raw (standardised) features reaches.
+    pub fn leaf(&self, row: &[f32]) -> usize {
+        let mut node = 0;
+        while self.feature[node] >= 0 {
+            let value = row[self.feature[node] as usize];
+            node = if value <= self.threshold[node] {
+                self.left[node]
+            } else {
+                self.right[node]
+            } as usize;
+        }
+        node
+    }
+
+    /// The leaf a binned row reaches (`codes` feature-major, `rows` long per feature).
+    fn leaf_of_codes(&self, codes: &[u8], rows: usize, row: usize) -> usize {
+        let mut node = 0;
+        while self.feature[node] >= 0 {
+            let code = codes[self.feature[node] as usize * rows + row];
+            node = if code <= self.bin[node] {
+                self.left[node]
+            } else {
+                self.right[node]
+            } as usize;
+        }
+        node
+    }
+}
+
+/// Which ensemble, and how its trees combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnsembleKind {
+    /// Class scores `init[k] + sum of class k's trees` (tree `t` is class `t % classes`),
+    /// then softmax.
+    Boosted,
+    /// The mean of the trees' leaf class distributions.
+    Forest,
+}
+
+/// A fitted tree ensemble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ensemble {
+    pub kind: EnsembleKind,
+    pub inputs: usize,
+    pub classes: usize,
+    /// Boosted: each class's starting score (the log of its weighted share).
+    pub init: Vec<f32>,
+    pub trees: Vec<Tree>,
+    /// Total split gain by feature, summing to 1 (all zero when no tree split).
+    pub importance: Vec<f64>,
+    /// Boosted: the rounds kept (early stopping's best) and the rounds run.
+    pub rounds: usize,
+    pub rounds_run: usize,
+}
+
+impl Ensemble {
+    /// The shapes agree with `features` inputs and `classes` classes, and every tree is a tree
+    /// (children after their parent, features in range), so predicting cannot fail: for a
+    /// model read from a file.
+    pub fn check(&self, features: usize, classes: usize) -> Result<(), String> {
+        if self.inputs != features || self.classes != classes {
+            return Err(format!(
+                "the trees read {} inputs into {} classes; the model lists {features} features and {classes} classes",
+                self.inputs, self.classes
+            ));
+        }
+        let outputs = match self.kind {
+            EnsembleKind::Boosted => {
+                if self.init.len() != classes || self.trees.len() % classes.max(1) != 0 {
+                    return Err(format!(
+                        "{} starting scores and {} trees for {classes} classes",
+                        self.init.len(),
+                        self.trees.len()
+                    ));
+                }
+                1
+            }
+            EnsembleKind::Forest => classes,
+        };
+        for (index, tree) in self.trees.iter().enumerate() {
+            let nodes = tree.feature.len();
+            let consistent = nodes > 0
+                && [tree.threshold.len(), tree.left.len(), tree.right.len()]
+                    .iter()
+                    .all(|&len| len == nodes)
+                && tree.value.len() == nodes * outputs
+                && (0..nodes).all(|node| {
+                    let feature = tree.feature[node];
+                    feature < 0
+                        || ((feature as usize) < features
+                            && (tree.left[node] as usize) > node
+                            && (tree.left[node] as usize) < nodes
+                            && (tree.right[node] as usize) > node
+                            && (tree.right[node] as usize) < nodes)
+                });
+            if !consistent {
+                return Err(format!("tree {index} is not a well-formed tree"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Class probabilities for `rows` rows of `x` (row-major, `inputs` wide).
+    pub fn predict(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let k = self.classes;
+        let mut out = vec![0f32; rows * k];
+        for row in 0..rows {
+            let features = &x[row * self.inputs..(row + 1) * self.inputs];
+            let probabilities = &mut out[row * k..(row + 1) * k];
+            match self.kind {
+                EnsembleKind::Boosted => {
+                    let mut scores: Vec<f64> = self.init.iter().map(|&v| f64::from(v)).collect();
+                    for (index, tree) in self.trees.iter().enumerate() {
+                        let leaf = tree.leaf(features);
+                        scores[index % k] += f64::from(tree.value[leaf]);
+                    }
+                    softmax_into(&scores, probabilities);
+                }
+                EnsembleKind::Forest => {
+                    let mut sums = vec![0f64; k];
+                    for tree in &self.trees {
+                        let leaf = tree.leaf(features);
+                        for (sum, value) in sums.iter_mut().zip(&tree.value[leaf * k..]) {
+                            *sum += f64::from(*value);
+                        }
+                    }
+                    let count = self.trees.len().max(1) as f64;
+                    for (p, sum) in probabilities.iter_mut().zip(&sums) {
+                        *p = (sum / count) as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn softmax_into(scores: &[f64], out: &mut [f32]) {
+    let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = scores.iter().map(|s| (s - top).exp()).sum();
+    for (p, s) in out.iter_mut().zip(scores) {
+        *p = ((s - top).exp() / sum) as f32;
+    }
+}
+
+/// `gbdt`'s params.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoostParams {
+    /// Most rounds (each adds one tree per class).
+    pub iterations: usize,
+    pub learning_rate: f64,
+    pub max_depth: usize,
+    /// Least total row weight in a leaf.
+    pub min_leaf: f64,
+    /// L2 penalty on leaf values.
+    pub l2: f64,
+    /// Stop when the validation loss has not improved for this many rounds (0: never).
+    pub early_stopping: usize,
+}
+
+/// `forest`'s params.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ForestParams {
+    pub trees: usize,
+    pub max_depth: usize,
+    /// Least total row weight in a leaf.
+    pub min_leaf: f64,
+    /// Features tried at each split.
+    pub max_features: MaxFeatures,
+    pub bootstrap: bool,
+    pub seed: u64,
+}
+
+/// How many features a forest tries at each split: a count, or a rule of the feature count
+/// as scikit-learn's (`sqrt`, its classifier's default: the integer part of the square root,
+/// at least 1; `log2`; `all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MaxFeatures {
+    Count(usize),
+    Rule(FeatureRule),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureRule {
+    Sqrt,
+    Log2,
+    All,
+}
+
+impl MaxFeatures {
+    pub fn count(self, features: usize) -> usize {
+        let count = match self {
+            MaxFeatures::Count(count) => count,
+            MaxFeatures::Rule(FeatureRule::Sqrt) => (features as f64).sqrt() as usize,
+            MaxFeatures::Rule(FeatureRule::Log2) => (features as f64).log2() as usize,
+            MaxFeatures::Rule(FeatureRule::All) => features,
+        };
+        count.clamp(1, features.max(1))
+    }
+}
+
+/// Features binned for training: per-feature thresholds and feature-major codes.
+#[derive(Debug, Clone)]
+pub struct Binned {
+    pub thresholds: Vec<Vec<f32>>,
+    /// `codes[feature * rows + row]`: how many thresholds lie below the value.
+    pub codes: Vec<u8>,
+    pub rows: usize,
+}
+
+impl Binned {
+    /// Thresholds from `fit_rows` of `x` (`dim` wide); codes for `rows`, in that order.
+    pub fn new(x: &[f32], dim: usize, fit_rows: &[usize], rows: &[usize], threads: usize) -> Self {
+        let thresholds: Vec<Vec<f32>> = parallel_map(dim, threads, |feature| {
+            feature_thresholds(x, dim, fit_rows, feature)
+        });
+        let per_feature: Vec<Vec<u8>> = parallel_map(dim, threads, |feature| {
+            let cuts = &thresholds[feature];
+            rows.iter()
+                .map(|&row| {
+                    let value = x[row * dim + feature];
+                    if value.is_nan() {
+                        cuts.len() as u8
+                    } else {
+                        cuts.partition_point(|&cut| cut < value) as u8
+                    }
+                })
+                .collect()
+        });
+        Self {
+            thresholds,
+            codes: per_feature.concat(),
+            rows: rows.len(),
+        }
+    }
+
+    fn features(&self) -> usize {
+        self.thresholds.len()
+    }
+}
+
+/// Up to `MAX_BINS - 1` thresholds: each distinct value but the largest when there are few,
+/// else the values at evenly spaced quantiles of (a sample of) the rows.
+fn feature_thresholds(x: &[f32], dim: usize, rows: &[usize], feature: usize) -> Vec<f32> {
+    let step = (rows.len() / 200_000).max(1);
+    let mut values: Vec<f32> = rows
+        .iter()
+        .step_by(step)
+        .map(|&row| x[row * dim + feature])
+        .filter(|v| !v.is_nan())
+        .collect();
+    values.sort_by(f32::total_cmp);
+    let mut distinct = values.clone();
+    distinct.dedup();
+    if distinct.len() <= MAX_BINS {
+        distinct.pop();
+        return distinct;
+    }
+    let mut cuts: Vec<f32> = (1..MAX_BINS)
+        .map(|i| values[i * values.len() / MAX_BINS])
+        .collect();
+    cuts.dedup();
+    if cuts.last() == values.last() {
+        cuts.pop();
+    }
+    cuts
+}
+
+/// `f(i)` for `i in 0..count`, on up to `threads` threads, in order.
+fn parallel_map<T: Send>(count: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = threads.clamp(1, count.max(1));
+    if threads == 1 {
+        return (0..count).map(f).collect();
+    }
+    let mut slots: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let f = &f;
+        let chunks: Vec<_> = slots
+            .chunks_mut(count.div_ceil(threads))
+            .enumerate()
+            .map(|(chunk, slots)| {
+                let start = chunk * count.div_ceil(threads);
+                scope.spawn(move || {
+                    for (offset, slot) in slots.iter_mut().enumerate() {
+                        *slot = Some(f(start + offset));
+                    }
+                })
+            })
+            .collect();
+        for chunk in chunks {
+            chunk.join().expect("a training thread panicked");
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| slot.expect("filled"))
+        .collect()
+}
+
+/// How a tree scores splits and values leaves, over per-row statistics `width` wide.
+#[derive(Clone, Copy)]
+enum Criterion {
+    /// (gradient, hessian, weight): Newton gain, leaf `-G / (H + l2) x rate`.
+    Newton { l2: f64, rate: f64 },
+    /// One weight per class: Gini impurity decrease, leaf the class shares.
+    Gini { classes: usize },
+}
+
+impl Criterion {
+    fn width(self) -> usize {
+        match self {
+            Criterion::Newton { .. } => 3,
+            Criterion::Gini { classes } => classes,
+        }
+    }
+
+    fn weight(self, stats: &[f64]) -> f64 {
+        match self {
+            Criterion::Newton { .. } => stats[2],
+            Criterion::Gini { .. } => stats.iter().sum(),
+        }
+    }
+
+    /// The node's own score: the split's gain is the children's less the parent's.
+    fn score(self, stats: &[f64]) -> f64 {
+        match self {
+            Criterion::Newton { l2, .. } => {
+                let denominator = stats[1] + l2;
+                if denominator <= 0.0 {
+                    0.0
+                } else {
+                    stats[0] * stats[0] / denominator
+                }
+            }
+            Criterion::Gini { .. } => {
+                let total: f64 = stats.iter().sum();
+                if total <= 0.0 {
+                    0.0
+                } else {
+                    stats.iter().map(|s| s * s).sum::<f64>() / total
+                }
+            }
+        }
+    }
+
+    fn leaf(self, stats: &[f64], out: &mut Vec<f32>) {
+        match self {
+            Criterion::Newton { l2, rate } => {
+                let denominator = stats[1] + l2;
+                out.push(if denominator <= 0.0 {
+                    0.0
+                } else {
+                    (-stats[0] / denominator * rate) as f32
+                });
+            }
+            Criterion::Gini { .. } => {
+                let total: f64 = stats.iter().sum();
+                out.extend(stats.iter().map(
+                    |s| {
+                        if total > 0.0 { (s / total) as f32 } else { 0.0 }
+                    },
+                ));
+            }
+        }
+    }
+}
+
+/// What one tree is grown from.
+struct Grow<'a> {
+    binned: &'a Binned,
+    /// Per row (of `binned`), `criterion.width()` statistics.
+    stats: &'a [f64],
+    criterion: Criterion,
+    max_depth: usize,
+    min_leaf: f64,
+    /// Features tried per split (with the tree's generator), or all.
+    sample: Option<(usize, &'a mut Rng)>,
+    threads: usize,
+    /// Gain by feature, added to.
+    importance: &'a mut [f64],
+}
+
+/// A node's histogram: `features x bins x width`, bins `MAX_BINS + 1` per feature (the NaN
+/// code included).
+type Histogram = Vec<f64>;
+const SLOTS: usize = MAX_BINS + 1;
+
+impl Grow<'_> {
+    fn histogram(&self, rows: &[u32], features: &[usize]) -> Histogram {
+        let width = self.criterion.width();
+        let (codes, n, stats) = (&self.binned.codes, self.binned.rows, self.stats);
+        let one = |feature: usize| {
+            let mut hist = vec![0f64; SLOTS * width];
+            let codes = &codes[feature * n..(feature + 1) * n];
+            for &row in rows {
+                let row = row as usize;
+                let slot = codes[row] as usize * width;
+                for (cell, value) in hist[slot..slot + width]
+                    .iter_mut()
+                    .zip(&stats[row * width..(row + 1) * width])
+                {
+                    *cell += value;
+                }
+            }
+            hist
+        };
+        let threads = if rows.len() * features.len() < 200_000 {
+            1
+        } else {
+            self.threads
+        };
+        parallel_map(features.len(), threads, |index| one(features[index])).concat()
+    }
+
+    /// The best split of a node over `features` (whose histograms `hist` holds in that order):
+    /// (feature, bin, gain), if any split gains and leaves `min_leaf` on both sides.
+    fn best_split(
+        &self,
+        hist: &[f64],
+        features: &[usize],
+        total: &[f64],
+    ) -> Option<(usize, u8, f64)> {
+        let width = self.criterion.width();
+        let parent = self.criterion.score(total);
+        let mut best: Option<(usize, u8, f64)> = None;
+        let mut left = vec![0f64; width];
+        let mut right = vec![0f64; width];
+        for (index, &feature) in features.iter().enumerate() {
+            let bins = self.binned.thresholds[feature].len();
+            left.iter_mut().for_each(|v| *v = 0.0);
+            let hist = &hist[index * SLOTS * width..(index + 1) * SLOTS * width];
+            // Split after bin `bin`: codes 0..=bin left (the NaN code, `bins`, always right).
+            for bin in 0..bins {
+                for (l, h) in left.iter_mut().zip(&hist[bin * width..(bin + 1) * width]) {
+                    *l += h;
+                }
+                for ((r, t), l) in right.iter_mut().zip(total).zip(&left) {
+                    *r = t - l;
+                }
+                let (weight_left, weight_right) =
+                    (self.criterion.weight(&left), self.criterion.weight(&right));
+                if weight_left < self.min_leaf || weight_right < self.min_leaf {
+                    continue;
+                }
+                if let Criterion::Newton { .. } = self.criterion
+                    && (left[1] < 1e-3 || right[1] < 1e-3)
+                {
+                    continue;
+                }
+                let gain = self.criterion.score(&left) + self.criterion.score(&right) - parent;
+                if gain > 1e-12 && best.is_none_or(|(_, _, top)| gain > top) {
+                    best = Some((feature, bin as u8, gain));
+                }
+            }
+        }
+        best
+    }
+
+    fn features_for_node(&mut self) -> Vec<usize> {
+        let all = self.binned.features();
+        match &mut self.sample {
+            Some((count, rng)) if *count < all => {
+                // A partial Fisher-Yates shuffle: `count` distinct features, kept in order.
+                let mut pool: Vec<usize> = (0..all).collect();
+                for i in 0..*count {
+                    let j = i + (rng.next_u64() % (all - i) as u64) as usize;
+                    pool.swap(i, j);
+                }
+                let mut chosen = pool[..*count].to_vec();
+                chosen.sort_unstable();
+                chosen
+            }
+            _ => (0..all).collect(),
+        }
+    }
+
+    /// Grows the subtree of `rows` into `tree`; returns its node. `hist` is the node's
+    /// histogram over every feature when the caller has it (boosting's subtraction).
+    fn grow(
+        &mut self,
+        tree: &mut Tree,
+        rows: Vec<u32>,
+        total: Vec<f64>,
+        hist: Option<Histogram>,
+        depth: usize,
+        leaves: &mut [u32],
+    ) -> u32 {
+        let node = tree.nodes() as u32;
+        tree.feature.push(-1);
+        tree.threshold.push(0.0);
+        tree.left.push(0);
+        tree.right.push(0);
+        tree.bin.push(0);
+        let outputs = match self.criterion {
+            Criterion::Newton { .. } => 1,
+            Criterion::Gini { classes } => classes,
+        };
+        let criterion = self.criterion;
+        let make_leaf = |tree: &mut Tree, leaves: &mut [u32], rows: &[u32]| {
+            criterion.leaf(&total, &mut tree.value);
+            for &row in rows {
+                leaves[row as usize] = node;
+            }
+        };
+        let weight = self.criterion.weight(&total);
+        if depth >= self.max_depth || weight < 2.0 * self.min_leaf || rows.len() < 2 {
+            make_leaf(tree, leaves, &rows);
+            return node;
+        }
+        let all_features = self.sample.is_none();
+        let features = self.features_for_node();
+        let hist = match hist {
+            Some(hist) if all_features => hist,
+            _ => self.histogram(&rows, &features),
+        };
+        let Some((feature, bin, gain)) = self.best_split(&hist, &features, &total) else {
+            make_leaf(tree, leaves, &rows);
+            return node;
+        };
+        self.importance[feature] += gain;
+        // Inner nodes hold zeros, so leaf values index by node.
+        tree.value.extend(std::iter::repeat_n(0.0, outputs));
+        let n = self.binned.rows;
+        let codes = &self.binned.codes[feature * n..(feature + 1) * n];
+        let (left_rows, right_rows): (Vec<u32>, Vec<u32>) =
+            rows.iter().partition(|&&row| codes[row as usize] <= bin);
+        drop(rows);
+        let width = self.criterion.width();
+        let sum = |rows: &[u32]| {
+            let mut sum = vec![0f64; width];
+            for &row in rows {
+                for (s, v) in sum
+                    .iter_mut()
+                    .zip(&self.stats[row as usize * width..(row as usize + 1) * width])
+                {
+                    *s += v;
+                }
+            }
+            sum
+        };
+        // Boosting: the smaller child's histogram, and the larger's by subtraction.
+        let (left_hist, right_hist) = if all_features {
+            let left_smaller = left_rows.len() <= right_rows.len();
+            let small = self.histogram(
+                if left_smaller {
+                    &left_rows
+                } else {
+                    &right_rows
+                },
+                &features,
+            );
+            let large: Histogram = hist.iter().zip(&small).map(|(p, s)| p - s).collect();
+            if left_smaller {
+                (Some(small), Some(large))
+            } else {
+                (Some(large), Some(small))
+            }
+        } else {
+            (None, None)
+        };
+        drop(hist);
+        let (left_total, right_total) = (sum(&left_rows), sum(&right_rows));
+        let left = self.grow(tree, left_rows, left_total, left_hist, depth + 1, leaves);
+        let right = self.grow(tree, right_rows, right_total, right_hist, depth + 1, leaves);
+        let index = node as usize;
+        tree.feature[index] = feature as i32;
+        tree.threshold[index] = self.binned.thresholds[feature][bin as usize];
+        tree.bin[index] = bin;
+        tree.left[index] = left;
+        tree.right[index] = right;
+        node
+    }
+}
+
+/// Rows of the binned set that are in the model's own order.
+fn all_rows(rows: usize) -> Vec<u32> {
+    (0..rows as u32).collect()
+}
+
+/// Gains to shares.
+fn normalise(importance: &mut [f64]) {
+    let total: f64 = importance.iter().sum();
+    if total > 0.0 {
+        importance.iter_mut().for_each(|v| *v /= total);
+    }
+}
+
+/// What a boosted fit reports after each round.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    pub round: usize,
+    pub train_loss: f64,
+    pub valid_loss: Option<f64>,
+}
+
+/// Boosts on `train` rows of `binned` (indices into it), stopping early on `valid` rows.
+/// `y` and `weights` are per binned row.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_boosted(
+    binned: &Binned,
+    y: &[u8],
+    weights: &[f32],
+    classes: usize,
+    train: &[u32],
+    valid: &[u32],
+    params: &BoostParams,
+    threads: usize,
+    on_round: &mut dyn FnMut(Round),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Ensemble, String> {
+    let k = classes;
+    let n = binned.rows;
+    // Start from the log of each class's weighted share in the training rows.
+    let mut share = vec![0f64; k];
+    for &row in train {
+        share[y[row as usize] as usize] += f64::from(weights[row as usize]);
+    }
+    let total: f64 = share.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    let init: Vec<f32> = share
+        .iter()
+        .map(|s| ((s / total).max(1e-12)).ln() as f32)
+        .collect();
+    let mut scores = vec![0f64; n * k];
+    for row in 0..n {
+        for class in 0..k {
+            scores[row * k + class] = f64::from(init[class]);
+        }
+    }
+    let mut ensemble = Ensemble {
+        kind: EnsembleKind::Boosted,
+        inputs: binned.features(),
+        classes: k,
+        init,
+        trees: Vec::new(),
+        importance: vec![0.0; binned.features()],
+        rounds: 0,
+        rounds_run: 0,
+    };
+    let criterion = Criterion::Newton {
+        l2: params.l2,
+        rate: params.learning_rate,
+    };
+    // The hessian's K / (K - 1) as LightGBM's multiclass objective scales it.
+    let factor = if k > 1 {
+        k as f64 / (k as f64 - 1.0)
+    } else {
+        1.0
+    };
+    let mut stats = vec![0f64; n * 3];
+    let mut leaves = vec![0u32; n];
+    let mut probabilities = vec![0f32; n * k];
+    let (mut best_loss, mut best_round) = (f64::INFINITY, 0usize);
+    let mut importance_at_best = ensemble.importance.clone();
+    for round in 0..params.iterations {
+        if cancelled() {
+            return Err("interrupted".into());
+        }
+        for &row in train {
+            let row = row as usize;
+            softmax_into(
+                &scores[row * k..(row + 1) * k],
+                &mut probabilities[row * k..(row + 1) * k],
+            );
+        }
+        for class in 0..k {
+            for &row in train {
+                let row = row as usize;
+                let p = f64::from(probabilities[row * k + class]);
+                let w = f64::from(weights[row]);
+                let target = if y[row] as usize == class { 1.0 } else { 0.0 };
+                stats[row * 3] = w * (p - target);
+                stats[row * 3 + 1] = (w * p * (1.0 - p) * factor).max(1e-16 * w);
+                stats[row * 3 + 2] = w;
+            }
+            let mut total = vec![0f64; 3];
+            for &row in train {
+                for (t, s) in total.iter_mut().zip(&stats[row as usize * 3..]) {
+                    *t += s;
+                }
+            }
+            let mut tree = Tree::new();
+            let mut grow = Grow {
+                binned,
+                stats: &stats,
+                criterion,
+                max_depth: params.max_depth,
+                min_leaf: params.min_leaf,
+                sample: None,
+                threads,
+                importance: &mut ensemble.importance,
+            };
+            grow.grow(&mut tree, train.to_vec(), total, None, 0, &mut leaves);
+            for &row in train {
+                let row = row as usize;
+                scores[row * k + class] += f64::from(tree.value[leaves[row] as usize]);
+            }
+            for &row in valid {
+                let row = row as usize;
+                let leaf = tree.leaf_of_codes(&binned.codes, n, row);
+                scores[row * k + class] += f64::from(tree.value[leaf]);
+            }
+            ensemble.trees.push(tree);
+        }
+        let loss = |rows: &[u32]| {
+            let (mut sum, mut weight) = (0.0, 0.0);
+            let mut p = vec![0f32; k];
+            for &row in rows {
+                let row = row as usize;
+                softmax_into(&scores[row * k..(row + 1) * k], &mut p);
+                let w = f64::from(weights[row]);
+                sum -= w * f64::from(p[y[row] as usize]).max(1e-15).ln();
+                weight += w;
+            }
+            sum / weight.max(f64::MIN_POSITIVE)
+        };
+        let valid_loss = (!valid.is_empty()).then(|| loss(valid));
+        on_round(Round {
+            round: round + 1,
+            train_loss: loss(train),
+            valid_loss,
+        });
+        ensemble.rounds_run = round + 1;
+        let judged = valid_loss.unwrap_or(0.0);
+        if valid_loss.is_none() || judged < best_loss {
+            best_loss = judged;
+            best_round = round + 1;
+            importance_at_best.clone_from(&ensemble.importance);
+        } else if params.early_stopping > 0 && round + 1 - best_round >= params.early_stopping {
+            break;
+        }
+    }
+    ensemble.trees.truncate(best_round * k);
+    ensemble.rounds = best_round;
+    ensemble.importance = importance_at_best;
+    normalise(&mut ensemble.importance);
+    Ok(ensemble)
+}
+
+/// Grows `params.trees` trees on bootstrap samples of every row of `binned`, in parallel over
+/// trees; tree `t` draws from its own generator, so the forest is the same on any core count.
+pub fn fit_forest(
+    binned: &Binned,
+    y: &[u8],
+    weights: &[f32],
+    classes: usize,
+    params: &ForestParams,
+    threads: usize,
+    on_tree: &(dyn Fn(usize) + Sync),
+    cancelled: &(dyn Fn() -> bool + Sync),
+) -> Result<Ensemble, String> {
+    let n = binned.rows;
+    let features = binned.features();
+    let grown: Vec<Option<(Tree, Vec<f64>)>> = parallel_map(params.trees, threads, |index| {
+        if cancelled() {
+            return None;
+        }
+        let mut rng = Rng::new(mix(params.seed ^ mix(index as u64 + 1)));
+        let mut counts = vec![0u32; n];
+        if params.bootstrap {
+            for _ in 0..n {
+                counts[(rng.next_u64() % n as u64) as usize] += 1;
+            }
+        } else {
+            counts.iter_mut().for_each(|c| *c = 1);
+        }
+        let mut stats = vec![0f64; n * classes];
+        let mut rows = Vec::with_capacity(n);
+        let mut total = vec![0f64; classes];
+        for row in 0..n {
+            if counts[row] > 0 {
+                let w = f64::from(counts[row]) * f64::from(weights[row]);
+                stats[row * classes + y[row] as usize] = w;
+                total[y[row] as usize] += w;
+                rows.push(row as u32);
+            }
+        }
+        let mut importance = vec![0f64; features];
+        let mut tree = Tree::new();
+        let mut leaves = vec![0u32; n];
+        let mut grow = Grow {
+            binned,
+            stats: &stats,
+            criterion: Criterion::Gini { classes },
+            max_depth: params.max_depth,
+            min_leaf: params.min_leaf,
+            sample: Some((params.max_features.count(features), &mut rng)),
+            threads: 1,
+            importance: &mut importance,
+        };
+        grow.grow(&mut tree, rows, total, None, 0, &mut leaves);
+        on_tree(index + 1);
+        Some((tree, importance))
+    });
+    let mut ensemble = Ensemble {
+        kind: EnsembleKind::Forest,
+        inputs: features,
+        classes,
+        init: Vec::new(),
+        trees: Vec::with_capacity(params.trees),
+        importance: vec![0.0; features],
+        rounds: params.trees,
+        rounds_run: params.trees,
+    };
+    for tree in grown {
+        let (tree, importance) = tree.ok_or_else(|| "interrupted".to_owned())?;
+        // scikit-learn's feature_importances_: each tree's normalised, then averaged.
+        let mut importance = importance;
+        normalise(&mut importance);
+        for (sum, value) in ensemble.importance.iter_mut().zip(&importance) {
+            *sum += value;
+        }
+        ensemble.trees.push(tree);
+    }
+    normalise(&mut ensemble.importance);
+    Ok(ensemble)
+}
+
+/// Every row of a binned set, for fitting on all of it.
+pub fn every_row(binned: &Binned) -> Vec<u32> {
+    all_rows(binned.rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// XOR of two signs (no linear model can), plus a noise feature; class 2 never appears.
+    fn xor(rows: usize, seed: u64) -> (Vec<f32>, Vec<u8>) {
+        let mut rng = Rng::new(seed);
+        let mut x = Vec::with_capacity(rows * 3);
+        let mut y = Vec::with_capacity(rows);
+        for _ in 0..rows {
+            let (a, b, noise) = (rng.normal(), rng.normal(), rng.normal());
+            x.extend([a as f32, b as f32, noise as f32]);
+            y.push(u8::from((a > 0.0) != (b > 0.0)));
+        }
+        (x, y)
+    }
+
+    fn accuracy(probabilities: &[f32], y: &[u8], k: usize) -> f64 {
+        let right = y
+            .iter()
+            .enumerate()
+            .filter(|(row, label)| {
+                let p = &probabilities[row * k..(row + 1) * k];
+                let best = (0..k).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+                best == **label as usize
+            })
+            .count();
+        right as f64 / y.len() as f64
+    }
+
+    fn boost(x: &[f32], y: &[u8], weights: &[f32], threads: usize) -> Ensemble {
+        let rows: Vec<usize> = (0..y.len()).collect();
+        let binned = Binned::new(x, 3, &rows, &rows, threads);
+        let params = BoostParams {
+            iterations: 30,
+            learning_rate: 0.3,
+            max_depth: 3,
+            min_leaf: 5.0,
+            l2: 0.0,
+            early_stopping: 0,
+        };
+        fit_boosted(
+            &binned,
+            y,
+            weights,
+            3,
+            &every_row(&binned),
+            &[],
+            &params,
+            threads,
+            &mut |_| {},
+            &|| false,
+        )
+        .unwrap()
+    }
+
+    fn forest(x: &[f32], y: &[u8], weights: &[f32], threads: usize, bootstrap: bool) -> Ensemble {
+        let rows: Vec<usize> = (0..y.len()).collect();
+        let binned = Binned::new(x, 3, &rows, &rows, threads);
+        let params = ForestParams {
+            trees: 12,
+            max_depth: 6,
+            min_leaf: 1.0,
+            max_features: if bootstrap {
+                MaxFeatures::Count(2)
+            } else {
+                MaxFeatures::Rule(FeatureRule::All)
+            },
+            bootstrap,
+            seed: 7,
+        };
+        fit_forest(&binned, y, weights, 3, &params, threads, &|_| {}, &|| false).unwrap()
+    }
+
+    #[test]
+    fn both_learn_xor_out_of_sample_and_find_the_noise_unimportant() {
+        let (x, y) = xor(4000, 1);
+        let (test_x, test_y) = xor(2000, 2);
+        let ones = vec![1.0; y.len()];
+        for model in [boost(&x, &y, &ones, 2), forest(&x, &y, &ones, 2, true)] {
+            let p = model.predict(&test_x, test_y.len());
+            let right = accuracy(&p, &test_y, 3);
+            assert!(right > 0.95, "{:?}: accuracy {right}", model.kind);
+            assert!(
+                model.importance[2] < 0.1,
+                "{:?}: the noise feature's importance {:?}",
+                model.kind,
+                model.importance
+            );
+            let total: f64 = model.importance.iter().sum();
+            assert!((total - 1.0).abs() < 1e-9);
+            // Probabilities are distributions.
+            for row in p.chunks(3) {
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_model_on_one_core_or_four() {
+        let (x, y) = xor(3000, 3);
+        let ones = vec![1.0; y.len()];
+        assert_eq!(boost(&x, &y, &ones, 1), boost(&x, &y, &ones, 4));
+        assert_eq!(
+            forest(&x, &y, &ones, 1, true),
+            forest(&x, &y, &ones, 4, true)
+        );
+    }
+
+    #[test]
+    fn a_weight_of_two_is_a_duplicated_row() {
+        // Features with few distinct values, so the bins are the same either way.
+        let (x, y) = xor(600, 4);
+        let x: Vec<f32> = x.iter().map(|v| (v * 4.0).round() / 4.0).collect();
+        let weights: Vec<f32> = (0..y.len()).map(|row| 1.0 + (row % 2) as f32).collect();
+        let (mut dx, mut dy) = (Vec::new(), Vec::new());
+        for row in 0..y.len() {
+            for _ in 0..weights[row] as usize {
+                dx.extend_from_slice(&x[row * 3..(row + 1) * 3]);
+                dy.push(y[row]);
+            }
+        }
+        let ones = vec![1.0; dy.len()];
+        let (weighted, duplicated) = (boost(&x, &y, &weights, 2), boost(&dx, &dy, &ones, 2));
+        assert_eq!(weighted.trees.len(), duplicated.trees.len());
+        let (px, pd) = (
+            weighted.predict(&x, y.len()),
+            duplicated.predict(&x, y.len()),
+        );
+        for (a, b) in px.iter().zip(&pd) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+        // The forest without bootstrap or feature sampling: the same trees.
+        let (weighted, duplicated) = (
+            forest(&x, &y, &weights, 2, false),
+            forest(&dx, &dy, &ones, 2, false),
+        );
+        let (px, pd) = (
+            weighted.predict(&x, y.len()),
+            duplicated.predict(&x, y.len()),
+        );
+        for (a, b) in px.iter().zip(&pd) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn early_stopping_keeps_the_best_round_on_the_validation_rows() {
+        // Labels of pure noise: the validation loss only worsens after the first rounds.
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..3000).map(|_| rng.normal() as f32).collect();
+        let y: Vec<u8> = (0..1000).map(|_| (rng.next_u64() % 2) as u8).collect();
+        let rows: Vec<usize> = (0..1000).collect();
+        let binned = Binned::new(&x, 3, &rows[..800], &rows, 1);
+        let train: Vec<u32> = (0..800).collect();
+        let valid: Vec<u32> = (800..1000).collect();
+        let params = BoostParams {
+            iterations: 200,
+            learning_rate: 0.3,
+            max_depth: 4,
+            min_leaf: 2.0,
+            l2: 0.0,
+            early_stopping: 10,
+        };
+        let mut seen = Vec::new();
+        let model = fit_boosted(
+            &binned,
+            &y,
+            &vec![1.0; 1000],
+            2,
+            &train,
+            &valid,
+            &params,
+            1,
+            &mut |round| seen.push(round),
+            &|| false,
+        )
+        .unwrap();
+        assert!(model.rounds_run < 200, "it stopped: {}", model.rounds_run);
+        assert_eq!(model.rounds_run, model.rounds + 10);
+        assert_eq!(model.trees.len(), model.rounds * 2);
+        let best = seen
+            .iter()
+            .map(|r| r.valid_loss.unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(seen[model.rounds - 1].valid_loss.unwrap(), best);
+    }
+
+    #[test]
+    fn thresholds_send_rows_where_their_codes_went() {
+        let (x, y) = xor(2000, 6);
+        let rows: Vec<usize> = (0..y.len()).collect();
+        let binned = Binned::new(&x, 3, &rows, &rows, 1);
+        let model = boost(&x, &y, &vec![1.0; y.len()], 1);
+        for tree in &model.trees {
+            for row in 0..y.len() {
+                assert_eq!(
+                    tree.leaf(&x[row * 3..row * 3 + 3]),
+                    tree.leaf_of_codes(&binned.codes, binned.rows, row)
+                );
+            }
+        }
+    }
+}
