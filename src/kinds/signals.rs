@@ -48,9 +48,7 @@ use crate::paper::{
     Entry, Fills, Signal, SignalsSummary, Status, book_summary, ledger, side_of, side_word,
 };
 use crate::sql::{has_table, query, quoted};
-use crate::train::Scaler;
-use crate::train::network::Network;
-use crate::train::trees::Ensemble;
+use crate::train::saved::{ModelFile, check_model};
 
 pub struct Signals;
 
@@ -175,79 +173,6 @@ impl PreparedStage for Prepared {
     fn run<'a>(&'a self, context: &'a StageContext) -> BoxFuture<'a, Result<(), StageError>> {
         Box::pin(self.execute(context))
     }
-}
-
-/// What `signals` reads of `model.json`.
-#[derive(Debug, Deserialize)]
-struct ModelFile {
-    format_version: u32,
-    features: Vec<String>,
-    classes: Vec<String>,
-    scaler: Scaler,
-    /// `logistic`, `softmax` and `mlp`.
-    #[serde(default)]
-    network: Option<Network>,
-    /// `gbdt` and `forest`.
-    #[serde(default)]
-    trees: Option<Ensemble>,
-    trained_on: TrainedOn,
-}
-
-impl ModelFile {
-    /// Class probabilities for `rows` standardised rows (after [`check_model`]).
-    fn predict(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        match (&self.network, &self.trees) {
-            (Some(network), _) => network.predict(x, rows),
-            (None, Some(trees)) => trees.predict(x, rows),
-            (None, None) => Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct TrainedOn {
-    to: String,
-}
-
-/// The shapes in `model.json` agree with each other (so predicting cannot index out of bounds).
-fn check_model(model: &ModelFile) -> Result<(), String> {
-    let features = model.features.len();
-    if model.scaler.mean.len() != features || model.scaler.scale.len() != features {
-        return Err(format!(
-            "the scaler has {} means and {} scales for {features} features",
-            model.scaler.mean.len(),
-            model.scaler.scale.len()
-        ));
-    }
-    let network = match (&model.network, &model.trees) {
-        (Some(network), _) => network,
-        (None, Some(trees)) => return trees.check(features, model.classes.len()),
-        (None, None) => return Err("it holds neither a network nor trees".to_owned()),
-    };
-    if network.inputs != features || network.classes != model.classes.len() {
-        return Err(format!(
-            "the network maps {} inputs to {} classes; the model lists {features} features and {} classes",
-            network.inputs,
-            network.classes,
-            model.classes.len()
-        ));
-    }
-    // The layout's size, without overflow on a damaged file's huge numbers.
-    let (inputs, hidden, classes) = (network.inputs, network.hidden, network.classes);
-    let fan_in = if hidden > 0 { hidden } else { inputs };
-    let expected = inputs
-        .checked_mul(hidden)
-        .and_then(|w1| w1.checked_add(hidden))
-        .and_then(|sum| sum.checked_add(fan_in.checked_mul(classes)?))
-        .and_then(|sum| sum.checked_add(classes))
-        .ok_or_else(|| format!("the network's sizes ({inputs}, {hidden}, {classes}) overflow"))?;
-    if network.params.len() != expected {
-        return Err(format!(
-            "the network has {} parameters; its layout needs {expected}",
-            network.params.len()
-        ));
-    }
-    Ok(())
 }
 
 fn signals_batch(
@@ -720,7 +645,7 @@ impl Prepared {
         let mut x = Vec::with_capacity(rows.len() * dim);
         for (_, values) in rows {
             for (column, value) in values.iter().enumerate() {
-                x.push(((value - model.scaler.mean[column]) / model.scaler.scale[column]) as f32);
+                x.push(model.scaler.standardise(column, *value as f32));
             }
         }
         let probabilities = model.predict(&x, rows.len());

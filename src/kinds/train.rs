@@ -14,7 +14,9 @@
 //!     folds: 4
 //! ```
 //!
-//! Outputs: `model.json` (weights, scaler, feature list, classes, format version),
+//! Outputs: `model.json` (weights or trees, scaler, feature list, classes, importances, format
+//! version), `model.onnx` (the same model for ONNX Runtime: inputs named by feature, output
+//! `probabilities` in `classes` order),
 //! `predictions.parquet` (each fold's test block: class probabilities per symbol and bar, for
 //! the backtest), `metrics.json` and `metrics.txt` (per fold and overall, model beside baseline,
 //! with a verdict), `provenance.json`; `train_report.json` (device, timings) is a report.
@@ -46,6 +48,8 @@ pub struct Train;
 /// The model artefact's format; bump when `model.json` changes shape.
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 pub const PREDICTIONS_FILE: &str = "predictions.parquet";
+/// `model.onnx`: the kept model as one ONNX graph (`train::onnx`).
+pub const ONNX_FILE: &str = "model.onnx";
 const REPORT_FILE: &str = "train_report.json";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -1011,6 +1015,12 @@ impl Prepared {
                 "loss_curve": loss_curve,
                 "synthetic": synthetic,
             }),
+        )?;
+
+        // The same model for ONNX Runtime: inputs named by feature, probabilities out.
+        fs_err::write(
+            context.output_dir.join(ONNX_FILE),
+            crate::train::onnx::export(model, scaler, columns, classes.len()),
         )?;
 
         // Metrics.

@@ -10,6 +10,8 @@ pub mod gpu;
 pub mod logistic;
 pub mod metrics;
 pub mod network;
+pub mod onnx;
+pub mod saved;
 pub mod split;
 pub mod synthetic;
 pub mod trees;
@@ -559,10 +561,16 @@ impl Scaler {
         let mut out = Vec::with_capacity(rows.len() * dim);
         for &row in rows {
             for (column, &value) in x[row * dim..(row + 1) * dim].iter().enumerate() {
-                out.push(((f64::from(value) - self.mean[column]) / self.scale[column]) as f32);
+                out.push(self.standardise(column, value));
             }
         }
         out
+    }
+
+    /// One value of `column`, standardised in float: `(value - mean) / scale`, as the exported
+    /// ONNX graph computes it, so the two agree to the bit.
+    pub fn standardise(&self, column: usize, value: f32) -> f32 {
+        (value - self.mean[column] as f32) / self.scale[column] as f32
     }
 }
 

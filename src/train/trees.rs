@@ -62,11 +62,11 @@ impl Tree {
         node
     }
 
-    /// The leaf a binned row reaches (`codes` feature-major, `rows` long per feature).
-    fn leaf_of_codes(&self, codes: &[u8], rows: usize, row: usize) -> usize {
+    /// The leaf row `row` of a binned set reaches.
+    fn leaf_of_codes(&self, binned: &Binned, row: usize) -> usize {
         let mut node = 0;
         while self.feature[node] >= 0 {
-            let code = codes[self.feature[node] as usize * rows + row];
+            let code = binned.column(self.feature[node] as usize)[row];
             node = if code <= self.bin[node] {
                 self.left[node]
             } else {
@@ -117,7 +117,7 @@ impl Ensemble {
         }
         let outputs = match self.kind {
             EnsembleKind::Boosted => {
-                if self.init.len() != classes || self.trees.len() % classes.max(1) != 0 {
+                if self.init.len() != classes || !self.trees.len().is_multiple_of(classes.max(1)) {
                     return Err(format!(
                         "{} starting scores and {} trees for {classes} classes",
                         self.init.len(),
@@ -256,7 +256,8 @@ impl MaxFeatures {
 #[derive(Debug, Clone)]
 pub struct Binned {
     pub thresholds: Vec<Vec<f32>>,
-    /// `codes[feature * rows + row]`: how many thresholds lie below the value.
+    /// `codes[feature * rows + row]`: how many thresholds lie below the value (NaN: one more
+    /// than there are thresholds).
     pub codes: Vec<u8>,
     pub rows: usize,
 }
@@ -290,10 +291,16 @@ impl Binned {
     fn features(&self) -> usize {
         self.thresholds.len()
     }
+
+    fn column(&self, feature: usize) -> &[u8] {
+        &self.codes[feature * self.rows..(feature + 1) * self.rows]
+    }
 }
 
-/// Up to `MAX_BINS - 1` thresholds: each distinct value but the largest when there are few,
-/// else the values at evenly spaced quantiles of (a sample of) the rows.
+/// Up to `MAX_BINS - 1` thresholds, each halfway between two neighbouring distinct values of
+/// (a sample of) the rows: between every pair when there are few, else after the values at
+/// evenly spaced quantiles. Halfway, so no training value sits on a threshold, and a value
+/// computed a rounding step differently elsewhere (ONNX Runtime) routes the same.
 fn feature_thresholds(x: &[f32], dim: usize, rows: &[usize], feature: usize) -> Vec<f32> {
     let step = (rows.len() / 200_000).max(1);
     let mut values: Vec<f32> = rows
@@ -305,18 +312,30 @@ fn feature_thresholds(x: &[f32], dim: usize, rows: &[usize], feature: usize) -> 
     values.sort_by(f32::total_cmp);
     let mut distinct = values.clone();
     distinct.dedup();
-    if distinct.len() <= MAX_BINS {
-        distinct.pop();
-        return distinct;
-    }
-    let mut cuts: Vec<f32> = (1..MAX_BINS)
-        .map(|i| values[i * values.len() / MAX_BINS])
-        .collect();
-    cuts.dedup();
-    if cuts.last() == values.last() {
-        cuts.pop();
-    }
-    cuts
+    let lower: Vec<f32> = if distinct.len() <= MAX_BINS {
+        distinct[..distinct.len().saturating_sub(1)].to_vec()
+    } else {
+        let mut cuts: Vec<f32> = (1..MAX_BINS)
+            .map(|i| values[i * values.len() / MAX_BINS])
+            .collect();
+        cuts.dedup();
+        cuts
+    };
+    lower
+        .into_iter()
+        .filter_map(|below| {
+            // The next distinct value above `below`.
+            let above = distinct[distinct.partition_point(|&v| v <= below)..]
+                .first()
+                .copied()?;
+            let middle = ((f64::from(below) + f64::from(above)) / 2.0) as f32;
+            Some(if middle > below && middle < above {
+                middle
+            } else {
+                below
+            })
+        })
+        .collect()
 }
 
 /// `f(i)` for `i in 0..count`, on up to `threads` threads, in order.
@@ -439,30 +458,64 @@ type Histogram = Vec<f64>;
 const SLOTS: usize = MAX_BINS + 1;
 
 impl Grow<'_> {
+    /// The node's histograms over `features`, one feature at a time (its codes and bins stay
+    /// in cache), the features split over threads; each histogram is summed by one thread in
+    /// row order, so the sums are the same on any thread count. The node's statistics are
+    /// gathered once, in row order, as floats (halving what each feature's pass reads); the
+    /// sums are doubles.
     fn histogram(&self, rows: &[u32], features: &[usize]) -> Histogram {
         let width = self.criterion.width();
-        let (codes, n, stats) = (&self.binned.codes, self.binned.rows, self.stats);
-        let one = |feature: usize| {
-            let mut hist = vec![0f64; SLOTS * width];
-            let codes = &codes[feature * n..(feature + 1) * n];
-            for &row in rows {
-                let row = row as usize;
-                let slot = codes[row] as usize * width;
-                for (cell, value) in hist[slot..slot + width]
-                    .iter_mut()
-                    .zip(&stats[row * width..(row + 1) * width])
-                {
-                    *cell += value;
+        let size = SLOTS * width;
+        let mut ordered: Vec<f32> = Vec::with_capacity(rows.len() * width);
+        for &row in rows {
+            let row = row as usize;
+            for &value in &self.stats[row * width..(row + 1) * width] {
+                ordered.push(value as f32);
+            }
+        }
+        let one = |feature: usize, hist: &mut [f64]| {
+            let codes = self.binned.column(feature);
+            if width == 3 {
+                for (&row, values) in rows.iter().zip(ordered.chunks_exact(3)) {
+                    let slot = codes[row as usize] as usize * 3;
+                    let cells = &mut hist[slot..slot + 3];
+                    cells[0] += f64::from(values[0]);
+                    cells[1] += f64::from(values[1]);
+                    cells[2] += f64::from(values[2]);
+                }
+            } else {
+                for (&row, values) in rows.iter().zip(ordered.chunks_exact(width)) {
+                    let slot = codes[row as usize] as usize * width;
+                    for (cell, value) in hist[slot..slot + width].iter_mut().zip(values) {
+                        *cell += f64::from(*value);
+                    }
                 }
             }
-            hist
         };
-        let threads = if rows.len() * features.len() < 200_000 {
+        let mut out = vec![0f64; features.len() * size];
+        let threads = if rows.len() * features.len() < 1_000_000 {
             1
         } else {
-            self.threads
+            self.threads.clamp(1, features.len().max(1))
         };
-        parallel_map(features.len(), threads, |index| one(features[index])).concat()
+        if threads == 1 {
+            for (index, hist) in out.chunks_mut(size).enumerate() {
+                one(features[index], hist);
+            }
+        } else {
+            let per = features.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (chunk, hists) in out.chunks_mut(per * size).enumerate() {
+                    let one = &one;
+                    scope.spawn(move || {
+                        for (offset, hist) in hists.chunks_mut(size).enumerate() {
+                            one(features[chunk * per + offset], hist);
+                        }
+                    });
+                }
+            });
+        }
+        out
     }
 
     /// The best split of a node over `features` (whose histograms `hist` holds in that order):
@@ -475,7 +528,35 @@ impl Grow<'_> {
     ) -> Option<(usize, u8, f64)> {
         let width = self.criterion.width();
         let parent = self.criterion.score(total);
+        // (index into `features`, bin, gain)
         let mut best: Option<(usize, u8, f64)> = None;
+        if let Criterion::Newton { l2, .. } = self.criterion {
+            // The booster's scan, on scalars. A bin no row fell in changes nothing: skipped
+            // (the split after the bin before it is the same split, and ties keep the first).
+            let score = |g: f64, h: f64| if h + l2 > 0.0 { g * g / (h + l2) } else { 0.0 };
+            for (index, &feature) in features.iter().enumerate() {
+                let bins = self.binned.thresholds[feature].len();
+                let hist = &hist[index * SLOTS * 3..(index + 1) * SLOTS * 3];
+                let (mut g, mut h, mut w) = (0.0, 0.0, 0.0);
+                for (bin, cells) in hist[..bins * 3].chunks_exact(3).enumerate() {
+                    if cells[2] == 0.0 {
+                        continue;
+                    }
+                    g += cells[0];
+                    h += cells[1];
+                    w += cells[2];
+                    let (gr, hr, wr) = (total[0] - g, total[1] - h, total[2] - w);
+                    if w < self.min_leaf || wr < self.min_leaf || h < 1e-3 || hr < 1e-3 {
+                        continue;
+                    }
+                    let gain = score(g, h) + score(gr, hr) - parent;
+                    if gain > 1e-12 && best.is_none_or(|(_, _, top)| gain > top) {
+                        best = Some((index, bin as u8, gain));
+                    }
+                }
+            }
+            return best;
+        }
         let mut left = vec![0f64; width];
         let mut right = vec![0f64; width];
         for (index, &feature) in features.iter().enumerate() {
@@ -502,7 +583,7 @@ impl Grow<'_> {
                 }
                 let gain = self.criterion.score(&left) + self.criterion.score(&right) - parent;
                 if gain > 1e-12 && best.is_none_or(|(_, _, top)| gain > top) {
-                    best = Some((feature, bin as u8, gain));
+                    best = Some((index, bin as u8, gain));
                 }
             }
         }
@@ -566,33 +647,31 @@ impl Grow<'_> {
             Some(hist) if all_features => hist,
             _ => self.histogram(&rows, &features),
         };
-        let Some((feature, bin, gain)) = self.best_split(&hist, &features, &total) else {
+        let Some((index, bin, gain)) = self.best_split(&hist, &features, &total) else {
             make_leaf(tree, leaves, &rows);
             return node;
         };
+        let feature = features[index];
         self.importance[feature] += gain;
         // Inner nodes hold zeros, so leaf values index by node.
         tree.value.extend(std::iter::repeat_n(0.0, outputs));
-        let n = self.binned.rows;
-        let codes = &self.binned.codes[feature * n..(feature + 1) * n];
+        let codes = self.binned.column(feature);
         let (left_rows, right_rows): (Vec<u32>, Vec<u32>) =
             rows.iter().partition(|&&row| codes[row as usize] <= bin);
         drop(rows);
+        // The children's totals from the split feature's histogram.
         let width = self.criterion.width();
-        let sum = |rows: &[u32]| {
-            let mut sum = vec![0f64; width];
-            for &row in rows {
-                for (s, v) in sum
-                    .iter_mut()
-                    .zip(&self.stats[row as usize * width..(row as usize + 1) * width])
-                {
-                    *s += v;
-                }
+        let mut left_total = vec![0f64; width];
+        let hist_of = &hist[index * SLOTS * width..(index + 1) * SLOTS * width];
+        for cells in hist_of[..(bin as usize + 1) * width].chunks_exact(width) {
+            for (t, c) in left_total.iter_mut().zip(cells) {
+                *t += c;
             }
-            sum
-        };
+        }
+        let right_total: Vec<f64> = total.iter().zip(&left_total).map(|(t, l)| t - l).collect();
         // Boosting: the smaller child's histogram, and the larger's by subtraction.
-        let (left_hist, right_hist) = if all_features {
+        // (Children at the depth limit are leaves: no histogram for them.)
+        let (left_hist, right_hist) = if all_features && depth + 1 < self.max_depth {
             let left_smaller = left_rows.len() <= right_rows.len();
             let small = self.histogram(
                 if left_smaller {
@@ -612,7 +691,6 @@ impl Grow<'_> {
             (None, None)
         };
         drop(hist);
-        let (left_total, right_total) = (sum(&left_rows), sum(&right_rows));
         let left = self.grow(tree, left_rows, left_total, left_hist, depth + 1, leaves);
         let right = self.grow(tree, right_rows, right_total, right_hist, depth + 1, leaves);
         let index = node as usize;
@@ -749,7 +827,7 @@ pub fn fit_boosted(
             }
             for &row in valid {
                 let row = row as usize;
-                let leaf = tree.leaf_of_codes(&binned.codes, n, row);
+                let leaf = tree.leaf_of_codes(binned, row);
                 scores[row * k + class] += f64::from(tree.value[leaf]);
             }
             ensemble.trees.push(tree);
@@ -791,6 +869,7 @@ pub fn fit_boosted(
 
 /// Grows `params.trees` trees on bootstrap samples of every row of `binned`, in parallel over
 /// trees; tree `t` draws from its own generator, so the forest is the same on any core count.
+#[allow(clippy::too_many_arguments)]
 pub fn fit_forest(
     binned: &Binned,
     y: &[u8],
@@ -983,6 +1062,39 @@ mod tests {
     }
 
     #[test]
+    fn histograms_split_over_threads_give_the_same_model() {
+        // Nodes large enough that their features' histograms are split across threads.
+        let (x, y) = xor(350_000, 8);
+        let rows: Vec<usize> = (0..y.len()).collect();
+        let ones = vec![1.0; y.len()];
+        let params = BoostParams {
+            iterations: 2,
+            learning_rate: 0.3,
+            max_depth: 2,
+            min_leaf: 5.0,
+            l2: 0.0,
+            early_stopping: 0,
+        };
+        let fit = |threads: usize| {
+            let binned = Binned::new(&x, 3, &rows, &rows, threads);
+            fit_boosted(
+                &binned,
+                &y,
+                &ones,
+                2,
+                &every_row(&binned),
+                &[],
+                &params,
+                threads,
+                &mut |_| {},
+                &|| false,
+            )
+            .unwrap()
+        };
+        assert_eq!(fit(1), fit(3));
+    }
+
+    #[test]
     fn a_weight_of_two_is_a_duplicated_row() {
         // Features with few distinct values, so the bins are the same either way.
         let (x, y) = xor(600, 4);
@@ -1071,7 +1183,7 @@ mod tests {
             for row in 0..y.len() {
                 assert_eq!(
                     tree.leaf(&x[row * 3..row * 3 + 3]),
-                    tree.leaf_of_codes(&binned.codes, binned.rows, row)
+                    tree.leaf_of_codes(&binned, row)
                 );
             }
         }

@@ -429,6 +429,7 @@ fn signals_and_the_backtest_work_with_every_model_kind() {
     let mlp = "    with: {model: mlp, device: cpu, hidden: 8, epochs: 2, folds: 2}\n";
     let backtest = "  backtest:\n    kind: backtest\n    needs: [train, validate, discover]\n    with: {interval: 1h, entry: {long_above: 0.3}, monte_carlo: null}\n";
     for with in [
+        "{model: mlp, device: cpu, hidden: 8, epochs: 2, folds: 2}",
         "{model: logistic, folds: 2}",
         "{model: softmax, device: cpu, epochs: 2, folds: 2}",
         "{model: gbdt, iterations: 15, max_depth: 3, folds: 2}",
@@ -456,7 +457,130 @@ fn signals_and_the_backtest_work_with_every_model_kind() {
         assert_eq!(summary["symbols"], 4, "{with}: {summary}");
         let metrics = run.output_json(&project, "backtest", "metrics.json");
         assert!(metrics["trades"]["trades"].is_number(), "{with}: {metrics}");
+        onnx_agrees(&project, &run, with);
     }
+}
+
+/// The train stage's `model.onnx` in ONNX Runtime gives the native model's probabilities, to
+/// 1e-5, on the out-of-sample rows of the demo market's features (those `predictions.parquet`
+/// scores). Skipped, saying so, where onnxruntime is not installed.
+fn onnx_agrees(project: &crate::common::Project, run: &crate::common::Run, what: &str) {
+    use std::collections::HashSet;
+    let python = std::env::var("ASTERFLOW_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_runtime = std::process::Command::new(&python)
+        .args(["-c", "import onnxruntime"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !has_runtime {
+        eprintln!("note: onnxruntime is not installed for {python}: the ONNX check skipped");
+        return;
+    }
+    let train = run.output_of(project, "train");
+    let saved: asterflow::train::saved::ModelFile =
+        serde_json::from_str(&std::fs::read_to_string(train.join("model.json")).unwrap()).unwrap();
+    asterflow::train::saved::check_model(&saved).unwrap();
+    let read = |path: std::path::PathBuf| {
+        let file = std::fs::File::open(path).unwrap();
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    let mut tested = HashSet::new();
+    for batch in read(train.join("predictions.parquet")) {
+        let symbol =
+            arrow::compute::cast(&batch["symbol"], &arrow::datatypes::DataType::Utf8).unwrap();
+        let symbol = symbol.as_string::<i32>();
+        let time = batch["open_time"].as_primitive::<Int64Type>().clone();
+        for row in 0..batch.num_rows() {
+            tested.insert((symbol.value(row).to_owned(), time.value(row)));
+        }
+    }
+    let mut raw = Vec::new();
+    for batch in read(run.output_of(project, "features").join("features.parquet")) {
+        let symbol =
+            arrow::compute::cast(&batch["symbol"], &arrow::datatypes::DataType::Utf8).unwrap();
+        let symbol = symbol.as_string::<i32>();
+        let time = batch["open_time"].as_primitive::<Int64Type>().clone();
+        let columns: Vec<arrow::array::ArrayRef> = saved
+            .features
+            .iter()
+            .map(|name| {
+                arrow::compute::cast(&batch[name.as_str()], &arrow::datatypes::DataType::Float32)
+                    .unwrap()
+            })
+            .collect();
+        for row in 0..batch.num_rows() {
+            if !tested.contains(&(symbol.value(row).to_owned(), time.value(row))) {
+                continue;
+            }
+            let values: Vec<f32> = columns
+                .iter()
+                .map(|column| {
+                    let column = column.as_primitive::<arrow::datatypes::Float32Type>();
+                    if column.is_null(row) {
+                        f32::NAN
+                    } else {
+                        column.value(row)
+                    }
+                })
+                .collect();
+            if values.iter().all(|v| v.is_finite()) {
+                raw.extend(values);
+            }
+        }
+    }
+    let dim = saved.features.len();
+    let rows = raw.len() / dim;
+    assert!(rows > 100, "{what}: only {rows} test rows");
+    let standardised: Vec<f32> = raw
+        .iter()
+        .enumerate()
+        .map(|(index, &value)| saved.scaler.standardise(index % dim, value))
+        .collect();
+    let native = saved.predict(&standardised, rows);
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = raw.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.path().join("rows.f32"), bytes).unwrap();
+    std::fs::write(
+        dir.path().join("features.json"),
+        serde_json::to_string(&saved.features).unwrap(),
+    )
+    .unwrap();
+    let output = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/onnx_check.py"
+        ))
+        .arg(train.join("model.onnx"))
+        .arg(dir.path().join("rows.f32"))
+        .arg(dir.path().join("features.json"))
+        .arg(dir.path().join("out.f32"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: Vec<f32> = std::fs::read(dir.path().join("out.f32"))
+        .unwrap()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(theirs.len(), native.len(), "{what}");
+    let worst = native
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "{what}: ONNX Runtime differs from asterflow by up to {worst} over {rows} rows"
+    );
+    eprintln!("{what}: ONNX Runtime agrees within {worst:e} over {rows} rows");
 }
 
 /// The hourly pipeline with a last stage that holds the run open until the test says so, so
