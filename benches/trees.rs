@@ -9,7 +9,10 @@
 //! The peers run from `scripts/tree_peers.py` in the Python of `ASTERFLOW_PYTHON` (the venv
 //! `.ci/run` makes, with lightgbm and scikit-learn), else they are left out with a note.
 //! Run with `cargo bench --bench trees` (`-- gbdt` or `-- forest` for one; `-- quick` for a
-//! tenth of the rows).
+//! tenth of the rows). `-- demo FEATURES.parquet LABELS.parquet` runs the same comparison on a
+//! demo run's features and labels instead (the `features` and `labels` stages' outputs):
+//! joined as `train` joins them, the first 80% of the rows by time to fit (those whose labels
+//! reach the rest purged), the rest to score, every column standardised by the training rows.
 
 use std::io::Write;
 use std::time::Instant;
@@ -37,6 +40,57 @@ fn accuracy(probabilities: &[f32], y: &[u8]) -> f64 {
     right as f64 / y.len() as f64
 }
 
+/// A demo run's features and labels, split and standardised as described at the top.
+fn demo(features: &str, labels: &str) -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<u8>, usize) {
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let session = SessionContext::new();
+    let data = runtime.block_on(async {
+        for (name, path) in [("features", features), ("labels", labels)] {
+            session
+                .register_parquet(name, path, ParquetReadOptions::default())
+                .await
+                .unwrap();
+        }
+        let schema = session
+            .table("features")
+            .await
+            .unwrap()
+            .schema()
+            .as_arrow()
+            .clone();
+        // As `train` takes them: every numeric column but the keys and `close`, less those
+        // with no value in any row (data the demo does not collect).
+        let empty = asterflow::sql::empty_columns(std::path::Path::new(features)).unwrap();
+        let columns: Vec<String> =
+            asterflow::train::feature_columns(&schema, "features", None, &["close".into()])
+                .unwrap()
+                .into_iter()
+                .filter(|column| !empty.contains(column))
+                .collect();
+        let classes: Vec<String> = ["BUY", "HOLD", "SELL"].map(String::from).to_vec();
+        asterflow::train::load(&session, "features", "labels", &columns, &classes)
+            .await
+            .unwrap()
+    });
+    let dim = data.dim();
+    let cut = data.rows() * 8 / 10;
+    let test_start = data.time[cut];
+    let first_test = data.time.partition_point(|&time| time < test_start);
+    let train: Vec<usize> = (0..first_test)
+        .filter(|&row| data.label_end[row] < test_start)
+        .collect();
+    let test: Vec<usize> = (first_test..data.rows()).collect();
+    let scaler = asterflow::train::Scaler::fit(&data.x, dim, &train);
+    (
+        scaler.apply(&data.x, &train),
+        train.iter().map(|&row| data.y[row]).collect(),
+        scaler.apply(&data.x, &test),
+        test.iter().map(|&row| data.y[row]).collect(),
+        dim,
+    )
+}
+
 fn write(path: &std::path::Path, bytes: &[u8]) {
     std::fs::File::create(path)
         .and_then(|mut file| file.write_all(bytes))
@@ -58,13 +112,27 @@ fn main() {
         10_000
     };
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let data = asterflow::train::synthetic::separable(bars, 100, FEATURES, 4, 17);
-    let rows = data.rows();
-    let cut = rows * 8 / 10;
-    let (train_x, test_x) = data.x.split_at(cut * FEATURES);
-    let (train_y, test_y) = data.y.split_at(cut);
+    let (train_x, train_y, test_x, test_y, features) = match args.iter().position(|a| a == "demo") {
+        Some(at) => demo(&args[at + 1], &args[at + 2]),
+        None => {
+            let data = asterflow::train::synthetic::separable(bars, 100, FEATURES, 4, 17);
+            let cut = data.rows() * 8 / 10;
+            let (train_x, test_x) = data.x.split_at(cut * FEATURES);
+            let (train_y, test_y) = data.y.split_at(cut);
+            (
+                train_x.to_vec(),
+                train_y.to_vec(),
+                test_x.to_vec(),
+                test_y.to_vec(),
+                FEATURES,
+            )
+        }
+    };
+    let (train_x, train_y, test_x, test_y) = (&train_x[..], &train_y[..], &test_x[..], &test_y[..]);
+    let cut = train_y.len();
+    let rows = cut + test_y.len();
     eprintln!(
-        "{cut} training rows and {} test rows x {FEATURES} features, {threads} threads",
+        "{cut} training rows and {} test rows x {features} features, {threads} threads",
         rows - cut
     );
 
@@ -81,7 +149,7 @@ fn main() {
     write(&dir.path().join("test_y.u8"), test_y);
     write(
         &dir.path().join("meta.json"),
-        format!("{{\"features\": {FEATURES}, \"classes\": {CLASSES}}}").as_bytes(),
+        format!("{{\"features\": {features}, \"classes\": {CLASSES}}}").as_bytes(),
     );
 
     let all: Vec<usize> = (0..cut).collect();
@@ -89,7 +157,7 @@ fn main() {
     let mut ours = Vec::new();
     if wants("gbdt") {
         let started = Instant::now();
-        let binned = Binned::new(train_x, FEATURES, &all, &all, threads);
+        let binned = Binned::new(train_x, features, &all, &all, threads);
         let model = trees::fit_boosted(
             &binned,
             train_y,
@@ -117,7 +185,7 @@ fn main() {
     }
     if wants("forest") {
         let started = Instant::now();
-        let binned = Binned::new(train_x, FEATURES, &all, &all, threads);
+        let binned = Binned::new(train_x, features, &all, &all, threads);
         let model = trees::fit_forest(
             &binned,
             train_y,
