@@ -146,12 +146,7 @@ async fn route(site: &Site, path: &str, query: &str) -> Response {
         ["runs", id] => run_page(site, id),
         ["runs", id, "events"] => events(site, id),
         ["runs", id, "report.html"] => file(site, id, &["report.html"], "text/html; charset=utf-8"),
-        ["runs", id, "logs", stage] => file(
-            site,
-            id,
-            &["logs", &format!("{stage}.log")],
-            "text/plain; charset=utf-8",
-        ),
+        ["runs", id, "logs", stage] => log(site, id, stage, query),
         _ => not_found(path),
     }
 }
@@ -191,6 +186,29 @@ fn file(site: &Site, id: &str, parts: &[&str], content_type: &str) -> Response {
     }
 }
 
+/// A stage's log, whole, or its last `?tail=N` lines (what the live page polls while the
+/// stage runs).
+fn log(site: &Site, id: &str, stage: &str, query: &str) -> Response {
+    let parts = ["logs", &format!("{stage}.log")];
+    let Some(lines) = query_value(query, "tail").and_then(|n| n.parse::<usize>().ok()) else {
+        return file(site, id, &parts, "text/plain; charset=utf-8");
+    };
+    match confined(site, id, &parts).and_then(|path| std::fs::read(path).ok()) {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            let tail = all[all.len().saturating_sub(lines.min(10_000))..].join("\n");
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(Body::from(tail))
+                .unwrap_or_default()
+        }
+        None => not_found(&format!("/runs/{id}/logs/{stage}")),
+    }
+}
+
 fn query_value(query: &str, key: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
@@ -219,7 +237,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.waiting{color:#8c959f}.running{color:#bf8700}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}progress{width:120px;vertical-align:middle}td.progress{white-space:nowrap;font-variant-numeric:tabular-nums}";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:24px;color:#1f2328}table{border-collapse:collapse;margin:12px 0}td,th{padding:4px 10px;border-bottom:1px solid #d0d7de;text-align:left;font-size:14px}th{background:#f6f8fa}code{font-size:13px}.ran{color:#2da44e}.cached{color:#6e7781}.failed{color:#cf222e}.downloaded{color:#0969da}.reused{color:#8250df}.skipped{color:#8c959f}.run{color:#bf8700}.remote{color:#0969da}.skip{color:#8c959f}.waiting{color:#8c959f}.running{color:#bf8700}.reuse{color:#8250df}a{color:#0969da}form{margin:8px 0}svg text{font-size:12px;fill:#57606a}svg .title{font-weight:600;fill:#1f2328}progress{width:120px;vertical-align:middle}pre.log{margin:4px 0 0;font-size:12px;color:#57606a;white-space:pre-wrap;max-width:640px}pre.log:empty{display:none}td.progress{white-space:nowrap;font-variant-numeric:tabular-nums}";
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
@@ -636,6 +654,15 @@ source.onmessage = (message) => {
   }
   document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
 };
+// The running stages' logs, tailed every two seconds.
+setInterval(() => {
+  for (const row of document.querySelectorAll("tr[data-stage]")) {
+    if (row.querySelector(".status").textContent !== "running") continue;
+    fetch(location.pathname + "/logs/" + row.dataset.stage + "?tail=8" + location.search.replace("?", "&"))
+      .then((answer) => answer.ok ? answer.text() : "")
+      .then((text) => { if (text) document.getElementById("log-" + row.dataset.stage).textContent = text; });
+  }
+}, 2000);
 </script>"#;
 
 /// A run in progress: its stages as far as they got, kept current by its events.
@@ -676,11 +703,12 @@ fn live_page(record: &RunRecord, events: &Path) -> Response {
             _ => ("<progress hidden></progress>".to_owned(), String::new()),
         };
         body.push_str(&format!(
-            "<tr id=\"stage-{id}\" data-to-run=\"{}\" data-finished=\"{}\"><td>{id}</td><td>{}</td><td class=\"status {status}\">{status}</td><td class=\"progress\">{bar} <span class=\"count\">{count}</span></td><td class=\"reason\">{}</td></tr>",
+            "<tr id=\"stage-{id}\" data-stage=\"{id}\" data-to-run=\"{}\" data-finished=\"{}\"><td><a href=\"/runs/{run}/logs/{id}\">{id}</a></td><td>{}</td><td class=\"status {status}\">{status}</td><td class=\"progress\">{bar} <span class=\"count\">{count}</span></td><td class=\"reason\">{}<pre class=\"log\" id=\"log-{id}\"></pre></td></tr>",
             u8::from(stage.to_run),
             u8::from(!matches!(stage.status.as_str(), "waiting" | "running")),
             escape(&stage.kind),
             escape(&stage.reason),
+            run = escape(&record.run_id),
             id = escape(&stage.id),
             status = escape(&stage.status),
         ));

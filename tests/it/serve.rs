@@ -457,6 +457,20 @@ fn a_run_in_progress_streams_its_events_and_the_page_follows_them_without_a_relo
         page.contains("data-from=\"quick\" data-to=\"slow\""),
         "an arrow from quick to slow: {page}"
     );
+    assert!(
+        page.contains("id=\"log-slow\""),
+        "a place for its log's tail: {page}"
+    );
+    // The log's tail, as the page polls it while the stage runs.
+    let mut tail = String::new();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            tail = get(&server, &format!("/runs/{id}/logs/slow?tail=2"), &[]).1;
+            tail.contains("::progress")
+        }),
+        "the running stage's log: {tail}"
+    );
+    assert!(tail.lines().count() <= 2, "{tail}");
     let slow = &page[page.find("id=\"stage-slow\"").unwrap()..];
     let slow = &slow[..slow.find("</tr>").unwrap()];
     assert!(
