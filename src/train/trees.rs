@@ -492,55 +492,17 @@ impl Grow<'_> {
                 }
             }
         };
-        // The booster's features four at a time: one pass over the node's rows and statistics
-        // feeds four histograms (still small enough for the L1 cache). Each cell is summed in
-        // row order as before, so the sums do not change.
-        let four = |first: usize, hists: &mut [f64]| {
-            let columns: [&[u8]; 4] =
-                std::array::from_fn(|offset| self.binned.column(features[first + offset]));
-            let (h0, rest) = hists.split_at_mut(size);
-            let (h1, rest) = rest.split_at_mut(size);
-            let (h2, h3) = rest.split_at_mut(size);
-            for (&row, values) in rows.iter().zip(ordered.chunks_exact(3)) {
-                let row = row as usize;
-                let (g, h, w) = (
-                    f64::from(values[0]),
-                    f64::from(values[1]),
-                    f64::from(values[2]),
-                );
-                for (hist, codes) in [&mut *h0, &mut *h1, &mut *h2, &mut *h3]
-                    .into_iter()
-                    .zip(&columns)
-                {
-                    let slot = codes[row] as usize * 3;
-                    hist[slot] += g;
-                    hist[slot + 1] += h;
-                    hist[slot + 2] += w;
-                }
-            }
-        };
-        // Features `first..first + count` (positions in `features`) into `hists`.
-        let span = |first: usize, hists: &mut [f64]| {
-            let count = hists.len() / size;
-            let mut done = 0;
-            if width == 3 {
-                while done + 4 <= count {
-                    four(first + done, &mut hists[done * size..(done + 4) * size]);
-                    done += 4;
-                }
-            }
-            for offset in done..count {
-                one(
-                    features[first + offset],
-                    &mut hists[offset * size..(offset + 1) * size],
-                );
-            }
-        };
         let mut out = vec![0f64; features.len() * size];
         let threads = if rows.len() * features.len() < 1_000_000 {
             1
         } else {
             self.threads.clamp(1, features.len().max(1))
+        };
+        // Features `first..` (positions in `features`) into `hists`, one at a time.
+        let span = |first: usize, hists: &mut [f64]| {
+            for (offset, hist) in hists.chunks_mut(size).enumerate() {
+                one(features[first + offset], hist);
+            }
         };
         if threads == 1 {
             span(0, &mut out);
@@ -1101,8 +1063,8 @@ mod tests {
 
     #[test]
     fn histograms_split_over_threads_give_the_same_model() {
-        // Nodes large enough that their features' histograms are split across threads, and six
-        // features: one thread sums four at a time and two alone, three threads two each.
+        // Nodes large enough that their features' histograms are split across threads (six
+        // features: all on one thread, or two on each of three).
         let (narrow, y) = xor(350_000, 8);
         let mut rng = Rng::new(9);
         let x: Vec<f32> = narrow
