@@ -777,38 +777,47 @@ pub fn fit_boosted(
     } else {
         1.0
     };
-    let mut stats = vec![0f64; n * 3];
-    let mut leaves = vec![0u32; n];
-    let mut probabilities = vec![0f32; n * k];
+    // Per-row work in fixed blocks of rows, the blocks over threads and their sums added in
+    // block order: the same on any thread count.
+    const BLOCK: usize = 1 << 14;
+    let blocks = |rows: &[u32]| rows.len().div_ceil(BLOCK);
     let (mut best_loss, mut best_round) = (f64::INFINITY, 0usize);
     let mut importance_at_best = ensemble.importance.clone();
     for round in 0..params.iterations {
         if cancelled() {
             return Err("interrupted".into());
         }
-        for &row in train {
-            let row = row as usize;
-            softmax_into(
-                &scores[row * k..(row + 1) * k],
-                &mut probabilities[row * k..(row + 1) * k],
-            );
-        }
-        for class in 0..k {
-            for &row in train {
+        // The probabilities of the training rows, by position in `train`.
+        let probabilities: Vec<f32> = parallel_map(blocks(train), threads, |block| {
+            let rows = &train[block * BLOCK..((block + 1) * BLOCK).min(train.len())];
+            let mut out = vec![0f32; rows.len() * k];
+            for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
                 let row = row as usize;
-                let p = f64::from(probabilities[row * k + class]);
+                softmax_into(&scores[row * k..(row + 1) * k], p);
+            }
+            out
+        })
+        .concat();
+        // The round's K trees are independent given the probabilities: grown in parallel
+        // (the cores left over go to each tree's histograms), then added in class order.
+        let grown: Vec<(Tree, Vec<u32>, Vec<f64>)> = parallel_map(k, threads.min(k), |class| {
+            let mut stats = vec![0f64; n * 3];
+            let mut total = vec![0f64; 3];
+            for (position, &row) in train.iter().enumerate() {
+                let row = row as usize;
+                let p = f64::from(probabilities[position * k + class]);
                 let w = f64::from(weights[row]);
                 let target = if y[row] as usize == class { 1.0 } else { 0.0 };
-                stats[row * 3] = w * (p - target);
-                stats[row * 3 + 1] = (w * p * (1.0 - p) * factor).max(1e-16 * w);
-                stats[row * 3 + 2] = w;
-            }
-            let mut total = vec![0f64; 3];
-            for &row in train {
-                for (t, s) in total.iter_mut().zip(&stats[row as usize * 3..]) {
-                    *t += s;
+                let cells = &mut stats[row * 3..row * 3 + 3];
+                cells[0] = w * (p - target);
+                cells[1] = (w * p * (1.0 - p) * factor).max(1e-16 * w);
+                cells[2] = w;
+                for (t, c) in total.iter_mut().zip(cells.iter()) {
+                    *t += c;
                 }
             }
+            let mut importance = vec![0f64; binned.features()];
+            let mut leaves = vec![0u32; n];
             let mut tree = Tree::new();
             let mut grow = Grow {
                 binned,
@@ -817,10 +826,13 @@ pub fn fit_boosted(
                 max_depth: params.max_depth,
                 min_leaf: params.min_leaf,
                 sample: None,
-                threads,
-                importance: &mut ensemble.importance,
+                threads: (threads / k).max(1),
+                importance: &mut importance,
             };
             grow.grow(&mut tree, train.to_vec(), total, None, 0, &mut leaves);
+            (tree, leaves, importance)
+        });
+        for (class, (tree, leaves, importance)) in grown.into_iter().enumerate() {
             for &row in train {
                 let row = row as usize;
                 scores[row * k + class] += f64::from(tree.value[leaves[row] as usize]);
@@ -830,18 +842,27 @@ pub fn fit_boosted(
                 let leaf = tree.leaf_of_codes(binned, row);
                 scores[row * k + class] += f64::from(tree.value[leaf]);
             }
+            for (sum, gain) in ensemble.importance.iter_mut().zip(&importance) {
+                *sum += gain;
+            }
             ensemble.trees.push(tree);
         }
         let loss = |rows: &[u32]| {
-            let (mut sum, mut weight) = (0.0, 0.0);
-            let mut p = vec![0f32; k];
-            for &row in rows {
-                let row = row as usize;
-                softmax_into(&scores[row * k..(row + 1) * k], &mut p);
-                let w = f64::from(weights[row]);
-                sum -= w * f64::from(p[y[row] as usize]).max(1e-15).ln();
-                weight += w;
-            }
+            let parts = parallel_map(blocks(rows), threads, |block| {
+                let (mut sum, mut weight) = (0.0, 0.0);
+                let mut p = vec![0f32; k];
+                for &row in &rows[block * BLOCK..((block + 1) * BLOCK).min(rows.len())] {
+                    let row = row as usize;
+                    softmax_into(&scores[row * k..(row + 1) * k], &mut p);
+                    let w = f64::from(weights[row]);
+                    sum -= w * f64::from(p[y[row] as usize]).max(1e-15).ln();
+                    weight += w;
+                }
+                (sum, weight)
+            });
+            let (sum, weight) = parts
+                .iter()
+                .fold((0.0, 0.0), |(s, w), (ps, pw)| (s + ps, w + pw));
             sum / weight.max(f64::MIN_POSITIVE)
         };
         let valid_loss = (!valid.is_empty()).then(|| loss(valid));
