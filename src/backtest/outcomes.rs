@@ -286,34 +286,15 @@ pub fn bootstrap(
     let bars_per_day = (86_400_000 / bar_ms.max(1)).max(1) as usize;
     let points = FAN_POINTS.min(n);
     let fan_at: Vec<usize> = (1..=points).map(|k| k * n / points - 1).collect();
-    let threads = threads.clamp(1, settings.paths);
-    let chunk = settings.paths.div_ceil(threads);
-    let figures: Vec<PathFigures> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|thread| {
-                let fan_at = &fan_at;
-                scope.spawn(move || {
-                    let start = thread * chunk;
-                    let end = (start + chunk).min(settings.paths);
-                    (start..end)
-                        .map(|path| {
-                            simulate(
-                                returns,
-                                settings,
-                                path as u64,
-                                periods_per_year,
-                                bars_per_day,
-                                fan_at,
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| handle.join().expect("a bootstrap thread panicked"))
-            .collect()
+    let figures: Vec<PathFigures> = crate::util::parallel::map(settings.paths, threads, |path| {
+        simulate(
+            returns,
+            settings,
+            path as u64,
+            periods_per_year,
+            bars_per_day,
+            &fan_at,
+        )
     });
     let paths = figures.len() as f64;
     let drawdowns: Vec<f64> = figures.iter().map(|path| path.max_drawdown).collect();

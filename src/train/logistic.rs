@@ -143,39 +143,13 @@ impl<'a> Objective<'a> {
         let rows = self.y.len();
         let chunks = rows.div_ceil(CHUNK_ROWS);
         let chunk = |index: usize| index * CHUNK_ROWS..((index + 1) * CHUNK_ROWS).min(rows);
-        // Thread t takes chunks t, t + threads, ...; the sums are then added in chunk order.
-        let threads = self.threads;
-        let work = |first: usize| -> Vec<(usize, f64, Vec<f64>)> {
-            (first..chunks)
-                .step_by(threads)
-                .map(|index| {
-                    let (loss, gradient) = self.partial(params, chunk(index));
-                    (index, loss, gradient)
-                })
-                .collect()
-        };
-        let mut parts = if threads == 1 {
-            work(0)
-        } else {
-            let work = &work;
-            std::thread::scope(|scope| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|first| scope.spawn(move || work(first)))
-                    .collect();
-                workers
-                    .into_iter()
-                    .flat_map(|worker| {
-                        worker
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                    })
-                    .collect()
-            })
-        };
-        parts.sort_unstable_by_key(|part| part.0);
+        // Chunks over the threads; the sums are then added in chunk order.
+        let parts = crate::util::parallel::map(chunks, self.threads, |index| {
+            self.partial(params, chunk(index))
+        });
         let mut loss = 0.0;
         let mut gradient = vec![0.0; params.len()];
-        for (_, part_loss, part_gradient) in parts {
+        for (part_loss, part_gradient) in parts {
             loss += part_loss;
             for (sum, value) in gradient.iter_mut().zip(part_gradient) {
                 *sum += value;

@@ -886,7 +886,6 @@ fn fit_trees(
         let grown = std::sync::atomic::AtomicUsize::new(0);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let (sender, receiver) = std::sync::mpsc::channel::<usize>();
-        let sender = std::sync::Mutex::new(sender);
         let ensemble = std::thread::scope(|scope| {
             let fit = scope.spawn(|| {
                 trees::fit_forest(
@@ -898,9 +897,7 @@ fn fit_trees(
                     threads,
                     &|_| {
                         let done = grown.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                        if let Ok(sender) = sender.lock() {
-                            let _ = sender.send(done);
-                        }
+                        let _ = sender.send(done);
                     },
                     &|| stop.load(std::sync::atomic::Ordering::Relaxed),
                 )

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::util::parallel;
 use crate::util::rng::{Rng, mix};
 
 /// Most bins per feature (codes fit a byte).
@@ -265,10 +266,10 @@ pub struct Binned {
 impl Binned {
     /// Thresholds from `fit_rows` of `x` (`dim` wide); codes for `rows`, in that order.
     pub fn new(x: &[f32], dim: usize, fit_rows: &[usize], rows: &[usize], threads: usize) -> Self {
-        let thresholds: Vec<Vec<f32>> = parallel_map(dim, threads, |feature| {
+        let thresholds: Vec<Vec<f32>> = parallel::map(dim, threads, |feature| {
             feature_thresholds(x, dim, fit_rows, feature)
         });
-        let per_feature: Vec<Vec<u8>> = parallel_map(dim, threads, |feature| {
+        let per_feature: Vec<Vec<u8>> = parallel::map(dim, threads, |feature| {
             let cuts = &thresholds[feature];
             rows.iter()
                 .map(|&row| {
@@ -335,37 +336,6 @@ fn feature_thresholds(x: &[f32], dim: usize, rows: &[usize], feature: usize) -> 
                 below
             })
         })
-        .collect()
-}
-
-/// `f(i)` for `i in 0..count`, on up to `threads` threads, in order.
-fn parallel_map<T: Send>(count: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let threads = threads.clamp(1, count.max(1));
-    if threads == 1 {
-        return (0..count).map(f).collect();
-    }
-    let mut slots: Vec<Option<T>> = (0..count).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let f = &f;
-        let chunks: Vec<_> = slots
-            .chunks_mut(count.div_ceil(threads))
-            .enumerate()
-            .map(|(chunk, slots)| {
-                let start = chunk * count.div_ceil(threads);
-                scope.spawn(move || {
-                    for (offset, slot) in slots.iter_mut().enumerate() {
-                        *slot = Some(f(start + offset));
-                    }
-                })
-            })
-            .collect();
-        for chunk in chunks {
-            chunk.join().expect("a training thread panicked");
-        }
-    });
-    slots
-        .into_iter()
-        .map(|slot| slot.expect("filled"))
         .collect()
 }
 
@@ -703,11 +673,6 @@ impl Grow<'_> {
     }
 }
 
-/// Rows of the binned set that are in the model's own order.
-fn all_rows(rows: usize) -> Vec<u32> {
-    (0..rows as u32).collect()
-}
-
 /// Gains to shares.
 fn normalise(importance: &mut [f64]) {
     let total: f64 = importance.iter().sum();
@@ -788,7 +753,7 @@ pub fn fit_boosted(
             return Err("interrupted".into());
         }
         // The probabilities of the training rows, by position in `train`.
-        let probabilities: Vec<f32> = parallel_map(blocks(train), threads, |block| {
+        let probabilities: Vec<f32> = parallel::map(blocks(train), threads, |block| {
             let rows = &train[block * BLOCK..((block + 1) * BLOCK).min(train.len())];
             let mut out = vec![0f32; rows.len() * k];
             for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
@@ -800,7 +765,7 @@ pub fn fit_boosted(
         .concat();
         // The round's K trees are independent given the probabilities: grown in parallel
         // (the cores left over go to each tree's histograms), then added in class order.
-        let grown: Vec<(Tree, Vec<u32>, Vec<f64>)> = parallel_map(k, threads.min(k), |class| {
+        let grown: Vec<(Tree, Vec<u32>, Vec<f64>)> = parallel::map(k, threads.min(k), |class| {
             let mut stats = vec![0f64; n * 3];
             let mut total = vec![0f64; 3];
             for (position, &row) in train.iter().enumerate() {
@@ -848,7 +813,7 @@ pub fn fit_boosted(
             ensemble.trees.push(tree);
         }
         let loss = |rows: &[u32]| {
-            let parts = parallel_map(blocks(rows), threads, |block| {
+            let parts = parallel::map(blocks(rows), threads, |block| {
                 let (mut sum, mut weight) = (0.0, 0.0);
                 let mut p = vec![0f32; k];
                 for &row in &rows[block * BLOCK..((block + 1) * BLOCK).min(rows.len())] {
@@ -903,7 +868,7 @@ pub fn fit_forest(
 ) -> Result<Ensemble, String> {
     let n = binned.rows;
     let features = binned.features();
-    let grown: Vec<Option<(Tree, Vec<f64>)>> = parallel_map(params.trees, threads, |index| {
+    let grown: Vec<Option<(Tree, Vec<f64>)>> = parallel::map(params.trees, threads, |index| {
         if cancelled() {
             return None;
         }
@@ -970,7 +935,7 @@ pub fn fit_forest(
 
 /// Every row of a binned set, for fitting on all of it.
 pub fn every_row(binned: &Binned) -> Vec<u32> {
-    all_rows(binned.rows)
+    (0..binned.rows as u32).collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod fsx;
+pub mod parallel;
 pub mod rng;
 pub mod store;
 pub mod time;
