@@ -93,6 +93,18 @@ fn run(project: &Project) -> crate::common::Run {
     run
 }
 
+/// Every batch of a Parquet file.
+fn read_batches(path: &Path) -> Vec<arrow::array::RecordBatch> {
+    let file =
+        std::fs::File::open(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// (open, close) by (symbol, open time) of the lake's 1h candles.
 fn lake_prices(root: &Path) -> HashMap<(String, i64), (f64, f64)> {
     let mut prices = HashMap::new();
@@ -107,14 +119,7 @@ fn lake_prices(root: &Path) -> HashMap<(String, i64), (f64, f64)> {
             .trim_start_matches("symbol=")
             .to_owned();
         for part in std::fs::read_dir(&symbol_dir).unwrap() {
-            let file = std::fs::File::open(part.unwrap().path()).unwrap();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
+            for batch in read_batches(&part.unwrap().path()) {
                 let time = batch["open_time"].as_primitive::<Int64Type>().clone();
                 let open = batch["open"].as_primitive::<Float64Type>().clone();
                 let close = batch["close"].as_primitive::<Float64Type>().clone();
@@ -140,14 +145,8 @@ struct LedgerRow {
 }
 
 fn ledger(root: &Path) -> Vec<LedgerRow> {
-    let file = std::fs::File::open(root.join("data/paper/hourly/signals/ledger.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in read_batches(&root.join("data/paper/hourly/signals/ledger.parquet")) {
         let text = |name: &str| batch[name].as_string::<i32>().clone();
         let (symbol, status) = (text("symbol"), text("status"));
         let time = batch["open_time"].as_primitive::<Int64Type>().clone();
@@ -176,16 +175,10 @@ fn ledger(root: &Path) -> Vec<LedgerRow> {
 
 /// Each symbol's P(BUY) in the book's file for `bar`.
 fn p_buy(root: &Path, bar: i64) -> Vec<(String, f64)> {
-    let file =
-        std::fs::File::open(root.join(format!("data/paper/hourly/signals/bars/bar={bar}.parquet")))
-            .unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in
+        read_batches(&root.join(format!("data/paper/hourly/signals/bars/bar={bar}.parquet")))
+    {
         let symbol = batch["symbol"].as_string::<i32>().clone();
         let p = batch["p_BUY"].as_primitive::<Float64Type>().clone();
         for row in 0..batch.num_rows() {
@@ -198,15 +191,8 @@ fn p_buy(root: &Path, bar: i64) -> Vec<(String, f64)> {
 /// The paper portfolio's trades: (symbol, entry, exit, size, fees, pnl, exit reason), by symbol.
 #[allow(clippy::type_complexity)]
 fn portfolio_trades(root: &Path) -> Vec<(String, f64, f64, f64, f64, f64, String)> {
-    let file =
-        std::fs::File::open(root.join("data/paper/hourly/signals/portfolio.parquet")).unwrap();
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-        .unwrap()
-        .build()
-        .unwrap();
     let mut trades = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
+    for batch in read_batches(&root.join("data/paper/hourly/signals/portfolio.parquet")) {
         let text = |name: &str| batch[name].as_string::<i32>().clone();
         let float = |name: &str| batch[name].as_primitive::<Float64Type>().clone();
         let (symbol, reason) = (text("symbol"), text("exit_reason"));
@@ -479,17 +465,8 @@ fn onnx_agrees(project: &crate::common::Project, run: &crate::common::Run, what:
     let saved: asterflow::train::saved::ModelFile =
         serde_json::from_str(&std::fs::read_to_string(train.join("model.json")).unwrap()).unwrap();
     asterflow::train::saved::check_model(&saved).unwrap();
-    let read = |path: std::path::PathBuf| {
-        let file = std::fs::File::open(path).unwrap();
-        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap()
-            .map(Result::unwrap)
-            .collect::<Vec<_>>()
-    };
     let mut tested = HashSet::new();
-    for batch in read(train.join("predictions.parquet")) {
+    for batch in read_batches(&train.join("predictions.parquet")) {
         let symbol =
             arrow::compute::cast(&batch["symbol"], &arrow::datatypes::DataType::Utf8).unwrap();
         let symbol = symbol.as_string::<i32>();
@@ -499,7 +476,7 @@ fn onnx_agrees(project: &crate::common::Project, run: &crate::common::Run, what:
         }
     }
     let mut raw = Vec::new();
-    for batch in read(run.output_of(project, "features").join("features.parquet")) {
+    for batch in read_batches(&run.output_of(project, "features").join("features.parquet")) {
         let symbol =
             arrow::compute::cast(&batch["symbol"], &arrow::datatypes::DataType::Utf8).unwrap();
         let symbol = symbol.as_string::<i32>();
