@@ -2,6 +2,7 @@
 //! the error rendering. The only place that hands the built-in kinds (`kinds::BUILTIN`) to the
 //! engine.
 
+mod cluster;
 mod doctor;
 mod gc;
 mod remote;
@@ -107,6 +108,11 @@ enum Command {
         #[arg(long, env = "ASTERFLOW_SERVE_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// A node of a Ballista cluster for `sql` stages (`engine: {ballista: df://HOST:PORT}`).
+    Cluster {
+        #[command(subcommand)]
+        node: cluster::Node,
+    },
     /// Check the GPU path: driver, device, NVRTC, smoke kernel. Exits 11 when training would use the CPU.
     Doctor {
         /// Print the checks as one JSON object.
@@ -179,8 +185,12 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
             };
         }
     };
+    // Plans travel to a Ballista cluster as protobuf, encoded and decoded by recursion as deep
+    // as the plan: the feature set's plan needs more than the 2 MiB a worker thread gets by
+    // default (address space only; pages are touched as used).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(64 << 20)
         .build()
     {
         Ok(runtime) => runtime,
@@ -225,5 +235,6 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         }
         Command::Serve { bind, token } => serve::serve(&paths, &bind, token).await,
         Command::Doctor { json } => Ok(doctor::doctor(json)),
+        Command::Cluster { node } => cluster::cluster(node).await,
     }
 }

@@ -389,6 +389,11 @@ impl StageTask {
             run_id: self.options.run_id.clone(),
             project_root: self.pipeline.project_root.clone(),
             data_dir: self.options.data_dir.clone(),
+            data_url: self
+                .options
+                .data_store
+                .as_ref()
+                .map(|store| store.url().to_owned()),
             output_dir,
             log_path: log_path.clone(),
             inputs: self

@@ -278,6 +278,8 @@ pub struct StageContext {
     pub project_root: PathBuf,
     /// The market-data lake.
     pub data_dir: PathBuf,
+    /// The lake's object-store URL when it lives on one (`data_dir` is then its local mirror).
+    pub data_url: Option<String>,
     /// Where the stage writes its output; the engine commits it to the cache afterwards.
     pub output_dir: PathBuf,
     /// The stage's log file in the run record.

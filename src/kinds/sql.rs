@@ -44,6 +44,7 @@ use crate::engine::stage::{
     BoxFuture, FileRef, OutputShape, PrepareContext, PreparedStage, ShapeTable, StageContext,
     StageError, StageKind,
 };
+use crate::sql::cluster::{Cluster, Engine};
 use crate::sql::{self, InputTable};
 
 pub struct Sql;
@@ -62,6 +63,16 @@ struct Params {
     cuts: usize,
     #[serde(default = "default_time_column")]
     time_column: String,
+    /// Where the queries run. Not part of the fingerprint: every engine gives the same output.
+    #[serde(default, skip_serializing)]
+    engine: Option<EngineParam>,
+}
+
+/// `engine: {ballista: df://HOST:PORT}` (or `standalone`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineParam {
+    ballista: String,
 }
 
 fn default_cuts() -> usize {
@@ -151,6 +162,11 @@ impl StageKind for Sql {
                     ));
                 }
             }
+        }
+        if let Some(engine) = &params.engine {
+            Engine::parse(&engine.ballista).map_err(|message| {
+                ParamError::new(root.clone().key("engine").key("ballista"), message)
+            })?;
         }
         if params.lookahead_check && !(1..=20).contains(&params.cuts) {
             return Err(ParamError::new(
@@ -266,6 +282,9 @@ impl PreparedStage for Prepared {
                 .and_then(|frame| frame.with_param_values(self.values.clone()))
                 .map_err(|error| Box::new(sql_diagnostic(&self.query_file, &self.query, &error)))?;
             let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+            self.check_engine()
+                .await
+                .map_err(crate::engine::stage::ShapeError::Param)?;
             let stem = self.output.trim_end_matches(".parquet").to_owned();
             let mut names = vec![stem.clone()];
             if stem != stage_id {
@@ -279,6 +298,89 @@ impl PreparedStage for Prepared {
 impl Prepared {
     fn tables(&self, context: &StageContext) -> Result<Vec<InputTable>, StageError> {
         sql::stage_tables(context.input_dirs(), &context.data_dir).map_err(StageError::failed)
+    }
+
+    /// The engine the stage's queries run on: its own `engine`, else the run's.
+    fn engine(&self) -> Result<Engine, String> {
+        Engine::resolve(
+            self.params
+                .engine
+                .as_ref()
+                .map(|engine| engine.ballista.as_str()),
+        )
+    }
+
+    /// Before anything runs: a remote cluster answers, runs this asterflow and knows its
+    /// functions (each scheduler checked once per process).
+    async fn check_engine(&self) -> Result<(), ParamError> {
+        let at = || {
+            if self.params.engine.is_some() {
+                YamlPath::root().key("engine").key("ballista")
+            } else {
+                YamlPath::root()
+            }
+        };
+        let engine = self
+            .engine()
+            .map_err(|message| ParamError::new(at(), message))?;
+        let Engine::Remote(url) = &engine else {
+            return Ok(());
+        };
+        static CHECKED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+        if CHECKED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(url)
+        {
+            return Ok(());
+        }
+        let cluster = Cluster::start(&engine, 1)
+            .await
+            .map_err(|message| ParamError::new(at(), message))?
+            .ok_or_else(|| ParamError::new(at(), "no cluster"))?;
+        sql::cluster::check(&cluster, std::time::Duration::from_secs(30))
+            .await
+            .map_err(|message| ParamError::new(at(), message))?;
+        CHECKED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(url.clone());
+        Ok(())
+    }
+
+    /// A session on the stage's engine.
+    async fn session(
+        cluster: Option<&Cluster>,
+        parallel: usize,
+    ) -> Result<SessionContext, StageError> {
+        match cluster {
+            None => Ok(sql::session(parallel)),
+            Some(cluster) => cluster.session(parallel).await.map_err(StageError::failed),
+        }
+    }
+
+    /// Registers `table` in `session`: on a cluster, lake parts by their object-store URL
+    /// when the lake is on one (executors read the bucket, not this machine's mirror).
+    async fn register(
+        context: &StageContext,
+        cluster: Option<&Cluster>,
+        session: &SessionContext,
+        table: &InputTable,
+    ) -> Result<(), StageError> {
+        let store = cluster.and(context.data_url.as_deref());
+        sql::register_located(session, table, |file| match store {
+            Some(url) => match file.strip_prefix(&context.data_dir) {
+                Ok(relative) => format!(
+                    "{}/{}",
+                    url.trim_end_matches('/'),
+                    relative.to_string_lossy()
+                ),
+                Err(_) => file.to_string_lossy().into_owned(),
+            },
+            None => file.to_string_lossy().into_owned(),
+        })
+        .await
+        .map_err(StageError::failed)
     }
 
     /// Plans the query in `session` with the params bound.
@@ -300,16 +402,31 @@ impl Prepared {
         let parallel = std::thread::available_parallelism().map_or(2, usize::from);
         let tables = self.tables(context)?;
         mark_provenance(context)?;
-        let session = sql::session(parallel);
+        let engine = self.engine().map_err(StageError::failed)?;
+        let cluster = Cluster::start(&engine, parallel)
+            .await
+            .map_err(StageError::failed)?;
+        if cluster.is_some() {
+            context.log(&format!("engine: {}", engine.describe()));
+            if let Some(url) = &context.data_url {
+                context.log(&format!(
+                    "lake parts read from {url} by the cluster's executors"
+                ));
+            }
+        }
+        let session = Self::session(cluster.as_ref(), parallel).await?;
         for table in &tables {
-            sql::register(&session, table)
-                .await
-                .map_err(StageError::failed)?;
+            Self::register(context, cluster.as_ref(), &session, table).await?;
         }
         self.check_requirements(context, &session).await?;
-        context
-            .progress
-            .message(format!("running {}", self.query_file.display()));
+        context.progress.message(format!(
+            "running {}{}",
+            self.query_file.display(),
+            match &cluster {
+                Some(cluster) => format!(" on Ballista at {}", cluster.url()),
+                None => String::new(),
+            }
+        ));
         let frame = self.frame(&session).await?;
         let output = context.output_dir.join(&self.output);
         // Feature columns are floats that neither dictionaries nor compression shrink much:
@@ -333,6 +450,11 @@ impl Prepared {
                     .insert(field.name().clone(), column);
             }
         }
+        // A cluster's rows stream back here and are written by the same local writer.
+        let frame = match &cluster {
+            None => frame,
+            Some(_) => sql::local_frame(frame).await.map_err(StageError::failed)?,
+        };
         frame
             .write_parquet(
                 &output.to_string_lossy(),
@@ -341,7 +463,14 @@ impl Prepared {
             )
             .await
             .map_err(|error| {
-                StageError::failed(format!("{}: {error}", self.query_file.display()))
+                StageError::failed(format!(
+                    "{}{}: {error}",
+                    self.query_file.display(),
+                    match &cluster {
+                        Some(cluster) => format!(" on Ballista at {}", cluster.url()),
+                        None => String::new(),
+                    }
+                ))
             })?;
         let empty = sql::empty_columns(&output).map_err(StageError::failed)?;
         if !empty.is_empty() {
@@ -357,7 +486,8 @@ impl Prepared {
             ));
         }
         if self.params.lookahead_check {
-            self.guard(context, &tables, &output, parallel).await?;
+            self.guard(context, cluster.as_ref(), &tables, &output, parallel)
+                .await?;
         }
         Ok(())
     }
@@ -430,6 +560,7 @@ impl Prepared {
     async fn guard(
         &self,
         context: &StageContext,
+        cluster: Option<&Cluster>,
         tables: &[InputTable],
         output: &std::path::Path,
         parallel: usize,
@@ -489,7 +620,7 @@ impl Prepared {
                 cuts as u64,
                 format!("look-ahead guard: cut {k} of {cuts}"),
             );
-            let truncated = sql::session(parallel);
+            let truncated = Self::session(cluster, parallel).await?;
             for table in tables {
                 let raw_names: Vec<String> = table
                     .names
@@ -501,9 +632,7 @@ impl Prepared {
                     files: table.files.clone(),
                     lake: table.lake,
                 };
-                sql::register(&truncated, &raw)
-                    .await
-                    .map_err(StageError::failed)?;
+                Self::register(context, cluster, &truncated, &raw).await?;
                 for (name, raw_name) in table.names.iter().zip(&raw_names) {
                     let frame = truncated
                         .table(TableReference::bare(raw_name.as_str()))

@@ -2,6 +2,7 @@
 //! lacks), register stage outputs as tables, bind params as typed values, and turn SQL errors
 //! into `file:line:column` diagnostics.
 
+pub mod cluster;
 pub mod udwf;
 pub mod window;
 
@@ -15,7 +16,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
-use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{FunctionRegistry, SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext, col};
 
 use crate::market::lake::{LISTING_FILE, LakeListing};
@@ -26,6 +27,11 @@ pub const KLINES_TABLE: &str = "klines";
 
 /// A session with asterflow's functions, spans collected for error locations.
 pub fn session(target_partitions: usize) -> SessionContext {
+    SessionContext::new_with_state(state(config(target_partitions)))
+}
+
+/// The settings every asterflow session runs with, local or on a cluster.
+pub fn config(target_partitions: usize) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_target_partitions(target_partitions.max(1))
         .with_batch_size(8192);
@@ -38,16 +44,33 @@ pub fn session(target_partitions: usize) -> SessionContext {
     // Keep an order the input already has (merging sorted streams) rather than sort again:
     // lake tables arrive sorted by symbol and open time.
     config.options_mut().optimizer.prefer_existing_sort = true;
-    let state = SessionStateBuilder::new()
+    config
+}
+
+/// A session state over `config` with asterflow's window functions and physical rule: what a
+/// local session runs, and what a cluster's scheduler plans with ([`cluster`]).
+pub fn state(config: SessionConfig) -> SessionState {
+    state_with_runtime(config, None)
+}
+
+/// [`state`] on a given runtime (a cluster node's, with its object stores).
+pub fn state_with_runtime(
+    config: SessionConfig,
+    runtime: Option<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
+) -> SessionState {
+    let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
-        .with_physical_optimizer_rule(Arc::new(window::PartitionStreaming))
-        .build();
-    let context = SessionContext::new_with_state(state);
-    for function in udwf::functions() {
-        context.register_udwf(function);
+        .with_physical_optimizer_rule(Arc::new(window::PartitionStreaming));
+    if let Some(runtime) = runtime {
+        builder = builder.with_runtime_env(runtime);
     }
-    context
+    let mut state = builder.build();
+    for function in udwf::functions() {
+        // Replacing a function of the same name is what registering means here.
+        let _ = state.register_udwf(Arc::new(function));
+    }
+    state
 }
 
 /// A table an input provides: its name and the files behind it.
@@ -142,6 +165,16 @@ pub fn stage_tables<'a>(
 
 /// Registers `table` under each of its names.
 pub async fn register(context: &SessionContext, table: &InputTable) -> Result<(), DataFusionError> {
+    register_located(context, table, |file| file.to_string_lossy().into_owned()).await
+}
+
+/// [`register`], each file at the location `locate` gives it (a path, or an object-store URL
+/// for a cluster's executors).
+pub async fn register_located(
+    context: &SessionContext,
+    table: &InputTable,
+    locate: impl Fn(&Path) -> String,
+) -> Result<(), DataFusionError> {
     let provider: Arc<dyn datafusion::catalog::TableProvider> = match table.lake {
         Some(dataset) if table.files.is_empty() => {
             Arc::new(datafusion::datasource::MemTable::try_new(
@@ -153,7 +186,7 @@ pub async fn register(context: &SessionContext, table: &InputTable) -> Result<()
             let urls = table
                 .files
                 .iter()
-                .map(|file| ListingTableUrl::parse(file.to_string_lossy()))
+                .map(|file| ListingTableUrl::parse(locate(file)))
                 .collect::<Result<Vec<_>, _>>()?;
             let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
                 .with_file_extension(".parquet");
@@ -206,6 +239,55 @@ pub async fn input_session<'a>(
             .map_err(|error| format!("registering `{}`: {error}", table.names.join("`, `")))?;
     }
     Ok(context)
+}
+
+/// `frame`'s rows as a frame of a local session: a cluster's result streamed back once, so
+/// local writers (`write_parquet`) write it exactly as they write a local query's.
+pub async fn local_frame(
+    frame: datafusion::dataframe::DataFrame,
+) -> Result<datafusion::dataframe::DataFrame, DataFusionError> {
+    use datafusion::physical_plan::SendableRecordBatchStream;
+    use datafusion::physical_plan::streaming::PartitionStream;
+
+    struct Once {
+        schema: arrow::datatypes::SchemaRef,
+        stream: std::sync::Mutex<Option<SendableRecordBatchStream>>,
+    }
+    impl std::fmt::Debug for Once {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Once")
+        }
+    }
+    impl PartitionStream for Once {
+        fn schema(&self) -> &arrow::datatypes::SchemaRef {
+            &self.schema
+        }
+        fn execute(&self, _: Arc<datafusion::execution::TaskContext>) -> SendableRecordBatchStream {
+            let taken = self.stream.lock().unwrap_or_else(|e| e.into_inner()).take();
+            taken.unwrap_or_else(|| {
+                Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                        self.schema.clone(),
+                        futures::stream::once(async {
+                            Err(DataFusionError::Internal(
+                                "a streamed result can be read once".into(),
+                            ))
+                        }),
+                    ),
+                )
+            })
+        }
+    }
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let stream = frame.execute_stream().await?;
+    let table = datafusion::catalog::streaming::StreamingTable::try_new(
+        schema.clone(),
+        vec![Arc::new(Once {
+            schema,
+            stream: std::sync::Mutex::new(Some(stream)),
+        })],
+    )?;
+    SessionContext::new().read_table(Arc::new(table))
 }
 
 /// Whether `name` is a table in `context`.

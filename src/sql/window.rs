@@ -83,6 +83,11 @@ impl PartitionWindowExec {
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
+
+    /// The window plan it evaluates.
+    pub fn inner(&self) -> &Arc<WindowAggExec> {
+        &self.inner
+    }
 }
 
 impl DisplayAs for PartitionWindowExec {

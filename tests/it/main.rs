@@ -4,6 +4,7 @@
 mod architecture;
 mod backtest;
 mod bad_ticks;
+mod cluster;
 mod common;
 mod errors;
 mod exchange;

@@ -500,6 +500,53 @@ fn the_look_ahead_guard_catches_lead() {
     assert_eq!(run.code, 0, "{}", run.stderr);
 }
 
+/// The guard's reruns on a Ballista cluster (in-process standalone mode) catch the same peek,
+/// and the clean query passes there too.
+#[test]
+fn the_look_ahead_guard_catches_lead_on_ballista() {
+    let project = Project::new();
+    lake(&project, &market(400));
+    project.write(
+        "peek.sql",
+        "SELECT symbol, open_time, close,\n  LEAD(close) OVER (PARTITION BY symbol ORDER BY open_time) / close - 1.0 AS next_return\nFROM klines\n",
+    );
+    let extra = "      lookahead_check: true\n      engine: {ballista: standalone}\n";
+    pipeline(&project, "peek.sql", "", extra);
+    let run = project.run(&["run", "pipelines/s.yaml"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("look-ahead in peek.sql") && run.stderr.contains("`next_return`"),
+        "{}",
+        run.stderr
+    );
+    let log = std::fs::read_to_string(latest_log(&project, "out")).unwrap();
+    assert!(log.contains("engine: Ballista (standalone"), "{log}");
+
+    project.write(
+        "peek.sql",
+        "SELECT symbol, open_time, close,\n  ema(close, 12) OVER (PARTITION BY symbol ORDER BY open_time) AS smooth\nFROM klines\n",
+    );
+    let run = project.run(&["run", "pipelines/s.yaml"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+/// The log of stage `id` in the newest run record.
+fn latest_log(project: &Project, id: &str) -> std::path::PathBuf {
+    let runs = project.path().join("runs");
+    let mut records: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap_or_else(|error| panic!("{}: {error}", runs.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.join("logs").is_dir())
+        .collect();
+    records.sort();
+    records
+        .last()
+        .unwrap()
+        .join("logs")
+        .join(format!("{id}.log"))
+}
+
 #[test]
 fn sql_errors_point_into_the_sql_file() {
     let project = Project::new();
