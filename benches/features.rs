@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SYMBOLS: usize = 100;
@@ -37,97 +35,20 @@ fn main() {
         std::fs::create_dir_all(dir).unwrap();
     }
     let root = kept.as_deref().unwrap_or(project.path());
-    let rows_total = common::simulated_lake(
-        root,
-        &format!(
-            "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    assets:\n      - {{base: BTC, price: 42000, beta: 1.0, vol: 0.12}}\n      - {{base: ETH, price: 2300, beta: 1.15, vol: 0.3}}\n    generated: {{count: {}}}\n",
-            SYMBOLS - 2
-        ),
-        true,
-    );
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(root.join("stages/features")).unwrap();
-    std::fs::copy(
-        manifest.join("stages/features/features.sql"),
-        root.join("stages/features/features.sql"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(root.join("pipelines")).unwrap();
-    let pipeline = |guard: bool| {
-        format!(
-            "name: bench\nstages:\n  validate:\n    kind: command\n    with:\n      run: cp \"$ASTERFLOW_PROJECT_ROOT/fixtures/lake.json\" lake.json\n      outputs: [lake.json]\n  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {{interval: 1h, bar_ms: 3600000, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}}\n      output: features.parquet\n      lookahead_check: {guard}\n"
-        )
-    };
+    let rows_total = common::features_project(root, SYMBOLS);
+    let pipeline = common::features_pipeline;
 
     if kept.is_some() && std::env::var_os("ASTERFLOW_BENCH_GENERATE_ONLY").is_some() {
         std::fs::write(root.join("pipelines/bench.yaml"), pipeline(false)).unwrap();
         eprintln!("generated {rows_total} rows under {}", root.display());
         return;
     }
-    let measure = |guard: bool, samples: usize| -> (Vec<Duration>, u64, usize) {
+    let measure = |guard: bool, samples: usize| {
         std::fs::write(root.join("pipelines/bench.yaml"), pipeline(guard)).unwrap();
-        let mut times = Vec::new();
-        let mut out_rows = 0;
-        let mut out_columns = 0;
-        for _ in 0..samples {
-            let output = Command::new(env!("CARGO_BIN_EXE_asterflow"))
-                .current_dir(root)
-                .args([
-                    "run",
-                    "pipelines/bench.yaml",
-                    "--quiet",
-                    "--json",
-                    "--force",
-                    "--only",
-                    "features",
-                ])
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("asterflow runs");
-            assert!(output.status.success(), "the run failed");
-            let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-            let stage = summary["stages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["id"] == "features")
-                .unwrap()
-                .clone();
-            times.push(Duration::from_millis(
-                stage["duration_ms"].as_u64().unwrap(),
-            ));
-            let output_dir = root.join(stage["output"].as_str().unwrap());
-            if out_rows == 0 {
-                let file = output_dir.join("features.parquet");
-                let reader = parquet::file::reader::SerializedFileReader::new(
-                    std::fs::File::open(file).unwrap(),
-                )
-                .unwrap();
-                use parquet::file::reader::FileReader;
-                let metadata = reader.metadata().file_metadata();
-                out_rows = metadata.num_rows() as u64;
-                // Every column but the keys and the close the labels and backtest join on.
-                out_columns = metadata.schema_descr().num_columns() - 3;
-            }
-            // Each sample starts as a scheduled run would: without the previous samples'
-            // outputs (hundreds of MB each) in the page cache and nothing left to write back.
-            // Back to back, a sample measured the kernel reclaiming the last one's pages.
-            std::fs::remove_dir_all(&output_dir).unwrap();
-            // SAFETY: sync takes no arguments and cannot fail.
-            unsafe { libc::sync() };
-        }
-        times.sort();
-        (times, out_rows, out_columns)
+        common::features_samples(root, samples, &[])
     };
 
-    // Create the validate output and warm the page cache, then measure.
-    std::fs::write(root.join("pipelines/bench.yaml"), pipeline(false)).unwrap();
-    let first = Command::new(env!("CARGO_BIN_EXE_asterflow"))
-        .current_dir(root)
-        .args(["run", "pipelines/bench.yaml", "--quiet"])
-        .status()
-        .unwrap();
-    assert!(first.success(), "the first run failed");
+    common::features_first_run(root);
     let (plain, out_rows, out_columns) = measure(false, SAMPLES);
     let peak = children_peak_mib();
     let (guarded, _, _) = measure(true, 3);

@@ -131,6 +131,111 @@ pub fn simulated_lake(root: &Path, scenario_yaml: &str, perp: bool) -> usize {
     total
 }
 
+/// The features benchmark's project in `root`: the perpetual lake of `symbols` simulated
+/// symbols (BTC and ETH among them) and the shipped feature set. Returns the hourly candles.
+pub fn features_project(root: &Path, symbols: usize) -> usize {
+    let rows = simulated_lake(
+        root,
+        &format!(
+            "seed: 9\nmarket:\n  simulate:\n    genesis: 2023-01-01\n    assets:\n      - {{base: BTC, price: 42000, beta: 1.0, vol: 0.12}}\n      - {{base: ETH, price: 2300, beta: 1.15, vol: 0.3}}\n    generated: {{count: {}}}\n",
+            symbols - 2
+        ),
+        true,
+    );
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.join("stages/features")).unwrap();
+    std::fs::copy(
+        manifest.join("stages/features/features.sql"),
+        root.join("stages/features/features.sql"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("pipelines")).unwrap();
+    rows
+}
+
+/// The features benchmark's pipeline: the lake fixture, then the shipped feature set, with the
+/// look-ahead guard or not.
+pub fn features_pipeline(guard: bool) -> String {
+    format!(
+        "name: bench\nstages:\n  validate:\n    kind: command\n    with:\n      run: cp \"$ASTERFLOW_PROJECT_ROOT/fixtures/lake.json\" lake.json\n      outputs: [lake.json]\n  features:\n    kind: sql\n    needs: [validate]\n    with:\n      query: stages/features/features.sql\n      params: {{interval: 1h, bar_ms: 3600000, btc: BTCUSDT, eth: ETHUSDT, warmup: 300}}\n      output: features.parquet\n      lookahead_check: {guard}\n"
+    )
+}
+
+/// Writes the features pipeline (without the guard) and runs it once: the validate output
+/// exists and the page cache is warm for the samples that follow.
+pub fn features_first_run(root: &Path) {
+    std::fs::write(root.join("pipelines/bench.yaml"), features_pipeline(false)).unwrap();
+    let first = Command::new(env!("CARGO_BIN_EXE_asterflow"))
+        .current_dir(root)
+        .args(["run", "pipelines/bench.yaml", "--quiet"])
+        .status()
+        .unwrap();
+    assert!(first.success(), "the first run failed");
+}
+
+/// Runs the features benchmark's `features` stage `samples` times (forced, alone) in `root`
+/// with `environment`, each sample started as a scheduled run would be (the previous output
+/// deleted and the disk synced). Returns the stage's times, sorted, the output's rows, and its
+/// feature columns (all but the keys and the close).
+pub fn features_samples(
+    root: &Path,
+    samples: usize,
+    environment: &[(&str, &str)],
+) -> (Vec<Duration>, u64, usize) {
+    let mut times = Vec::new();
+    let mut out_rows = 0;
+    let mut out_columns = 0;
+    for _ in 0..samples {
+        let output = Command::new(env!("CARGO_BIN_EXE_asterflow"))
+            .current_dir(root)
+            .args([
+                "run",
+                "pipelines/bench.yaml",
+                "--quiet",
+                "--json",
+                "--force",
+                "--only",
+                "features",
+            ])
+            .envs(environment.iter().copied())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("asterflow runs");
+        assert!(output.status.success(), "the run failed");
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let stage = summary["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == "features")
+            .unwrap()
+            .clone();
+        times.push(Duration::from_millis(
+            stage["duration_ms"].as_u64().unwrap(),
+        ));
+        let output_dir = root.join(stage["output"].as_str().unwrap());
+        if out_rows == 0 {
+            let file = output_dir.join("features.parquet");
+            let reader = parquet::file::reader::SerializedFileReader::new(
+                std::fs::File::open(file).unwrap(),
+            )
+            .unwrap();
+            use parquet::file::reader::FileReader;
+            let metadata = reader.metadata().file_metadata();
+            out_rows = metadata.num_rows() as u64;
+            out_columns = metadata.schema_descr().num_columns() - 3;
+        }
+        // Without the previous samples' outputs (hundreds of MB each) in the page cache and
+        // nothing left to write back: back to back, a sample measured the kernel reclaiming
+        // the last one's pages.
+        std::fs::remove_dir_all(&output_dir).unwrap();
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+    }
+    times.sort();
+    (times, out_rows, out_columns)
+}
+
 /// The shipped demo pipeline and the files it references, in `dir`.
 pub fn demo_project(dir: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 
-use crate::common::{Project, Run, shipped_project, wait_for};
+use crate::common::{Project, Run, free_port, shipped_project, wait_for};
 use crate::s3::Moto;
 
 /// Every row of a Parquet file, as one batch.
@@ -127,14 +127,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A scheduler and two executors on 127.0.0.1, the executors reading S3 from `moto`.

@@ -165,6 +165,15 @@ fn walk(dir: &Path, files: &mut Vec<(PathBuf, u64, std::time::SystemTime)>) {
     }
 }
 
+/// A port of 127.0.0.1 free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `command` stage that records that it ran, then runs `body`, writing `out.txt`.
 pub fn stage(id: &str, needs: &[&str], body: &str) -> String {
     let needs = needs.join(", ");

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crate::common::{Project, pipeline, stage, wait_for};
+use crate::common::{Project, free_port, pipeline, stage, wait_for};
 
 /// A running `asterflow serve`; killed when dropped.
 pub(crate) struct Server {
@@ -18,14 +18,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub(crate) fn start(project: &Project, extra: &[&str]) -> Server {
