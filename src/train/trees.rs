@@ -436,22 +436,41 @@ impl Grow<'_> {
     fn histogram(&self, rows: &[u32], features: &[usize]) -> Histogram {
         let width = self.criterion.width();
         let size = SLOTS * width;
-        let mut ordered: Vec<f32> = Vec::with_capacity(rows.len() * width);
-        for &row in rows {
-            let row = row as usize;
-            for &value in &self.stats[row * width..(row + 1) * width] {
-                ordered.push(value as f32);
+        // The booster's (gradient, hessian, weight), padded to four floats: one vector add
+        // per row and feature, into a bin of four float lanes.
+        let quads: Vec<[f32; 4]> = if width == 3 {
+            rows.iter()
+                .map(|&row| {
+                    let at = row as usize * 3;
+                    let s = &self.stats[at..at + 3];
+                    [s[0] as f32, s[1] as f32, s[2] as f32, 0.0]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut ordered: Vec<f32> = Vec::new();
+        if width != 3 {
+            ordered.reserve(rows.len() * width);
+            for &row in rows {
+                let row = row as usize;
+                for &value in &self.stats[row * width..(row + 1) * width] {
+                    ordered.push(value as f32);
+                }
             }
         }
         let one = |feature: usize, hist: &mut [f64]| {
             let codes = self.binned.column(feature);
             if width == 3 {
-                for (&row, values) in rows.iter().zip(ordered.chunks_exact(3)) {
-                    let slot = codes[row as usize] as usize * 3;
-                    let cells = &mut hist[slot..slot + 3];
-                    cells[0] += f64::from(values[0]);
-                    cells[1] += f64::from(values[1]);
-                    cells[2] += f64::from(values[2]);
+                let mut lanes = [[0f64; 4]; SLOTS];
+                for (&row, values) in rows.iter().zip(&quads) {
+                    let cell = &mut lanes[codes[row as usize] as usize];
+                    for (sum, value) in cell.iter_mut().zip(values) {
+                        *sum += f64::from(*value);
+                    }
+                }
+                for (cells, lane) in hist.chunks_exact_mut(3).zip(&lanes) {
+                    cells.copy_from_slice(&lane[..3]);
                 }
             } else {
                 for (&row, values) in rows.iter().zip(ordered.chunks_exact(width)) {
