@@ -699,6 +699,38 @@ mod tests {
         assert_eq!(back.schema(), schema);
     }
 
+    /// What the probe's failures say: a scheduler that cannot plan the versioned probe is
+    /// another version (or stock Ballista); a refused connection says how to start one.
+    #[test]
+    fn probe_failures_say_which_node_is_wrong() {
+        let probe = probe_name();
+        let url = "df://10.0.0.10:50050";
+        let other = explain(
+            url,
+            &probe,
+            &DataFusionError::Plan(format!("Invalid function '{probe}'")),
+        );
+        assert!(
+            other.contains("is not `asterflow cluster scheduler` version") && other.contains(url),
+            "{other}"
+        );
+        let down = explain(
+            url,
+            &probe,
+            &DataFusionError::External("transport error: Connection refused".into()),
+        );
+        assert!(
+            down.starts_with(&format!("cannot reach the Ballista scheduler at {url}"))
+                && down.contains("asterflow cluster scheduler --bind"),
+            "{down}"
+        );
+        let failed = explain(url, &probe, &DataFusionError::Execution("boom".into()));
+        assert!(
+            failed.contains("failed the probe query") && failed.contains("boom"),
+            "{failed}"
+        );
+    }
+
     #[test]
     fn the_probe_name_carries_the_version() {
         let name = probe_name();
