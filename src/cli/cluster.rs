@@ -45,6 +45,18 @@ pub(crate) enum Node {
 }
 
 pub(crate) async fn cluster(node: Node) -> Result<i32, Error> {
+    let bind = match &node {
+        Node::Scheduler { bind, .. } | Node::Executor { bind, .. } => *bind,
+    };
+    if bind.ip().is_unspecified() {
+        return Err(Error::Usage(format!(
+            "--bind {bind}: other nodes reach this one at the address it binds; give this machine's own address, not {}",
+            bind.ip()
+        )));
+    }
+    // The executor handles Ctrl-C and SIGTERM itself: it tells the scheduler it is stopping
+    // and drains its tasks.
+    let handles_signals = matches!(node, Node::Executor { .. });
     let serve = async {
         match node {
             Node::Scheduler {
@@ -90,6 +102,9 @@ pub(crate) async fn cluster(node: Node) -> Result<i32, Error> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    if handles_signals {
+        return serve.await.map(|()| exit_code::OK).map_err(Error::Usage);
+    }
     tokio::select! {
         result = serve => result.map(|()| exit_code::OK).map_err(Error::Usage),
         _ = tokio::signal::ctrl_c() => Ok(exit_code::OK),

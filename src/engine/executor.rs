@@ -491,11 +491,14 @@ impl StageTask {
     /// and the prefixes it reads beyond them.
     async fn mirror_inputs(&self, data: &DataStore) -> Result<(), String> {
         let stage = &self.pipeline.stages[self.index];
-        let named: Vec<_> = self
-            .inputs
-            .iter()
-            .flat_map(|manifest| manifest.attachments.iter().cloned())
-            .collect();
+        let named: Vec<_> = if stage.prepared.reads_data_remotely() {
+            Vec::new()
+        } else {
+            self.inputs
+                .iter()
+                .flat_map(|manifest| manifest.attachments.iter().cloned())
+                .collect()
+        };
         let prefixes = stage.prepared.data_prefixes();
         if !named.is_empty() || !prefixes.is_empty() {
             self.progress

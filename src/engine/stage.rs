@@ -238,6 +238,11 @@ pub trait PreparedStage: Send + Sync + std::fmt::Debug {
     fn data_prefixes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Whether the stage reads the data files its inputs list straight from the data store
+    /// (a cluster's executors do): the engine then leaves them out of the local mirror.
+    fn reads_data_remotely(&self) -> bool {
+        false
+    }
     /// The tables the output will hold, given the inputs' shapes (by input stage id). Called
     /// before anything runs, so `--validate-only` can plan SQL without data; an error is a
     /// located problem (a SQL file's line and column).

@@ -248,6 +248,11 @@ impl PreparedStage for Prepared {
         Box::pin(self.execute(context))
     }
 
+    /// On a cluster the executors read the lake's parts from the store by URL.
+    fn reads_data_remotely(&self) -> bool {
+        !matches!(self.engine(), Ok(Engine::Embedded))
+    }
+
     /// Plans the query against empty tables of the inputs' schemas: unknown columns, type
     /// errors and bad params surface before anything runs.
     fn output_shape<'a>(
@@ -256,6 +261,10 @@ impl PreparedStage for Prepared {
         inputs: &'a [(String, OutputShape)],
     ) -> BoxFuture<'a, Result<OutputShape, crate::engine::stage::ShapeError>> {
         Box::pin(async move {
+            // The cluster first: a stage whose inputs' shapes are unknown runs there too.
+            self.check_engine()
+                .await
+                .map_err(crate::engine::stage::ShapeError::Param)?;
             let session = sql::session(1);
             for (_, shape) in inputs {
                 let OutputShape::Tables(tables) = shape else {
@@ -282,9 +291,6 @@ impl PreparedStage for Prepared {
                 .and_then(|frame| frame.with_param_values(self.values.clone()))
                 .map_err(|error| Box::new(sql_diagnostic(&self.query_file, &self.query, &error)))?;
             let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
-            self.check_engine()
-                .await
-                .map_err(crate::engine::stage::ShapeError::Param)?;
             let stem = self.output.trim_end_matches(".parquet").to_owned();
             let mut names = vec![stem.clone()];
             if stem != stage_id {

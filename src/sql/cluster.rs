@@ -505,7 +505,15 @@ pub async fn check(cluster: &Cluster, timeout: Duration) -> Result<Checked, Stri
 /// A failed probe in the user's words.
 fn explain(url: &str, probe: &str, error: &DataFusionError) -> String {
     let text = error.to_string();
-    if text.contains(probe) && (text.contains("Invalid function") || text.contains("not found")) {
+    // A scheduler without the versioned probe (another asterflow) cannot decode it; a stock
+    // Ballista scheduler cannot plan asterflow's window functions either.
+    let unknown = |name: &str| {
+        text.contains(name)
+            && (text.contains("Invalid function")
+                || text.contains("not found")
+                || text.contains("not provided for"))
+    };
+    if unknown(probe) || unknown("ema") {
         return format!(
             "the Ballista scheduler at {url} does not know `{probe}`: it is not `asterflow cluster scheduler` version {VERSION} (a stock Ballista scheduler, or another asterflow version); run the same asterflow on every node ({})",
             super::error_message(error)
@@ -513,7 +521,7 @@ fn explain(url: &str, probe: &str, error: &DataFusionError) -> String {
     }
     if text.contains("transport error")
         || text.contains("Connection refused")
-        || text.contains("connect")
+        || text.contains("error trying to connect")
     {
         return format!(
             "cannot reach the Ballista scheduler at {url}: {} (start one with `asterflow cluster scheduler --bind HOST:PORT`)",
@@ -710,6 +718,23 @@ mod tests {
             &probe,
             &DataFusionError::Plan(format!("Invalid function '{probe}'")),
         );
+        let decoded = explain(
+            url,
+            &probe,
+            &DataFusionError::NotImplemented(format!(
+                "LogicalExtensionCodec is not provided for scalar function {probe}"
+            )),
+        );
+        assert!(
+            decoded.contains("is not `asterflow cluster scheduler`"),
+            "{decoded}"
+        );
+        let stock = explain(
+            url,
+            &probe,
+            &DataFusionError::Plan("Invalid function 'ema'".into()),
+        );
+        assert!(stock.contains("a stock Ballista scheduler"), "{stock}");
         assert!(
             other.contains("is not `asterflow cluster scheduler` version") && other.contains(url),
             "{other}"

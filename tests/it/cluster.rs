@@ -182,6 +182,18 @@ fn on_s3(project: &Project, moto: &Moto, environment: &[(&str, &str)], args: &[&
 }
 
 #[test]
+fn a_node_bound_to_every_address_is_refused() {
+    let project = Project::new();
+    let run = project.run(&["cluster", "scheduler", "--bind", "0.0.0.0:50050"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("give this machine's own address"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_loopback_cluster_reading_the_lake_from_s3_runs_the_features_and_survives_a_lost_executor() {
     let Some(moto) = Moto::start() else { return };
     moto.create_bucket("asterflow-lake");
@@ -239,8 +251,19 @@ fn a_loopback_cluster_reading_the_lake_from_s3_runs_the_features_and_survives_a_
     );
     assert_eq!(plan.code, 0, "the cluster checks out: {}", plan.stderr);
 
+    // No local copy of the lake: the executors can only read the bucket.
+    let mirror = project.path().join("runs/data-mirror");
+    std::fs::remove_dir_all(&mirror).unwrap();
     let forced = [&features_only[..], &["--start-from", "features"]].concat();
     let run = on_s3(&project, &moto, &on_cluster, &forced);
+    let mirrored: Vec<_> = crate::s3::files_under(&mirror)
+        .into_iter()
+        .filter(|file| file.extension().is_some_and(|ext| ext == "parquet"))
+        .collect();
+    assert!(
+        mirrored.is_empty(),
+        "the run mirrored lake parts: {mirrored:?}"
+    );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.status_of("features"), "ran");
     let log = newest_log(&project, "features");
