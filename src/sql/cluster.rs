@@ -400,9 +400,29 @@ impl LogicalExtensionCodec for LogicalCodec {
     }
 }
 
-/// The probe's name: `asterflow_` and the version, dots as underscores.
+/// The probe's name: `asterflow_`, the version (dots as underscores) and eight hex digits of
+/// the blake3 of the source of asterflow's SQL functions, window plan and cluster session, so
+/// two builds of one version that compute differently are told apart.
 pub fn probe_name() -> String {
-    format!("asterflow_{}", VERSION.replace(['.', '-', '+'], "_"))
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut hasher = blake3::Hasher::new();
+        for source in [
+            include_str!("udwf.rs"),
+            include_str!("window.rs"),
+            include_str!("cluster.rs"),
+            include_str!("mod.rs"),
+        ] {
+            hasher.update(source.as_bytes());
+        }
+        let build = hasher.finalize().to_hex();
+        format!(
+            "asterflow_{}_{}",
+            VERSION.replace(['.', '-', '+'], "_"),
+            &build[..8]
+        )
+    })
+    .clone()
 }
 
 /// `asterflow_<version>()`: this node's version, host and process id. Volatile, so it runs on
@@ -761,6 +781,9 @@ mod tests {
         let name = probe_name();
         assert!(name.starts_with("asterflow_"));
         assert!(!name.contains('.'));
-        assert!(name.ends_with(&VERSION.replace('.', "_")));
+        let version = format!("asterflow_{}_", VERSION.replace('.', "_"));
+        assert!(name.starts_with(&version), "{name}");
+        assert_eq!(name.len(), version.len() + 8, "{name}");
+        assert_eq!(name, probe_name(), "the same on every call");
     }
 }
