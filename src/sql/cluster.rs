@@ -184,7 +184,14 @@ impl Cluster {
 
 /// The session state every node builds (client, scheduler, executors): asterflow's settings,
 /// functions and physical rule, its codecs, and object stores opened on demand.
-pub fn node_state(mut config: SessionConfig) -> SessionState {
+pub fn node_state(config: SessionConfig) -> SessionState {
+    let mut state = super::state_with_runtime(node_settings(config), Some(runtime()));
+    let _ = state.register_udf(Arc::new(probe()));
+    state
+}
+
+/// `config` with a cluster's settings and asterflow's codecs.
+fn node_settings(mut config: SessionConfig) -> SessionConfig {
     // An order-keeping repartition merges its inputs' sorted streams; a Ballista shuffle reads
     // them back one after another, so an order DataFusion counted on would be gone. Sort after
     // each shuffle instead.
@@ -204,14 +211,11 @@ pub fn node_state(mut config: SessionConfig) -> SessionState {
     // The static distributed planner: it plans with the session's physical optimizer rules
     // (asterflow's among them); the adaptive one (Ballista 55's default) replaces them with its
     // own list.
-    let config = config
+    config
         .upgrade_for_ballista()
         .with_ballista_adaptive_query_planner(false)
         .with_ballista_logical_extension_codec(Arc::new(LogicalCodec::default()))
-        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()));
-    let mut state = super::state_with_runtime(config, Some(runtime()));
-    let _ = state.register_udf(Arc::new(probe()));
-    state
+        .with_ballista_physical_extension_codec(Arc::new(PhysicalCodec::default()))
 }
 
 /// A runtime whose object stores include any `s3://` bucket, opened from this node's `AWS_*`
@@ -460,16 +464,10 @@ fn probe() -> ScalarUDF {
     })
 }
 
-/// What [`check`] found: the nodes that answered (`version host:pid`).
-#[derive(Debug, Clone)]
-pub struct Checked {
-    pub nodes: Vec<String>,
-}
-
 /// Proves the cluster can run asterflow's queries: the scheduler answers, plans the probe
 /// (so it runs this version, with the functions), and executors of this version decode and run
 /// it along with a window function of [`super::udwf`].
-pub async fn check(cluster: &Cluster, timeout: Duration) -> Result<Checked, String> {
+pub async fn check(cluster: &Cluster, timeout: Duration) -> Result<(), String> {
     let url = cluster.url();
     let session = cluster.session(2).await?;
     let name = probe_name();
@@ -518,8 +516,7 @@ pub async fn check(cluster: &Cluster, timeout: Duration) -> Result<Checked, Stri
             other.split(' ').next().unwrap_or("?")
         ));
     }
-    nodes.sort();
-    Ok(Checked { nodes })
+    Ok(())
 }
 
 /// A failed probe in the user's words.
@@ -588,11 +585,9 @@ pub async fn run_scheduler(options: SchedulerOptions) -> Result<(), String> {
 
 /// The configuration a node starts from before a client's settings arrive.
 fn node_config() -> SessionConfig {
-    node_state(super::config(
+    node_settings(super::config(
         std::thread::available_parallelism().map_or(2, usize::from),
     ))
-    .config()
-    .clone()
 }
 
 /// Settings of `asterflow cluster executor`.

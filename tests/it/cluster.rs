@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 
-use crate::common::{Project, Run, free_port, shipped_project, wait_for};
+use crate::common::{Project, Run, free_port, newest_log, shipped_project, wait_for};
 use crate::s3::Moto;
 
 /// Every row of a Parquet file, as one batch.
@@ -56,25 +56,6 @@ fn features_logs(project: &Project) -> usize {
         .flatten()
         .filter(|entry| entry.path().join("logs/features.log").is_file())
         .count()
-}
-
-/// The stage's newest log.
-fn newest_log(project: &Project, id: &str) -> String {
-    let mut records: Vec<_> = std::fs::read_dir(project.path().join("runs"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.join("logs").join(format!("{id}.log")).is_file())
-        .collect();
-    records.sort();
-    std::fs::read_to_string(
-        records
-            .last()
-            .unwrap()
-            .join("logs")
-            .join(format!("{id}.log")),
-    )
-    .unwrap()
 }
 
 #[test]

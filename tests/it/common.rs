@@ -165,6 +165,25 @@ fn walk(dir: &Path, files: &mut Vec<(PathBuf, u64, std::time::SystemTime)>) {
     }
 }
 
+/// The log of stage `id` in the newest run that has one.
+pub fn newest_log(project: &Project, id: &str) -> String {
+    let mut records: Vec<_> = std::fs::read_dir(project.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.join("logs").join(format!("{id}.log")).is_file())
+        .collect();
+    records.sort();
+    std::fs::read_to_string(
+        records
+            .last()
+            .unwrap()
+            .join("logs")
+            .join(format!("{id}.log")),
+    )
+    .unwrap()
+}
+
 /// A port of 127.0.0.1 free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -519,7 +519,7 @@ fn the_look_ahead_guard_catches_lead_on_ballista() {
         "{}",
         run.stderr
     );
-    let log = std::fs::read_to_string(latest_log(&project, "out")).unwrap();
+    let log = crate::common::newest_log(&project, "out");
     assert!(log.contains("engine: Ballista (standalone"), "{log}");
 
     project.write(
@@ -528,23 +528,6 @@ fn the_look_ahead_guard_catches_lead_on_ballista() {
     );
     let run = project.run(&["run", "pipelines/s.yaml"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
-}
-
-/// The log of stage `id` in the newest run record.
-fn latest_log(project: &Project, id: &str) -> std::path::PathBuf {
-    let runs = project.path().join("runs");
-    let mut records: Vec<_> = std::fs::read_dir(&runs)
-        .unwrap_or_else(|error| panic!("{}: {error}", runs.display()))
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| path.join("logs").is_dir())
-        .collect();
-    records.sort();
-    records
-        .last()
-        .unwrap()
-        .join("logs")
-        .join(format!("{id}.log"))
 }
 
 #[test]
