@@ -8,9 +8,13 @@
 //! larger child's histogram by subtracting the smaller child's from its parent's. Row weights
 //! (`balance: weights`) enter every sum, and `min_leaf` bounds the weight in a leaf, so a row
 //! of weight 2 counts as two rows. Work is split over features (histograms) or trees (the
-//! forest), each piece summed in a fixed row order: the model is the same on any core count.
+//! forest; a round's class trees grow side by side, and the cores of those done first go to
+//! the others' histograms), each piece summed in a fixed row order: the model is the same on
+//! any core count.
 
 use serde::{Deserialize, Serialize};
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::util::parallel;
 use crate::util::rng::{Rng, mix};
@@ -410,60 +414,137 @@ impl Criterion {
 /// What one tree is grown from.
 struct Grow<'a> {
     binned: &'a Binned,
-    /// Per row (of `binned`), `criterion.width()` statistics.
-    stats: &'a [f64],
+    /// Per row of `binned`, `lanes` statistics as floats (summed in doubles): the booster's
+    /// (gradient, hessian) when every weight is 1 (no `balance: weights`: a bin's weight is
+    /// then its count of rows, and a pass reads half as much), else (gradient, hessian,
+    /// weight, 0); the forest's weight per class (three classes padded to four).
+    values: &'a [f32],
+    lanes: usize,
     criterion: Criterion,
     max_depth: usize,
     min_leaf: f64,
     /// Features tried per split (with the tree's generator), or all.
     sample: Option<(usize, &'a mut Rng)>,
-    threads: usize,
+    threads: Cores<'a>,
     /// Gain by feature, added to.
     importance: &'a mut [f64],
+}
+
+/// The `LANES` values of each of `rows`, in that order.
+fn gather<const LANES: usize>(values: &[f32], rows: &[u32]) -> Vec<f32> {
+    let (by_row, _) = values.as_chunks::<LANES>();
+    rows.iter().flat_map(|&row| by_row[row as usize]).collect()
+}
+
+/// Adds each row's (gradient, hessian) pair into the bin of its code, and counts the rows.
+#[inline(always)]
+fn sum_pairs(
+    codes: impl Iterator<Item = u8>,
+    pairs: &[[f32; 2]],
+    sums: &mut [[f64; 2]; SLOTS],
+    counts: &mut [u32; SLOTS],
+) {
+    for (code, pair) in codes.zip(pairs) {
+        let code = code as usize;
+        let cell = &mut sums[code];
+        cell[0] += f64::from(pair[0]);
+        cell[1] += f64::from(pair[1]);
+        counts[code] += 1;
+    }
+}
+
+/// The threads a node's histogram may use.
+#[derive(Clone, Copy)]
+enum Cores<'a> {
+    Fixed(usize),
+    /// `cores` shared by the trees `growing` at that moment: a round's class trees take
+    /// unequal times, and the cores the finished ones free go to the others' histograms.
+    Shared {
+        cores: usize,
+        growing: &'a AtomicUsize,
+    },
+}
+
+impl Cores<'_> {
+    fn now(self) -> usize {
+        match self {
+            Cores::Fixed(threads) => threads,
+            Cores::Shared { cores, growing } => {
+                (cores / growing.load(Ordering::Relaxed).max(1)).max(1)
+            }
+        }
+    }
 }
 
 /// A node's histogram: `features x bins x width`, bins `MAX_BINS + 1` per feature (the NaN
 /// code included).
 type Histogram = Vec<f64>;
 const SLOTS: usize = MAX_BINS + 1;
+/// Below this many row-features a histogram stays on one thread (starting one costs more).
+const SPLIT_AT: usize = 250_000;
 
 impl Grow<'_> {
     /// The node's histograms over `features`, one feature at a time (its codes and bins stay
     /// in cache), the features split over threads; each histogram is summed by one thread in
     /// row order, so the sums are the same on any thread count. The node's statistics are
-    /// gathered once, in row order, as floats (halving what each feature's pass reads); the
-    /// sums are doubles.
+    /// gathered once, in row order (read in place when its rows are one run); the sums are
+    /// doubles.
     fn histogram(&self, rows: &[u32], features: &[usize]) -> Histogram {
         let width = self.criterion.width();
         let size = SLOTS * width;
-        // The booster's (gradient, hessian, weight), padded to four floats: one vector add
-        // per row and feature, into a bin of four float lanes.
-        let quads: Vec<[f32; 4]> = if width == 3 {
-            rows.iter()
-                .map(|&row| {
-                    let at = row as usize * 3;
-                    let s = &self.stats[at..at + 3];
-                    [s[0] as f32, s[1] as f32, s[2] as f32, 0.0]
-                })
-                .collect()
-        } else {
-            Vec::new()
+        let lanes = self.lanes;
+        // The node's rows one run of the column (the root, when every row trains): the
+        // codes read in place, no gather.
+        let run = match (rows.first(), rows.last()) {
+            (Some(&first), Some(&last)) if (last - first) as usize + 1 == rows.len() => rows
+                .windows(2)
+                .all(|pair| pair[1] == pair[0] + 1)
+                .then_some(first as usize..last as usize + 1),
+            _ => None,
         };
-        let mut ordered: Vec<f32> = Vec::new();
-        if width != 3 {
-            ordered.reserve(rows.len() * width);
-            for &row in rows {
-                let row = row as usize;
-                for &value in &self.stats[row * width..(row + 1) * width] {
-                    ordered.push(value as f32);
+        let values: std::borrow::Cow<[f32]> = match &run {
+            Some(run) => self.values[run.start * lanes..run.end * lanes].into(),
+            None => match lanes {
+                2 => gather::<2>(self.values, rows).into(),
+                4 => gather::<4>(self.values, rows).into(),
+                _ => {
+                    let mut ordered = Vec::with_capacity(rows.len() * lanes);
+                    for &row in rows {
+                        let at = row as usize * lanes;
+                        ordered.extend_from_slice(&self.values[at..at + lanes]);
+                    }
+                    ordered.into()
                 }
-            }
-        }
+            },
+        };
         let one = |feature: usize, hist: &mut [f64]| {
             let codes = self.binned.column(feature);
-            if width == 3 {
+            if self.lanes == 2 {
+                // (gradient, hessian) pairs; a bin's weight is its count of rows.
+                let (pairs, _) = values.as_chunks::<2>();
+                let mut sums = [[0f64; 2]; SLOTS];
+                let mut counts = [0u32; SLOTS];
+                match &run {
+                    Some(run) => {
+                        let codes = codes[run.clone()].iter().copied();
+                        sum_pairs(codes, pairs, &mut sums, &mut counts);
+                    }
+                    None => {
+                        let codes = rows.iter().map(|&row| codes[row as usize]);
+                        sum_pairs(codes, pairs, &mut sums, &mut counts);
+                    }
+                }
+                for ((cells, sum), &count) in hist.chunks_exact_mut(3).zip(&sums).zip(&counts) {
+                    cells[0] = sum[0];
+                    cells[1] = sum[1];
+                    cells[2] = f64::from(count);
+                }
+            } else if width == 3 && self.lanes == 4 {
+                // (gradient, hessian, weight, 0), or three classes' weights and a 0: one
+                // vector add per row and feature, into a bin of four lanes.
+                let (quads, _) = values.as_chunks::<4>();
                 let mut lanes = [[0f64; 4]; SLOTS];
-                for (&row, values) in rows.iter().zip(&quads) {
+                for (&row, values) in rows.iter().zip(quads) {
                     let cell = &mut lanes[codes[row as usize] as usize];
                     for (sum, value) in cell.iter_mut().zip(values) {
                         *sum += f64::from(*value);
@@ -473,7 +554,7 @@ impl Grow<'_> {
                     cells.copy_from_slice(&lane[..3]);
                 }
             } else {
-                for (&row, values) in rows.iter().zip(ordered.chunks_exact(width)) {
+                for (&row, values) in rows.iter().zip(values.chunks_exact(self.lanes)) {
                     let slot = codes[row as usize] as usize * width;
                     for (cell, value) in hist[slot..slot + width].iter_mut().zip(values) {
                         *cell += f64::from(*value);
@@ -482,10 +563,10 @@ impl Grow<'_> {
             }
         };
         let mut out = vec![0f64; features.len() * size];
-        let threads = if rows.len() * features.len() < 1_000_000 {
+        let threads = if rows.len() * features.len() < SPLIT_AT {
             1
         } else {
-            self.threads.clamp(1, features.len().max(1))
+            self.threads.now().clamp(1, features.len().max(1))
         };
         // Features `first..` (positions in `features`) into `hists`, one at a time.
         let span = |first: usize, hists: &mut [f64]| {
@@ -644,9 +725,7 @@ impl Grow<'_> {
         self.importance[feature] += gain;
         // Inner nodes hold zeros, so leaf values index by node.
         tree.value.extend(std::iter::repeat_n(0.0, outputs));
-        let codes = self.binned.column(feature);
-        let (left_rows, right_rows): (Vec<u32>, Vec<u32>) =
-            rows.iter().partition(|&&row| codes[row as usize] <= bin);
+        let (left_rows, right_rows) = split_rows(&rows, self.binned.column(feature), bin);
         drop(rows);
         // The children's totals from the split feature's histogram.
         let width = self.criterion.width();
@@ -690,6 +769,26 @@ impl Grow<'_> {
         tree.right[index] = right;
         node
     }
+}
+
+/// `rows` whose code is at most `bin`, and the others, in order. Without a branch: each row
+/// is written to both sides and only one side's length moves on.
+fn split_rows(rows: &[u32], codes: &[u8], bin: u8) -> (Vec<u32>, Vec<u32>) {
+    let mut left = vec![0u32; rows.len()];
+    let mut right = vec![0u32; rows.len()];
+    let (mut on_left, mut on_right) = (0, 0);
+    for &row in rows {
+        let goes_left = usize::from(codes[row as usize] <= bin);
+        left[on_left] = row;
+        right[on_right] = row;
+        on_left += goes_left;
+        on_right += 1 - goes_left;
+    }
+    left.truncate(on_left);
+    right.truncate(on_right);
+    left.shrink_to_fit();
+    right.shrink_to_fit();
+    (left, right)
 }
 
 /// Gains to shares.
@@ -767,53 +866,83 @@ pub fn fit_boosted(
     let blocks = |rows: &[u32]| rows.len().div_ceil(BLOCK);
     let (mut best_loss, mut best_round) = (f64::INFINITY, 0usize);
     let mut importance_at_best = ensemble.importance.clone();
+    let unit_weights = train.iter().all(|&row| weights[row as usize] == 1.0);
+    // The class trees growing now (their histograms share the cores).
+    let growing = AtomicUsize::new(0);
+    // The probabilities of the training rows (by position in `train`) and their mean log
+    // loss, in one pass: a round's loss comes with the next round's probabilities.
+    let softmax_train = |scores: &[f64]| -> (Vec<f32>, f64) {
+        let parts = parallel::map(blocks(train), threads, |block| {
+            let rows = &train[block * BLOCK..((block + 1) * BLOCK).min(train.len())];
+            let mut out = vec![0f32; rows.len() * k];
+            let (mut sum, mut weight) = (0.0, 0.0);
+            for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
+                let row = row as usize;
+                softmax_into(&scores[row * k..(row + 1) * k], p);
+                let w = f64::from(weights[row]);
+                sum -= w * f64::from(p[y[row] as usize]).max(1e-15).ln();
+                weight += w;
+            }
+            (out, sum, weight)
+        });
+        let (mut sum, mut weight) = (0.0, 0.0);
+        let mut probabilities = Vec::with_capacity(train.len() * k);
+        for (out, part_sum, part_weight) in parts {
+            probabilities.extend_from_slice(&out);
+            sum += part_sum;
+            weight += part_weight;
+        }
+        (probabilities, sum / f64::max(weight, f64::MIN_POSITIVE))
+    };
+    let (mut probabilities, _) = softmax_train(&scores);
     for round in 0..params.iterations {
         if cancelled() {
             return Err("interrupted".into());
         }
-        // The probabilities of the training rows, by position in `train`.
-        let probabilities: Vec<f32> = parallel::map(blocks(train), threads, |block| {
-            let rows = &train[block * BLOCK..((block + 1) * BLOCK).min(train.len())];
-            let mut out = vec![0f32; rows.len() * k];
-            for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
-                let row = row as usize;
-                softmax_into(&scores[row * k..(row + 1) * k], p);
-            }
-            out
-        })
-        .concat();
         // The round's K trees are independent given the probabilities: grown in parallel
         // (the cores left over go to each tree's histograms), then added in class order.
         let grown: Vec<(Tree, Vec<u32>, Vec<f64>)> = parallel::map(k, threads.min(k), |class| {
-            let mut stats = vec![0f64; n * 3];
+            growing.fetch_add(1, Ordering::Relaxed);
+            // Each training row's (gradient, hessian, weight), summed in doubles and kept as
+            // floats for the histograms (the weight left out when it is always 1).
+            let lanes = if unit_weights { 2 } else { 4 };
+            let mut values = vec![0f32; n * lanes];
             let mut total = vec![0f64; 3];
             for (position, &row) in train.iter().enumerate() {
                 let row = row as usize;
                 let p = f64::from(probabilities[position * k + class]);
                 let w = f64::from(weights[row]);
                 let target = if y[row] as usize == class { 1.0 } else { 0.0 };
-                let cells = &mut stats[row * 3..row * 3 + 3];
-                cells[0] = w * (p - target);
-                cells[1] = (w * p * (1.0 - p) * factor).max(1e-16 * w);
-                cells[2] = w;
-                for (t, c) in total.iter_mut().zip(cells.iter()) {
+                let cells = [
+                    w * (p - target),
+                    (w * p * (1.0 - p) * factor).max(1e-16 * w),
+                    w,
+                ];
+                for (t, c) in total.iter_mut().zip(cells) {
                     *t += c;
                 }
+                let floats = [cells[0] as f32, cells[1] as f32, cells[2] as f32, 0.0];
+                values[row * lanes..(row + 1) * lanes].copy_from_slice(&floats[..lanes]);
             }
             let mut importance = vec![0f64; binned.features()];
             let mut leaves = vec![0u32; n];
             let mut tree = Tree::new();
             let mut grow = Grow {
                 binned,
-                stats: &stats,
+                values: &values,
+                lanes,
                 criterion,
                 max_depth: params.max_depth,
                 min_leaf: params.min_leaf,
                 sample: None,
-                threads: (threads / k).max(1),
+                threads: Cores::Shared {
+                    cores: threads.max(1),
+                    growing: &growing,
+                },
                 importance: &mut importance,
             };
             grow.grow(&mut tree, train.to_vec(), total, None, 0, &mut leaves);
+            growing.fetch_sub(1, Ordering::Relaxed);
             (tree, leaves, importance)
         });
         for (class, (tree, leaves, importance)) in grown.into_iter().enumerate() {
@@ -850,9 +979,11 @@ pub fn fit_boosted(
             sum / weight.max(f64::MIN_POSITIVE)
         };
         let valid_loss = (!valid.is_empty()).then(|| loss(valid));
+        let train_loss;
+        (probabilities, train_loss) = softmax_train(&scores);
         on_round(Round {
             round: round + 1,
-            train_loss: loss(train),
+            train_loss,
             valid_loss,
         });
         ensemble.rounds_run = round + 1;
@@ -900,13 +1031,15 @@ pub fn fit_forest(
         } else {
             counts.iter_mut().for_each(|c| *c = 1);
         }
-        let mut stats = vec![0f64; n * classes];
+        // Three classes padded to four lanes, for the histograms' four-wide bins.
+        let lanes = if classes == 3 { 4 } else { classes };
+        let mut values = vec![0f32; n * lanes];
         let mut rows = Vec::with_capacity(n);
         let mut total = vec![0f64; classes];
         for row in 0..n {
             if counts[row] > 0 {
                 let w = f64::from(counts[row]) * f64::from(weights[row]);
-                stats[row * classes + y[row] as usize] = w;
+                values[row * lanes + y[row] as usize] = w as f32;
                 total[y[row] as usize] += w;
                 rows.push(row as u32);
             }
@@ -916,12 +1049,13 @@ pub fn fit_forest(
         let mut leaves = vec![0u32; n];
         let mut grow = Grow {
             binned,
-            stats: &stats,
+            values: &values,
+            lanes,
             criterion: Criterion::Gini { classes },
             max_depth: params.max_depth,
             min_leaf: params.min_leaf,
             sample: Some((params.max_features.count(features), &mut rng)),
-            threads: 1,
+            threads: Cores::Fixed(1),
             importance: &mut importance,
         };
         grow.grow(&mut tree, rows, total, None, 0, &mut leaves);
