@@ -496,10 +496,12 @@ impl Grow<'_> {
         // The node's rows one run of the column (the root, when every row trains): the
         // codes read in place, no gather.
         let run = match (rows.first(), rows.last()) {
-            (Some(&first), Some(&last)) if (last - first) as usize + 1 == rows.len() => rows
-                .windows(2)
-                .all(|pair| pair[1] == pair[0] + 1)
-                .then_some(first as usize..last as usize + 1),
+            (Some(&first), Some(&last))
+                if last.checked_sub(first).map(|span| span as usize + 1) == Some(rows.len()) =>
+            {
+                let consecutive = rows.windows(2).all(|pair| pair[1] == pair[0] + 1);
+                consecutive.then_some(first as usize..last as usize + 1)
+            }
             _ => None,
         };
         let values: std::borrow::Cow<[f32]> = match &run {
@@ -519,8 +521,9 @@ impl Grow<'_> {
         };
         let one = |feature: usize, hist: &mut [f64]| {
             let codes = self.binned.column(feature);
-            if self.lanes == 2 {
-                // (gradient, hessian) pairs; a bin's weight is its count of rows.
+            if width == 3 && self.lanes == 2 {
+                // The booster's (gradient, hessian) pairs; a bin's weight is its count of
+                // rows. (The forest's two classes, also two lanes, are two weights: below.)
                 let (pairs, _) = values.as_chunks::<2>();
                 let mut sums = [[0f64; 2]; SLOTS];
                 let mut counts = [0u32; SLOTS];
@@ -1122,6 +1125,16 @@ mod tests {
     }
 
     fn boost(x: &[f32], y: &[u8], weights: &[f32], threads: usize) -> Ensemble {
+        boost_classes(x, y, weights, threads, 3)
+    }
+
+    fn boost_classes(
+        x: &[f32],
+        y: &[u8],
+        weights: &[f32],
+        threads: usize,
+        classes: usize,
+    ) -> Ensemble {
         let rows: Vec<usize> = (0..y.len()).collect();
         let binned = Binned::new(x, 3, &rows, &rows, threads);
         let params = BoostParams {
@@ -1136,7 +1149,7 @@ mod tests {
             &binned,
             y,
             weights,
-            3,
+            classes,
             &every_row(&binned),
             &[],
             &params,
@@ -1148,6 +1161,17 @@ mod tests {
     }
 
     fn forest(x: &[f32], y: &[u8], weights: &[f32], threads: usize, bootstrap: bool) -> Ensemble {
+        forest_classes(x, y, weights, threads, bootstrap, 3)
+    }
+
+    fn forest_classes(
+        x: &[f32],
+        y: &[u8],
+        weights: &[f32],
+        threads: usize,
+        bootstrap: bool,
+        classes: usize,
+    ) -> Ensemble {
         let rows: Vec<usize> = (0..y.len()).collect();
         let binned = Binned::new(x, 3, &rows, &rows, threads);
         let params = ForestParams {
@@ -1162,7 +1186,17 @@ mod tests {
             bootstrap,
             seed: 7,
         };
-        fit_forest(&binned, y, weights, 3, &params, threads, &|_| {}, &|| false).unwrap()
+        fit_forest(
+            &binned,
+            y,
+            weights,
+            classes,
+            &params,
+            threads,
+            &|_| {},
+            &|| false,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -1185,6 +1219,28 @@ mod tests {
             // Probabilities are distributions.
             for row in p.chunks(3) {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_learn_with_two_classes_or_five() {
+        // Each class count takes its own path through the histograms: two lanes a row for the
+        // forest's two classes and the booster's unit weights, four for weights, the class
+        // count for the forest's five.
+        let (x, y) = xor(3000, 5);
+        let (test_x, test_y) = xor(1500, 6);
+        let ones = vec![1.0; y.len()];
+        let twos = vec![2.0; y.len()];
+        for classes in [2, 5] {
+            for model in [
+                boost_classes(&x, &y, &ones, 2, classes),
+                boost_classes(&x, &y, &twos, 2, classes),
+                forest_classes(&x, &y, &ones, 2, true, classes),
+            ] {
+                let p = model.predict(&test_x, test_y.len());
+                let right = accuracy(&p, &test_y, classes);
+                assert!(right > 0.95, "{classes} classes, {:?}: {right}", model.kind);
             }
         }
     }
