@@ -79,7 +79,7 @@ stages:
 /// The demo market with its clock at `now`.
 fn set_clock(project: &Project, now: &str) {
     let demo = std::fs::read_to_string(project.path().join("data/scenarios/demo.yaml")).unwrap();
-    let line = "  now: 2025-06-01T00:00:00Z";
+    let line = "  now: 2025-06-01T00:30:00Z";
     assert!(demo.contains(line), "the demo scenario changed shape");
     project.write(
         "data/scenarios/hourly.yaml",
