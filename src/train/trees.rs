@@ -546,15 +546,15 @@ impl Grow<'_> {
                 // (gradient, hessian, weight, 0), or three classes' weights and a 0: one
                 // vector add per row and feature, into a bin of four lanes.
                 let (quads, _) = values.as_chunks::<4>();
-                let mut lanes = [[0f64; 4]; SLOTS];
+                let mut bins = [[0f64; 4]; SLOTS];
                 for (&row, values) in rows.iter().zip(quads) {
-                    let cell = &mut lanes[codes[row as usize] as usize];
+                    let cell = &mut bins[codes[row as usize] as usize];
                     for (sum, value) in cell.iter_mut().zip(values) {
                         *sum += f64::from(*value);
                     }
                 }
-                for (cells, lane) in hist.chunks_exact_mut(3).zip(&lanes) {
-                    cells.copy_from_slice(&lane[..3]);
+                for (cells, bin) in hist.chunks_exact_mut(3).zip(&bins) {
+                    cells.copy_from_slice(&bin[..3]);
                 }
             } else {
                 for (&row, values) in rows.iter().zip(values.chunks_exact(self.lanes)) {
@@ -872,11 +872,11 @@ pub fn fit_boosted(
     let unit_weights = train.iter().all(|&row| weights[row as usize] == 1.0);
     // The class trees growing now (their histograms share the cores).
     let growing = AtomicUsize::new(0);
-    // The probabilities of the training rows (by position in `train`) and their mean log
-    // loss, in one pass: a round's loss comes with the next round's probabilities.
-    let softmax_train = |scores: &[f64]| -> (Vec<f32>, f64) {
-        let parts = parallel::map(blocks(train), threads, |block| {
-            let rows = &train[block * BLOCK..((block + 1) * BLOCK).min(train.len())];
+    // The probabilities of `rows` (by position) and their mean log loss, in one pass: the
+    // training rows' loss of a round comes with the next round's probabilities.
+    let softmax_rows = |scores: &[f64], rows: &[u32]| -> (Vec<f32>, f64) {
+        let parts = parallel::map(blocks(rows), threads, |block| {
+            let rows = &rows[block * BLOCK..((block + 1) * BLOCK).min(rows.len())];
             let mut out = vec![0f32; rows.len() * k];
             let (mut sum, mut weight) = (0.0, 0.0);
             for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
@@ -889,7 +889,7 @@ pub fn fit_boosted(
             (out, sum, weight)
         });
         let (mut sum, mut weight) = (0.0, 0.0);
-        let mut probabilities = Vec::with_capacity(train.len() * k);
+        let mut probabilities = Vec::with_capacity(rows.len() * k);
         for (out, part_sum, part_weight) in parts {
             probabilities.extend_from_slice(&out);
             sum += part_sum;
@@ -897,7 +897,7 @@ pub fn fit_boosted(
         }
         (probabilities, sum / f64::max(weight, f64::MIN_POSITIVE))
     };
-    let (mut probabilities, _) = softmax_train(&scores);
+    let (mut probabilities, _) = softmax_rows(&scores, train);
     for round in 0..params.iterations {
         if cancelled() {
             return Err("interrupted".into());
@@ -963,27 +963,9 @@ pub fn fit_boosted(
             }
             ensemble.trees.push(tree);
         }
-        let loss = |rows: &[u32]| {
-            let parts = parallel::map(blocks(rows), threads, |block| {
-                let (mut sum, mut weight) = (0.0, 0.0);
-                let mut p = vec![0f32; k];
-                for &row in &rows[block * BLOCK..((block + 1) * BLOCK).min(rows.len())] {
-                    let row = row as usize;
-                    softmax_into(&scores[row * k..(row + 1) * k], &mut p);
-                    let w = f64::from(weights[row]);
-                    sum -= w * f64::from(p[y[row] as usize]).max(1e-15).ln();
-                    weight += w;
-                }
-                (sum, weight)
-            });
-            let (sum, weight) = parts
-                .iter()
-                .fold((0.0, 0.0), |(s, w), (ps, pw)| (s + ps, w + pw));
-            sum / weight.max(f64::MIN_POSITIVE)
-        };
-        let valid_loss = (!valid.is_empty()).then(|| loss(valid));
+        let valid_loss = (!valid.is_empty()).then(|| softmax_rows(&scores, valid).1);
         let train_loss;
-        (probabilities, train_loss) = softmax_train(&scores);
+        (probabilities, train_loss) = softmax_rows(&scores, train);
         on_round(Round {
             round: round + 1,
             train_loss,
