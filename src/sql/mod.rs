@@ -2,7 +2,64 @@
 //! lacks), register stage outputs as tables, bind params as typed values, and turn SQL errors
 //! into `file:line:column` diagnostics.
 
+/// The `ExecutionPlan` methods of a plan that runs in place of another, `self.inner`, whose
+/// answers to the planner it gives (properties, children, expressions, input order and
+/// distribution, statistics), with its own `self.metrics`: [`window`] and [`lookup`] only
+/// execute differently.
+macro_rules! planned_as_inner {
+    () => {
+        fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
+            self.inner.properties()
+        }
+
+        fn children(&self) -> Vec<&std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+            self.inner.children()
+        }
+
+        fn apply_expressions(
+            &self,
+            f: &mut dyn FnMut(
+                &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+            ) -> datafusion::common::Result<
+                datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> datafusion::common::Result<datafusion::common::tree_node::TreeNodeRecursion> {
+            self.inner.apply_expressions(f)
+        }
+
+        fn maintains_input_order(&self) -> Vec<bool> {
+            self.inner.maintains_input_order()
+        }
+
+        fn input_distribution_requirements(
+            &self,
+        ) -> datafusion::physical_plan::InputDistributionRequirements {
+            self.inner.input_distribution_requirements()
+        }
+
+        fn metrics(&self) -> Option<datafusion::physical_plan::metrics::MetricsSet> {
+            Some(self.metrics.clone_inner())
+        }
+
+        fn child_stats_requests(
+            &self,
+            partition: Option<usize>,
+        ) -> Vec<datafusion::physical_plan::ChildStats> {
+            self.inner.child_stats_requests(partition)
+        }
+
+        fn statistics_from_inputs(
+            &self,
+            input_stats: &[std::sync::Arc<datafusion::common::Statistics>],
+            args: &datafusion::physical_plan::StatisticsArgs,
+        ) -> datafusion::common::Result<std::sync::Arc<datafusion::common::Statistics>> {
+            self.inner.statistics_from_inputs(input_stats, args)
+        }
+    };
+}
+
 pub mod cluster;
+pub mod lookup;
 pub mod udwf;
 pub mod window;
 
@@ -47,17 +104,26 @@ pub fn config(target_partitions: usize) -> SessionConfig {
     config
 }
 
-/// A session state over `config` with asterflow's window functions and physical rule: what a
-/// local session runs, and what a cluster's scheduler plans with ([`cluster`]).
+/// A local session's state over `config`: [`state_with_runtime`]'s, and joins against a
+/// table of unique keys run as lookups ([`lookup`]), which a cluster's codecs do not know.
 pub fn state(config: SessionConfig) -> SessionState {
-    state_with_runtime(config, None)
+    finish(builder(config, None).with_physical_optimizer_rule(Arc::new(lookup::LookupJoins)))
 }
 
-/// [`state`] on a given runtime (a cluster node's, with its object stores).
+/// A session state over `config` with asterflow's window functions and physical rule, on a
+/// given runtime (a cluster node's, with its object stores): what a cluster's nodes plan and
+/// run with ([`cluster`]).
 pub fn state_with_runtime(
     config: SessionConfig,
     runtime: Option<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
 ) -> SessionState {
+    finish(builder(config, runtime))
+}
+
+fn builder(
+    config: SessionConfig,
+    runtime: Option<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
+) -> SessionStateBuilder {
     let mut builder = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
@@ -65,6 +131,11 @@ pub fn state_with_runtime(
     if let Some(runtime) = runtime {
         builder = builder.with_runtime_env(runtime);
     }
+    builder
+}
+
+/// The state `builder` builds, with asterflow's window functions.
+fn finish(builder: SessionStateBuilder) -> SessionState {
     let mut state = builder.build();
     for function in udwf::functions() {
         // Replacing a function of the same name is what registering means here.

@@ -21,20 +21,17 @@ use std::task::{Context, Poll};
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::{concat, concat_batches};
 use arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::utils::evaluate_partition_ranges;
-use datafusion::common::{Result, Statistics, internal_datafusion_err};
+use datafusion::common::{Result, internal_datafusion_err};
 use datafusion::config::ConfigOptions;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::execution_plan::CardinalityEffect;
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::windows::WindowAggExec;
-use datafusion::physical_plan::{
-    ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, InputDistributionRequirements,
-    PlanProperties, StatisticsArgs, WindowExpr,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, WindowExpr};
 use futures::{Stream, StreamExt};
 
 /// The physical optimizer rule: every `WindowAggExec` becomes a [`PartitionWindowExec`].
@@ -103,37 +100,16 @@ impl DisplayAs for PartitionWindowExec {
 }
 
 impl ExecutionPlan for PartitionWindowExec {
+    planned_as_inner!();
+
     fn name(&self) -> &str {
         "PartitionWindowExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.inner.properties()
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![self.inner.input()]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        self.inner.apply_expressions(f)
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        self.inner.maintains_input_order()
     }
 
     fn required_input_ordering(
         &self,
     ) -> Vec<Option<datafusion::physical_expr::OrderingRequirements>> {
         self.inner.required_input_ordering()
-    }
-
-    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
-        self.inner.input_distribution_requirements()
     }
 
     fn cardinality_effect(&self) -> CardinalityEffect {
@@ -171,22 +147,6 @@ impl ExecutionPlan for PartitionWindowExec {
             pending_last: Vec::new(),
             metrics: BaselineMetrics::new(&self.metrics, partition),
         }))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-
-    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
-        self.inner.child_stats_requests(partition)
-    }
-
-    fn statistics_from_inputs(
-        &self,
-        input_stats: &[Arc<Statistics>],
-        args: &StatisticsArgs,
-    ) -> Result<Arc<Statistics>> {
-        self.inner.statistics_from_inputs(input_stats, args)
     }
 }
 
@@ -342,6 +302,7 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::common::tree_node::TreeNodeRecursion;
     use datafusion::datasource::MemTable;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
