@@ -7,9 +7,10 @@
 //! quantile bins: a node's best split is a scan over its histogram, and a boosted tree gets the
 //! larger child's histogram by subtracting the smaller child's from its parent's. Row weights
 //! (`balance: weights`) enter every sum, and `min_leaf` bounds the weight in a leaf, so a row
-//! of weight 2 counts as two rows. Work is split over features (histograms) or trees (the
-//! forest; a round's class trees grow side by side, and the cores of those done first go to
-//! the others' histograms), each piece summed in a fixed row order: the model is the same on
+//! of weight 2 counts as two rows. Work is split over features (histograms), trees (the
+//! forest; a round's class trees grow side by side) or subtrees (the cores of the class trees
+//! done first go to the others' histograms, and to their large left subtrees, grown apart and
+//! appended in node order), each piece summed in a fixed row order: the model is the same on
 //! any core count.
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,9 @@ pub struct Tree {
     /// The bin code the threshold came from (training only: rows are binned already).
     #[serde(skip)]
     bin: Vec<u8>,
+    /// Each inner node's gain (training only: feature importances, summed in node order).
+    #[serde(skip)]
+    gain: Vec<f64>,
 }
 
 impl Tree {
@@ -46,6 +50,36 @@ impl Tree {
             right: Vec::new(),
             value: Vec::new(),
             bin: Vec::new(),
+            gain: Vec::new(),
+        }
+    }
+
+    /// Appends `other`'s nodes (a subtree grown apart) after this tree's; returns the node
+    /// its root becomes.
+    fn append(&mut self, other: Tree) -> u32 {
+        let offset = self.nodes() as u32;
+        for (children, theirs) in [(&mut self.left, other.left), (&mut self.right, other.right)] {
+            let shifted = theirs.into_iter().zip(&other.feature);
+            children.extend(shifted.map(
+                |(child, &feature)| {
+                    if feature >= 0 { child + offset } else { child }
+                },
+            ));
+        }
+        self.feature.extend(other.feature);
+        self.threshold.extend(other.threshold);
+        self.value.extend(other.value);
+        self.bin.extend(other.bin);
+        self.gain.extend(other.gain);
+        offset
+    }
+
+    /// Adds each inner node's gain to its feature's importance, in node order.
+    fn add_importance(&self, importance: &mut [f64]) {
+        for (&feature, &gain) in self.feature.iter().zip(&self.gain) {
+            if feature >= 0 {
+                importance[feature as usize] += gain;
+            }
         }
     }
 
@@ -193,9 +227,20 @@ impl Ensemble {
 
 fn softmax_into(scores: &[f64], out: &mut [f32]) {
     let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = scores.iter().map(|s| (s - top).exp()).sum();
-    for (p, s) in out.iter_mut().zip(scores) {
-        *p = ((s - top).exp() / sum) as f32;
+    // Each exponential taken once (on the stack for up to 16 classes).
+    let (mut stack, mut heap) = ([0f64; 16], Vec::new());
+    let exps: &mut [f64] = if scores.len() <= stack.len() {
+        &mut stack[..scores.len()]
+    } else {
+        heap.resize(scores.len(), 0.0);
+        &mut heap
+    };
+    for (e, s) in exps.iter_mut().zip(scores) {
+        *e = (s - top).exp();
+    }
+    let sum: f64 = exps.iter().sum();
+    for (p, e) in out.iter_mut().zip(exps.iter()) {
+        *p = (e / sum) as f32;
     }
 }
 
@@ -426,16 +471,19 @@ struct Grow<'a> {
     /// Features tried per split (with the tree's generator), or all.
     sample: Option<(usize, &'a mut Rng)>,
     threads: Cores<'a>,
-    /// Gain by feature, added to.
-    importance: &'a mut [f64],
     /// Histograms no longer needed, reused rather than allocated and zeroed again.
     spare: Vec<Histogram>,
+    /// Each leaf's rows (the leaf by node of the tree being grown).
+    leaf_rows: Vec<(u32, Vec<u32>)>,
+    /// A node's statistics gathered in its rows' order (the buffer reused from node to node).
+    gathered: Vec<f32>,
 }
 
-/// The `LANES` values of each of `rows`, in that order.
-fn gather<const LANES: usize>(values: &[f32], rows: &[u32]) -> Vec<f32> {
+/// The `LANES` values of each of `rows`, in that order, into `out`.
+fn gather<const LANES: usize>(values: &[f32], rows: &[u32], out: &mut Vec<f32>) {
     let (by_row, _) = values.as_chunks::<LANES>();
-    rows.iter().flat_map(|&row| by_row[row as usize]).collect()
+    out.clear();
+    out.extend(rows.iter().flat_map(|&row| by_row[row as usize]));
 }
 
 /// How a node's rows are found in a column: one run of it (read in place), or listed.
@@ -525,15 +573,41 @@ fn sum_features<const L: usize>(
 #[derive(Clone, Copy)]
 enum Cores<'a> {
     Fixed(usize),
-    /// `cores` shared by the trees `growing` at that moment: a round's class trees take
-    /// unequal times, and the cores the finished ones free go to the others' histograms.
+    /// `cores` shared by the trees and subtrees `growing` at that moment: a round's class
+    /// trees take unequal times, and the cores the finished ones free go to the others'
+    /// histograms and subtrees.
     Shared {
         cores: usize,
         growing: &'a AtomicUsize,
     },
 }
 
-impl Cores<'_> {
+/// A core taken from [`Cores::Shared`] for a subtree, given back when dropped.
+struct Claimed<'a>(&'a AtomicUsize);
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Subtrees of fewer rows than this grow on the core that split their parent.
+const SPAWN_AT: usize = 8_192;
+
+impl<'a> Cores<'a> {
+    /// A core for a subtree of `rows` rows, if one is free and the subtree is worth a thread.
+    fn claim(self, rows: usize) -> Option<Claimed<'a>> {
+        match self {
+            Cores::Shared { cores, growing } if rows >= SPAWN_AT => growing
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |busy| {
+                    (busy < cores).then_some(busy + 1)
+                })
+                .ok()
+                .map(|_| Claimed(growing)),
+            _ => None,
+        }
+    }
+
     fn now(self) -> usize {
         match self {
             Cores::Fixed(threads) => threads,
@@ -577,20 +651,24 @@ impl Grow<'_> {
             }
             _ => None,
         };
-        let values: std::borrow::Cow<[f32]> = match &run {
-            Some(run) => self.values[run.start * lanes..run.end * lanes].into(),
-            None => match lanes {
-                2 => gather::<2>(self.values, rows).into(),
-                4 => gather::<4>(self.values, rows).into(),
-                _ => {
-                    let mut ordered = Vec::with_capacity(rows.len() * lanes);
-                    for &row in rows {
-                        let at = row as usize * lanes;
-                        ordered.extend_from_slice(&self.values[at..at + lanes]);
+        let mut gathered = std::mem::take(&mut self.gathered);
+        let values: &[f32] = match &run {
+            Some(run) => &self.values[run.start * lanes..run.end * lanes],
+            None => {
+                match lanes {
+                    2 => gather::<2>(self.values, rows, &mut gathered),
+                    3 => gather::<3>(self.values, rows, &mut gathered),
+                    4 => gather::<4>(self.values, rows, &mut gathered),
+                    _ => {
+                        gathered.clear();
+                        for &row in rows {
+                            let at = row as usize * lanes;
+                            gathered.extend_from_slice(&self.values[at..at + lanes]);
+                        }
                     }
-                    ordered.into()
                 }
-            },
+                &gathered
+            }
         };
         let node_rows = match &run {
             Some(run) => NodeRows::Run(run.clone()),
@@ -647,6 +725,7 @@ impl Grow<'_> {
                 }
             });
         }
+        self.gathered = gathered;
         out
     }
 
@@ -749,7 +828,6 @@ impl Grow<'_> {
         total: Vec<f64>,
         hist: Option<Histogram>,
         depth: usize,
-        leaves: &mut [u32],
     ) -> u32 {
         let node = tree.nodes() as u32;
         tree.feature.push(-1);
@@ -757,21 +835,20 @@ impl Grow<'_> {
         tree.left.push(0);
         tree.right.push(0);
         tree.bin.push(0);
+        tree.gain.push(0.0);
         let outputs = match self.criterion {
             Criterion::Newton { .. } => 1,
             Criterion::Gini { classes } => classes,
         };
         let criterion = self.criterion;
-        let make_leaf = |tree: &mut Tree, leaves: &mut [u32], rows: &[u32]| {
+        let make_leaf = |grow: &mut Self, tree: &mut Tree, rows: Vec<u32>| {
             criterion.leaf(&total, &mut tree.value);
-            for &row in rows {
-                leaves[row as usize] = node;
-            }
+            grow.leaf_rows.push((node, rows));
         };
         let weight = self.criterion.weight(&total);
         if depth >= self.max_depth || weight < 2.0 * self.min_leaf || rows.len() < 2 {
             self.spare.extend(hist);
-            make_leaf(tree, leaves, &rows);
+            make_leaf(self, tree, rows);
             return node;
         }
         let all_features = self.sample.is_none();
@@ -785,15 +862,14 @@ impl Grow<'_> {
         };
         let Some((index, bin, gain)) = self.best_split(&hist, &features, &total) else {
             self.spare.push(hist);
-            make_leaf(tree, leaves, &rows);
+            make_leaf(self, tree, rows);
             return node;
         };
         let feature = features[index];
-        self.importance[feature] += gain;
+        tree.gain[node as usize] = gain;
         // Inner nodes hold zeros, so leaf values index by node.
         tree.value.extend(std::iter::repeat_n(0.0, outputs));
-        let (left_rows, right_rows) = split_rows(&rows, self.binned.column(feature), bin);
-        drop(rows);
+        let (left_rows, right_rows) = split_rows(rows, self.binned.column(feature), bin);
         // The children's totals from the split feature's histogram.
         let width = self.criterion.width();
         let mut left_total = vec![0f64; width];
@@ -829,8 +905,58 @@ impl Grow<'_> {
             self.spare.push(hist);
             (None, None)
         };
-        let left = self.grow(tree, left_rows, left_total, left_hist, depth + 1, leaves);
-        let right = self.grow(tree, right_rows, right_total, right_hist, depth + 1, leaves);
+        // A free core (the booster's trees only: the forest's sampling draws in node order)
+        // takes the left subtree when both children are large and split further.
+        let claimed = (self.sample.is_none() && depth + 1 < self.max_depth)
+            .then(|| self.threads.claim(left_rows.len().min(right_rows.len())))
+            .flatten();
+        let (left, right) = match claimed {
+            // The left subtree grows on the free core, apart, and both subtrees are then
+            // appended in the order they would have been grown in: the same tree.
+            Some(claimed) => {
+                let leaves_before = self.leaf_rows.len();
+                let mut apart = Grow {
+                    spare: Vec::new(),
+                    leaf_rows: Vec::new(),
+                    gathered: Vec::new(),
+                    sample: None,
+                    ..*self
+                };
+                let (mut left_tree, mut right_tree) = (Tree::new(), Tree::new());
+                std::thread::scope(|scope| {
+                    let worker = scope.spawn(|| {
+                        let _claimed = claimed;
+                        apart.grow(&mut left_tree, left_rows, left_total, left_hist, depth + 1);
+                    });
+                    self.grow(
+                        &mut right_tree,
+                        right_rows,
+                        right_total,
+                        right_hist,
+                        depth + 1,
+                    );
+                    if let Err(panic) = worker.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                });
+                let left = tree.append(left_tree);
+                let right = tree.append(right_tree);
+                // The leaves' nodes: the right subtree's (added to ours) and the left's, moved
+                // by where their subtrees went.
+                for (leaf, _) in &mut self.leaf_rows[leaves_before..] {
+                    *leaf += right;
+                }
+                let apart_leaves = apart.leaf_rows.into_iter();
+                self.leaf_rows
+                    .extend(apart_leaves.map(|(leaf, rows)| (leaf + left, rows)));
+                (left, right)
+            }
+            None => {
+                let left = self.grow(tree, left_rows, left_total, left_hist, depth + 1);
+                let right = self.grow(tree, right_rows, right_total, right_hist, depth + 1);
+                (left, right)
+            }
+        };
         let index = node as usize;
         tree.feature[index] = feature as i32;
         tree.threshold[index] = self.binned.thresholds[feature][bin as usize];
@@ -841,24 +967,23 @@ impl Grow<'_> {
     }
 }
 
-/// `rows` whose code is at most `bin`, and the others, in order. Without a branch: each row
-/// is written to both sides and only one side's length moves on.
-fn split_rows(rows: &[u32], codes: &[u8], bin: u8) -> (Vec<u32>, Vec<u32>) {
-    let mut left = vec![0u32; rows.len()];
+/// `rows` whose code is at most `bin` (in `rows`' own buffer), and the others, in order.
+/// Without a branch: each row is written to both sides and only one side's length moves on.
+fn split_rows(mut rows: Vec<u32>, codes: &[u8], bin: u8) -> (Vec<u32>, Vec<u32>) {
     let mut right = vec![0u32; rows.len()];
     let (mut on_left, mut on_right) = (0, 0);
-    for &row in rows {
+    for at in 0..rows.len() {
+        let row = rows[at];
         let goes_left = usize::from(codes[row as usize] <= bin);
-        left[on_left] = row;
+        // `on_left <= at`: a row is read before its place is written over.
+        rows[on_left] = row;
         right[on_right] = row;
         on_left += goes_left;
         on_right += 1 - goes_left;
     }
-    left.truncate(on_left);
+    rows.truncate(on_left);
     right.truncate(on_right);
-    left.shrink_to_fit();
-    right.shrink_to_fit();
-    (left, right)
+    (rows, right)
 }
 
 /// Gains to shares.
@@ -867,6 +992,12 @@ fn normalise(importance: &mut [f64]) {
     if total > 0.0 {
         importance.iter_mut().for_each(|v| *v /= total);
     }
+}
+
+/// A class of the booster: its scores by row, and the statistics its round's tree grows from.
+struct Class {
+    scores: Vec<f64>,
+    values: Vec<f32>,
 }
 
 /// What a boosted fit reports after each round.
@@ -904,12 +1035,15 @@ pub fn fit_boosted(
         .iter()
         .map(|s| ((s / total).max(1e-12)).ln() as f32)
         .collect();
-    let mut scores = vec![0f64; n * k];
-    for row in 0..n {
-        for class in 0..k {
-            scores[row * k + class] = f64::from(init[class]);
-        }
-    }
+    // Each class's scores by row (a class tree adds to its own), and its trees' statistics
+    // by row (the buffer reused from round to round).
+    let mut by_class: Vec<Class> = init
+        .iter()
+        .map(|&v| Class {
+            scores: vec![f64::from(v); n],
+            values: Vec::new(),
+        })
+        .collect();
     let mut ensemble = Ensemble {
         kind: EnsembleKind::Boosted,
         inputs: binned.features(),
@@ -933,50 +1067,54 @@ pub fn fit_boosted(
     // Per-row work in fixed blocks of rows, the blocks over threads and their sums added in
     // block order: the same on any thread count.
     const BLOCK: usize = 1 << 14;
-    let blocks = |rows: &[u32]| rows.len().div_ceil(BLOCK);
     let (mut best_loss, mut best_round) = (f64::INFINITY, 0usize);
     let mut importance_at_best = ensemble.importance.clone();
     let unit_weights = train.iter().all(|&row| weights[row as usize] == 1.0);
     // The class trees growing now (their histograms share the cores).
     let growing = AtomicUsize::new(0);
-    // The probabilities of `rows` (by position) and their mean log loss, in one pass: the
-    // training rows' loss of a round comes with the next round's probabilities.
-    let softmax_rows = |scores: &[f64], rows: &[u32]| -> (Vec<f32>, f64) {
-        let parts = parallel::map(blocks(rows), threads, |block| {
+    // The probabilities of `rows` (by position, into `out`) and their mean log loss, in one
+    // pass: the training rows' loss of a round comes with the next round's probabilities.
+    let softmax_rows = |by_class: &[Class], rows: &[u32], out: &mut Vec<f32>| -> f64 {
+        out.resize(rows.len() * k, 0.0);
+        let parts = parallel::map_chunks(out, BLOCK * k, threads, |block, out| {
             let rows = &rows[block * BLOCK..((block + 1) * BLOCK).min(rows.len())];
-            let mut out = vec![0f32; rows.len() * k];
+            let mut row_scores = vec![0f64; k];
             let (mut sum, mut weight) = (0.0, 0.0);
             for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
                 let row = row as usize;
-                softmax_into(&scores[row * k..(row + 1) * k], p);
+                for (score, class) in row_scores.iter_mut().zip(by_class) {
+                    *score = class.scores[row];
+                }
+                softmax_into(&row_scores, p);
                 let w = f64::from(weights[row]);
                 sum -= w * f64::from(p[y[row] as usize]).max(1e-15).ln();
                 weight += w;
             }
-            (out, sum, weight)
+            (sum, weight)
         });
         let (mut sum, mut weight) = (0.0, 0.0);
-        let mut probabilities = Vec::with_capacity(rows.len() * k);
-        for (out, part_sum, part_weight) in parts {
-            probabilities.extend_from_slice(&out);
+        for (part_sum, part_weight) in parts {
             sum += part_sum;
             weight += part_weight;
         }
-        (probabilities, sum / f64::max(weight, f64::MIN_POSITIVE))
+        sum / f64::max(weight, f64::MIN_POSITIVE)
     };
-    let (mut probabilities, _) = softmax_rows(&scores, train);
+    let (mut probabilities, mut valid_probabilities) = (Vec::new(), Vec::new());
+    softmax_rows(&by_class, train, &mut probabilities);
     for round in 0..params.iterations {
         if cancelled() {
             return Err("interrupted".into());
         }
         // The round's K trees are independent given the probabilities: grown in parallel
-        // (the cores left over go to each tree's histograms), then added in class order.
-        let grown: Vec<(Tree, Vec<u32>, Vec<f64>)> = parallel::map(k, threads.min(k), |class| {
+        // (the cores left over go to each tree's histograms and subtrees), each adding to its
+        // class's scores, then kept in class order.
+        let grown = parallel::map_chunks(&mut by_class, 1, threads.min(k), |class, slot| {
+            let Class { scores, values } = &mut slot[0];
             growing.fetch_add(1, Ordering::Relaxed);
             // Each training row's (gradient, hessian, weight), summed in doubles and kept as
             // floats for the histograms (the weight left out when it is always 1).
             let lanes = if unit_weights { 2 } else { 4 };
-            let mut values = vec![0f32; n * lanes];
+            values.resize(n * lanes, 0.0);
             let mut total = vec![0f64; 3];
             for (position, &row) in train.iter().enumerate() {
                 let row = row as usize;
@@ -994,12 +1132,10 @@ pub fn fit_boosted(
                 let floats = [cells[0] as f32, cells[1] as f32, cells[2] as f32, 0.0];
                 values[row * lanes..(row + 1) * lanes].copy_from_slice(&floats[..lanes]);
             }
-            let mut importance = vec![0f64; binned.features()];
-            let mut leaves = vec![0u32; n];
             let mut tree = Tree::new();
             let mut grow = Grow {
                 binned,
-                values: &values,
+                values,
                 lanes,
                 criterion,
                 max_depth: params.max_depth,
@@ -1009,31 +1145,31 @@ pub fn fit_boosted(
                     cores: threads.max(1),
                     growing: &growing,
                 },
-                importance: &mut importance,
                 spare: Vec::new(),
+                leaf_rows: Vec::new(),
+                gathered: Vec::new(),
             };
-            grow.grow(&mut tree, train.to_vec(), total, None, 0, &mut leaves);
+            grow.grow(&mut tree, train.to_vec(), total, None, 0);
             growing.fetch_sub(1, Ordering::Relaxed);
-            (tree, leaves, importance)
-        });
-        for (class, (tree, leaves, importance)) in grown.into_iter().enumerate() {
-            for &row in train {
-                let row = row as usize;
-                scores[row * k + class] += f64::from(tree.value[leaves[row] as usize]);
+            for (leaf, rows) in grow.leaf_rows {
+                let value = f64::from(tree.value[leaf as usize]);
+                for row in rows {
+                    scores[row as usize] += value;
+                }
             }
             for &row in valid {
                 let row = row as usize;
-                let leaf = tree.leaf_of_codes(binned, row);
-                scores[row * k + class] += f64::from(tree.value[leaf]);
+                scores[row] += f64::from(tree.value[tree.leaf_of_codes(binned, row)]);
             }
-            for (sum, gain) in ensemble.importance.iter_mut().zip(&importance) {
-                *sum += gain;
-            }
+            tree
+        });
+        for tree in grown {
+            tree.add_importance(&mut ensemble.importance);
             ensemble.trees.push(tree);
         }
-        let valid_loss = (!valid.is_empty()).then(|| softmax_rows(&scores, valid).1);
-        let train_loss;
-        (probabilities, train_loss) = softmax_rows(&scores, train);
+        let valid_loss =
+            (!valid.is_empty()).then(|| softmax_rows(&by_class, valid, &mut valid_probabilities));
+        let train_loss = softmax_rows(&by_class, train, &mut probabilities);
         on_round(Round {
             round: round + 1,
             train_loss,
@@ -1097,9 +1233,7 @@ pub fn fit_forest(
                 rows.push(row as u32);
             }
         }
-        let mut importance = vec![0f64; features];
         let mut tree = Tree::new();
-        let mut leaves = vec![0u32; n];
         let mut grow = Grow {
             binned,
             values: &values,
@@ -1109,11 +1243,14 @@ pub fn fit_forest(
             min_leaf: params.min_leaf,
             sample: Some((params.max_features.count(features), &mut rng)),
             threads: Cores::Fixed(1),
-            importance: &mut importance,
             spare: Vec::new(),
+            leaf_rows: Vec::new(),
+            gathered: Vec::new(),
         };
-        grow.grow(&mut tree, rows, total, None, 0, &mut leaves);
+        grow.grow(&mut tree, rows, total, None, 0);
         on_tree(index + 1);
+        let mut importance = vec![0f64; features];
+        tree.add_importance(&mut importance);
         Some((tree, importance))
     });
     let mut ensemble = Ensemble {
@@ -1308,9 +1445,11 @@ mod tests {
     }
 
     #[test]
-    fn histograms_split_over_threads_give_the_same_model() {
+    fn histograms_and_subtrees_split_over_threads_give_the_same_model() {
         // Nodes large enough that their features' histograms are split across threads (six
-        // features: all on one thread, or two on each of three).
+        // features: all on one thread, or two on each of three), and that a core left free by
+        // the two class trees grows a left subtree apart (appended in place, its leaves'
+        // scores carried into the second round).
         let (narrow, y) = xor(350_000, 8);
         let mut rng = Rng::new(9);
         let x: Vec<f32> = narrow
@@ -1326,7 +1465,7 @@ mod tests {
         let params = BoostParams {
             iterations: 2,
             learning_rate: 0.3,
-            max_depth: 2,
+            max_depth: 3,
             min_leaf: 5.0,
             l2: 0.0,
             early_stopping: 0,

@@ -38,6 +38,24 @@ pub fn map<T: Send>(count: usize, threads: usize, f: impl Fn(usize) -> T + Sync)
         .collect()
 }
 
+/// `f(i, piece)` for each `i`-th `size`-long piece of `data` (the last may be shorter), on up
+/// to `threads` threads as [`map`] splits indices, results in piece order.
+pub fn map_chunks<T: Send, R: Send>(
+    data: &mut [T],
+    size: usize,
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync,
+) -> Vec<R> {
+    // Each piece behind its own lock, so a shared `Fn` can take it mutably: one taker each.
+    let pieces: Vec<std::sync::Mutex<&mut [T]>> = data
+        .chunks_mut(size.max(1))
+        .map(std::sync::Mutex::new)
+        .collect();
+    map(pieces.len(), threads, |i| {
+        f(i, &mut pieces[i].lock().expect("each piece is taken once"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +69,18 @@ mod tests {
             );
         }
         assert!(map(0, 4, |i| i).is_empty());
+    }
+
+    #[test]
+    fn every_piece_once_in_order_on_any_thread_count() {
+        for threads in [1, 2, 3, 7] {
+            let mut data: Vec<usize> = (0..10).collect();
+            let sums = map_chunks(&mut data, 3, threads, |i, piece| {
+                piece.iter_mut().for_each(|v| *v += 100 * i);
+                piece.iter().sum::<usize>()
+            });
+            assert_eq!(sums, [3, 312, 621, 309]);
+            assert_eq!(data[3..6], [103, 104, 105]);
+        }
     }
 }
