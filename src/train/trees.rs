@@ -591,8 +591,9 @@ impl Drop for Claimed<'_> {
     }
 }
 
-/// Subtrees of fewer rows than this grow on the core that split their parent.
-const SPAWN_AT: usize = 8_192;
+/// Subtrees of fewer rows than this grow on the core that split their parent (64 in unit
+/// tests, so that their small trees grow subtrees apart at every depth).
+const SPAWN_AT: usize = if cfg!(test) { 64 } else { 8_192 };
 
 impl<'a> Cores<'a> {
     /// A core for a subtree of `rows` rows, if one is free and the subtree is worth a thread.
@@ -841,8 +842,10 @@ impl Grow<'_> {
             Criterion::Gini { classes } => classes,
         };
         let criterion = self.criterion;
-        let make_leaf = |grow: &mut Self, tree: &mut Tree, rows: Vec<u32>| {
+        let make_leaf = |grow: &mut Self, tree: &mut Tree, mut rows: Vec<u32>| {
             criterion.leaf(&total, &mut tree.value);
+            // A leaf's rows are kept until the tree is done: not in its parent's capacity.
+            rows.shrink_to_fit();
             grow.leaf_rows.push((node, rows));
         };
         let weight = self.criterion.weight(&total);
@@ -994,12 +997,6 @@ fn normalise(importance: &mut [f64]) {
     }
 }
 
-/// A class of the booster: its scores by row, and the statistics its round's tree grows from.
-struct Class {
-    scores: Vec<f64>,
-    values: Vec<f32>,
-}
-
 /// What a boosted fit reports after each round.
 #[derive(Debug, Clone, Copy)]
 pub struct Round {
@@ -1035,15 +1032,10 @@ pub fn fit_boosted(
         .iter()
         .map(|s| ((s / total).max(1e-12)).ln() as f32)
         .collect();
-    // Each class's scores by row (a class tree adds to its own), and its trees' statistics
-    // by row (the buffer reused from round to round).
-    let mut by_class: Vec<Class> = init
-        .iter()
-        .map(|&v| Class {
-            scores: vec![f64::from(v); n],
-            values: Vec::new(),
-        })
-        .collect();
+    // Each class's scores by row (a class tree adds to its own).
+    let mut by_class: Vec<Vec<f64>> = init.iter().map(|&v| vec![f64::from(v); n]).collect();
+    // The statistics of the trees growing at once, by row: buffers reused from tree to tree.
+    let buffers = std::sync::Mutex::new(Vec::<Vec<f32>>::new());
     let mut ensemble = Ensemble {
         kind: EnsembleKind::Boosted,
         inputs: binned.features(),
@@ -1074,7 +1066,7 @@ pub fn fit_boosted(
     let growing = AtomicUsize::new(0);
     // The probabilities of `rows` (by position, into `out`) and their mean log loss, in one
     // pass: the training rows' loss of a round comes with the next round's probabilities.
-    let softmax_rows = |by_class: &[Class], rows: &[u32], out: &mut Vec<f32>| -> f64 {
+    let softmax_rows = |by_class: &[Vec<f64>], rows: &[u32], out: &mut Vec<f32>| -> f64 {
         out.resize(rows.len() * k, 0.0);
         let parts = parallel::map_chunks(out, BLOCK * k, threads, |block, out| {
             let rows = &rows[block * BLOCK..((block + 1) * BLOCK).min(rows.len())];
@@ -1083,7 +1075,7 @@ pub fn fit_boosted(
             for (p, &row) in out.chunks_exact_mut(k).zip(rows) {
                 let row = row as usize;
                 for (score, class) in row_scores.iter_mut().zip(by_class) {
-                    *score = class.scores[row];
+                    *score = class[row];
                 }
                 softmax_into(&row_scores, p);
                 let w = f64::from(weights[row]);
@@ -1109,7 +1101,12 @@ pub fn fit_boosted(
         // (the cores left over go to each tree's histograms and subtrees), each adding to its
         // class's scores, then kept in class order.
         let grown = parallel::map_chunks(&mut by_class, 1, threads.min(k), |class, slot| {
-            let Class { scores, values } = &mut slot[0];
+            let scores = &mut slot[0];
+            let mut values = buffers
+                .lock()
+                .expect("no panic holds it")
+                .pop()
+                .unwrap_or_default();
             growing.fetch_add(1, Ordering::Relaxed);
             // Each training row's (gradient, hessian, weight), summed in doubles and kept as
             // floats for the histograms (the weight left out when it is always 1).
@@ -1135,7 +1132,7 @@ pub fn fit_boosted(
             let mut tree = Tree::new();
             let mut grow = Grow {
                 binned,
-                values,
+                values: &values,
                 lanes,
                 criterion,
                 max_depth: params.max_depth,
@@ -1161,6 +1158,7 @@ pub fn fit_boosted(
                 let row = row as usize;
                 scores[row] += f64::from(tree.value[tree.leaf_of_codes(binned, row)]);
             }
+            buffers.lock().expect("no panic holds it").push(values);
             tree
         });
         for tree in grown {
@@ -1441,6 +1439,96 @@ mod tests {
         assert_eq!(
             forest(&x, &y, &ones, 1, true),
             forest(&x, &y, &ones, 4, true)
+        );
+        // Weighted rows (the four-lane statistics), and validation rows scored in the round's
+        // parallel step and stopping it early.
+        let weights: Vec<f32> = (0..y.len())
+            .map(|row| 1.0 + (row % 3) as f32 * 0.5)
+            .collect();
+        let rows: Vec<usize> = (0..y.len()).collect();
+        let params = BoostParams {
+            iterations: 40,
+            learning_rate: 0.5,
+            max_depth: 4,
+            min_leaf: 5.0,
+            l2: 0.0,
+            early_stopping: 3,
+        };
+        let fit = |threads: usize| {
+            let binned = Binned::new(&x, 3, &rows, &rows, threads);
+            let (train, valid): (Vec<u32>, Vec<u32>) =
+                (0..y.len() as u32).partition(|r| r % 5 != 0);
+            fit_boosted(
+                &binned,
+                &y,
+                &weights,
+                3,
+                &train,
+                &valid,
+                &params,
+                threads,
+                &mut |_| {},
+                &|| false,
+            )
+            .unwrap()
+        };
+        assert_eq!(fit(1), fit(4));
+    }
+
+    #[test]
+    fn subtrees_grown_apart_make_the_tree_one_core_grows() {
+        // Every split of at least twice `SPAWN_AT` (64 here) rows finds a free core: subtrees
+        // grow apart at every depth, inside one another, and are appended in node order. The
+        // tree, its gains and each leaf's rows are those grown on one core, and every core
+        // taken is given back.
+        let (x, _) = xor(20_000, 5);
+        let rows: Vec<usize> = (0..x.len() / 3).collect();
+        let binned = Binned::new(&x, 3, &rows, &rows, 1);
+        let mut rng = Rng::new(8);
+        let values: Vec<f32> = rows
+            .iter()
+            .flat_map(|_| [rng.normal() as f32, 0.25])
+            .collect();
+        let (gradient, hessian) = values.chunks(2).fold((0f64, 0f64), |(g, h), pair| {
+            (g + f64::from(pair[0]), h + f64::from(pair[1]))
+        });
+        let grown = |threads: Cores| {
+            let mut grow = Grow {
+                binned: &binned,
+                values: &values,
+                lanes: 2,
+                criterion: Criterion::Newton { l2: 0.0, rate: 0.1 },
+                max_depth: 7,
+                min_leaf: 5.0,
+                sample: None,
+                threads,
+                spare: Vec::new(),
+                leaf_rows: Vec::new(),
+                gathered: Vec::new(),
+            };
+            let mut tree = Tree::new();
+            let total = vec![gradient, hessian, rows.len() as f64];
+            grow.grow(&mut tree, every_row(&binned), total, None, 0);
+            let mut leaves = grow.leaf_rows;
+            leaves.sort();
+            (tree, leaves)
+        };
+        let growing = AtomicUsize::new(1);
+        let alone = grown(Cores::Fixed(1));
+        let apart = grown(Cores::Shared {
+            cores: 64,
+            growing: &growing,
+        });
+        assert!(
+            alone.0.nodes() > 100,
+            "a deep tree: {} nodes",
+            alone.0.nodes()
+        );
+        assert_eq!(alone, apart);
+        assert_eq!(
+            growing.load(Ordering::Relaxed),
+            1,
+            "every core taken is given back"
         );
     }
 
