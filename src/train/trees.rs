@@ -658,7 +658,6 @@ impl Grow<'_> {
             None => {
                 match lanes {
                     2 => gather::<2>(self.values, rows, &mut gathered),
-                    3 => gather::<3>(self.values, rows, &mut gathered),
                     4 => gather::<4>(self.values, rows, &mut gathered),
                     _ => {
                         gathered.clear();
@@ -1062,7 +1061,7 @@ pub fn fit_boosted(
     let (mut best_loss, mut best_round) = (f64::INFINITY, 0usize);
     let mut importance_at_best = ensemble.importance.clone();
     let unit_weights = train.iter().all(|&row| weights[row as usize] == 1.0);
-    // The class trees growing now (their histograms share the cores).
+    // The class trees and subtrees growing now (their histograms and subtrees share the cores).
     let growing = AtomicUsize::new(0);
     // The probabilities of `rows` (by position, into `out`) and their mean log loss, in one
     // pass: the training rows' loss of a round comes with the next round's probabilities.
