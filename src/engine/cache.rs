@@ -341,22 +341,29 @@ fn seal(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<()> {
 /// this way.
 const OVERLAP_SEAL_FROM: u64 = 1 << 20;
 
-/// The blake3 of a file about to be committed, which is then sealed ([`seal`]).
+/// The blake3 of a file about to be committed, sealed ([`seal`]) as well: after the hash, or,
+/// from [`OVERLAP_SEAL_FROM`], while the hash reads it (where a thread can be had). A failed
+/// hash is the error reported, as when the two ran one after the other.
 fn hash_and_seal(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<String> {
-    if metadata.len() < OVERLAP_SEAL_FROM {
-        let blake3 = hash_file(path)?;
-        seal(path, metadata)?;
-        return Ok(blake3);
+    if metadata.len() >= OVERLAP_SEAL_FROM {
+        let overlapped = std::thread::scope(|scope| {
+            let sealing = std::thread::Builder::new()
+                .name("seal".into())
+                .spawn_scoped(scope, || seal(path, metadata))
+                .ok()?;
+            let blake3 = hash_file(path);
+            let sealed = sealing
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            Some(blake3.and_then(|blake3| sealed.map(|()| blake3)))
+        });
+        if let Some(result) = overlapped {
+            return result;
+        }
     }
-    // The hash reads the page cache while another thread waits for the disk.
-    std::thread::scope(|scope| {
-        let sealed = scope.spawn(|| seal(path, metadata));
-        let blake3 = hash_file(path);
-        let sealed = sealed
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        sealed.and(blake3)
-    })
+    let blake3 = hash_file(path)?;
+    seal(path, metadata)?;
+    Ok(blake3)
 }
 
 /// The digest of an output's content: blake3 over the canonical file list.
@@ -510,6 +517,7 @@ mod tests {
             .await
             .unwrap();
         let entry = cache.entry_dir(&manifest);
+        assert_eq!(manifest.files.len(), 2);
         for (file, content) in manifest.files.iter().zip([&large[..], b"small"]) {
             assert_eq!(
                 file.blake3,
