@@ -26,8 +26,7 @@ bars AS (
 ),
 
 -- Each settled funding rate with its z-score over the last 21 settlements (a week at 8 hours)
--- and its annualised value, in the bar it settled in (a few ms after the hour: the bar opening
--- on that hour, whose close it precedes).
+-- and its annualised value.
 settlements AS (
   SELECT symbol, funding_time, funding_rate,
     funding_rate * 8760.0 / NULLIF(CAST(funding_interval_hours AS DOUBLE), 0.0) AS funding_annualised,
@@ -36,13 +35,20 @@ settlements AS (
   FROM funding
   WINDOW f AS (PARTITION BY symbol ORDER BY funding_time)
 ),
-funding_bars AS (
-  SELECT symbol, funding_time - funding_time % $bar_ms AS open_time,
-    last_value(funding_rate ORDER BY funding_time) AS settled_rate,
-    last_value(funding_z ORDER BY funding_time) AS settled_z,
-    last_value(funding_annualised ORDER BY funding_time) AS settled_annualised
-  FROM settlements
+-- The last settlement in each bar (a few ms after the hour: the bar opening on that hour,
+-- whose close it precedes), found by its time: MAX is a plain aggregate, several times
+-- cheaper than last_value(... ORDER BY funding_time) over the same groups.
+bar_settlements AS (
+  SELECT symbol, MAX(funding_time) AS funding_time
+  FROM funding
   GROUP BY symbol, funding_time - funding_time % $bar_ms
+),
+funding_bars AS (
+  SELECT s.symbol, s.funding_time - s.funding_time % $bar_ms AS open_time,
+    s.funding_rate AS settled_rate, s.funding_z AS settled_z,
+    s.funding_annualised AS settled_annualised
+  FROM bar_settlements AS l
+  JOIN settlements AS s ON s.symbol = l.symbol AND s.funding_time = l.funding_time
 ),
 
 -- The basis of each bar, mark over index, and the premium index, same interval and open time.
