@@ -239,6 +239,25 @@ struct Step {
     schema: SchemaRef,
 }
 
+/// How many rows ahead the index's slots are prefetched.
+const PREFETCH_AHEAD: usize = 16;
+
+/// A hint that `slots[at]` will be read soon (a no-op off x86-64 or out of range).
+#[inline(always)]
+fn prefetch(slots: &[u32], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(slot) = slots.get(at) {
+        // SAFETY: a prefetch only hints the cache; the address is of a live element.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::ptr::from_ref(slot).cast::<i8>(),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slots, at);
+}
+
 /// The hash of every key (DataFusion's, over all key columns): fixed, so a table and its
 /// probes agree.
 const HASHES: RandomState = RandomState::with_seed(0x0061_7374_6572);
@@ -283,6 +302,12 @@ impl Table {
         let same = SameKey::new(&keys, &keys)?;
         let mut repeated = false;
         'rows: for (row, &hash) in hashes.iter().enumerate() {
+            // The slots are read in the hashes' random order: ask for the slot a later row
+            // lands in now, so that it is in cache by the time that row gets there (for the
+            // lake's tables of millions of rows this loop otherwise waits on memory).
+            if let Some(&ahead) = hashes.get(row + PREFETCH_AHEAD) {
+                prefetch(&slots, ahead as usize & mask);
+            }
             if has_null(&keys, row) {
                 continue;
             }
@@ -379,7 +404,13 @@ impl Table {
                         create_hashes(&columns, &HASHES, &mut all)?;
                         hashes = Some(all);
                     }
-                    let hash = hashes.as_ref().map_or(0, |all| all[row]);
+                    let all = hashes.as_deref().unwrap_or_default();
+                    // Rows that miss often miss in a run (a sparse table's): the slots of
+                    // the rows ahead are fetched while this one is looked up.
+                    if let Some(&ahead) = all.get(row + PREFETCH_AHEAD) {
+                        prefetch(&self.slots, ahead as usize & self.mask);
+                    }
+                    let hash = all.get(row).copied().unwrap_or_default();
                     self.find(hash, |at| equal(at, row))
                 }
             };
