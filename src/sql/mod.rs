@@ -108,7 +108,9 @@ pub fn config(target_partitions: usize) -> SessionConfig {
     // do not overlap). DataFusion reads the last 512 KiB of a file for it, in one go: for a
     // lake part of 0.3 to 1 MB, most of the file, to find 4 KB of metadata (the features
     // benchmark's 600 parts: 200 MB read before the query starts). 64 KiB holds a part's footer
-    // many times over; a larger footer takes a second read.
+    // many times over; a larger footer takes a second read. This is the setting for files read
+    // through the session (`read_parquet`); [`register_located`] gives the input tables' format
+    // the same.
     config.options_mut().execution.parquet.metadata_size_hint = Some(FOOTER_READ);
     config
 }
@@ -268,8 +270,10 @@ pub async fn register_located(
                 .iter()
                 .map(|file| ListingTableUrl::parse(locate(file)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-                .with_file_extension(".parquet");
+            // The format carries its own footer read (the session's setting reaches only
+            // the readers DataFusion makes itself).
+            let format = ParquetFormat::default().with_metadata_size_hint(Some(FOOTER_READ));
+            let mut options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
             if let Some(dataset) = table.lake {
                 // A lake part holds one symbol (and interval), its rows strictly increasing in
                 // time (`lake::write_part` refuses anything else). DataFusion keeps this order
@@ -550,6 +554,16 @@ mod tests {
             lake: None,
         };
         register(&context, &table).await.unwrap();
+        // The table reads the footer with the short first read, so the second one is taken.
+        let provider = context.table_provider("wide").await.unwrap();
+        let listing = provider.as_any().downcast_ref::<ListingTable>().unwrap();
+        let format = listing
+            .options()
+            .format
+            .as_any()
+            .downcast_ref::<ParquetFormat>()
+            .unwrap();
+        assert_eq!(format.metadata_size_hint(), Some(FOOTER_READ));
         let rows = context
             .sql("SELECT COUNT(*), SUM(x), MAX(open_time) FROM wide WHERE open_time >= 10")
             .await

@@ -37,7 +37,9 @@ settlements AS (
 ),
 -- The last settlement in each bar (a few ms after the hour: the bar opening on that hour,
 -- whose close it precedes), found by its time: MAX is a plain aggregate, several times
--- cheaper than last_value(... ORDER BY funding_time) over the same groups.
+-- cheaper than last_value(... ORDER BY funding_time) over the same groups. A symbol settles
+-- once at a given time (the lake keeps one row per symbol and funding time), so the join
+-- back finds one settlement per bar.
 bar_settlements AS (
   SELECT symbol, MAX(funding_time) AS funding_time
   FROM funding
