@@ -556,11 +556,11 @@ mod tests {
         register(&context, &table).await.unwrap();
         // The table reads the footer with the short first read, so the second one is taken.
         let provider = context.table_provider("wide").await.unwrap();
-        let listing = provider.as_any().downcast_ref::<ListingTable>().unwrap();
+        let listing = provider.as_ref().downcast_ref::<ListingTable>().unwrap();
         let format = listing
             .options()
             .format
-            .as_any()
+            .as_ref()
             .downcast_ref::<ParquetFormat>()
             .unwrap();
         assert_eq!(format.metadata_size_hint(), Some(FOOTER_READ));
