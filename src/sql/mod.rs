@@ -108,9 +108,8 @@ pub fn config(target_partitions: usize) -> SessionConfig {
     // do not overlap). DataFusion reads the last 512 KiB of a file for it, in one go: for a
     // lake part of 0.3 to 1 MB, most of the file, to find 4 KB of metadata (the features
     // benchmark's 600 parts: 200 MB read before the query starts). 64 KiB holds a part's footer
-    // many times over; a larger footer takes a second read. This is the setting for files read
-    // through the session (`read_parquet`); [`register_located`] gives the input tables' format
-    // the same.
+    // many times over; a larger footer takes a second read. It reaches files read through the
+    // session and the input tables [`register_located`] makes alike.
     config.options_mut().execution.parquet.metadata_size_hint = Some(FOOTER_READ);
     config
 }
@@ -270,9 +269,10 @@ pub async fn register_located(
                 .iter()
                 .map(|file| ListingTableUrl::parse(locate(file)))
                 .collect::<Result<Vec<_>, _>>()?;
-            // The format carries its own footer read (the session's setting reaches only
-            // the readers DataFusion makes itself).
-            let format = ParquetFormat::default().with_metadata_size_hint(Some(FOOTER_READ));
+            // The format takes the session's Parquet settings ([`config`]'s footer read among
+            // them): `ParquetFormat::default()` would carry DataFusion's own.
+            let format = ParquetFormat::default()
+                .with_options(context.state().default_table_options().parquet);
             let mut options = ListingOptions::new(Arc::new(format)).with_file_extension(".parquet");
             if let Some(dataset) = table.lake {
                 // A lake part holds one symbol (and interval), its rows strictly increasing in
@@ -532,7 +532,7 @@ mod tests {
         .unwrap();
         let note = "n".repeat(3 * FOOTER_READ);
         let properties = parquet::file::properties::WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![KeyValue::new("note".into(), note.clone())]))
+            .set_key_value_metadata(Some(vec![KeyValue::new("note".into(), note)]))
             .build();
         let mut writer = parquet::arrow::ArrowWriter::try_new(
             std::fs::File::create(&path).unwrap(),
