@@ -18,6 +18,14 @@
 //! the rows already collected (the left side runs once), so the results are always the hash
 //! join's. Only local sessions use it: a cluster's nodes plan with the stock join, which
 //! their codecs know.
+//!
+//! A join reads no streamed row before its table is built, and the streamed side of one
+//! join is often the next join (the features bring five tables beside the bars that way):
+//! built on demand, the tables would be built one after another, each ending in a step on
+//! one core (concatenating the rows, indexing them) while the other cores wait. So the first
+//! `execute` of a lookup join starts the build of its table and of every lookup join's table
+//! below it, each on a task of its own, and they run beside each other and beside the
+//! streamed side's own work.
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +38,9 @@ use arrow::compute::{SortOptions, concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{JoinType, NullEquality, Result, internal_datafusion_err};
+use datafusion::common::{
+    DataFusionError, JoinType, NullEquality, Result, internal_datafusion_err,
+};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -40,7 +50,7 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 /// The physical optimizer rule: every hash join [`LookupJoinExec`] can run becomes one.
 #[derive(Debug, Default)]
@@ -81,10 +91,28 @@ pub struct LookupJoinExec {
     /// The `HashJoinExec` replaced: its plan properties, and its execution when the left side
     /// has a key twice.
     inner: Arc<dyn ExecutionPlan>,
-    /// The collected left side, indexed: built by the first partition to need it.
-    table: Arc<tokio::sync::OnceCell<Arc<Table>>>,
+    /// The collected left side, indexed: built once, on a task of its own started by the
+    /// first `execute` of the outermost lookup join (see [`LookupJoinExec::start`]).
+    table: std::sync::Mutex<Option<SharedTable>>,
+    /// The task building the table: dropping the plan stops it.
+    building: std::sync::Mutex<Option<AbortOnDrop>>,
     metrics: ExecutionPlanMetricsSet,
 }
+
+/// A task stopped when its handle is dropped.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The table's build, awaited by every partition (an error is shared as it is).
+type SharedTable = futures::future::Shared<
+    futures::future::BoxFuture<'static, std::result::Result<Arc<Table>, Arc<DataFusionError>>>,
+>;
 
 impl LookupJoinExec {
     fn applies(join: &HashJoinExec) -> bool {
@@ -110,8 +138,54 @@ impl LookupJoinExec {
     fn new(inner: Arc<dyn ExecutionPlan>) -> Self {
         Self {
             inner,
-            table: Arc::new(tokio::sync::OnceCell::new()),
+            table: std::sync::Mutex::new(None),
+            building: std::sync::Mutex::new(None),
             metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The table's build (made on first call; it runs where it is first polled).
+    fn table(&self, context: &Arc<TaskContext>) -> SharedTable {
+        let mut table = self
+            .table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        table
+            .get_or_insert_with(|| {
+                let inner = Arc::clone(&self.inner);
+                let context = Arc::clone(context);
+                async move { Table::build(&inner, context).await.map_err(Arc::new) }
+                    .boxed()
+                    .shared()
+            })
+            .clone()
+    }
+
+    /// Starts building this join's table, and those of every lookup join below it, each on a
+    /// task of its own: a join builds its table before it reads a streamed row, so the tables
+    /// of nested joins would otherwise be built one after another, each ending on one core.
+    fn start(&self, context: &Arc<TaskContext>) {
+        let mut building = self
+            .building
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if building.is_some() {
+            return;
+        }
+        let table = self.table(context);
+        *building = Some(AbortOnDrop(tokio::spawn(async move {
+            // The error reaches the partitions through the shared future.
+            let _ = table.await;
+        })));
+        drop(building);
+        let mut below: Vec<Arc<dyn ExecutionPlan>> =
+            self.inner.children().into_iter().cloned().collect();
+        while let Some(plan) = below.pop() {
+            if let Some(join) = plan.downcast_ref::<LookupJoinExec>() {
+                join.start(context);
+            } else {
+                below.extend(plan.children().into_iter().cloned());
+            }
         }
     }
 }
@@ -181,14 +255,12 @@ impl ExecutionPlan for LookupJoinExec {
     ) -> Result<SendableRecordBatchStream> {
         let schema = self.schema();
         let inner = Arc::clone(&self.inner);
-        let table = Arc::clone(&self.table);
+        self.start(&context);
+        let table = self.table(&context);
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let stream = futures::stream::once(async move {
             let join = hash_join(&inner)?;
-            let built = table
-                .get_or_try_init(|| Table::build(&inner, Arc::clone(&context)))
-                .await?
-                .clone();
+            let built = table.await.map_err(DataFusionError::Shared)?;
             if let Some(fallback) = &built.fallback {
                 // A key twice on the left: the hash join does it, over the rows collected.
                 return fallback.execute(partition, context);
@@ -741,5 +813,146 @@ mod tests {
             let (_, plan) = rows(&looked_up, sql).await;
             assert!(!plan.contains("LookupJoinExec"), "{sql}: {plan}");
         }
+    }
+
+    /// One partition's batch, given out when `wait` is notified (at once without it); `open`
+    /// is notified when the stream is first polled.
+    #[derive(Debug)]
+    struct Gated {
+        batch: RecordBatch,
+        wait: Option<Arc<tokio::sync::Notify>>,
+        open: Option<Arc<tokio::sync::Notify>>,
+    }
+
+    impl datafusion::physical_plan::streaming::PartitionStream for Gated {
+        fn schema(&self) -> &SchemaRef {
+            self.batch.schema_ref()
+        }
+
+        fn execute(&self, _: Arc<TaskContext>) -> SendableRecordBatchStream {
+            let (batch, wait, open) = (self.batch.clone(), self.wait.clone(), self.open.clone());
+            let schema = batch.schema();
+            let stream = futures::stream::once(async move {
+                if let Some(open) = open {
+                    // A permit is kept for a waiter that comes later.
+                    open.notify_one();
+                }
+                if let Some(wait) = wait {
+                    wait.notified().await;
+                }
+                Ok(batch)
+            });
+            Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tables_of_nested_joins_are_built_beside_each_other() {
+        // The outer join's table can only be read once the inner join's table has started
+        // being built: built on demand (outer first, then the streamed side, whose first
+        // step is the inner table), this plan would never finish.
+        let keyed = |value: &str| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("symbol", DataType::Utf8, false),
+                    Field::new("t", DataType::Int64, false),
+                    Field::new(value, DataType::Float64, false),
+                ])),
+                vec![
+                    Arc::new(StringArray::from(vec!["A", "A", "B"])),
+                    Arc::new(Int64Array::from(vec![1, 2, 1])),
+                    Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5])),
+                ],
+            )
+            .unwrap()
+        };
+        let streamed = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("symbol", DataType::Utf8, false),
+                Field::new("t", DataType::Int64, false),
+                Field::new("x", DataType::Float64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(vec!["A", "A", "A", "B"])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 1])),
+                Arc::new(Float64Array::from(vec![10.0, 20.0, 30.0, 40.0])),
+            ],
+        )
+        .unwrap();
+        let inner_started = Arc::new(tokio::sync::Notify::new());
+        let source = |batch: RecordBatch, wait, open| -> Arc<dyn ExecutionPlan> {
+            let schema = batch.schema();
+            let gated = Gated { batch, wait, open };
+            Arc::new(
+                datafusion::physical_plan::streaming::StreamingTableExec::try_new(
+                    schema,
+                    vec![Arc::new(gated)],
+                    None,
+                    vec![],
+                    false,
+                    None,
+                )
+                .unwrap(),
+            )
+        };
+        let column = |name: &str, at: usize| -> Arc<dyn PhysicalExpr> {
+            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                name, at,
+            ))
+        };
+        let join = |left, right, right_at: usize| -> Arc<dyn ExecutionPlan> {
+            Arc::new(
+                HashJoinExec::try_new(
+                    left,
+                    right,
+                    vec![
+                        (column("symbol", 0), column("symbol", right_at)),
+                        (column("t", 1), column("t", right_at + 1)),
+                    ],
+                    None,
+                    &JoinType::Right,
+                    None,
+                    PartitionMode::CollectLeft,
+                    NullEquality::NullEqualsNothing,
+                    false,
+                )
+                .unwrap(),
+            )
+        };
+        // Inner: w beside the streamed rows (symbol, t, w, symbol, t, x); outer: v beside those.
+        let inner = join(
+            source(keyed("w"), None, Some(Arc::clone(&inner_started))),
+            source(streamed, None, None),
+            0,
+        );
+        let outer = join(source(keyed("v"), Some(inner_started), None), inner, 3);
+        let plan = LookupJoins
+            .optimize(outer, &ConfigOptions::default())
+            .unwrap();
+        let shown = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        assert_eq!(shown.matches("LookupJoinExec").count(), 2, "{shown}");
+        let collected = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            datafusion::physical_plan::collect(plan, Arc::new(TaskContext::default())),
+        )
+        .await
+        .expect("the outer table waited for a build that had not started")
+        .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&collected)
+            .unwrap()
+            .to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        // Four streamed rows; A at 3 has no match on either side.
+        assert_eq!(lines.len(), 4 + 4, "{text}");
+        assert!(
+            lines.contains(&"| A      | 2 | 1.5 | A      | 2 | 1.5 | A      | 2 | 20.0 |"),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"|        |   |     |        |   |     | A      | 3 | 30.0 |"),
+            "{text}"
+        );
     }
 }
