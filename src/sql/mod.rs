@@ -300,7 +300,17 @@ pub async fn register_located(
                 Some(dataset) => config.with_schema(crate::market::lake::schema_of(dataset)),
                 None => config.infer_schema(&context.state()).await?,
             };
-            Arc::new(ListingTable::try_new(config)?)
+            // The session's statistics cache: without it every scan of the table (the
+            // features read `klines` four times, and the symbol requirements twice more)
+            // works out each file's statistics from its footer again.
+            Arc::new(
+                ListingTable::try_new(config)?.with_cache(
+                    context
+                        .runtime_env()
+                        .cache_manager
+                        .get_file_statistic_cache(),
+                ),
+            )
         }
     };
     for name in &table.names {
