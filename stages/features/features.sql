@@ -121,9 +121,12 @@ raw_windows AS (
 
 -- One-bar return, true range, gains and losses, and the Corwin-Schultz spread of two bars
 -- (beta from their log ranges, gamma from their joint range). A gain is max(d, 0) and a loss
--- max(-d, 0) for the change d, written (|d| + d) / 2 and (|d| - d) / 2: exactly those values,
--- null where d is (GREATEST would skip the null and give 0), and a fraction of the cost of
--- GREATEST inside a CASE. Squares are products, not POWER(x, 2) (a pow() per row).
+-- max(-d, 0) for the change d, written (|d| + d) / 2 and (|d| - d) / 2: exactly those values
+-- for any finite d (an infinite price would give NaN), null where d is (GREATEST would skip
+-- the null and give 0), and a fraction of the cost of GREATEST inside a CASE. Squares are
+-- products, not POWER(x, 2) (a pow() per row); DataFusion computes a repeated expression
+-- once. (Not a subquery of log ranges: a Ballista scheduler refuses a plan nested that much
+-- deeper, at prost's decoding limit.)
 steps AS (
   SELECT *,
     close / prev_close - 1.0 AS ret_1,
@@ -137,13 +140,10 @@ steps AS (
       (SQRT(2.0 * cs_beta) - SQRT(cs_beta)) / (3.0 - 2.0 * SQRT(2.0)) - SQRT(cs_gamma / (3.0 - 2.0 * SQRT(2.0))) AS cs_alpha
     FROM (
       SELECT *,
-        log_range * log_range + prev_log_range * prev_log_range AS cs_beta,
-        joint_log_range * joint_log_range AS cs_gamma
-      FROM (
-        SELECT *, LN(high / low) AS log_range, LN(prev_high / prev_low) AS prev_log_range,
-          LN(GREATEST(high, prev_high) / LEAST(low, prev_low)) AS joint_log_range
-        FROM raw_windows
-      ) AS log_ranges
+        LN(high / low) * LN(high / low) + LN(prev_high / prev_low) * LN(prev_high / prev_low) AS cs_beta,
+        LN(GREATEST(high, prev_high) / LEAST(low, prev_low))
+          * LN(GREATEST(high, prev_high) / LEAST(low, prev_low)) AS cs_gamma
+      FROM raw_windows
     ) AS ranges
   ) AS with_alpha
 ),
