@@ -94,8 +94,11 @@ pub struct LookupJoinExec {
     /// The collected left side, indexed: built once, on a task of its own started by the
     /// first `execute` of the outermost lookup join (see [`LookupJoinExec::start`]).
     table: std::sync::Mutex<Option<SharedTable>>,
-    /// The task building the table: dropping the plan stops it.
-    building: std::sync::Mutex<Option<AbortOnDrop>>,
+    /// The task building the table, stopped once the plan and every partition's stream have
+    /// let go of it. A stream holds it until its table is built: a `Shared` future's waiter can
+    /// depend on the task that is polling it being polled again, so the task must not stop
+    /// while anyone waits (the plan itself is often dropped as soon as it has been executed).
+    building: std::sync::Mutex<Option<Arc<AbortOnDrop>>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -154,9 +157,26 @@ impl LookupJoinExec {
             .get_or_insert_with(|| {
                 let inner = Arc::clone(&self.inner);
                 let context = Arc::clone(context);
-                async move { Table::build(&inner, context).await.map_err(Arc::new) }
-                    .boxed()
-                    .shared()
+                async move {
+                    // A panic becomes an error: a panicking `Shared` future would leave the
+                    // other partitions only a panic without its message.
+                    match std::panic::AssertUnwindSafe(Table::build(&inner, context))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(built) => built.map_err(Arc::new),
+                        Err(panic) => Err(Arc::new(internal_datafusion_err!(
+                            "building a lookup join's table panicked: {}",
+                            panic
+                                .downcast_ref::<&str>()
+                                .map(|text| text.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default()
+                        ))),
+                    }
+                }
+                .boxed()
+                .shared()
             })
             .clone()
     }
@@ -164,19 +184,21 @@ impl LookupJoinExec {
     /// Starts building this join's table, and those of every lookup join below it, each on a
     /// task of its own: a join builds its table before it reads a streamed row, so the tables
     /// of nested joins would otherwise be built one after another, each ending on one core.
-    fn start(&self, context: &Arc<TaskContext>) {
+    /// Returns the building task, for a stream to hold while it waits.
+    fn start(&self, context: &Arc<TaskContext>) -> Arc<AbortOnDrop> {
         let mut building = self
             .building
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if building.is_some() {
-            return;
+        if let Some(task) = building.as_ref() {
+            return Arc::clone(task);
         }
         let table = self.table(context);
-        *building = Some(AbortOnDrop(tokio::spawn(async move {
+        let task = Arc::new(AbortOnDrop(tokio::spawn(async move {
             // The error reaches the partitions through the shared future.
             let _ = table.await;
         })));
+        *building = Some(Arc::clone(&task));
         drop(building);
         let mut below: Vec<Arc<dyn ExecutionPlan>> =
             self.inner.children().into_iter().cloned().collect();
@@ -187,6 +209,7 @@ impl LookupJoinExec {
                 below.extend(plan.children().into_iter().cloned());
             }
         }
+        task
     }
 }
 
@@ -255,10 +278,12 @@ impl ExecutionPlan for LookupJoinExec {
     ) -> Result<SendableRecordBatchStream> {
         let schema = self.schema();
         let inner = Arc::clone(&self.inner);
-        self.start(&context);
+        let building = self.start(&context);
         let table = self.table(&context);
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let stream = futures::stream::once(async move {
+            // Held until the table is built (see `building`).
+            let _building = building;
             let join = hash_join(&inner)?;
             let built = table.await.map_err(DataFusionError::Shared)?;
             if let Some(fallback) = &built.fallback {
