@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fingerprint::{Fingerprint, FingerprintKey, hash_file, write_canonical};
+use crate::engine::fingerprint::{
+    Fingerprint, FingerprintKey, hash_file, write_canonical, written_digest,
+};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::store::{Store, StoreError};
 
@@ -345,6 +347,10 @@ const OVERLAP_SEAL_FROM: u64 = 1 << 20;
 /// from [`OVERLAP_SEAL_FROM`], while the hash reads it (where a thread can be had). A failed
 /// hash is the error reported, as when the two ran one after the other.
 fn hash_and_seal(path: &Path, metadata: &std::fs::Metadata) -> std::io::Result<String> {
+    if let Some(blake3) = written_digest(metadata) {
+        seal(path, metadata)?;
+        return Ok(blake3);
+    }
     if metadata.len() >= OVERLAP_SEAL_FROM {
         let overlapped = std::thread::scope(|scope| {
             let sealing = std::thread::Builder::new()

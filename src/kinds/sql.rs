@@ -461,9 +461,12 @@ impl Prepared {
             None => frame,
             Some(_) => sql::local_frame(frame).await.map_err(StageError::failed)?,
         };
+        // Written straight to the disk and hashed on the way (`sql::output`).
+        let target = sql::output::register(&frame, &context.output_dir, &self.output)
+            .map_err(StageError::failed)?;
         frame
             .write_parquet(
-                &output.to_string_lossy(),
+                &target,
                 DataFrameWriteOptions::new().with_single_file_output(true),
                 Some(writer),
             )

@@ -60,6 +60,7 @@ macro_rules! planned_as_inner {
 
 pub mod cluster;
 pub mod lookup;
+pub mod output;
 pub mod udwf;
 pub mod window;
 

@@ -25,10 +25,7 @@ pub fn write_with(
 ) -> io::Result<bool> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs_err::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    let nonce = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-    let temp = dir.join(format!(".{name}.{}-{nonce}.tmp", std::process::id()));
+    let temp = temp_path(path);
     let placed = (|| {
         let mut file = fs_err::File::create(&temp)?;
         write(&mut file)?;
@@ -54,12 +51,26 @@ pub fn write_with(
     let _ = std::fs::remove_file(&temp);
     if placed? {
         // The new name survives a crash once its directory is synced.
-        if let Ok(handle) = std::fs::File::open(dir) {
-            let _ = handle.sync_all();
-        }
+        sync_dir(dir);
         return Ok(true);
     }
     Ok(false)
+}
+
+/// A name, unique in this process and hidden, beside `path` for the file that becomes it.
+pub fn temp_path(path: &Path) -> std::path::PathBuf {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let nonce = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{name}.{}-{nonce}.tmp", std::process::id()))
+}
+
+/// Makes the names in `dir` (a rename into it) survive a crash; best effort.
+pub fn sync_dir(dir: &Path) {
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
 }
 
 /// Writes `bytes` to `path`, replacing it atomically.

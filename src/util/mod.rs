@@ -1,6 +1,7 @@
-//! Leaves every layer may use: time and durations, the seeded generator, atomic file writes,
-//! object stores by URL.
+//! Leaves every layer may use: time and durations, the seeded generator, atomic file writes
+//! (and large ones straight to the disk), object stores by URL.
 
+pub mod direct;
 pub mod duration;
 pub mod fsx;
 pub mod parallel;

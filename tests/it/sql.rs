@@ -696,3 +696,46 @@ fn the_feature_file_fails_naming_a_leader_the_input_lacks() {
         run.stderr
     );
 }
+
+/// The output is written straight to the disk and hashed on the way: the digest the cache
+/// records is that of the bytes in place, and no temp file is left beside them.
+#[test]
+fn the_output_is_placed_whole_under_the_digest_of_its_bytes() {
+    let project = Project::new();
+    let market = market(3_000);
+    let rows: usize = market.iter().map(|(_, rows)| rows.len()).sum();
+    lake(&project, &market);
+    project.write(
+        "q.sql",
+        "SELECT symbol, open_time, close, ema(close, 12) OVER w AS e\nFROM klines WINDOW w AS (PARTITION BY symbol ORDER BY open_time)\n",
+    );
+    pipeline(&project, "q.sql", "", "");
+    let run = run(&project);
+    let stages = run.json()["stages"].as_array().unwrap().clone();
+    let entry = stages.iter().find(|s| s["id"] == "out").unwrap();
+    let output = project.path().join(entry["output"].as_str().unwrap());
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(output.parent().unwrap().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let recorded = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|file| file["path"] == "out.parquet")
+        .unwrap();
+    let bytes = std::fs::read(output.join("out.parquet")).unwrap();
+    assert!(bytes.len() > 10_000, "{} bytes", bytes.len());
+    assert_eq!(recorded["size"], bytes.len() as u64);
+    assert_eq!(
+        recorded["blake3"].as_str().unwrap(),
+        blake3::hash(&bytes).to_hex().as_str()
+    );
+    let names: Vec<String> = std::fs::read_dir(&output)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|name| !name.starts_with('.')), "{names:?}");
+    let read = read_output(&project, &run, "out.parquet");
+    assert_eq!(read.iter().map(RecordBatch::num_rows).sum::<usize>(), rows);
+}
