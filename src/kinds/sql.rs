@@ -436,26 +436,15 @@ impl Prepared {
         let frame = self.frame(&session).await?;
         let output = context.output_dir.join(&self.output);
         // Feature columns are floats that neither dictionaries nor compression shrink much:
-        // lz4 costs a fraction of zstd's time to write and to read back, and splitting each
-        // float's bytes into streams (sign and exponent bytes together) lets it find the
-        // repetition (425 MB plain, 377 MB split for the benchmark's 1.7M rows; zstd 360 MB at
-        // 16% of the stage's time). No dictionaries. Row groups of 128K rows keep what the
+        // lz4 costs a fraction of zstd's time to write and to read back (zstd: 360 MB at 16%
+        // of the stage's time). Splitting each float's bytes into streams first gained 3% of
+        // the size (465 MB against 479 MB for the benchmark's 1.75M rows) for 7% of the
+        // stage's CPU, and is not done. No dictionaries. Row groups of 128K rows keep what the
         // writer holds small and give readers units to skip.
         let mut writer = datafusion::config::TableParquetOptions::default();
         writer.global.compression = Some("lz4_raw".into());
         writer.global.dictionary_enabled = Some(false);
         writer.global.max_row_group_size = 131_072;
-        for field in frame.schema().fields() {
-            if field.data_type() == &arrow::datatypes::DataType::Float64 {
-                let column = datafusion::config::ParquetColumnOptions {
-                    encoding: Some("byte_stream_split".into()),
-                    ..Default::default()
-                };
-                writer
-                    .column_specific_options
-                    .insert(field.name().clone(), column);
-            }
-        }
         // A cluster's rows stream back here and are written by the same local writer.
         let frame = match &cluster {
             None => frame,
