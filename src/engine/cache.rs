@@ -11,11 +11,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::fingerprint::{
-    Fingerprint, FingerprintKey, hash_file, write_canonical, written_digest,
-};
+use crate::engine::fingerprint::{Fingerprint, FingerprintKey, hash_file, write_canonical};
 use crate::engine::remote::{Remote, RemoteError};
 use crate::engine::store::{Store, StoreError};
+use crate::util::direct::written_digest;
 
 /// Bumped when the manifest layout changes.
 pub const MANIFEST_FORMAT: u32 = 1;

@@ -157,53 +157,6 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// What tells one file, as it is now, from any other: its device and inode (kept across a
-/// rename), size and modification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-}
-
-impl FileIdentity {
-    fn of(metadata: &std::fs::Metadata) -> Self {
-        Self {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-            len: metadata.len(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-        }
-    }
-}
-
-/// Digests of files this process hashed while it wrote them ([`crate::util::direct`]), so the
-/// cache need not read them back. An entry is taken once, and only by a file with the same
-/// identity: one written to again, or replaced, is hashed from its bytes as any other.
-static WRITTEN: std::sync::Mutex<Vec<(FileIdentity, String)>> = std::sync::Mutex::new(Vec::new());
-
-/// Records `blake3` as the digest of `file`'s content as it is now (written and synced).
-pub fn remember_written(file: &std::fs::File, blake3: String) -> io::Result<()> {
-    let identity = FileIdentity::of(&file.metadata()?);
-    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
-    written.retain(|(known, _)| (known.dev, known.ino) != (identity.dev, identity.ino));
-    written.push((identity, blake3));
-    Ok(())
-}
-
-/// The digest [`remember_written`] recorded for the file `metadata` describes, if it is still
-/// that file as it was written.
-pub fn written_digest(metadata: &std::fs::Metadata) -> Option<String> {
-    let identity = FileIdentity::of(metadata);
-    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
-    let index = written
-        .iter()
-        .position(|(known, _)| (known.dev, known.ino) == (identity.dev, identity.ino))?;
-    let (known, blake3) = written.swap_remove(index);
-    (known == identity).then_some(blake3)
-}
-
 /// blake3 of a file's content, read through small buffers: a memory map would make every page
 /// of a large output count in the process's resident memory while it is hashed. From
 /// [`PIECES_FROM`] bytes the file is hashed as subtrees of blake3's own tree, on every core

@@ -37,8 +37,16 @@ pub fn register(
         .task_ctx()
         .runtime_env()
         .register_object_store(url.as_ref(), Arc::new(store));
-    let location = Path::parse(name).map_err(|error| DataFusionError::External(error.into()))?;
-    Ok(format!("{URL}/{location}"))
+    // Refused here if the store could not name it; then each segment escaped in the URL, which
+    // the writer decodes back (a `#`, `?` or `%` in a name is a file name, not URL syntax).
+    Path::parse(name).map_err(|error| DataFusionError::External(error.into()))?;
+    let mut target = AsRef::<url::Url>::as_ref(&url).clone();
+    target
+        .path_segments_mut()
+        .map_err(|()| DataFusionError::Internal(format!("{URL} takes no path")))?
+        .pop_if_empty()
+        .extend(name.split('/'));
+    Ok(target.to_string())
 }
 
 #[derive(Debug)]
@@ -191,6 +199,11 @@ impl Upload {
         for job in jobs {
             let (result, done, last) = match job {
                 Job::Part(payload, done) => {
+                    // Nobody waits for this part: the upload was given up, and a file with a
+                    // part left out must not be placed.
+                    if done.is_closed() && failure.is_none() {
+                        failure = Some("a part was given up before it was written".into());
+                    }
                     let result = match (&failure, writer.as_mut()) {
                         (None, Some(writer)) => {
                             payload.iter().try_for_each(|bytes| writer.write(bytes))
@@ -301,7 +314,7 @@ mod tests {
         assert!(bytes.len() > 4 * (64 << 10), "{} bytes", bytes.len());
         let metadata = std::fs::metadata(&path).unwrap();
         assert_eq!(
-            crate::engine::fingerprint::written_digest(&metadata).as_deref(),
+            crate::util::direct::written_digest(&metadata).as_deref(),
             Some(blake3::hash(&bytes).to_hex().as_str())
         );
         let back = SessionContext::new();
@@ -327,6 +340,29 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 1, "{left:?}");
+    }
+
+    /// A file name is a name: what would be URL syntax in it is kept.
+    #[tokio::test]
+    async fn a_name_with_url_syntax_is_written_as_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let session = SessionContext::new();
+        let frame = session.sql("SELECT 1 AS one").await.unwrap();
+        let name = "a#b?c%20d e.parquet";
+        let target = register(&frame, dir.path(), name).unwrap();
+        frame
+            .write_parquet(
+                &target,
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [name]);
     }
 
     /// An upload aborted, or dropped unfinished, leaves no file and no temp file.

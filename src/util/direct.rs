@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// The alignment `O_DIRECT` wants of buffers, offsets and lengths on the devices in use
@@ -62,25 +62,24 @@ impl DirectWriter {
 
     fn create_with(path: &Path, direct: bool) -> io::Result<Self> {
         let temp = super::fsx::temp_path(path);
-        let open = |flags| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(flags)
-                .open(&temp)
-        };
         let located =
             |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
-        let (file, direct) = match direct {
-            true => match open(libc::O_DIRECT) {
-                Ok(file) => (file, true),
-                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    (open(0).map_err(located)?, false)
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(located)?;
+        // Asked for after the open: a file system that refuses it at open would have created
+        // the file all the same. Refused here, the file stays on the page cache.
+        let direct = direct
+            && match set_direct(&file, true) {
+                Ok(()) => true,
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
+                Err(error) => {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(located(error));
                 }
-                Err(error) => return Err(located(error)),
-            },
-            false => (open(0).map_err(located)?, false),
-        };
+            };
         let storage = vec![0; BLOCK + ALIGN];
         let start = storage.as_ptr().align_offset(ALIGN);
         Ok(Self {
@@ -142,7 +141,7 @@ impl DirectWriter {
     }
 
     /// Writes what is left, syncs the file, records its digest for the cache
-    /// ([`crate::engine::fingerprint::remember_written`]) and renames it onto its name.
+    /// ([`written_digest`]) and renames it onto its name.
     pub fn finish(mut self) -> io::Result<Placed> {
         self.place().map_err(|error| {
             io::Error::new(error.kind(), format!("{}: {error}", self.path.display()))
@@ -166,7 +165,7 @@ impl DirectWriter {
         }
         self.file.sync_all()?;
         let blake3 = self.hasher.finalize().to_hex().to_string();
-        crate::engine::fingerprint::remember_written(&self.file, blake3.clone())?;
+        remember_written(&self.file, blake3.clone())?;
         std::fs::rename(&self.temp, &self.path)?;
         self.finished = true;
         super::fsx::sync_dir(self.path.parent().unwrap_or(Path::new(".")));
@@ -180,6 +179,53 @@ impl Drop for DirectWriter {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// What tells one file, as it is now, from any other: its device and inode (kept across a
+/// rename), size and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            len: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+        }
+    }
+}
+
+/// Digests of files this process hashed while it wrote them ([`DirectWriter`]), so the cache
+/// need not read them back. An entry is taken once, and only by a file with the same
+/// identity: one written to again, or replaced, is hashed from its bytes as any other.
+static WRITTEN: std::sync::Mutex<Vec<(FileIdentity, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Records `blake3` as the digest of `file`'s content as it is now (written and synced).
+pub fn remember_written(file: &std::fs::File, blake3: String) -> io::Result<()> {
+    let identity = FileIdentity::of(&file.metadata()?);
+    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    written.retain(|(known, _)| (known.dev, known.ino) != (identity.dev, identity.ino));
+    written.push((identity, blake3));
+    Ok(())
+}
+
+/// The digest [`remember_written`] recorded for the file `metadata` describes, if it is still
+/// that file as it was written.
+pub fn written_digest(metadata: &std::fs::Metadata) -> Option<String> {
+    let identity = FileIdentity::of(metadata);
+    let mut written = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+    let index = written
+        .iter()
+        .position(|(known, _)| (known.dev, known.ino) == (identity.dev, identity.ino))?;
+    let (known, blake3) = written.swap_remove(index);
+    (known == identity).then_some(blake3)
 }
 
 /// Turns `O_DIRECT` on or off for an open file.
@@ -252,10 +298,7 @@ mod tests {
                     "{len} bytes, {direct}"
                 );
                 let metadata = std::fs::metadata(&path).unwrap();
-                assert_eq!(
-                    crate::engine::fingerprint::written_digest(&metadata),
-                    Some(expected)
-                );
+                assert_eq!(written_digest(&metadata), Some(expected));
             }
         }
         let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -300,6 +343,6 @@ mod tests {
             .and_then(|mut file| io::Write::write_all(&mut file, b" and more"))
             .unwrap();
         let metadata = std::fs::metadata(&path).unwrap();
-        assert_eq!(crate::engine::fingerprint::written_digest(&metadata), None);
+        assert_eq!(written_digest(&metadata), None);
     }
 }
