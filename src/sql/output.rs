@@ -160,12 +160,12 @@ impl ObjectStore for OutputStore {
 
 /// What the writing thread is asked; each answer comes back on its own channel, in order.
 enum Job {
-    Part(
-        PutPayload,
-        tokio::sync::oneshot::Sender<object_store::Result<()>>,
-    ),
-    Finish(tokio::sync::oneshot::Sender<object_store::Result<()>>),
+    Part(PutPayload, Done),
+    Finish(Done),
 }
+
+type Done = tokio::sync::oneshot::Sender<object_store::Result<()>>;
+type Answer = tokio::sync::oneshot::Receiver<object_store::Result<()>>;
 
 /// One file being written: its parts go, in the order given, to a thread that owns the
 /// [`DirectWriter`]. Dropped or aborted before [`MultipartUpload::complete`], the thread
@@ -190,61 +190,50 @@ impl Upload {
         })
     }
 
-    /// The writing thread: parts in order, then the finish. After a failure every later job
-    /// answers with it. Ended without a finish (aborted, dropped) or failed, the writer is
-    /// dropped unfinished and its temp file goes with it.
-    fn write(writer: DirectWriter, jobs: mpsc::Receiver<Job>) {
-        let mut writer = Some(writer);
-        let mut failure: Option<String> = None;
-        for job in jobs {
-            let (result, done, last) = match job {
-                Job::Part(payload, done) => {
-                    // Nobody waits for this part: the upload was given up, and a file with a
-                    // part left out must not be placed.
-                    if done.is_closed() && failure.is_none() {
-                        failure = Some("a part was given up before it was written".into());
-                    }
-                    let result = match (&failure, writer.as_mut()) {
-                        (None, Some(writer)) => {
-                            payload.iter().try_for_each(|bytes| writer.write(bytes))
+    /// The writing thread: parts in order, then the finish. Ended without a finish (aborted,
+    /// dropped) or failed, the writer is dropped unfinished and its temp file goes with it;
+    /// after a failure every later job answers with it.
+    fn write(mut writer: DirectWriter, jobs: mpsc::Receiver<Job>) {
+        let mut jobs = jobs.into_iter();
+        let failure = loop {
+            match jobs.next() {
+                None => return,
+                Some(Job::Finish(done)) => {
+                    let _ = done.send(writer.finish().map(|_| ()).map_err(generic));
+                    return;
+                }
+                // Nobody waits for this part: the upload was given up, and a file with a part
+                // left out must not be placed.
+                Some(Job::Part(_, done)) if done.is_closed() => {
+                    break "a part was given up before it was written".to_owned();
+                }
+                Some(Job::Part(payload, done)) => {
+                    match payload.iter().try_for_each(|bytes| writer.write(bytes)) {
+                        Ok(()) => {
+                            let _ = done.send(Ok(()));
                         }
-                        _ => Ok(()),
-                    };
-                    (result, done, false)
+                        Err(error) => {
+                            let message = error.to_string();
+                            let _ = done.send(Err(generic(error)));
+                            break message;
+                        }
+                    }
                 }
-                Job::Finish(done) => {
-                    let result = match (&failure, writer.take()) {
-                        (None, Some(writer)) => writer.finish().map(|_| ()),
-                        _ => Ok(()),
-                    };
-                    (result, done, true)
-                }
-            };
-            let answer = match (&failure, result) {
-                (Some(earlier), _) => Err(generic(std::io::Error::other(earlier.clone()))),
-                (None, Err(error)) => {
-                    failure = Some(error.to_string());
-                    Err(generic(error))
-                }
-                (None, Ok(())) => Ok(()),
-            };
-            let _ = done.send(answer);
-            if last {
-                break;
             }
+        };
+        drop(writer);
+        for job in jobs {
+            let (Job::Part(_, done) | Job::Finish(done)) = job;
+            let _ = done.send(Err(generic(std::io::Error::other(failure.clone()))));
         }
     }
-}
 
-#[async_trait]
-impl MultipartUpload for Upload {
-    fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        let (done, answer) = tokio::sync::oneshot::channel();
+    /// Hands the writing thread `job` and answers with its answer.
+    fn ask(&self, job: Job, answer: Answer) -> UploadPart {
         let sent = self
             .jobs
             .as_ref()
-            .map(|jobs| jobs.send(Job::Part(data, done)).is_ok())
-            .unwrap_or(false);
+            .is_some_and(|jobs| jobs.send(job).is_ok());
         let path = self.path.clone();
         Box::pin(async move {
             if !sent {
@@ -255,19 +244,21 @@ impl MultipartUpload for Upload {
                 .map_err(|_| failed(&path, std::io::Error::other("the writer stopped")))?
         })
     }
+}
+
+#[async_trait]
+impl MultipartUpload for Upload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.ask(Job::Part(data, done), answer)
+    }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let jobs = self.jobs.take();
-        if jobs.is_none_or(|jobs| jobs.send(Job::Finish(done)).is_err()) {
-            return Err(failed(
-                &self.path,
-                std::io::Error::other("the upload is over"),
-            ));
-        }
-        answer
-            .await
-            .map_err(|_| failed(&self.path, std::io::Error::other("the writer stopped")))??;
+        let finished = self.ask(Job::Finish(done), answer);
+        // No part after the finish.
+        self.jobs = None;
+        finished.await?;
         Ok(PutResult {
             e_tag: None,
             version: None,
@@ -286,6 +277,19 @@ mod tests {
     use datafusion::dataframe::DataFrameWriteOptions;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
+    /// `frame` written as the SQL stage writes it, to `name` in `dir`.
+    async fn write(frame: DataFrame, dir: &std::path::Path, name: &str) {
+        let target = register(&frame, dir, name).unwrap();
+        frame
+            .write_parquet(
+                &target,
+                DataFrameWriteOptions::new().with_single_file_output(true),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+
     /// Through DataFusion's own writer, with a buffer small enough that the file goes up in
     /// many parts: the file in place reads back whole, and its digest is the one recorded.
     #[tokio::test]
@@ -300,15 +304,7 @@ mod tests {
             .sql("SELECT v, v * 0.5 AS half FROM generate_series(1, 300000) AS t(v)")
             .await
             .unwrap();
-        let target = register(&frame, dir.path(), "sub/out.parquet").unwrap();
-        frame
-            .write_parquet(
-                &target,
-                DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
-            )
-            .await
-            .unwrap();
+        write(frame, dir.path(), "sub/out.parquet").await;
         let path = dir.path().join("sub/out.parquet");
         let bytes = std::fs::read(&path).unwrap();
         assert!(bytes.len() > 4 * (64 << 10), "{} bytes", bytes.len());
@@ -349,15 +345,7 @@ mod tests {
         let session = SessionContext::new();
         let frame = session.sql("SELECT 1 AS one").await.unwrap();
         let name = "a#b?c%20d e.parquet";
-        let target = register(&frame, dir.path(), name).unwrap();
-        frame
-            .write_parquet(
-                &target,
-                DataFrameWriteOptions::new().with_single_file_output(true),
-                None,
-            )
-            .await
-            .unwrap();
+        write(frame, dir.path(), name).await;
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())

@@ -56,19 +56,18 @@ impl DirectWriter {
     }
 
     /// Starts `path` through the page cache, as [`DirectWriter::create`] falls back to.
+    #[cfg(test)]
     pub fn create_buffered(path: &Path) -> io::Result<Self> {
         Self::create_with(path, false)
     }
 
     fn create_with(path: &Path, direct: bool) -> io::Result<Self> {
         let temp = super::fsx::temp_path(path);
-        let located =
-            |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(located)?;
+            .map_err(|error| located(path, error))?;
         // Asked for after the open: a file system that refuses it at open would have created
         // the file all the same. Refused here, the file stays on the page cache.
         let direct = direct
@@ -77,7 +76,7 @@ impl DirectWriter {
                 Err(error) if error.raw_os_error() == Some(libc::EINVAL) => false,
                 Err(error) => {
                     let _ = std::fs::remove_file(&temp);
-                    return Err(located(error));
+                    return Err(located(path, error));
                 }
             };
         let storage = vec![0; BLOCK + ALIGN];
@@ -97,6 +96,7 @@ impl DirectWriter {
     }
 
     /// Whether the bytes go around the page cache (so far: a refused write turns it off).
+    #[cfg(test)]
     pub fn is_direct(&self) -> bool {
         self.direct
     }
@@ -112,7 +112,8 @@ impl DirectWriter {
             self.filled += take;
             bytes = &bytes[take..];
             if self.filled == BLOCK {
-                self.flush_block(BLOCK)?;
+                self.write_block(BLOCK)
+                    .map_err(|error| located(&self.path, error))?;
                 self.written += BLOCK as u64;
                 self.filled = 0;
             }
@@ -122,12 +123,6 @@ impl DirectWriter {
 
     /// Writes the first `len` bytes of the block at `self.written`; a direct write the kernel
     /// refuses is made again through the page cache, and so is every one after it.
-    fn flush_block(&mut self, len: usize) -> io::Result<()> {
-        self.write_block(len).map_err(|error| {
-            io::Error::new(error.kind(), format!("{}: {error}", self.path.display()))
-        })
-    }
-
     fn write_block(&mut self, len: usize) -> io::Result<()> {
         let block = &self.storage[self.start..self.start + len];
         match self.file.write_all_at(block, self.written) {
@@ -143,9 +138,7 @@ impl DirectWriter {
     /// Writes what is left, syncs the file, records its digest for the cache
     /// ([`written_digest`]) and renames it onto its name.
     pub fn finish(mut self) -> io::Result<Placed> {
-        self.place().map_err(|error| {
-            io::Error::new(error.kind(), format!("{}: {error}", self.path.display()))
-        })
+        self.place().map_err(|error| located(&self.path, error))
     }
 
     fn place(&mut self) -> io::Result<Placed> {
@@ -226,6 +219,11 @@ pub fn written_digest(metadata: &std::fs::Metadata) -> Option<String> {
         .position(|(known, _)| (known.dev, known.ino) == (identity.dev, identity.ino))?;
     let (known, blake3) = written.swap_remove(index);
     (known == identity).then_some(blake3)
+}
+
+/// `error`, naming the file it is about.
+fn located(path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
 }
 
 /// Turns `O_DIRECT` on or off for an open file.
