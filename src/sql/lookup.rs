@@ -91,14 +91,14 @@ pub struct LookupJoinExec {
     /// The `HashJoinExec` replaced: its plan properties, and its execution when the left side
     /// has a key twice.
     inner: Arc<dyn ExecutionPlan>,
-    /// The collected left side, indexed: built once, on a task of its own started by the
-    /// first `execute` of the outermost lookup join (see [`LookupJoinExec::start`]).
-    table: std::sync::Mutex<Option<SharedTable>>,
-    /// The task building the table, stopped once the plan and every partition's stream have
-    /// let go of it. A stream holds it until its table is built: a `Shared` future's waiter can
-    /// depend on the task that is polling it being polled again, so the task must not stop
-    /// while anyone waits (the plan itself is often dropped as soon as it has been executed).
-    building: std::sync::Mutex<Option<Arc<AbortOnDrop>>>,
+    /// The collected left side, indexed, and the task building it: built once, on a task of
+    /// its own started by the first `execute` of the outermost lookup join (see
+    /// [`LookupJoinExec::start`]). The task is stopped once the plan and every partition's
+    /// stream have let go of it. A stream holds it until its table is built: a `Shared`
+    /// future's waiter can depend on the task that is polling it being polled again, so the
+    /// task must not stop while anyone waits (the plan itself is often dropped as soon as it
+    /// has been executed).
+    build: std::sync::Mutex<Option<(SharedTable, Arc<AbortOnDrop>)>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -141,75 +141,66 @@ impl LookupJoinExec {
     fn new(inner: Arc<dyn ExecutionPlan>) -> Self {
         Self {
             inner,
-            table: std::sync::Mutex::new(None),
-            building: std::sync::Mutex::new(None),
+            build: std::sync::Mutex::new(None),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
-    /// The table's build (made on first call; it runs where it is first polled).
-    fn table(&self, context: &Arc<TaskContext>) -> SharedTable {
-        let mut table = self
-            .table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        table
-            .get_or_insert_with(|| {
-                let inner = Arc::clone(&self.inner);
-                let context = Arc::clone(context);
-                async move {
-                    // A panic becomes an error: a panicking `Shared` future would leave the
-                    // other partitions only a panic without its message.
-                    match std::panic::AssertUnwindSafe(Table::build(&inner, context))
-                        .catch_unwind()
-                        .await
-                    {
-                        Ok(built) => built.map_err(Arc::new),
-                        Err(panic) => Err(Arc::new(internal_datafusion_err!(
-                            "building a lookup join's table panicked: {}",
-                            panic
-                                .downcast_ref::<&str>()
-                                .map(|text| text.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default()
-                        ))),
-                    }
-                }
-                .boxed()
-                .shared()
-            })
-            .clone()
+    /// The table's build, shared by every partition.
+    fn table(inner: Arc<dyn ExecutionPlan>, context: Arc<TaskContext>) -> SharedTable {
+        async move {
+            // A panic becomes an error: a panicking `Shared` future would leave the other
+            // partitions only a panic without its message.
+            match std::panic::AssertUnwindSafe(Table::build(&inner, context))
+                .catch_unwind()
+                .await
+            {
+                Ok(built) => built.map_err(Arc::new),
+                Err(panic) => Err(Arc::new(internal_datafusion_err!(
+                    "building a lookup join's table panicked: {}",
+                    panic
+                        .downcast_ref::<&str>()
+                        .map(|text| text.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default()
+                ))),
+            }
+        }
+        .boxed()
+        .shared()
     }
 
     /// Starts building this join's table, and those of every lookup join below it, each on a
     /// task of its own: a join builds its table before it reads a streamed row, so the tables
     /// of nested joins would otherwise be built one after another, each ending on one core.
-    /// Returns the building task, for a stream to hold while it waits.
-    fn start(&self, context: &Arc<TaskContext>) -> Arc<AbortOnDrop> {
-        let mut building = self
-            .building
+    /// Returns the table and its building task, for a stream to hold while it waits.
+    fn start(&self, context: &Arc<TaskContext>) -> (SharedTable, Arc<AbortOnDrop>) {
+        let mut build = self
+            .build
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(task) = building.as_ref() {
-            return Arc::clone(task);
+        if let Some((table, task)) = build.as_ref() {
+            return (table.clone(), Arc::clone(task));
         }
-        let table = self.table(context);
+        let table = Self::table(Arc::clone(&self.inner), Arc::clone(context));
+        let building = table.clone();
         let task = Arc::new(AbortOnDrop(tokio::spawn(async move {
             // The error reaches the partitions through the shared future.
-            let _ = table.await;
+            let _ = building.await;
         })));
-        *building = Some(Arc::clone(&task));
-        drop(building);
+        *build = Some((table.clone(), Arc::clone(&task)));
+        drop(build);
         let mut below: Vec<Arc<dyn ExecutionPlan>> =
             self.inner.children().into_iter().cloned().collect();
         while let Some(plan) = below.pop() {
             if let Some(join) = plan.downcast_ref::<LookupJoinExec>() {
-                join.start(context);
+                // Its build runs on its own task; its streams take the table when they run.
+                let _started = join.start(context);
             } else {
                 below.extend(plan.children().into_iter().cloned());
             }
         }
-        task
+        (table, task)
     }
 }
 
@@ -278,11 +269,10 @@ impl ExecutionPlan for LookupJoinExec {
     ) -> Result<SendableRecordBatchStream> {
         let schema = self.schema();
         let inner = Arc::clone(&self.inner);
-        let building = self.start(&context);
-        let table = self.table(&context);
+        let (table, building) = self.start(&context);
         let metrics = BaselineMetrics::new(&self.metrics, partition);
         let stream = futures::stream::once(async move {
-            // Held until the table is built (see `building`).
+            // Held until the table is built (see `build`).
             let _building = building;
             let join = hash_join(&inner)?;
             let built = table.await.map_err(DataFusionError::Shared)?;
@@ -876,7 +866,8 @@ mod tests {
         // The outer join's table can only be read once the inner join's table has started
         // being built: built on demand (outer first, then the streamed side, whose first
         // step is the inner table), this plan would never finish.
-        let keyed = |value: &str| {
+        // (symbol, t, `value`) rows.
+        let rows = |value: &str, symbols: Vec<&str>, times: Vec<i64>, values: Vec<f64>| {
             RecordBatch::try_new(
                 Arc::new(Schema::new(vec![
                     Field::new("symbol", DataType::Utf8, false),
@@ -884,26 +875,27 @@ mod tests {
                     Field::new(value, DataType::Float64, false),
                 ])),
                 vec![
-                    Arc::new(StringArray::from(vec!["A", "A", "B"])),
-                    Arc::new(Int64Array::from(vec![1, 2, 1])),
-                    Arc::new(Float64Array::from(vec![0.5, 1.5, 2.5])),
+                    Arc::new(StringArray::from(symbols)),
+                    Arc::new(Int64Array::from(times)),
+                    Arc::new(Float64Array::from(values)),
                 ],
             )
             .unwrap()
         };
-        let streamed = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![
-                Field::new("symbol", DataType::Utf8, false),
-                Field::new("t", DataType::Int64, false),
-                Field::new("x", DataType::Float64, false),
-            ])),
-            vec![
-                Arc::new(StringArray::from(vec!["A", "A", "A", "B"])),
-                Arc::new(Int64Array::from(vec![1, 2, 3, 1])),
-                Arc::new(Float64Array::from(vec![10.0, 20.0, 30.0, 40.0])),
-            ],
-        )
-        .unwrap();
+        let keyed = |value: &str| {
+            rows(
+                value,
+                vec!["A", "A", "B"],
+                vec![1, 2, 1],
+                vec![0.5, 1.5, 2.5],
+            )
+        };
+        let streamed = rows(
+            "x",
+            vec!["A", "A", "A", "B"],
+            vec![1, 2, 3, 1],
+            vec![10.0, 20.0, 30.0, 40.0],
+        );
         let inner_started = Arc::new(tokio::sync::Notify::new());
         let source = |batch: RecordBatch, wait, open| -> Arc<dyn ExecutionPlan> {
             let schema = batch.schema();
