@@ -59,6 +59,7 @@ macro_rules! planned_as_inner {
 }
 
 pub mod cluster;
+pub mod filter;
 pub mod lookup;
 pub mod output;
 pub mod udwf;
@@ -115,10 +116,15 @@ pub fn config(target_partitions: usize) -> SessionConfig {
     config
 }
 
-/// A local session's state over `config`: [`state_with_runtime`]'s, and joins against a
-/// table of unique keys run as lookups ([`lookup`]), which a cluster's codecs do not know.
+/// A local session's state over `config`: [`state_with_runtime`]'s, with joins against a
+/// table of unique keys run as lookups ([`lookup`]) and filters that pass long runs of rows
+/// on as slices ([`filter`]), which a cluster's codecs do not know.
 pub fn state(config: SessionConfig) -> SessionState {
-    finish(builder(config, None).with_physical_optimizer_rule(Arc::new(lookup::LookupJoins)))
+    finish(
+        builder(config, None)
+            .with_physical_optimizer_rule(Arc::new(lookup::LookupJoins))
+            .with_physical_optimizer_rule(Arc::new(filter::RunFilters)),
+    )
 }
 
 /// A session state over `config` with asterflow's window functions and physical rule, on a
