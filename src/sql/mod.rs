@@ -61,6 +61,7 @@ macro_rules! planned_as_inner {
 pub mod cluster;
 pub mod filter;
 pub mod lookup;
+pub mod merge;
 pub mod output;
 pub mod udwf;
 pub mod window;
@@ -117,13 +118,14 @@ pub fn config(target_partitions: usize) -> SessionConfig {
 }
 
 /// A local session's state over `config`: [`state_with_runtime`]'s, with joins against a
-/// table of unique keys run as lookups ([`lookup`]) and filters that pass long runs of rows
-/// on as slices ([`filter`]), which a cluster's codecs do not know.
+/// table of unique keys run as lookups ([`lookup`]), and filters and merges that pass long
+/// runs of rows on as slices ([`filter`], [`merge`]), which a cluster's codecs do not know.
 pub fn state(config: SessionConfig) -> SessionState {
     finish(
         builder(config, None)
             .with_physical_optimizer_rule(Arc::new(lookup::LookupJoins))
-            .with_physical_optimizer_rule(Arc::new(filter::RunFilters)),
+            .with_physical_optimizer_rule(Arc::new(filter::RunFilters))
+            .with_physical_optimizer_rule(Arc::new(merge::RunMerges)),
     )
 }
 
