@@ -295,7 +295,7 @@ impl RunMergeStream {
                 let row = head.rows.row(row);
                 row > next || (row == next && partition < chosen)
             };
-            end = end.min(gallop(head.at, end, waits));
+            end = end.min(crate::util::search::run_end(head.at, end, waits));
         }
         let (start, length) = (head.at, end - head.at);
         if length >= LONG_RUN {
@@ -316,34 +316,6 @@ impl RunMergeStream {
         }
         Ok(())
     }
-}
-
-/// The first row in `start..end` for which `waits` holds (`end` if none), where it holds for
-/// every row after one where it does; `waits(start)` is false. Steps ahead by doubling
-/// distances, then halves the last step: a short run costs a few comparisons.
-fn gallop(start: usize, end: usize, waits: impl Fn(usize) -> bool) -> usize {
-    let (mut low, mut step) = (start, 1);
-    // `low` does not wait; find a `high` that does (or the end).
-    let mut high = loop {
-        let probe = low + step;
-        if probe >= end {
-            break end;
-        }
-        if waits(probe) {
-            break probe;
-        }
-        low = probe;
-        step *= 2;
-    };
-    while high - low > 1 {
-        let middle = low + (high - low) / 2;
-        if waits(middle) {
-            high = middle;
-        } else {
-            low = middle;
-        }
-    }
-    high
 }
 
 impl Stream for RunMergeStream {
