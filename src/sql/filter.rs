@@ -21,12 +21,9 @@ use std::task::{Context, Poll};
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{BatchCoalescer, prep_null_mask_filter};
 use arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result, internal_datafusion_err};
-use datafusion::config::ConfigOptions;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
@@ -41,33 +38,10 @@ const LONG_RUN: usize = 1024;
 #[derive(Debug, Default)]
 pub struct RunFilters;
 
-impl PhysicalOptimizerRule for RunFilters {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(filter) = node.downcast_ref::<FilterExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            if filter.fetch().is_some() {
-                return Ok(Transformed::no(node));
-            }
-            let replaced: Arc<dyn ExecutionPlan> = Arc::new(RunFilterExec::new(Arc::clone(&node)));
-            Ok(Transformed::yes(replaced))
-        })
-        .data()
-    }
-
-    fn name(&self) -> &str {
-        "run_filters"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
+replacing_rule!(RunFilters, "run_filters", FilterExec, |filter, node| {
+    let replaced: Arc<dyn ExecutionPlan> = Arc::new(RunFilterExec::new(Arc::clone(node)));
+    filter.fetch().is_none().then_some(replaced)
+});
 
 /// A `FilterExec` whose long runs of kept rows are given as slices (see the module). The
 /// wrapped plan supplies everything the planner asks; only the execution differs.
@@ -86,9 +60,7 @@ impl RunFilterExec {
     }
 
     fn filter(&self) -> Result<&FilterExec> {
-        self.inner
-            .downcast_ref::<FilterExec>()
-            .ok_or_else(|| internal_datafusion_err!("a run filter wraps a filter"))
+        super::stock(&self.inner)
     }
 }
 
@@ -102,25 +74,10 @@ impl DisplayAs for RunFilterExec {
 }
 
 impl ExecutionPlan for RunFilterExec {
-    planned_as_inner!();
+    planned_as_inner!(FilterExec);
 
     fn name(&self) -> &str {
         "RunFilterExec"
-    }
-
-    fn cardinality_effect(&self) -> datafusion::physical_plan::execution_plan::CardinalityEffect {
-        self.inner.cardinality_effect()
-    }
-
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let inner = Arc::clone(&self.inner).with_new_children(children)?;
-        let replaced = Self::new(inner);
-        replaced.filter()?;
-        Ok(Arc::new(replaced))
     }
 
     fn execute(
@@ -253,7 +210,9 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::config::ConfigOptions;
     use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
     use datafusion::prelude::SessionContext;
 
     /// Batches of 3000, 20000, 500 and 9000 rows of (`i`: 0, 1, ... across them, `s`: a

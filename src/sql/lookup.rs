@@ -37,15 +37,12 @@ use arrow::array::{
 use arrow::compute::{SortOptions, concat_batches, filter_record_batch, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{
     DataFusionError, JoinType, NullEquality, Result, internal_datafusion_err,
 };
-use datafusion::config::ConfigOptions;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -56,33 +53,10 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 #[derive(Debug, Default)]
 pub struct LookupJoins;
 
-impl PhysicalOptimizerRule for LookupJoins {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(join) = node.downcast_ref::<HashJoinExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            if !LookupJoinExec::applies(join) {
-                return Ok(Transformed::no(node));
-            }
-            let replaced: Arc<dyn ExecutionPlan> = Arc::new(LookupJoinExec::new(Arc::clone(&node)));
-            Ok(Transformed::yes(replaced))
-        })
-        .data()
-    }
-
-    fn name(&self) -> &str {
-        "lookup_joins"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
+replacing_rule!(LookupJoins, "lookup_joins", HashJoinExec, |join, node| {
+    let replaced: Arc<dyn ExecutionPlan> = Arc::new(LookupJoinExec::new(Arc::clone(node)));
+    LookupJoinExec::applies(join).then_some(replaced)
+});
 
 /// A right or inner join of streamed rows against a collected table of unique keys (see the
 /// module).
@@ -222,8 +196,7 @@ fn plain_equality(data_type: &DataType) -> bool {
 
 /// The hash join a lookup join was made from.
 fn hash_join(plan: &Arc<dyn ExecutionPlan>) -> Result<&HashJoinExec> {
-    plan.downcast_ref::<HashJoinExec>()
-        .ok_or_else(|| internal_datafusion_err!("a lookup join wraps a hash join"))
+    super::stock(plan)
 }
 
 impl DisplayAs for LookupJoinExec {
@@ -246,20 +219,10 @@ impl DisplayAs for LookupJoinExec {
 }
 
 impl ExecutionPlan for LookupJoinExec {
-    planned_as_inner!();
+    planned_as_inner!(HashJoinExec);
 
     fn name(&self) -> &str {
         "LookupJoinExec"
-    }
-
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let inner = Arc::clone(&self.inner).with_new_children(children)?;
-        hash_join(&inner)?;
-        Ok(Arc::new(Self::new(inner)))
     }
 
     fn execute(
@@ -603,6 +566,8 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use datafusion::config::ConfigOptions;
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
     use datafusion::prelude::SessionContext;
 
     /// `c`: 40 streamed rows (symbols A and B, times 0..20, a null symbol at time 5); `f`: a

@@ -21,12 +21,9 @@ use arrow::array::RecordBatch;
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{Result, internal_datafusion_err, internal_err};
-use datafusion::config::ConfigOptions;
+use datafusion::common::{Result, internal_err};
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalSortExpr;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::common::spawn_buffered;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -43,33 +40,15 @@ pub const LONG_RUN: usize = 1024;
 #[derive(Debug, Default)]
 pub struct RunMerges;
 
-impl PhysicalOptimizerRule for RunMerges {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(merge) = node.downcast_ref::<SortPreservingMergeExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            if merge.fetch().is_some() {
-                return Ok(Transformed::no(node));
-            }
-            let replaced: Arc<dyn ExecutionPlan> = Arc::new(RunMergeExec::new(Arc::clone(&node)));
-            Ok(Transformed::yes(replaced))
-        })
-        .data()
+replacing_rule!(
+    RunMerges,
+    "run_merges",
+    SortPreservingMergeExec,
+    |merge, node| {
+        let replaced: Arc<dyn ExecutionPlan> = Arc::new(RunMergeExec::new(Arc::clone(node)));
+        merge.fetch().is_none().then_some(replaced)
     }
-
-    fn name(&self) -> &str {
-        "run_merges"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
+);
 
 /// A `SortPreservingMergeExec` whose long runs are given as slices (see the module). The
 /// wrapped plan supplies everything the planner asks; only the execution differs.
@@ -88,9 +67,7 @@ impl RunMergeExec {
     }
 
     fn merge(&self) -> Result<&SortPreservingMergeExec> {
-        self.inner
-            .downcast_ref::<SortPreservingMergeExec>()
-            .ok_or_else(|| internal_datafusion_err!("a run merge wraps a merge"))
+        super::stock(&self.inner)
     }
 }
 
@@ -104,7 +81,7 @@ impl DisplayAs for RunMergeExec {
 }
 
 impl ExecutionPlan for RunMergeExec {
-    planned_as_inner!();
+    planned_as_inner!(SortPreservingMergeExec);
 
     fn name(&self) -> &str {
         "RunMergeExec"
@@ -114,21 +91,6 @@ impl ExecutionPlan for RunMergeExec {
         &self,
     ) -> Vec<Option<datafusion::physical_expr::OrderingRequirements>> {
         self.inner.required_input_ordering()
-    }
-
-    fn cardinality_effect(&self) -> datafusion::physical_plan::execution_plan::CardinalityEffect {
-        self.inner.cardinality_effect()
-    }
-
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let inner = Arc::clone(&self.inner).with_new_children(children)?;
-        let replaced = Self::new(inner);
-        replaced.merge()?;
-        Ok(Arc::new(replaced))
     }
 
     fn execute(
@@ -360,6 +322,8 @@ mod tests {
     use super::*;
     use arrow::array::{AsArray, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::config::ConfigOptions;
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
     use datafusion::prelude::{SessionContext, col};
 
     const ROWS: usize = 40_000;

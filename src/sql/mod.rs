@@ -2,10 +2,54 @@
 //! lacks), register stage outputs as tables, bind params as typed values, and turn SQL errors
 //! into `file:line:column` diagnostics.
 
+/// A physical optimizer rule `$rule` named `$name` that replaces, from the leaves up, every
+/// node of type `$stock` for which `$replace` (given the node as a `$stock` and as a plan)
+/// returns a replacement: each of [`window`], [`lookup`], [`filter`] and [`merge`] has one.
+macro_rules! replacing_rule {
+    ($rule:ty, $name:literal, $stock:ty, $replace:expr) => {
+        impl datafusion::physical_optimizer::PhysicalOptimizerRule for $rule {
+            fn optimize(
+                &self,
+                plan: std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+                _config: &datafusion::config::ConfigOptions,
+            ) -> datafusion::common::Result<
+                std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+            > {
+                use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+                let replace: fn(
+                    &$stock,
+                    &std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+                ) -> Option<
+                    std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+                > = $replace;
+                plan.transform_up(|node| {
+                    let replaced = node
+                        .downcast_ref::<$stock>()
+                        .and_then(|stock| replace(stock, &node));
+                    Ok(match replaced {
+                        Some(replaced) => Transformed::yes(replaced),
+                        None => Transformed::no(node),
+                    })
+                })
+                .data()
+            }
+
+            fn name(&self) -> &str {
+                $name
+            }
+
+            fn schema_check(&self) -> bool {
+                true
+            }
+        }
+    };
+}
+
 /// The `ExecutionPlan` methods of a plan that runs in place of another, `self.inner`, whose
 /// answers to the planner it gives (properties, children, expressions, input order and
-/// distribution, statistics), with its own `self.metrics`: [`window`] and [`lookup`] only
-/// execute differently.
+/// distribution, statistics, cardinality), with its own `self.metrics`: [`window`], [`lookup`],
+/// [`filter`] and [`merge`] only execute differently. Given the stock plan's type, also its
+/// `with_new_children`.
 macro_rules! planned_as_inner {
     () => {
         fn properties(&self) -> &std::sync::Arc<datafusion::physical_plan::PlanProperties> {
@@ -55,6 +99,25 @@ macro_rules! planned_as_inner {
         ) -> datafusion::common::Result<std::sync::Arc<datafusion::common::Statistics>> {
             self.inner.statistics_from_inputs(input_stats, args)
         }
+
+        fn cardinality_effect(
+            &self,
+        ) -> datafusion::physical_plan::execution_plan::CardinalityEffect {
+            self.inner.cardinality_effect()
+        }
+    };
+    // With `inner` an `Arc<dyn ExecutionPlan>` holding a `$stock`, and `Self::new(inner)`.
+    ($stock:ty) => {
+        planned_as_inner!();
+
+        fn with_new_children(
+            self: std::sync::Arc<Self>,
+            children: Vec<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+        ) -> datafusion::common::Result<std::sync::Arc<dyn datafusion::physical_plan::ExecutionPlan>>
+        {
+            let inner = $crate::sql::stock_with_children::<$stock>(&self.inner, children)?;
+            Ok(std::sync::Arc::new(Self::new(inner)))
+        }
     };
 }
 
@@ -81,6 +144,30 @@ use datafusion::prelude::{SessionConfig, SessionContext, col};
 
 use crate::market::lake::{LISTING_FILE, LakeListing};
 use crate::market::model::Dataset;
+
+/// `plan` as the stock plan `T` a replacing plan runs in its own way.
+pub(crate) fn stock<T: datafusion::physical_plan::ExecutionPlan + 'static>(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Result<&T, DataFusionError> {
+    plan.downcast_ref::<T>().ok_or_else(|| {
+        datafusion::common::internal_datafusion_err!(
+            "a replacing plan wraps a {}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// The stock plan `inner` (a `T`) with new children, still a `T`: a replacing plan's
+/// `with_new_children`.
+pub(crate) fn stock_with_children<T: datafusion::physical_plan::ExecutionPlan + 'static>(
+    inner: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    children: Vec<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+) -> Result<Arc<dyn datafusion::physical_plan::ExecutionPlan>, DataFusionError> {
+    #[allow(deprecated)]
+    let inner = Arc::clone(inner).with_new_children(children)?;
+    stock::<T>(&inner)?;
+    Ok(inner)
+}
 
 /// The table every lake listing is also registered as.
 pub const KLINES_TABLE: &str = "klines";

@@ -22,13 +22,9 @@ use std::task::{Context, Poll};
 use arrow::array::{ArrayRef, RecordBatch, make_comparator};
 use arrow::compute::{SortOptions, concat, concat_batches};
 use arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result, internal_datafusion_err};
-use datafusion::config::ConfigOptions;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalSortExpr;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::execution_plan::CardinalityEffect;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::windows::WindowAggExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, WindowExpr};
@@ -38,31 +34,12 @@ use futures::{Stream, StreamExt};
 #[derive(Debug, Default)]
 pub struct PartitionStreaming;
 
-impl PhysicalOptimizerRule for PartitionStreaming {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(window) = node.downcast_ref::<WindowAggExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            let replaced: Arc<dyn ExecutionPlan> =
-                Arc::new(PartitionWindowExec::new(Arc::new(window.clone())));
-            Ok(Transformed::yes(replaced))
-        })
-        .data()
-    }
-
-    fn name(&self) -> &str {
-        "partition_streaming_windows"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
-    }
-}
+replacing_rule!(
+    PartitionStreaming,
+    "partition_streaming_windows",
+    WindowAggExec,
+    |window, _| Some(Arc::new(PartitionWindowExec::new(Arc::new(window.clone()))))
+);
 
 /// A `WindowAggExec` evaluated partition by partition. The wrapped plan supplies everything
 /// the planner asks (schema, ordering and distribution requirements, output properties): only
@@ -110,10 +87,6 @@ impl ExecutionPlan for PartitionWindowExec {
         &self,
     ) -> Vec<Option<datafusion::physical_expr::OrderingRequirements>> {
         self.inner.required_input_ordering()
-    }
-
-    fn cardinality_effect(&self) -> CardinalityEffect {
-        CardinalityEffect::Equal
     }
 
     #[allow(deprecated)]
@@ -322,7 +295,7 @@ mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::datasource::MemTable;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::{SessionConfig, SessionContext};
